@@ -1,0 +1,25 @@
+// swift-tools-version:6.1
+//
+// Benchmarks for swift-perfetto-ipc, kept out of the main package so CI and users do not build
+// package-benchmark. Run from this folder:  swift package benchmark
+import PackageDescription
+
+let package = Package(
+    name: "swift-perfetto-ipc-benchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: "swift-perfetto-ipc", path: ".."),
+        .package(url: "https://github.com/ordo-one/benchmark", exact: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        .executableTarget(
+            name: "FrameCodec",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "IPCProtocol", package: "swift-perfetto-ipc"),
+            ],
+            path: "Benchmarks/FrameCodec",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        )
+    ]
+)

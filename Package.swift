@@ -1,0 +1,65 @@
+// swift-tools-version:6.2
+//
+// swift-perfetto-ipc: Perfetto's IPC (and, later, its tracing API) in Swift, wire-compatible
+// with real Perfetto. See README.md for the module map and ../shared/DESIGN.md for the contract.
+import PackageDescription
+
+let package = Package(
+    name: "swift-perfetto-ipc",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "IPCProtocol", targets: ["IPCProtocol"]),
+        .library(name: "IPCUnixSocket", targets: ["IPCUnixSocket"]),
+        .library(name: "IPCLibuv", targets: ["IPCLibuv"]),
+        .library(name: "IPCInProcess", targets: ["IPCInProcess"]),
+        .executable(name: "ipc-echo", targets: ["ipc-echo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+    ],
+    targets: [
+        // Thin wrappers for Linux calls Glibc does not import (epoll, eventfd, timerfd,
+        // memfd_create, accept4, struct ucred, the CMSG macros). No logic lives here.
+        .target(name: "CPerfettoIPCLinux"),
+        // The wire format, the frame codec and (later) the RPC core: backend-neutral.
+        .target(
+            name: "IPCProtocol",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        // epoll event loop + POSIX stream sockets.
+        .target(name: "IPCUnixSocket", dependencies: ["IPCProtocol", "CPerfettoIPCLinux"]),
+        // libuv from the system (Debian: libuv1-dev).
+        .systemLibrary(
+            name: "CLibuv",
+            pkgConfig: "libuv",
+            providers: [.apt(["libuv1-dev"]), .brew(["libuv"])]
+        ),
+        .target(name: "IPCLibuv", dependencies: ["IPCProtocol", "CLibuv"]),
+        // In-memory transport and deterministic loop for tests.
+        .target(name: "IPCInProcess", dependencies: ["IPCProtocol"]),
+        .executableTarget(
+            name: "ipc-echo",
+            dependencies: [
+                "IPCProtocol", "IPCUnixSocket",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/ipc-echo"
+        ),
+        // Helpers shared by the test targets (recording delegates, fd accounting, memfds).
+        .target(
+            name: "TestSupport",
+            dependencies: ["IPCProtocol", "CPerfettoIPCLinux"],
+            path: "Tests/TestSupport"
+        ),
+        .testTarget(
+            name: "IPCUnixSocketTests",
+            dependencies: ["IPCUnixSocket", "TestSupport", "CPerfettoIPCLinux"]
+        ),
+        .testTarget(
+            name: "IPCProtocolTests",
+            dependencies: ["IPCProtocol"],
+            resources: [.copy("Fixtures")]
+        ),
+    ]
+)

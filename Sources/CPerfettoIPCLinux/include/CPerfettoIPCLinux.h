@@ -1,0 +1,42 @@
+// Linux calls and macros that Swift's Glibc module does not import. One-line wrappers only;
+// every decision is made in Swift.
+#pragma once
+
+#ifdef __linux__
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <linux/vm_sockets.h>
+#include <stddef.h>
+#include <stdint.h>
+
+// Thread id of the caller (cached per thread: gettid() is a syscall).
+pid_t CPerfettoIPC_gettid(void);
+void CPerfettoIPC_setThreadName(const char *name);
+
+int CPerfettoIPC_memfd_create(const char *name, unsigned int flags);
+int CPerfettoIPC_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+
+// SO_PEERCRED: pid, uid and gid of the peer of a connected unix socket. Returns 0 or -1/errno.
+int CPerfettoIPC_peerCredentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+// CMSG helpers.
+struct cmsghdr *CPerfettoIPC_CMSG_FIRSTHDR(const struct msghdr *msg);
+struct cmsghdr *CPerfettoIPC_CMSG_NXTHDR(struct msghdr *msg, struct cmsghdr *cmsg);
+unsigned char *CPerfettoIPC_CMSG_DATA(struct cmsghdr *cmsg);
+size_t CPerfettoIPC_CMSG_SPACE(size_t payload);
+size_t CPerfettoIPC_CMSG_LEN(size_t payload);
+
+// Constants that come from macros Swift cannot see.
+extern const int CPerfettoIPC_MSG_CMSG_CLOEXEC;
+extern const int CPerfettoIPC_SCM_RIGHTS;
+extern const int CPerfettoIPC_MFD_CLOEXEC;
+extern const int CPerfettoIPC_MFD_ALLOW_SEALING;
+extern const int CPerfettoIPC_F_ADD_SEALS;
+extern const int CPerfettoIPC_F_SEAL_SHRINK;
+extern const int CPerfettoIPC_F_SEAL_GROW;
+extern const int CPerfettoIPC_F_SEAL_SEAL;
+#endif

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Regenerates every generated Swift file from the .proto files in Protos/.
+#
+#   scripts/generate-protos.sh           regenerate in place
+#   scripts/generate-protos.sh --check   regenerate into a temp dir and fail if the committed
+#                                        files differ (CI runs this)
+#
+# Uses Debian's `protoc` (apt-get install protobuf-compiler) and `protoc-gen-swift` built from
+# the swift-protobuf version pinned in Package.swift, so output is reproducible.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+check=0
+[ "${1:-}" = "--check" ] && check=1
+
+command -v protoc >/dev/null || { echo "protoc not found: apt-get install protobuf-compiler" >&2; exit 1; }
+
+scratch="$root/.build-protoc"
+swift build -c release --scratch-path "$scratch" --product protoc-gen-swift >&2
+plugin_dir=$(swift build -c release --scratch-path "$scratch" --show-bin-path)
+
+out_root="$root"
+if [ $check = 1 ]; then
+  out_root=$(mktemp -d)
+  trap 'rm -rf "$out_root"' EXIT
+fi
+
+# One entry per generated module: proto files (relative to Protos/) -> output folder.
+generate_messages() { # $1 = output folder relative to the repo, $2 = visibility, rest = protos
+  local dest="$out_root/$1" visibility=$2; shift 2
+  mkdir -p "$dest"
+  protoc -I Protos \
+    --plugin=protoc-gen-swift="$plugin_dir/protoc-gen-swift" \
+    --swift_out="$dest" \
+    --swift_opt=Visibility="$visibility",FileNaming=DropPath \
+    "$@"
+}
+
+generate_messages Sources/IPCProtocol/Wire/Generated Public perfetto/ipc/wire_protocol.proto
+
+if [ $check = 1 ]; then
+  if diff -ru "$root/Sources/IPCProtocol/Wire/Generated" "$out_root/Sources/IPCProtocol/Wire/Generated"; then
+    echo "generated code is up to date"
+  else
+    echo "generated code is stale: run scripts/generate-protos.sh and commit the result" >&2
+    exit 1
+  fi
+fi
