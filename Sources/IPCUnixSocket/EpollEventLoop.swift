@@ -1,0 +1,297 @@
+// An IPCEventLoop on Linux epoll.
+//
+// One epoll set watches: an eventfd that wakes the loop when another thread posts a task, and
+// every fd registered through `watch`. Delayed tasks live in a TimerQueue; the epoll_wait
+// timeout is the time to the earliest one. The loop runs either on a thread it starts itself
+// (`EpollEventLoop.startOnNewThread()`) or on the caller's thread (`run()`,
+// `run(until:timeout:)`, the latter being how tests drive it without sleeping).
+//
+// Thread rule: the loop's thread is the one running it or, while it is not running, the one
+// that created or last ran it. Loop-only API checks it.
+
+import CPerfettoIPCLinux
+import Glibc
+import IPCProtocol
+import Synchronization
+
+/// An event loop on epoll, eventfd wake-ups and a monotonic timer queue.
+public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
+    // @unchecked Sendable: the fields below the marker are touched only on the loop's thread
+    // (checked by `preconditionInEventLoop` at every loop-only entry point); the rest are
+    // immutable or atomics/mutexes.
+    private let epollFD: Int32
+    private let wakeFD: Int32
+    private let pendingTasks = Mutex<[@Sendable () -> Void]>([])
+    private let ownerThread: Atomic<Int32>
+    private let stopRequested = Atomic<Bool>(false)
+    private let isRunning = Atomic<Bool>(false)
+    private let thread = Mutex<pthread_t?>(nil)
+
+    // -- loop-confined --
+    private var timers = TimerQueue()
+    fileprivate var watches: [UInt64: EpollWatch] = [:]
+    private var nextWatchID: UInt64 = 1
+    private var threadName = ""
+    private var events = [epoll_event](repeating: epoll_event(), count: 64)
+    private static let wakeWatchID: UInt64 = 0
+
+    /// Creates a loop owned by the calling thread. Run it with ``run()`` or
+    /// ``run(until:timeout:)``, or use ``startOnNewThread(name:)`` instead.
+    ///
+    /// - Throws: ``IPCError`` if epoll or eventfd cannot be created.
+    public init() throws(IPCError) {
+        epollFD = try Syscall.retrying("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+        do {
+            wakeFD = try Syscall.retrying("eventfd") {
+                eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
+            }
+        } catch {
+            Syscall.close(epollFD)
+            throw error
+        }
+        ownerThread = Atomic(CPerfettoIPC_gettid())
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue
+        event.data.u64 = Self.wakeWatchID
+        guard epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &event) == 0 else {
+            let error = errno
+            Syscall.close(wakeFD)
+            Syscall.close(epollFD)
+            throw IPCError.systemCall("epoll_ctl(ADD eventfd)", errno: error)
+        }
+    }
+
+    /// Creates a loop and runs it on a new thread until ``shutdown()``.
+    public static func startOnNewThread(name: String = "perfetto-ipc") throws(IPCError) -> EpollEventLoop {
+        let loop = try EpollEventLoop()
+        try loop.startThread(name: name)
+        return loop
+    }
+
+    deinit {
+        Syscall.close(wakeFD)
+        Syscall.close(epollFD)
+    }
+
+    // MARK: IPCEventLoop
+
+    public func execute(_ task: @escaping @Sendable () -> Void) {
+        let wasEmpty = pendingTasks.withLock { tasks in
+            tasks.append(task)
+            return tasks.count == 1
+        }
+        if wasEmpty { wake() }
+    }
+
+    public var inEventLoop: Bool {
+        ownerThread.load(ordering: .relaxed) == CPerfettoIPC_gettid()
+    }
+
+    public func scheduleTask(after delay: Duration, _ task: @escaping () -> Void) -> any ScheduledTask {
+        preconditionInEventLoop()
+        let nanoseconds = max(0, delay.components.seconds) * 1_000_000_000
+            + max(0, delay.components.attoseconds / 1_000_000_000)
+        let timer = timers.schedule(deadline: monotonicNanoseconds() &+ UInt64(nanoseconds), task)
+        return EpollScheduledTask(timer)
+    }
+
+    public func watch(
+        _ fd: Int32, for events: FileDescriptorEvents, handler: @escaping (FileDescriptorEvents) -> Void
+    ) throws(IPCError) -> any FileDescriptorWatch {
+        preconditionInEventLoop()
+        let id = nextWatchID
+        nextWatchID += 1
+        var event = epoll_event()
+        event.events = Self.epollMask(events)
+        event.data.u64 = id
+        _ = try Syscall.retrying("epoll_ctl(ADD \(fd))") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
+        let watch = EpollWatch(id: id, fd: fd, events: events, loop: self, handler: handler)
+        watches[id] = watch
+        return watch
+    }
+
+    // MARK: Running
+
+    /// Runs the loop on the calling thread until ``stop()`` is called.
+    public func run() {
+        _ = run(until: { false }, timeout: nil)
+    }
+
+    /// Runs the loop on the calling thread until `condition` holds, ``stop()`` is called, or
+    /// `timeout` passes. Returns whether `condition` held. This is how tests wait for an
+    /// event: no sleeping, a deadline instead.
+    @discardableResult
+    public func run(until condition: () -> Bool, timeout: Duration?) -> Bool {
+        precondition(!isRunning.exchange(true, ordering: .acquiringAndReleasing), "loop is already running")
+        ownerThread.store(CPerfettoIPC_gettid(), ordering: .releasing)
+        defer { isRunning.store(false, ordering: .releasing) }
+        let deadline = timeout.map { monotonicNanoseconds() &+ Self.nanoseconds($0) }
+        while !condition() {
+            if stopRequested.exchange(false, ordering: .acquiringAndReleasing) { return false }
+            let now = monotonicNanoseconds()
+            if let deadline, now >= deadline { return condition() }
+            var waitUntil = timers.nextDeadline()
+            if let deadline { waitUntil = min(waitUntil ?? deadline, deadline) }
+            runOnce(timeoutMilliseconds: waitUntil.map { Self.milliseconds(from: now, to: $0) } ?? -1)
+        }
+        return true
+    }
+
+    /// Asks the loop to return from ``run()``. Thread-safe.
+    public func stop() {
+        stopRequested.store(true, ordering: .releasing)
+        wake()
+    }
+
+    /// Stops a loop started with ``startOnNewThread(name:)`` and waits for its thread to end.
+    /// Tasks still queued are dropped. Must not be called on the loop's own thread.
+    public func shutdown() {
+        stop()
+        if let thread = self.thread.withLock({ thread in defer { thread = nil }; return thread }) {
+            precondition(!inEventLoop, "shutdown() called on the loop's own thread")
+            pthread_join(thread, nil)
+        }
+    }
+
+    private func runOnce(timeoutMilliseconds: Int32) {
+        let count = events.withUnsafeMutableBufferPointer { buffer in
+            epoll_wait(epollFD, buffer.baseAddress, Int32(buffer.count), timeoutMilliseconds)
+        }
+        if count > 0 {
+            for index in 0..<Int(count) {
+                let event = events[index]
+                let id = event.data.u64
+                if id == Self.wakeWatchID {
+                    drainWakeups()
+                    runPendingTasks()
+                } else if let watch = watches[id] {
+                    watch.fire(Self.readiness(event.events))
+                }
+            }
+        }
+        let now = monotonicNanoseconds()
+        for action in timers.popDue(now: now) { action() }
+    }
+
+    private func runPendingTasks() {
+        let tasks = pendingTasks.withLock { tasks in
+            defer { tasks.removeAll(keepingCapacity: true) }
+            return tasks
+        }
+        for task in tasks { task() }
+    }
+
+    private func wake() {
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { Glibc.write(wakeFD, $0.baseAddress, 8) }
+    }
+
+    private func drainWakeups() {
+        var value: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &value) { Glibc.read(wakeFD, $0.baseAddress, 8) }
+    }
+
+    private func startThread(name: String) throws(IPCError) {
+        threadName = String(name.utf8.prefix(15))!
+        // Owned by the new thread from now on; wait below until it has taken ownership so
+        // that `inEventLoop` is right for anyone who calls in right after this returns.
+        ownerThread.store(-1, ordering: .releasing)
+        let box = Unmanaged.passRetained(self)
+        var handle = pthread_t()
+        let rc = pthread_create(&handle, nil, { raw in
+            let loop = Unmanaged<EpollEventLoop>.fromOpaque(raw!).takeRetainedValue()
+            CPerfettoIPC_setThreadName(loop.threadName)
+            loop.run()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            ownerThread.store(CPerfettoIPC_gettid(), ordering: .releasing)
+            throw IPCError.systemCall("pthread_create", errno: rc)
+        }
+        thread.withLock { $0 = handle }
+        while ownerThread.load(ordering: .acquiring) == -1 { sched_yield() }
+    }
+
+    fileprivate func modify(_ watch: EpollWatch) {
+        var event = epoll_event()
+        event.events = Self.epollMask(watch.events)
+        event.data.u64 = watch.id
+        _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, watch.fd, &event)
+    }
+
+    fileprivate func remove(_ watch: EpollWatch) {
+        var event = epoll_event()
+        _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, watch.fd, &event)
+        watches[watch.id] = nil
+    }
+
+    private static func epollMask(_ events: FileDescriptorEvents) -> UInt32 {
+        var mask: UInt32 = EPOLLRDHUP.rawValue
+        if events.contains(.readable) { mask |= EPOLLIN.rawValue }
+        if events.contains(.writable) { mask |= EPOLLOUT.rawValue }
+        return mask
+    }
+
+    private static func readiness(_ mask: UInt32) -> FileDescriptorEvents {
+        var events: FileDescriptorEvents = []
+        if mask & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue) != 0 { events.insert(.readable) }
+        if mask & EPOLLOUT.rawValue != 0 { events.insert(.writable) }
+        if mask & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { events.formUnion([.hangup, .readable]) }
+        return events
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds / 1_000_000_000))
+    }
+
+    private static func milliseconds(from now: UInt64, to deadline: UInt64) -> Int32 {
+        guard deadline > now else { return 0 }
+        let ms = (deadline - now + 999_999) / 1_000_000
+        return Int32(min(ms, UInt64(Int32.max)))
+    }
+}
+
+/// A delayed task of an `EpollEventLoop`.
+final class EpollScheduledTask: ScheduledTask {
+    private let timer: TimerTask
+    init(_ timer: TimerTask) { self.timer = timer }
+    func cancel() { timer.action = nil }
+}
+
+/// An fd registration of an `EpollEventLoop`.
+final class EpollWatch: FileDescriptorWatch {
+    let id: UInt64
+    let fd: Int32
+    fileprivate(set) var events: FileDescriptorEvents
+    private weak var loop: EpollEventLoop?
+    private var handler: ((FileDescriptorEvents) -> Void)?
+
+    fileprivate init(
+        id: UInt64, fd: Int32, events: FileDescriptorEvents, loop: EpollEventLoop,
+        handler: @escaping (FileDescriptorEvents) -> Void
+    ) {
+        self.id = id
+        self.fd = fd
+        self.events = events
+        self.loop = loop
+        self.handler = handler
+    }
+
+    fileprivate func fire(_ readiness: FileDescriptorEvents) {
+        handler?(readiness)
+    }
+
+    func setEvents(_ events: FileDescriptorEvents) {
+        guard handler != nil, events != self.events else { return }
+        self.events = events
+        loop?.modify(self)
+    }
+
+    func cancel() {
+        guard handler != nil else { return }
+        handler = nil
+        loop?.remove(self)
+    }
+}

@@ -1,0 +1,318 @@
+// One stream socket (unix, TCP or vsock) bound to an EpollEventLoop.
+//
+// Reading: on readability, receive straight into the delegate's receive space (the frame
+// deserializer's free tail) and report the byte count and any fd.
+// Writing: try the kernel at once; what it does not take waits in a bounded SendQueue while
+// EPOLLOUT is watched. If the queue has not drained when the send timeout fires, or would
+// overflow its bound, the peer is dropped and the disconnect reported; other connections are
+// never held up. A send timeout of zero makes sends block the loop instead (client option).
+// Disconnect notifications caused by a send are posted, so a delegate is never re-entered
+// from inside its own `send` call.
+
+import CPerfettoIPCLinux
+import Glibc
+import IPCProtocol
+
+/// A connection over a POSIX stream socket.
+final class UnixSocketConnection: IPCConnection {
+    weak var delegate: (any IPCConnectionDelegate)?
+    private(set) var state: ConnectionState
+    private(set) var peer = PeerIdentity()
+
+    let loop: EpollEventLoop
+    let address: String
+    private let options: ConnectionOptions
+    private let isUnixDomain: Bool
+    private var fd: Int32
+    private var watch: (any FileDescriptorWatch)?
+    private var sendQueue = SendQueue()
+    private var sendDeadline: (any ScheduledTask)?
+    /// Fallback receive space when no delegate is set: the bytes are discarded.
+    private var discardBuffer: UnsafeMutableRawBufferPointer?
+
+    /// Wraps an fd that is connected (accepted or adopted) or connecting.
+    init(
+        fd: Int32, state: ConnectionState, address: String, isUnixDomain: Bool,
+        options: ConnectionOptions, loop: EpollEventLoop
+    ) {
+        self.fd = fd
+        self.state = state
+        self.address = address
+        self.isUnixDomain = isUnixDomain
+        self.options = options
+        self.loop = loop
+    }
+
+    deinit {
+        if fd >= 0 {
+            watch?.cancel()
+            Syscall.close(fd)
+        }
+        discardBuffer?.deallocate()
+    }
+
+    // MARK: Lifecycle
+
+    /// Applies options, reads peer credentials and starts reading. Called once connected.
+    func becomeConnected() throws(IPCError) {
+        try Self.applySocketOptions(fd, options)
+        if isUnixDomain {
+            var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
+            if CPerfettoIPC_peerCredentials(fd, &pid, &uid, &gid) == 0 {
+                peer = PeerIdentity(uid: uid, pid: pid, gid: gid)
+            }
+        } else {
+            peer = PeerIdentity(remoteAddress: describeSocketAddress(fd: fd, peer: true) ?? address)
+        }
+        state = .connected
+        let events: FileDescriptorEvents = sendQueue.isEmpty ? .readable : [.readable, .writable]
+        if let watch {
+            watch.setEvents(events)
+        } else {
+            watch = try loop.watch(fd, for: events) { [weak self] ready in self?.handle(ready) }
+        }
+    }
+
+    /// Watches a connecting socket for the end of its non-blocking connect.
+    func awaitConnectCompletion() throws(IPCError) {
+        watch = try loop.watch(fd, for: .writable) { [weak self] ready in self?.handle(ready) }
+    }
+
+    func close() {
+        loop.preconditionInEventLoop()
+        tearDown()
+        delegate = nil
+    }
+
+    /// Closes the socket and forgets queued bytes; returns false if already closed.
+    @discardableResult
+    private func tearDown() -> Bool {
+        guard fd >= 0 else { return false }
+        watch?.cancel()
+        watch = nil
+        sendDeadline?.cancel()
+        sendDeadline = nil
+        sendQueue.removeAll()
+        Syscall.close(fd)
+        fd = -1
+        state = .disconnected
+        return true
+    }
+
+    /// Fails the connection and tells the delegate, now or (from inside `send`) on a later
+    /// loop turn.
+    private func fail(_ error: IPCError?, deferred: Bool) {
+        let wasConnecting = state == .connecting
+        guard tearDown() else { return }
+        let report: () -> Void = { [weak self] in
+            guard let self, let delegate = self.delegate else { return }
+            if wasConnecting {
+                delegate.connection(self, didFailToConnect: error ?? IPCError(.connectionFailed, "connection failed", address: self.address))
+            } else {
+                delegate.connection(self, didDisconnect: error)
+            }
+        }
+        if deferred {
+            let loop = self.loop
+            let unchecked = UncheckedBox(report)
+            loop.execute { unchecked.value() }
+        } else {
+            report()
+        }
+    }
+
+    // MARK: Events
+
+    private func handle(_ ready: FileDescriptorEvents) {
+        switch state {
+        case .connecting:
+            finishConnecting()
+        case .connected:
+            if ready.contains(.writable) { flushQueue() }
+            if ready.contains(.readable), fd >= 0 { readAvailable() }
+        case .disconnected:
+            break
+        }
+    }
+
+    /// A connect that failed at once, reported from a later loop turn.
+    func failConnecting(_ error: IPCError) {
+        guard state == .connecting else { return }
+        fail(error, deferred: false)
+    }
+
+    private func finishConnecting() {
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0 { error = errno }
+        guard error == 0 else {
+            fail(IPCError.systemCall("connect", errno: error, address: address, code: .connectionFailed), deferred: false)
+            return
+        }
+        do {
+            try becomeConnected()
+        } catch {
+            fail(error, deferred: false)
+            return
+        }
+        delegate?.connectionDidConnect(self)
+    }
+
+    private func readAvailable() {
+        // Bounded so one busy peer cannot starve the others on the loop.
+        for _ in 0..<16 {
+            let space = receiveSpace()
+            precondition(space.count > 0, "receive space must not be empty")
+            let result: IOResult<FDPassing.Received>
+            do {
+                result = try FDPassing.receive(fd, into: space, address: address)
+            } catch {
+                fail(error, deferred: false)
+                return
+            }
+            guard case .processed(let received) = result else { return }
+            if received.byteCount == 0 {
+                fail(nil, deferred: false)  // orderly end of stream
+                return
+            }
+            delegate?.connection(self, didReceive: received.byteCount, fileDescriptor: received.fd)
+            // The delegate may have closed us; a short read means the socket is drained.
+            guard state == .connected, received.byteCount == space.count else { return }
+        }
+    }
+
+    private func receiveSpace() -> UnsafeMutableRawBufferPointer {
+        if let delegate { return delegate.receiveSpace(for: self) }
+        if discardBuffer == nil {
+            discardBuffer = .allocate(byteCount: 4096, alignment: 16)
+        }
+        return discardBuffer!
+    }
+
+    // MARK: Sending
+
+    @discardableResult
+    func send(_ bytes: UnsafeRawBufferPointer, fd attached: Int32?) -> Bool {
+        loop.preconditionInEventLoop()
+        guard state == .connected else { return false }
+        if options.sendTimeout == .zero { return sendBlocking(bytes, fd: attached) }
+
+        if sendQueue.isEmpty {
+            let sent: Int
+            do {
+                switch try FDPassing.send(fd, bytes, fd: attached, blocking: false, address: address) {
+                case .processed(let count): sent = count
+                case .wouldBlock: sent = 0
+                }
+            } catch {
+                fail(error, deferred: true)
+                return false
+            }
+            if sent == bytes.count { return true }
+            let rest = UnsafeRawBufferPointer(rebasing: bytes[sent...])
+            return enqueue(rest, fd: sent == 0 ? attached : nil)
+        }
+        return enqueue(bytes, fd: attached)
+    }
+
+    private func enqueue(_ bytes: UnsafeRawBufferPointer, fd attached: Int32?) -> Bool {
+        guard sendQueue.byteCount + bytes.count <= options.maxQueuedSendBytes else {
+            fail(
+                IPCError(
+                    .sendQueueFull,
+                    "peer is not reading: \(sendQueue.byteCount + bytes.count) bytes would be queued, the limit is \(options.maxQueuedSendBytes)",
+                    address: address),
+                deferred: true)
+            return false
+        }
+        var owned: ScopedFD?
+        if let attached {
+            guard let copy = ScopedFD(attached).duplicateAndRelease() else {
+                fail(IPCError.systemCall("dup", errno: errno, address: address), deferred: true)
+                return false
+            }
+            owned = copy
+        }
+        let wasEmpty = sendQueue.isEmpty
+        sendQueue.append(bytes, fd: owned)
+        if wasEmpty {
+            watch?.setEvents([.readable, .writable])
+            let timeout = options.sendTimeout
+            sendDeadline = loop.scheduleTask(after: timeout) { [weak self] in
+                guard let self, !self.sendQueue.isEmpty else { return }
+                self.fail(
+                    IPCError(.sendTimeout, "peer did not read \(self.sendQueue.byteCount) queued bytes within \(timeout)", address: self.address),
+                    deferred: false)
+            }
+        }
+        return true
+    }
+
+    private func flushQueue() {
+        do {
+            try sendQueue.drain { bytes, attached throws(IPCError) in
+                switch try FDPassing.send(fd, bytes, fd: attached, blocking: false, address: address) {
+                case .processed(let count): return count
+                case .wouldBlock: return 0
+                }
+            }
+        } catch {
+            fail(error, deferred: false)
+            return
+        }
+        if sendQueue.isEmpty {
+            sendDeadline?.cancel()
+            sendDeadline = nil
+            watch?.setEvents(.readable)
+        }
+    }
+
+    /// Send timeout zero: write everything now, waiting for the kernel as long as it takes.
+    private func sendBlocking(_ bytes: UnsafeRawBufferPointer, fd attached: Int32?) -> Bool {
+        var offset = 0
+        var pendingFD = attached
+        while offset < bytes.count {
+            let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+            do {
+                switch try FDPassing.send(fd, rest, fd: pendingFD, blocking: true, address: address) {
+                case .processed(let count):
+                    offset += count
+                    pendingFD = nil
+                case .wouldBlock:
+                    var poller = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&poller, 1, -1)
+                }
+            } catch {
+                fail(error, deferred: true)
+                return false
+            }
+        }
+        return true
+    }
+
+    // MARK: Socket options
+
+    static func applySocketOptions(_ fd: Int32, _ options: ConnectionOptions) throws(IPCError) {
+        if let size = options.socketSendBufferSize {
+            try Syscall.setSocketOption(fd, SOL_SOCKET, SO_SNDBUF, Int32(clamping: size), name: "SO_SNDBUF")
+        }
+        if let size = options.socketReceiveBufferSize {
+            try Syscall.setSocketOption(fd, SOL_SOCKET, SO_RCVBUF, Int32(clamping: size), name: "SO_RCVBUF")
+        }
+    }
+}
+
+extension ScopedFD {
+    /// A close-on-exec duplicate of a borrowed descriptor; the borrowed one is not closed.
+    func duplicateAndRelease() -> ScopedFD? {
+        defer { _ = release() }
+        return duplicate()
+    }
+}
+
+/// Carries a loop-confined value through `execute`, which wants `@Sendable`. Safe because
+/// the value is only used on the loop it came from.
+struct UncheckedBox<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}

@@ -1,0 +1,86 @@
+// A listening stream socket on an EpollEventLoop.
+//
+// Binding a unix socket file follows Perfetto's rules plus two of ours:
+// * a live socket at the path (something accepts a connect) is never stolen: addressInUse;
+// * a stale one (connect refused) is replaced;
+// * a requested file mode is applied before the path becomes visible: we bind a temporary
+//   name in the same directory, chmod it, listen, then rename() it over the final path, so no
+//   peer can ever connect through a file with the wrong mode;
+// * the file is removed again when the listener closes.
+
+import CPerfettoIPCLinux
+import Glibc
+import IPCProtocol
+
+/// A listening socket that hands accepted connections to its delegate.
+final class UnixSocketListener: IPCListener {
+    let address: String
+    private let loop: EpollEventLoop
+    private let options: ConnectionOptions
+    private let isUnixDomain: Bool
+    private weak var delegate: (any IPCListenerDelegate)?
+    private var fd: Int32
+    private var watch: (any FileDescriptorWatch)?
+    private let socketFile: String?
+
+    init(
+        fd: Int32, address: String, socketFile: String?, isUnixDomain: Bool, options: ConnectionOptions,
+        loop: EpollEventLoop, delegate: any IPCListenerDelegate
+    ) throws(IPCError) {
+        self.fd = fd
+        self.address = address
+        self.socketFile = socketFile
+        self.isUnixDomain = isUnixDomain
+        self.options = options
+        self.loop = loop
+        self.delegate = delegate
+        watch = try loop.watch(fd, for: .readable) { [weak self] _ in self?.acceptPending() }
+    }
+
+    deinit { close() }
+
+    func close() {
+        guard fd >= 0 else { return }
+        watch?.cancel()
+        watch = nil
+        Syscall.close(fd)
+        fd = -1
+        if let socketFile { unlink(socketFile) }
+    }
+
+    private func acceptPending() {
+        // Bounded per wake-up so a connect storm cannot starve other work on the loop.
+        for _ in 0..<64 where fd >= 0 {
+            let accepted = CPerfettoIPC_accept4(fd, nil, nil, Int32(SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue))
+            if accepted < 0 {
+                let error = errno
+                if error == EINTR || error == ECONNABORTED { continue }
+                if error == EMFILE || error == ENFILE { pauseAccepting() }
+                return
+            }
+            let connection = UnixSocketConnection(
+                fd: accepted, state: .connecting, address: address, isUnixDomain: isUnixDomain,
+                options: options, loop: loop)
+            do {
+                try connection.becomeConnected()
+            } catch {
+                connection.close()
+                continue
+            }
+            guard let delegate else {
+                connection.close()
+                continue
+            }
+            delegate.listener(self, didAccept: connection)
+        }
+    }
+
+    /// Out of descriptors: stop polling the listening socket for a moment instead of spinning
+    /// on a connection we cannot accept.
+    private func pauseAccepting() {
+        watch?.setEvents([])
+        _ = loop.scheduleTask(after: .milliseconds(100)) { [weak self] in
+            self?.watch?.setEvents(.readable)
+        }
+    }
+}
