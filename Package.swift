@@ -12,11 +12,14 @@ let package = Package(
         .library(name: "IPCUnixSocket", targets: ["IPCUnixSocket"]),
         .library(name: "IPCLibuv", targets: ["IPCLibuv"]),
         .library(name: "IPCInProcess", targets: ["IPCInProcess"]),
+        .library(name: "IPCEchoService", targets: ["IPCEchoService"]),
+        .executable(name: "protoc-gen-swift-ipc", targets: ["protoc-gen-swift-ipc"]),
         .executable(name: "ipc-echo", targets: ["ipc-echo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
     ],
     targets: [
         // Thin wrappers for Linux calls Glibc does not import (epoll, eventfd, timerfd,
@@ -25,7 +28,10 @@ let package = Package(
         // The wire format, the frame codec and (later) the RPC core: backend-neutral.
         .target(
             name: "IPCProtocol",
-            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
+            dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // epoll event loop + POSIX stream sockets.
         .target(name: "IPCUnixSocket", dependencies: ["IPCProtocol", "CPerfettoIPCLinux"]),
@@ -38,10 +44,22 @@ let package = Package(
         .target(name: "IPCLibuv", dependencies: ["IPCProtocol", "CLibuv"]),
         // In-memory transport and deterministic loop for tests.
         .target(name: "IPCInProcess", dependencies: ["IPCProtocol"]),
+        // Generates service handlers and proxies from .proto services (see scripts/).
+        .executableTarget(
+            name: "protoc-gen-swift-ipc",
+            dependencies: [.product(name: "SwiftProtobufPluginLibrary", package: "swift-protobuf")]
+        ),
+        // Perfetto's echo.proto (../shared/interop) with its generated code and the reference
+        // implementation used by ipc-echo, the tests and the benchmarks.
+        .target(
+            name: "IPCEchoService",
+            dependencies: ["IPCProtocol", "CPerfettoIPCLinux"],
+            path: "Examples/EchoService"
+        ),
         .executableTarget(
             name: "ipc-echo",
             dependencies: [
-                "IPCProtocol", "IPCUnixSocket",
+                "IPCProtocol", "IPCUnixSocket", "IPCEchoService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Examples/ipc-echo"
@@ -58,7 +76,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IPCProtocolTests",
-            dependencies: ["IPCProtocol"],
+            dependencies: ["IPCProtocol", "IPCUnixSocket", "IPCEchoService", "TestSupport"],
             resources: [.copy("Fixtures")]
         ),
     ]

@@ -18,6 +18,7 @@ command -v protoc >/dev/null || { echo "protoc not found: apt-get install protob
 
 scratch="$root/.build-protoc"
 swift build -c release --scratch-path "$scratch" --product protoc-gen-swift >&2
+swift build -c release --scratch-path "$scratch" --product protoc-gen-swift-ipc >&2
 plugin_dir=$(swift build -c release --scratch-path "$scratch" --show-bin-path)
 
 out_root="$root"
@@ -37,10 +38,27 @@ generate_messages() { # $1 = output folder relative to the repo, $2 = visibility
     "$@"
 }
 
+generate_services() { # $1 = output folder relative to the repo, $2 = visibility, rest = protos
+  local dest="$out_root/$1" visibility=$2; shift 2
+  mkdir -p "$dest"
+  protoc -I Protos \
+    --plugin=protoc-gen-swift-ipc="$plugin_dir/protoc-gen-swift-ipc" \
+    --swift-ipc_out="$dest" \
+    --swift-ipc_opt=Visibility="$visibility",FileNaming=DropPath \
+    "$@"
+}
+
+generated_dirs=(Sources/IPCProtocol/Wire/Generated Examples/EchoService/Generated)
 generate_messages Sources/IPCProtocol/Wire/Generated Public perfetto/ipc/wire_protocol.proto
+generate_messages Examples/EchoService/Generated Public pfpeers/echo.proto
+generate_services Examples/EchoService/Generated Public pfpeers/echo.proto
 
 if [ $check = 1 ]; then
-  if diff -ru "$root/Sources/IPCProtocol/Wire/Generated" "$out_root/Sources/IPCProtocol/Wire/Generated"; then
+  stale=0
+  for dir in "${generated_dirs[@]}"; do
+    diff -ru "$root/$dir" "$out_root/$dir" || stale=1
+  done
+  if [ $stale = 0 ]; then
     echo "generated code is up to date"
   else
     echo "generated code is stale: run scripts/generate-protos.sh and commit the result" >&2

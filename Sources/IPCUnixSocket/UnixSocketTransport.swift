@@ -105,9 +105,10 @@ public final class UnixSocketTransport: IPCTransport, @unchecked Sendable {
     }
 
     /// Takes over an fd that is already connected (e.g. one end of a `socketpair`). The
-    /// returned connection is connected at once; its delegate is `delegate`.
+    /// returned connection is connected at once; give it a delegate (or hand it to
+    /// `IPCHost.adopt` / `IPCClient(connection:)`, which set their own) before the loop runs.
     public func adoptConnection(
-        fd: Int32, options: ConnectionOptions = .default, delegate: any IPCConnectionDelegate
+        fd: Int32, options: ConnectionOptions = .default, delegate: (any IPCConnectionDelegate)? = nil
     ) throws(IPCError) -> any IPCConnection {
         loop.preconditionInEventLoop()
         try Syscall.makeNonBlockingAndCloseOnExec(fd)

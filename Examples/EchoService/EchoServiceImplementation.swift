@@ -1,0 +1,74 @@
+// The reference implementation of `pfpeers.EchoService`, behaving like the C++ peer in
+// ../shared/interop/echo:
+// * Echo returns data and seq, the caller's pid/uid as the host saw them, and
+//   received_fd_size = the size of the fd sent with the request (-1 without one);
+// * want_fd attaches a memfd holding "fd-payload:" + data to the reply;
+// * StreamEcho sends `count` replies (at least one) with index 0..count-1, the last with
+//   has_more = false.
+
+import CPerfettoIPCLinux
+import Foundation
+import IPCProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Echo service with Deferred replies, as exposed by `ipc-echo serve`.
+public final class EchoServiceImplementation: Pfpeers_EchoServiceHandler {
+    /// Clients the host reported gone, in order.
+    public private(set) var disconnectedClients: [IPCClientInfo] = []
+    /// Calls received, in order (method name).
+    public private(set) var calls: [String] = []
+
+    public init() {}
+
+    public func echo(_ request: Pfpeers_EchoRequest, context: IPCCallContext, reply: Deferred<Pfpeers_EchoReply>) {
+        calls.append("Echo")
+        var response = Pfpeers_EchoReply()
+        response.data = request.data
+        response.seq = request.seq
+        response.peerPid = context.client.pid ?? 0
+        response.peerUid = Int32(bitPattern: context.client.uid ?? 0)
+        response.receivedFdSize = context.takeReceivedFileDescriptor().map { Self.size(of: $0.rawValue) } ?? -1
+        if request.wantFd {
+            reply.resolve(response, fileDescriptor: Self.memfd(holding: Array("fd-payload:".utf8) + Array(request.data)))
+        } else {
+            reply.resolve(response)
+        }
+    }
+
+    public func streamEcho(_ request: Pfpeers_EchoRequest, context: IPCCallContext, reply: Deferred<Pfpeers_EchoReply>) {
+        calls.append("StreamEcho")
+        let count = max(1, Int(request.count))
+        for index in 0..<count {
+            var response = Pfpeers_EchoReply()
+            response.data = request.data
+            response.seq = request.seq
+            response.index = UInt32(index)
+            reply.resolve(response, hasMore: index < count - 1)
+        }
+    }
+
+    public func clientDidDisconnect(_ client: IPCClientInfo) {
+        disconnectedClients.append(client)
+    }
+
+    /// Size of what `fd` refers to (st_size), or -1 if fstat fails.
+    public static func size(of fd: Int32) -> Int64 {
+        var info = stat()
+        return fstat(fd, &info) == 0 ? Int64(info.st_size) : -1
+    }
+
+    /// A close-on-exec memfd holding `bytes`, positioned at 0. `nil` if it cannot be made.
+    public static func memfd(holding bytes: [UInt8], name: String = "echo-reply") -> ScopedFD? {
+        let fd = CPerfettoIPC_memfd_create(name, UInt32(CPerfettoIPC_MFD_CLOEXEC))
+        guard fd >= 0 else { return nil }
+        let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        guard written == bytes.count else {
+            close(fd)
+            return nil
+        }
+        return ScopedFD(fd)
+    }
+}

@@ -1,0 +1,312 @@
+// The client side of Perfetto IPC: one connection to a host, over which service proxies are
+// bound and called.
+//
+// Contract:
+// * request ids start at 1 and grow by one for every request, binds included;
+// * binds asked for before the connection is up are queued and sent once it is;
+// * a second proxy for a service name that is already bound fails (`alreadyBound`);
+// * when the connection ends, every outstanding call is rejected (streaming ones too) and
+//   every proxy is told; then nothing more is called;
+// * destroying the client (even inside its own disconnect callback) or a proxy releases its
+//   callbacks without calling them.
+// Loop-bound: create, bind and call on the transport's loop.
+
+import Foundation
+import Logging
+
+/// A connection to an IPC host, carrying service proxies.
+///
+/// ```swift
+/// let client = IPCClient(transport: transport, connectingTo: "/run/echo.sock")
+/// let echo = Pfpeers_EchoServiceProxy()
+/// client.bind(echo)
+/// ```
+public final class IPCClient: IPCConnectionDelegate {
+    /// The loop the client lives on.
+    public let eventLoop: any IPCEventLoop
+    public let logger: Logger
+    /// Called once the connection is up (before queued binds are answered).
+    public var onConnect: (() -> Void)?
+    /// Called once when the connection ends or fails, after proxies and calls were told.
+    public var onDisconnect: ((IPCError?) -> Void)?
+
+    private var connection: (any IPCConnection)?
+    private let deserializer: FrameDeserializer
+    private let receivedFD = ReceivedFDSlot()
+    private var nextRequestID: UInt64 = 1
+    private var pending: [UInt64: PendingRequest] = [:]
+    private var queuedBinds: [ServiceProxy] = []
+    private var boundProxies: [ObjectIdentifier: WeakProxy] = [:]
+    private var ended = false
+
+    private enum PendingRequest {
+        case bind(WeakProxy)
+        case invoke(proxy: ObjectIdentifier, callback: (AsyncResult<Data>) -> Void)
+    }
+
+    /// Connects to the host at `address`. Loop-only; the outcome arrives through proxies'
+    /// callbacks, ``onConnect`` and ``onDisconnect``.
+    public init(
+        transport: any IPCTransport, connectingTo address: String, options: ConnectionOptions = .default,
+        receiveCapacity: Int = WireLimits.defaultReceiveCapacity, logger: Logger = Logger(label: "perfetto.ipc.client")
+    ) {
+        eventLoop = transport.eventLoop
+        self.logger = logger
+        eventLoop.preconditionInEventLoop()
+        // A capacity the deserializer refuses falls back to the default rather than failing.
+        deserializer = (try? FrameDeserializer(capacity: receiveCapacity)) ?? (try! FrameDeserializer())
+        connection = transport.connect(to: address, options: options, delegate: self)
+    }
+
+    /// Uses a connection that is already connected (e.g. adopted from a socketpair). Loop-only.
+    public init(
+        connection: any IPCConnection, eventLoop: any IPCEventLoop,
+        receiveCapacity: Int = WireLimits.defaultReceiveCapacity, logger: Logger = Logger(label: "perfetto.ipc.client")
+    ) {
+        self.eventLoop = eventLoop
+        self.logger = logger
+        eventLoop.preconditionInEventLoop()
+        deserializer = (try? FrameDeserializer(capacity: receiveCapacity)) ?? (try! FrameDeserializer())
+        self.connection = connection
+        connection.delegate = self
+        if connection.state == .connected {
+            let box = UncheckedSendableBox((client: self, connection: connection))
+            eventLoop.execute { box.value.client.connectionDidConnect(box.value.connection) }
+        }
+    }
+
+    deinit {
+        connection?.close()
+    }
+
+    /// Whether the connection is up.
+    public var isConnected: Bool { connection?.state == .connected && !ended }
+
+    /// The host's identity (uid/pid on unix sockets).
+    public var peer: PeerIdentity? { connection?.peer }
+
+    /// Binds `proxy` to its service on the host; queued until the connection is up. The
+    /// proxy's `onConnect` or `onConnectionFailed` tells the outcome. Loop-only.
+    public func bind(_ proxy: ServiceProxy) {
+        eventLoop.preconditionInEventLoop()
+        precondition(proxy.client == nil || proxy.client === self, "a proxy binds to one client")
+        proxy.attach(to: self)
+        if ended {
+            proxy.bindingFailed(IPCError(.disconnected, "the client is disconnected"))
+        } else if isConnected {
+            sendBind(proxy)
+        } else {
+            queuedBinds.append(proxy)
+        }
+    }
+
+    /// Closes the connection. Outstanding calls are rejected and proxies told, as for a
+    /// disconnect; ``onDisconnect`` is called. Loop-only; idempotent.
+    public func close() {
+        eventLoop.preconditionInEventLoop()
+        connection?.close()
+        end(IPCError(.disconnected, "the client was closed"))
+    }
+
+    // MARK: Requests (for ServiceProxy)
+
+    /// Sends InvokeMethod; `callback` nil means drop_reply. Returns the request id, or nil if
+    /// the request could not be sent (the callback was then rejected).
+    @discardableResult
+    func invoke(
+        serviceID: UInt32, methodID: UInt32, arguments: Data, fd: Int32?, proxy: ServiceProxy,
+        callback: ((AsyncResult<Data>) -> Void)?
+    ) -> UInt64? {
+        guard isConnected, let connection else {
+            callback?(.rejected(IPCError(.disconnected, "not connected")))
+            return nil
+        }
+        let requestID = takeRequestID()
+        var frame = IPCFrame()
+        frame.requestID = requestID
+        frame.msgInvokeMethod.serviceID = serviceID
+        frame.msgInvokeMethod.methodID = methodID
+        frame.msgInvokeMethod.argsProto = arguments
+        frame.msgInvokeMethod.dropReply = callback == nil
+        if let callback {
+            pending[requestID] = .invoke(proxy: ObjectIdentifier(proxy), callback: callback)
+        }
+        guard connection.sendFrame(frame, fd: fd, maxPayloadSize: deserializer.maxPayloadSize, logger: logger) else {
+            if let callback, pending.removeValue(forKey: requestID) != nil {
+                callback(.rejected(IPCError(.disconnected, "the request could not be sent")))
+            }
+            return nil
+        }
+        return requestID
+    }
+
+    /// Forgets a pending call: its callback is released and never called.
+    func cancelRequest(_ requestID: UInt64) {
+        pending[requestID] = nil
+    }
+
+    /// A proxy is going away: release its callbacks and let its name be bound again.
+    func forgetProxy(_ id: ObjectIdentifier) {
+        boundProxies[id] = nil
+        queuedBinds.removeAll { ObjectIdentifier($0) == id }
+        pending = pending.filter { _, request in
+            if case .invoke(let proxy, _) = request { return proxy != id }
+            return true
+        }
+    }
+
+    // MARK: IPCConnectionDelegate
+
+    public func connectionDidConnect(_ connection: any IPCConnection) {
+        guard !ended else { return }
+        if !connection.peer.isLocal { sendPeerIdentity() }
+        onConnect?()
+        let binds = queuedBinds
+        queuedBinds.removeAll()
+        for proxy in binds where !ended { sendBind(proxy) }
+    }
+
+    public func connection(_ connection: any IPCConnection, didFailToConnect error: IPCError) {
+        end(error)
+    }
+
+    public func connection(_ connection: any IPCConnection, didDisconnect error: IPCError?) {
+        end(error ?? IPCError(.disconnected, "the host closed the connection"))
+    }
+
+    public func receiveSpace(for connection: any IPCConnection) -> UnsafeMutableRawBufferPointer {
+        deserializer.receiveSpace
+    }
+
+    public func connection(_ connection: any IPCConnection, didReceive byteCount: Int, fileDescriptor: ScopedFD?) {
+        if let fileDescriptor { receivedFD.store(fileDescriptor) }
+        var framingError: IPCError?
+        do {
+            try deserializer.endReceive(byteCount: byteCount)
+        } catch {
+            framingError = error
+        }
+        while !ended, let frame = deserializer.popNextFrame() {
+            handle(frame)
+        }
+        if let framingError, !ended {
+            logger.warning("closing connection to host: \(framingError)")
+            connection.close()
+            end(framingError)
+        }
+    }
+
+    // MARK: Internals
+
+    private func takeRequestID() -> UInt64 {
+        defer { nextRequestID += 1 }
+        return nextRequestID
+    }
+
+    private func sendBind(_ proxy: ServiceProxy) {
+        let name = proxy.descriptor.name
+        let alreadyBound = boundProxies.values.contains { $0.proxy?.descriptor.name == name && $0.proxy !== proxy }
+            || pending.values.contains { if case .bind(let other) = $0 { return other.proxy?.descriptor.name == name }; return false }
+        if alreadyBound {
+            let box = UncheckedSendableBox(proxy)
+            eventLoop.execute {
+                box.value.bindingFailed(IPCError(.alreadyBound, "service \(name) is already bound on this client"))
+            }
+            return
+        }
+        let requestID = takeRequestID()
+        var frame = IPCFrame()
+        frame.requestID = requestID
+        frame.msgBindService.serviceName = name
+        pending[requestID] = .bind(WeakProxy(proxy))
+        boundProxies[ObjectIdentifier(proxy)] = WeakProxy(proxy)
+        connection?.sendFrame(frame, maxPayloadSize: deserializer.maxPayloadSize, logger: logger)
+    }
+
+    private func sendPeerIdentity() {
+        var frame = IPCFrame()
+        frame.setPeerIdentity.pid = getpid()
+        frame.setPeerIdentity.uid = Int32(bitPattern: getuid())
+        if let bootID = try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8) {
+            frame.setPeerIdentity.machineIDHint = bootID.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        connection?.sendFrame(frame, maxPayloadSize: deserializer.maxPayloadSize, logger: logger)
+    }
+
+    private func handle(_ frame: IPCFrame) {
+        switch frame.msg {
+        case .msgBindServiceReply(let reply):
+            guard case .bind(let weakProxy)? = pending.removeValue(forKey: frame.requestID) else {
+                logger.debug("bind reply for unknown request \(frame.requestID)")
+                return
+            }
+            guard let proxy = weakProxy.proxy else { return }
+            if reply.success {
+                proxy.didBind(serviceID: reply.serviceID, methods: reply.methods)
+            } else {
+                boundProxies[ObjectIdentifier(proxy)] = nil
+                proxy.bindingFailed(IPCError(.serviceNotFound, "the host does not expose \(proxy.descriptor.name)"))
+            }
+        case .msgInvokeMethodReply(let reply):
+            let hasMore = reply.success && reply.hasMore
+            guard case .invoke(let proxyID, let callback)? = hasMore ? pending[frame.requestID] : pending.removeValue(forKey: frame.requestID) else {
+                logger.debug("reply for unknown or cancelled request \(frame.requestID)")
+                return
+            }
+            guard boundProxies[proxyID]?.proxy != nil else { return }
+            let fd = receivedFD.take()
+            if reply.success {
+                callback(AsyncResult(reply.replyProto, hasMore: hasMore, fileDescriptor: fd))
+            } else {
+                callback(.rejected(IPCError(.remoteFailure, "the host rejected the call")))
+            }
+        case .msgRequestError(let error):
+            switch pending.removeValue(forKey: frame.requestID) {
+            case .bind(let weakProxy)?:
+                weakProxy.proxy?.bindingFailed(IPCError(.protocolViolation, "host error: \(error.error)"))
+            case .invoke(_, let callback)?:
+                callback(.rejected(IPCError(.protocolViolation, "host error: \(error.error)")))
+            case nil:
+                logger.info("host reported \"\(error.error)\" for request \(frame.requestID)")
+            }
+        default:
+            logger.info("ignoring unexpected frame from host (request \(frame.requestID))")
+        }
+    }
+
+    /// Rejects everything outstanding and tells proxies, once.
+    private func end(_ error: IPCError) {
+        guard !ended else { return }
+        ended = true
+        let outstanding = pending.sorted { $0.key < $1.key }.map(\.value)
+        pending.removeAll()
+        let queued = queuedBinds
+        queuedBinds.removeAll()
+        let bound = boundProxies.values.compactMap(\.proxy)
+        boundProxies.removeAll()
+        receivedFD.take()?.close()
+
+        for request in outstanding {
+            switch request {
+            case .invoke(_, let callback): callback(.rejected(error))
+            case .bind: break  // its proxy is in `bound` and is told below
+            }
+        }
+        for proxy in queued { proxy.bindingFailed(error) }
+        for proxy in bound { proxy.connectionEnded(error) }
+        onDisconnect?(error)
+    }
+}
+
+/// A weak reference to a proxy, for tables that must not keep proxies alive.
+struct WeakProxy {
+    weak var proxy: ServiceProxy?
+    init(_ proxy: ServiceProxy) { self.proxy = proxy }
+}
+
+/// Carries a loop-bound object through `execute`, which wants `@Sendable` closures. Sound
+/// because the object is only used on the loop it belongs to, which is where `execute` runs.
+package struct UncheckedSendableBox<Value>: @unchecked Sendable {
+    package let value: Value
+    package init(_ value: Value) { self.value = value }
+}

@@ -1,0 +1,77 @@
+// What a host keeps per connected client: the connection, its frame deserializer, its
+// received-fd slot and who it is.
+
+import Logging
+
+/// One client connection of a ``IPCHost``. Loop-bound.
+final class HostClient: IPCConnectionDelegate {
+    let id: UInt64
+    let connection: any IPCConnection
+    let deserializer: FrameDeserializer
+    let receivedFD = ReceivedFDSlot()
+    var info: IPCClientInfo
+    var hasPeerIdentity: Bool
+    /// Called with each decoded frame, and once when the connection ends.
+    unowned let host: IPCHost
+
+    init(id: UInt64, connection: any IPCConnection, host: IPCHost) throws(IPCError) {
+        self.id = id
+        self.connection = connection
+        self.host = host
+        deserializer = try FrameDeserializer(capacity: host.receiveCapacity)
+        let peer = connection.peer
+        info = IPCClientInfo(clientID: id, uid: peer.uid, pid: peer.pid, machineID: 0, remoteAddress: peer.remoteAddress)
+        hasPeerIdentity = peer.isLocal
+        if !peer.isLocal {
+            // Until the peer says who it is, identify its machine by its address's host part.
+            info.machineID = machineID(hint: peer.remoteAddress.map(hostPart) ?? "remote")
+        }
+    }
+
+    func connectionDidConnect(_ connection: any IPCConnection) {}
+    func connection(_ connection: any IPCConnection, didFailToConnect error: IPCError) {}
+
+    func connection(_ connection: any IPCConnection, didDisconnect error: IPCError?) {
+        host.clientDidDisconnect(self, reason: error)
+    }
+
+    func receiveSpace(for connection: any IPCConnection) -> UnsafeMutableRawBufferPointer {
+        deserializer.receiveSpace
+    }
+
+    func connection(_ connection: any IPCConnection, didReceive byteCount: Int, fileDescriptor: ScopedFD?) {
+        if let fileDescriptor { receivedFD.store(fileDescriptor) }
+        do {
+            try deserializer.endReceive(byteCount: byteCount)
+        } catch {
+            host.logger.warning("closing client \(id) (\(connection.peer)): \(error)")
+            dispatchDecodedFrames()
+            connection.close()
+            host.clientDidDisconnect(self, reason: error)
+            return
+        }
+        dispatchDecodedFrames()
+    }
+
+    private func dispatchDecodedFrames() {
+        while connection.state == .connected, let frame = deserializer.popNextFrame() {
+            host.dispatch(frame, from: self)
+        }
+    }
+}
+
+/// A stable, non-zero 32-bit id for a remote machine (FNV-1a of its hint).
+func machineID(hint: String) -> UInt32 {
+    var hash: UInt32 = 2_166_136_261
+    for byte in hint.utf8 {
+        hash ^= UInt32(byte)
+        hash = hash &* 16_777_619
+    }
+    return hash == 0 ? 1 : hash
+}
+
+/// `host` of `host:port` / `[v6]:port` / `vsock://cid:port`.
+private func hostPart(_ address: String) -> String {
+    guard let colon = address.lastIndex(of: ":") else { return address }
+    return String(address[..<colon])
+}

@@ -1,0 +1,163 @@
+// The client-side handle of one remote service. Generated proxies subclass it and add one
+// typed method per RPC; everything stateful lives here.
+//
+// States: unbound -> binding -> bound -> disconnected, or binding -> failed.
+// Calls are only sent while bound; method ids come from the bind reply, looked up by name, so
+// a host whose .proto lists methods in another order still works.
+
+import Foundation
+import SwiftProtobuf
+
+/// Client-side proxy of a remote service. Loop-bound.
+open class ServiceProxy {
+    /// Where a proxy is in its life.
+    public enum State: Sendable, Hashable {
+        case unbound, binding, bound, failed, disconnected
+    }
+
+    /// The service this proxy talks to.
+    public let descriptor: ServiceDescriptor
+    /// Where the proxy is in its life.
+    public private(set) var state: State = .unbound
+    /// The error that failed or ended the binding.
+    public private(set) var lastError: IPCError?
+
+    /// The service is bound: calls can be made.
+    public var onConnect: (() -> Void)?
+    /// The bind failed (unknown service, already bound, host unreachable).
+    public var onConnectionFailed: ((IPCError) -> Void)?
+    /// The connection ended after a successful bind. Outstanding calls were rejected first.
+    public var onDisconnect: ((IPCError) -> Void)?
+
+    weak var client: IPCClient?
+    private(set) var eventLoop: (any IPCEventLoop)?
+    private var serviceID: UInt32 = 0
+    private var methodIDs: [String: UInt32] = [:]
+    private var bindWaiters: [(Result<Void, IPCError>) -> Void] = []
+
+    public init(descriptor: ServiceDescriptor) {
+        self.descriptor = descriptor
+    }
+
+    deinit {
+        guard let loop = eventLoop else { return }
+        let client = UncheckedSendableBox(WeakClient(client))
+        let id = ObjectIdentifier(self)
+        if loop.inEventLoop {
+            client.value.client?.forgetProxy(id)
+        } else {
+            loop.execute { client.value.client?.forgetProxy(id) }
+        }
+    }
+
+    /// Whether calls can be made.
+    public var isBound: Bool { state == .bound }
+
+    /// Sends a call of `method` (by name); `reply` nil means the host sends no reply
+    /// (drop_reply). Without a binding, or for a method the host does not have, `reply` is
+    /// rejected at once. Loop-only.
+    public func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
+        _ method: String, _ request: Request, fd: Int32? = nil, reply: ((AsyncResult<Reply>) -> Void)?
+    ) {
+        invokeRaw(method, arguments: nil, request: request, fd: fd, reply: reply.map(Self.decoding))
+    }
+
+    /// The untyped core of ``invoke(_:_:fd:reply:)``: `arguments`, if given, are the request
+    /// already encoded. Returns the request id when sent.
+    @discardableResult
+    func invokeRaw(
+        _ method: String, arguments: Data?, request: (any SwiftProtobuf.Message)?, fd: Int32?,
+        reply: ((AsyncResult<Data>) -> Void)?
+    ) -> UInt64? {
+        eventLoop?.preconditionInEventLoop()
+        guard state == .bound, let client else {
+            reply?(.rejected(lastError ?? IPCError(.disconnected, "\(descriptor.name) is not bound")))
+            return nil
+        }
+        guard let methodID = methodIDs[method] else {
+            reply?(.rejected(IPCError(.methodNotFound, "\(descriptor.name) on the host has no method \(method)")))
+            return nil
+        }
+        let encoded: Data
+        if let arguments {
+            encoded = arguments
+        } else {
+            do {
+                encoded = try request?.serializedBytes() ?? Data()
+            } catch {
+                reply?(.rejected(IPCError(.invalidArgument, "cannot encode \(method) request: \(error)")))
+                return nil
+            }
+        }
+        return client.invoke(
+            serviceID: serviceID, methodID: methodID, arguments: encoded, fd: fd, proxy: self, callback: reply)
+    }
+
+    static func decoding<Reply: SwiftProtobuf.Message>(
+        _ reply: @escaping (AsyncResult<Reply>) -> Void
+    ) -> (AsyncResult<Data>) -> Void {
+        { raw in
+            guard let bytes = raw.message else {
+                reply(.rejected(raw.error ?? IPCError(.remoteFailure, "the call was rejected")))
+                return
+            }
+            do {
+                reply(AsyncResult(try Reply(serializedBytes: bytes), hasMore: raw.hasMore, fileDescriptor: raw.fileDescriptor))
+            } catch {
+                reply(.rejected(IPCError(.protocolViolation, "undecodable \(Reply.protoMessageName) in reply: \(error)")))
+            }
+        }
+    }
+
+    // MARK: Binding (driven by IPCClient)
+
+    func attach(to client: IPCClient) {
+        self.client = client
+        eventLoop = client.eventLoop
+        state = .binding
+    }
+
+    func didBind(serviceID: UInt32, methods: [IPCFrame.BindServiceReply.MethodInfo]) {
+        self.serviceID = serviceID
+        methodIDs = Dictionary(methods.map { ($0.name, $0.id) }, uniquingKeysWith: { first, _ in first })
+        state = .bound
+        finishBindWaiters(.success(()))
+        onConnect?()
+    }
+
+    func bindingFailed(_ error: IPCError) {
+        guard state == .binding || state == .unbound else { return }
+        state = .failed
+        lastError = error
+        finishBindWaiters(.failure(error))
+        onConnectionFailed?(error)
+    }
+
+    func connectionEnded(_ error: IPCError) {
+        if state == .binding { return bindingFailed(error) }
+        guard state == .bound else { return }
+        state = .disconnected
+        lastError = error
+        onDisconnect?(error)
+    }
+
+    /// Calls `body` once binding has succeeded or failed (at once if it already has).
+    func whenBound(_ body: @escaping (Result<Void, IPCError>) -> Void) {
+        switch state {
+        case .bound: body(.success(()))
+        case .failed, .disconnected: body(.failure(lastError ?? IPCError(.disconnected, "not bound")))
+        case .unbound, .binding: bindWaiters.append(body)
+        }
+    }
+
+    private func finishBindWaiters(_ result: Result<Void, IPCError>) {
+        let waiters = bindWaiters
+        bindWaiters.removeAll()
+        waiters.forEach { $0(result) }
+    }
+}
+
+struct WeakClient {
+    weak var client: IPCClient?
+    init(_ client: IPCClient?) { self.client = client }
+}
