@@ -153,7 +153,7 @@ struct ServiceFileWriter {
             "/// Client proxy of `\(service.fullName)`: bind it with `IPCClient.bind(_:)`.",
             "///",
             "/// Callback methods are loop-only; `async` methods and streams may be used from any task.",
-            "\(access)final class \(name)Proxy: ServiceProxy {")
+            "\(access)final class \(name)Proxy: ServiceProxy, @unchecked Sendable {")
         p.withIndentation { p in
             p.print("\(access)init() { super.init(descriptor: \(name).descriptor) }")
             for method in service.methods {

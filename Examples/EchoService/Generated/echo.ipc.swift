@@ -82,7 +82,7 @@ extension Pfpeers_EchoServiceAsyncHandler {
 /// Client proxy of `pfpeers.EchoService`: bind it with `IPCClient.bind(_:)`.
 ///
 /// Callback methods are loop-only; `async` methods and streams may be used from any task.
-public final class Pfpeers_EchoServiceProxy: ServiceProxy {
+public final class Pfpeers_EchoServiceProxy: ServiceProxy, @unchecked Sendable {
     public init() { super.init(descriptor: Pfpeers_EchoService.descriptor) }
 
     /// Calls `Echo`; `reply` nil sends it with drop_reply (no reply comes back).

@@ -108,6 +108,9 @@ public final class IPCClient: IPCConnectionDelegate {
         end(IPCError(.disconnected, "the client was closed"))
     }
 
+    /// Calls waiting for a reply (test hook).
+    package var pendingRequestCountForTesting: Int { pending.count }
+
     // MARK: Requests (for ServiceProxy)
 
     /// Sends InvokeMethod; `callback` nil means drop_reply. Returns the request id, or nil if
@@ -179,14 +182,14 @@ public final class IPCClient: IPCConnectionDelegate {
     }
 
     public func connection(_ connection: any IPCConnection, didReceive byteCount: Int, fileDescriptor: ScopedFD?) {
-        if let fileDescriptor { receivedFD.store(fileDescriptor) }
         var framingError: IPCError?
         do {
-            try deserializer.endReceive(byteCount: byteCount)
+            try deserializer.endReceive(byteCount: byteCount, fileDescriptor: fileDescriptor)
         } catch {
             framingError = error
         }
-        while !ended, let frame = deserializer.popNextFrame() {
+        while !ended, let (frame, fd) = deserializer.popNextReceivedFrame() {
+            if let fd { receivedFD.store(fd) }
             handle(frame)
         }
         if let framingError, !ended {

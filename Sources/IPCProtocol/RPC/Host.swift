@@ -112,6 +112,9 @@ public final class IPCHost: IPCListenerDelegate {
         }
     }
 
+    /// The exposed services, in service-id order (test hook).
+    package var exposedServicesForTesting: [any IPCService] { services }
+
     // MARK: Package interface for HostClient and the dispatcher
 
     func clientDidDisconnect(_ client: HostClient, reason: IPCError?) {

@@ -40,9 +40,8 @@ final class HostClient: IPCConnectionDelegate {
     }
 
     func connection(_ connection: any IPCConnection, didReceive byteCount: Int, fileDescriptor: ScopedFD?) {
-        if let fileDescriptor { receivedFD.store(fileDescriptor) }
         do {
-            try deserializer.endReceive(byteCount: byteCount)
+            try deserializer.endReceive(byteCount: byteCount, fileDescriptor: fileDescriptor)
         } catch {
             host.logger.warning("closing client \(id) (\(connection.peer)): \(error)")
             dispatchDecodedFrames()
@@ -54,7 +53,8 @@ final class HostClient: IPCConnectionDelegate {
     }
 
     private func dispatchDecodedFrames() {
-        while connection.state == .connected, let frame = deserializer.popNextFrame() {
+        while connection.state == .connected, let (frame, fd) = deserializer.popNextReceivedFrame() {
+            if let fd { receivedFD.store(fd) }
             host.dispatch(frame, from: self)
         }
     }

@@ -6,10 +6,16 @@
 // a host whose .proto lists methods in another order still works.
 
 import Foundation
+import Synchronization
 import SwiftProtobuf
 
-/// Client-side proxy of a remote service. Loop-bound.
-open class ServiceProxy {
+/// Client-side proxy of a remote service.
+///
+/// Callback methods and properties are loop-only; the `async` methods and streams may be used
+/// from any task (they hop onto the loop), which is why a proxy is `Sendable`.
+open class ServiceProxy: @unchecked Sendable {
+    // @unchecked Sendable: every mutable field is touched only on the loop (checked with
+    // preconditionInEventLoop at the entry points) except `loop`, which is behind a Mutex.
     /// Where a proxy is in its life.
     public enum State: Sendable, Hashable {
         case unbound, binding, bound, failed, disconnected
@@ -30,7 +36,9 @@ open class ServiceProxy {
     public var onDisconnect: ((IPCError) -> Void)?
 
     weak var client: IPCClient?
-    private(set) var eventLoop: (any IPCEventLoop)?
+    private let loop = Mutex<(any IPCEventLoop)?>(nil)
+    /// The loop of the client this proxy was bound to, once bound. Thread-safe.
+    var eventLoop: (any IPCEventLoop)? { loop.withLock { $0 } }
     private var serviceID: UInt32 = 0
     private var methodIDs: [String: UInt32] = [:]
     private var bindWaiters: [(Result<Void, IPCError>) -> Void] = []
@@ -113,7 +121,7 @@ open class ServiceProxy {
 
     func attach(to client: IPCClient) {
         self.client = client
-        eventLoop = client.eventLoop
+        loop.withLock { $0 = client.eventLoop }
         state = .binding
     }
 

@@ -17,6 +17,11 @@
 // * when the buffer drains after holding more than a page, pages past the first go back to
 //   the OS; a partial frame left at the end of a read is moved to the front.
 //
+// * a file descriptor that arrived with a read belongs to the last frame that starts in that
+//   read: senders attach an fd to the first bytes of its frame, and the kernel ends a read
+//   right after the bytes that carried fds, so earlier frames may share the read but later
+//   ones never do. It is handed out with that frame, not with whatever frame comes first.
+//
 // The deserializer is pure: no sockets, no loop, no threads. It is fuzzed on its own.
 
 import SwiftProtobuf
@@ -30,8 +35,12 @@ public final class FrameDeserializer {
     private var size = 0
     /// High-water mark since the last release, to decide when to `madvise`.
     private var highWaterMark = 0
-    private var decoded: [IPCFrame] = []
+    private var decoded: [(frame: IPCFrame, start: UInt64)] = []
     private var nextDecoded = 0
+    /// Stream position of the first byte in the buffer.
+    private var bufferStart: UInt64 = 0
+    /// A received fd and the stream position of the frame it belongs to.
+    private var pendingFD: (fd: ScopedFD, owner: UInt64)?
     /// Payloads dropped because they did not parse (for diagnostics and tests).
     public private(set) var droppedFrameCount = 0
 
@@ -62,7 +71,18 @@ public final class FrameDeserializer {
     ///   ``maxPayloadSize``. The stream is then unusable: close the connection. Frames decoded
     ///   before the bad header stay available.
     public func endReceive(byteCount: Int) throws(IPCError) {
+        try endReceive(byteCount: byteCount, fileDescriptor: nil)
+    }
+
+    /// Like ``endReceive(byteCount:)``, for a read that also carried `fileDescriptor`; it is
+    /// returned by ``popNextReceivedFrame()`` with the frame it belongs to.
+    public func endReceive(byteCount: Int, fileDescriptor: ScopedFD?) throws(IPCError) {
         precondition(byteCount >= 0 && byteCount <= buffer.capacity - size, "byteCount out of range")
+        let readStart = bufferStart + UInt64(size)
+        let decodedBefore = decoded.count
+        defer {
+            if let fileDescriptor { assign(fileDescriptor, readStart: readStart, decodedBefore: decodedBefore) }
+        }
         size += byteCount
         highWaterMark = max(highWaterMark, size)
 
@@ -78,22 +98,46 @@ public final class FrameDeserializer {
             let frameEnd = offset + WireLimits.frameHeaderSize + Int(payloadSize)
             guard frameEnd <= size else { break }  // partial frame: wait for more bytes
             if payloadSize > 0 {
-                decodePayload(at: offset + WireLimits.frameHeaderSize, count: Int(payloadSize))
+                decodePayload(at: offset + WireLimits.frameHeaderSize, count: Int(payloadSize), start: bufferStart + UInt64(offset))
             }
             offset = frameEnd
         }
     }
 
-    /// Returns the next decoded frame, or `nil` when none is waiting.
+    /// Returns the next decoded frame, or `nil` when none is waiting. A file descriptor that
+    /// belonged to it is closed; use ``popNextReceivedFrame()`` to get it.
     public func popNextFrame() -> IPCFrame? {
+        popNextReceivedFrame()?.frame
+    }
+
+    /// Returns the next decoded frame with the file descriptor that came with it, if any.
+    public func popNextReceivedFrame() -> (frame: IPCFrame, fileDescriptor: ScopedFD?)? {
         guard nextDecoded < decoded.count else { return nil }
-        let frame = decoded[nextDecoded]
+        let (frame, start) = decoded[nextDecoded]
         nextDecoded += 1
         if nextDecoded == decoded.count {
             decoded.removeAll(keepingCapacity: true)
             nextDecoded = 0
         }
-        return frame
+        var fd: ScopedFD?
+        if let pending = pendingFD, pending.owner <= start {
+            fd = pending.fd
+            pendingFD = nil
+        }
+        return (frame, fd)
+    }
+
+    /// Attaches `fd` to the last frame that starts at or after `readStart`: a decoded one, or
+    /// the partial one now at the front of the buffer. A still-unclaimed older fd is closed.
+    private func assign(_ fd: ScopedFD, readStart: UInt64, decodedBefore: Int) {
+        var owner = readStart
+        if size > 0, bufferStart >= readStart {
+            owner = bufferStart  // the partial frame that starts in this read
+        } else if let last = decoded.last, decoded.count > decodedBefore, last.start >= readStart {
+            owner = last.start
+        }
+        pendingFD?.fd.close()
+        pendingFD = (fd, owner)
     }
 
     /// Number of decoded frames not yet popped.
@@ -103,10 +147,10 @@ public final class FrameDeserializer {
         UInt32(littleEndian: UnsafeRawPointer(buffer.base + offset).loadUnaligned(as: UInt32.self))
     }
 
-    private func decodePayload(at offset: Int, count: Int) {
+    private func decodePayload(at offset: Int, count: Int, start: UInt64) {
         let bytes = UnsafeRawBufferPointer(start: buffer.base + offset, count: count)
         do {
-            decoded.append(try IPCFrame(serializedBytes: RawSpan(_unsafeBytes: bytes)))
+            decoded.append((try IPCFrame(serializedBytes: RawSpan(_unsafeBytes: bytes)), start))
         } catch {
             droppedFrameCount += 1
         }
@@ -116,6 +160,7 @@ public final class FrameDeserializer {
     /// the buffer drains after use beyond its first page, returns those pages to the OS.
     private func compact(consumed: Int) {
         guard consumed > 0 else { return }
+        bufferStart += UInt64(consumed)
         let remaining = size - consumed
         if remaining > 0 {
             (buffer.base).copyMemory(from: buffer.base + consumed, byteCount: remaining)

@@ -3,6 +3,7 @@
 
 import Foundation
 import Testing
+import TestSupport
 
 @testable import IPCProtocol
 
@@ -156,6 +157,41 @@ struct FrameDeserializerTests {
         _ = try deserializer.feed(bytes.prefix(40_000))
         #expect(deserializer.bufferedByteCount == 40_000)
         #expect(try deserializer.feed(bytes.dropFirst(40_000)).count == 1)
+    }
+
+    @Test func fileDescriptorGoesWithTheLastFrameStartingInItsRead() throws {
+        let deserializer = try FrameDeserializer()
+        let a = try FrameSerializer.serialize(testFrame(requestID: 1, dataSize: 10))
+        let b = try FrameSerializer.serialize(testFrame(requestID: 2, dataSize: 10))
+        let c = try FrameSerializer.serialize(testFrame(requestID: 3, dataSize: 10))
+        // One read holds A and B; the fd was sent with B (the kernel ends the read after it).
+        deserializer.receiveSpace.copyBytes(from: a + b)
+        let (probe, _) = FileDescriptors.socketPair()
+        try deserializer.endReceive(byteCount: a.count + b.count, fileDescriptor: probe)
+        deserializer.receiveSpace.copyBytes(from: c)
+        try deserializer.endReceive(byteCount: c.count)
+        var attached: [UInt64: Bool] = [:]
+        while let (frame, fd) = deserializer.popNextReceivedFrame() { attached[frame.requestID] = fd != nil }
+        #expect(attached == [1: false, 2: true, 3: false])
+    }
+
+    @Test func fileDescriptorWaitsForItsFrameToComplete() throws {
+        let deserializer = try FrameDeserializer()
+        let a = try FrameSerializer.serialize(testFrame(requestID: 1, dataSize: 10))
+        let b = try FrameSerializer.serialize(testFrame(requestID: 2, dataSize: 5000))
+        // A, then the first part of B arrive with the fd; the rest of B comes later.
+        let first = a + b.prefix(100)
+        deserializer.receiveSpace.copyBytes(from: first)
+        let (probe, _) = FileDescriptors.socketPair()
+        try deserializer.endReceive(byteCount: first.count, fileDescriptor: probe)
+        let popA = try #require(deserializer.popNextReceivedFrame())
+        #expect(popA.frame.requestID == 1 && popA.fileDescriptor == nil)
+        let rest = Array(b.dropFirst(100))
+        deserializer.receiveSpace.copyBytes(from: rest)
+        try deserializer.endReceive(byteCount: rest.count)
+        let popB = try #require(deserializer.popNextReceivedFrame())
+        #expect(popB.frame.requestID == 2)
+        #expect(popB.fileDescriptor?.rawValue == probe.rawValue)
     }
 
     @Test func survivesTenThousandRandomStreams() throws {
