@@ -100,7 +100,8 @@ extension ServiceProxy {
         return IPCReplyStream(stream)
     }
 
-    /// Waits until the proxy is bound. Callable from any thread or task.
+    /// Waits until the proxy is bound. Callable from any thread or task, once
+    /// `IPCClient.bind(_:)` has been called (on the loop) for this proxy.
     /// - Throws: the ``IPCError`` that failed the binding.
     public func waitUntilBound() async throws(IPCError) {
         guard let loop = eventLoop else { throw IPCError(.disconnected, "\(descriptor.name) was never bound") }

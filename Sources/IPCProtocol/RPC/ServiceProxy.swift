@@ -38,7 +38,7 @@ open class ServiceProxy: @unchecked Sendable {
     weak var client: IPCClient?
     private let loop = Mutex<(any IPCEventLoop)?>(nil)
     /// The loop of the client this proxy was bound to, once bound. Thread-safe.
-    var eventLoop: (any IPCEventLoop)? { loop.withLock { $0 } }
+    public var eventLoop: (any IPCEventLoop)? { loop.withLock { $0 } }
     private var serviceID: UInt32 = 0
     private var methodIDs: [String: UInt32] = [:]
     private var bindWaiters: [(Result<Void, IPCError>) -> Void] = []

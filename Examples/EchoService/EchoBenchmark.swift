@@ -1,0 +1,153 @@
+// Echo latency, measured the same way everywhere it is reported (`ipc-echo bench`, the
+// Benchmarks package): sequential round trips, each call issued from the previous reply's
+// callback on the client's loop, timed with the monotonic clock; and the floor it is compared
+// against, a plain blocking unix-socket ping-pong between two threads with the same payload.
+
+import Dispatch
+import Foundation
+import IPCProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Latency figures of a run, in microseconds.
+public struct LatencySummary: Sendable, CustomStringConvertible {
+    public var samples: [Double]
+    public var mean: Double { samples.reduce(0, +) / Double(max(1, samples.count)) }
+    public func percentile(_ p: Double) -> Double {
+        guard !samples.isEmpty else { return 0 }
+        let sorted = samples.sorted()
+        return sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * p / 100 + 0.5))]
+    }
+    public var p50: Double { percentile(50) }
+    public var p99: Double { percentile(99) }
+    public var callsPerSecond: Double { samples.isEmpty ? 0 : 1_000_000 / mean }
+
+    public init(samples: [Double]) { self.samples = samples }
+
+    public var description: String {
+        String(format: "mean=%.2fus p50=%.2fus p99=%.2fus calls/s=%.0f", mean, p50, p99, callsPerSecond)
+    }
+}
+
+public enum EchoBenchmark {
+    /// Runs `iterations` sequential Echo calls with `payload` bytes of data through `proxy`
+    /// (bound, its loop running on another thread) after `warmup` untimed ones.
+    /// - Throws: the first call failure.
+    public static func measureEcho(
+        proxy: Pfpeers_EchoServiceProxy, payloadSize: Int, iterations: Int, warmup: Int = 200, withFD: Bool = false
+    ) throws -> LatencySummary {
+        guard let loop = proxy.eventLoop else { throw IPCError(.disconnected, "proxy is not bound") }
+        let run = BenchmarkRun(iterations: iterations, warmup: warmup)
+        var request = Pfpeers_EchoRequest()
+        request.data = Data(repeating: 0x61, count: payloadSize)
+        let fdFile = withFD ? EchoServiceImplementation.memfd(holding: [1, 2, 3, 4]) : nil
+        let box = UncheckedBenchmarkBox(proxy: proxy, request: request, fd: fdFile)
+        loop.execute { box.next(run) }
+        run.done.wait()
+        if let error = run.error { throw error }
+        return LatencySummary(samples: run.samples)
+    }
+
+    /// The floor: `iterations` blocking ping-pongs of `payloadSize` bytes each way over a
+    /// unix socketpair, echoed by a second thread.
+    public static func measureRawPingPong(payloadSize: Int, iterations: Int, warmup: Int = 200) -> LatencySummary {
+        var fds: [Int32] = [-1, -1]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
+        let (mine, theirs) = (fds[0], fds[1])
+        let size = max(1, payloadSize)
+        let echoer = Thread {
+            var buffer = [UInt8](repeating: 0, count: size)
+            while readFully(theirs, &buffer), writeFully(theirs, buffer) {}
+            close(theirs)
+        }
+        echoer.start()
+        var buffer = [UInt8](repeating: 0x61, count: size)
+        var samples: [Double] = []
+        samples.reserveCapacity(iterations)
+        for index in 0..<(warmup + iterations) {
+            let start = monotonicMicroseconds()
+            guard writeFully(mine, buffer), readFully(mine, &buffer) else { break }
+            if index >= warmup { samples.append(monotonicMicroseconds() - start) }
+        }
+        close(mine)
+        return LatencySummary(samples: samples)
+    }
+
+    static func monotonicMicroseconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec) * 1_000_000 + Double(now.tv_nsec) / 1000
+    }
+
+    private static func readFully(_ fd: Int32, _ buffer: inout [UInt8]) -> Bool {
+        var offset = 0
+        while offset < buffer.count {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if n <= 0 { if n < 0 && errno == EINTR { continue }; return false }
+            offset += n
+        }
+        return true
+    }
+
+    private static func writeFully(_ fd: Int32, _ buffer: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < buffer.count {
+            let n = buffer.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { if n < 0 && errno == EINTR { continue }; return false }
+            offset += n
+        }
+        return true
+    }
+}
+
+/// Shared between the loop thread (which records) and the waiting thread (which reads after
+/// `done` is signalled): the semaphore orders the accesses.
+private final class BenchmarkRun: @unchecked Sendable {
+    let iterations: Int
+    let warmup: Int
+    var samples: [Double] = []
+    var error: IPCError?
+    var issued = 0
+    let done = DispatchSemaphore(value: 0)
+
+    init(iterations: Int, warmup: Int) {
+        self.iterations = iterations
+        self.warmup = warmup
+        samples.reserveCapacity(iterations)
+    }
+}
+
+/// The proxy and request, used only on the proxy's loop.
+private final class UncheckedBenchmarkBox: @unchecked Sendable {
+    let proxy: Pfpeers_EchoServiceProxy
+    let request: Pfpeers_EchoRequest
+    let fd: ScopedFD?
+
+    init(proxy: Pfpeers_EchoServiceProxy, request: Pfpeers_EchoRequest, fd: ScopedFD?) {
+        self.proxy = proxy
+        self.request = request
+        self.fd = fd
+    }
+
+    func next(_ run: BenchmarkRun) {
+        guard run.issued < run.warmup + run.iterations else {
+            run.done.signal()
+            return
+        }
+        let index = run.issued
+        run.issued += 1
+        let start = EchoBenchmark.monotonicMicroseconds()
+        proxy.echo(request, fd: fd?.rawValue) { [self] result in
+            let elapsed = EchoBenchmark.monotonicMicroseconds() - start
+            guard result.isSuccess else {
+                run.error = result.error ?? IPCError(.remoteFailure, "echo failed")
+                run.done.signal()
+                return
+            }
+            if index >= run.warmup { run.samples.append(elapsed) }
+            next(run)
+        }
+    }
+}

@@ -1,0 +1,91 @@
+// `ipc-echo demo`: everything on a real socket, in one process, then cleaned up.
+
+import ArgumentParser
+import Foundation
+import IPCEchoService
+import IPCProtocol
+import IPCUnixSocket
+
+struct Demo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve on a real socket in a fresh temporary directory, make a few calls and a short bench, clean up.")
+
+    @Option(help: "Timed calls in the short bench.") var iterations: Int = 5_000
+
+    func run() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let address = directory + "/echo.sock"
+
+        // The host: its own loop thread.
+        let hostLoop = try EpollEventLoop.startOnNewThread(name: "echo-host")
+        defer { hostLoop.shutdown() }
+        let hostBox = HostBox()
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            hostLoop.execute {
+                continuation.resume(with: Result {
+                    let host = try IPCHost(transport: UnixSocketTransport(loop: hostLoop), listeningAt: address)
+                    host.expose(EchoServiceImplementation())
+                    hostBox.host = host
+                })
+            }
+        }
+        defer { hostLoop.execute { hostBox.host?.close(); hostBox.host = nil } }
+        say("host: serving EchoService at \(address)")
+
+        let session = try await EchoSession.connect(to: address)
+        defer { session.close() }
+        say("client: connected and bound EchoService")
+
+        // Unary.
+        say("\n> Echo(data: \"hello\", seq: 1)")
+        say(describe(try await session.proxy.echo(request("hello", seq: 1))))
+
+        // A file descriptor from the host.
+        say("\n> Echo(data: \"fd-please\", want_fd: true)")
+        var wantFD = request("fd-please", seq: 2)
+        wantFD.wantFd = true
+        let withFD = try await session.proxy.echoResponse(wantFD)
+        say(describe(withFD.message))
+        if let fd = withFD.fileDescriptor { say(describeFD(fd)) }
+
+        // A file descriptor to the host.
+        let filePath = directory + "/sent-file.txt"
+        try Data("twenty-two bytes here\n".utf8).write(to: URL(fileURLWithPath: filePath))
+        let file = try FileHandle(forReadingFrom: URL(fileURLWithPath: filePath))
+        say("\n> Echo(data: \"with-client-fd\") + fd of \(filePath)")
+        say(describe(try await session.proxy.echo(request("with-client-fd", seq: 3), fd: file.fileDescriptor)))
+        try file.close()
+
+        // Streaming.
+        say("\n> StreamEcho(data: \"stream\", count: 3)")
+        var streaming = request("stream", seq: 4)
+        streaming.count = 3
+        for try await reply in session.proxy.streamEcho(streaming) { say(describe(reply)) }
+
+        // A short bench against the raw floor.
+        say("\n> bench: \(iterations) sequential 16-byte echoes vs a plain socket ping-pong")
+        try runEchoBench(session: session, iterations: iterations, payload: 16, withFD: false, compareRaw: true)
+        say("\ndone: socket and temporary directory removed")
+    }
+
+    private func request(_ text: String, seq: UInt32) -> Pfpeers_EchoRequest {
+        var request = Pfpeers_EchoRequest()
+        request.data = Data(text.utf8)
+        request.seq = seq
+        return request
+    }
+
+    private func makeTemporaryDirectory() throws -> String {
+        var template = Array(URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("ipc-echo-demo-XXXXXX").path.utf8CString)
+        guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
+            throw IPCError.systemCall("mkdtemp", errno: errno)
+        }
+        return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// Holds the host; touched only on the host's loop.
+private final class HostBox: @unchecked Sendable {
+    var host: IPCHost?
+}

@@ -1,0 +1,149 @@
+// ipc-echo: Perfetto's echo.proto (../shared/interop/echo.proto) served and called over our
+// IPC. It is the demo, the benchmark driver, and what a real Perfetto IPC peer talks to.
+//
+//   ipc-echo serve --socket /tmp/echo.sock
+//   ipc-echo call  --socket /tmp/echo.sock --data hello [--want-fd] [--send-file PATH] [--stream N]
+//   ipc-echo bench --socket /tmp/echo.sock [--iterations N] [--payload BYTES] [--compare-raw]
+//   ipc-echo demo
+
+import ArgumentParser
+import Foundation
+import IPCEchoService
+import IPCProtocol
+import IPCUnixSocket
+
+@main
+struct IPCEcho: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ipc-echo",
+        abstract: "Serve, call and benchmark Perfetto's EchoService over swift-perfetto-ipc.",
+        subcommands: [Serve.self, Call.self, Bench.self, Demo.self])
+}
+
+/// Where to connect or listen, and on which backend.
+struct EndpointOptions: ParsableArguments {
+    @Option(help: "Socket address: /path, relative/path, @abstract, host:port, [v6]:port or vsock://cid:port.")
+    var socket: String
+
+    @Option(help: "Transport backend: unix (epoll).")
+    var backend: Backend = .unix
+}
+
+enum Backend: String, ExpressibleByArgument, CaseIterable {
+    case unix
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve EchoService at an address until killed.")
+
+    @OptionGroup var endpoint: EndpointOptions
+
+    @Option(help: "Socket file mode in octal, e.g. 660 (unix socket files only).")
+    var mode: String?
+
+    func run() throws {
+        let loop = try EpollEventLoop()
+        var options = ConnectionOptions()
+        if let mode {
+            guard let value = UInt32(mode, radix: 8) else { throw ValidationError("--mode must be octal, e.g. 660") }
+            options.socketFileMode = value
+        }
+        let host = try IPCHost(transport: UnixSocketTransport(loop: loop), listeningAt: endpoint.socket, options: options)
+        host.expose(EchoServiceImplementation())
+        say("serving EchoService at \(host.address ?? endpoint.socket) (pid \(getpid()))")
+        loop.run()
+        host.close()
+    }
+}
+
+struct Call: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Call Echo (or StreamEcho) once and print every reply.")
+
+    @OptionGroup var endpoint: EndpointOptions
+    @Option(help: "The data to echo.") var data: String = "hello"
+    @Option(help: "The sequence number to send.") var seq: UInt32 = 0
+    @Flag(help: "Ask the server to attach a memfd holding the data to its reply.") var wantFd = false
+    @Option(help: "Attach this file to the request; the server reports its size.") var sendFile: String?
+    @Option(help: "Call StreamEcho for this many replies instead of Echo.") var stream: UInt32?
+
+    func run() async throws {
+        let session = try await EchoSession.connect(to: endpoint.socket)
+        defer { session.close() }
+        var request = Pfpeers_EchoRequest()
+        request.data = Data(data.utf8)
+        request.seq = seq
+        if wantFd { request.wantFd = true }
+        var file: FileHandle?
+        if let sendFile {
+            file = try FileHandle(forReadingFrom: URL(fileURLWithPath: sendFile))
+        }
+        let fd = file.map { $0.fileDescriptor }
+        if let count = stream {
+            request.count = count
+            for try await reply in session.proxy.streamEcho(request, fd: fd) {
+                say(describe(reply))
+            }
+        } else {
+            let response = try await session.proxy.echoResponse(request, fd: fd)
+            say(describe(response.message))
+            if let received = response.fileDescriptor {
+                say(describeFD(received))
+            }
+        }
+        try file?.close()
+    }
+}
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Measure sequential Echo round trips.")
+
+    @OptionGroup var endpoint: EndpointOptions
+    @Option(help: "Timed calls.") var iterations: Int = 10_000
+    @Option(help: "Bytes of data per request (echoed back).") var payload: Int = 16
+    @Flag(help: "Attach an fd to every request.") var withFd = false
+    @Flag(help: "First measure a plain blocking unix-socket ping-pong of the same size and print the ratio.")
+    var compareRaw = false
+
+    func run() async throws {
+        let session = try await EchoSession.connect(to: endpoint.socket)
+        defer { session.close() }
+        try runEchoBench(session: session, iterations: iterations, payload: payload, withFD: withFd, compareRaw: compareRaw)
+    }
+}
+
+/// Prints a bench line (and, with `compareRaw`, the raw floor and the ratio first).
+func runEchoBench(session: EchoSession, iterations: Int, payload: Int, withFD: Bool, compareRaw: Bool) throws {
+    var raw: LatencySummary?
+    if compareRaw {
+        raw = EchoBenchmark.measureRawPingPong(payloadSize: payload, iterations: iterations)
+        say("raw   \(payload)B: \(raw!)")
+    }
+    let echo = try EchoBenchmark.measureEcho(proxy: session.proxy, payloadSize: payload, iterations: iterations, withFD: withFD)
+    say("echo  \(payload)B\(withFD ? "+fd" : ""): \(echo)")
+    if let raw {
+        say(String(format: "ratio p50=%.2fx mean=%.2fx (echo / raw ping-pong)", echo.p50 / raw.p50, echo.mean / raw.mean))
+    }
+}
+
+func describe(_ reply: Pfpeers_EchoReply) -> String {
+    var fields: [String] = []
+    if reply.hasData { fields.append("data: \"\(String(decoding: reply.data, as: UTF8.self))\"") }
+    if reply.hasSeq { fields.append("seq: \(reply.seq)") }
+    if reply.hasIndex { fields.append("index: \(reply.index)") }
+    if reply.hasPeerPid { fields.append("peer_pid: \(reply.peerPid)") }
+    if reply.hasPeerUid { fields.append("peer_uid: \(reply.peerUid)") }
+    if reply.hasReceivedFdSize { fields.append("received_fd_size: \(reply.receivedFdSize)") }
+    return "EchoReply { " + fields.joined(separator: " ") + " }"
+}
+
+func describeFD(_ fd: ScopedFD) -> String {
+    let size = EchoServiceImplementation.size(of: fd.rawValue)
+    var bytes = [UInt8](repeating: 0, count: Int(max(0, min(size, 4096))))
+    let count = bytes.withUnsafeMutableBytes { pread(fd.rawValue, $0.baseAddress, $0.count, 0) }
+    return "reply fd: \(size) bytes: \"\(String(decoding: bytes.prefix(max(0, count)), as: UTF8.self))\""
+}
+
+/// Writes a line to standard output unbuffered, so piped output appears at once.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
