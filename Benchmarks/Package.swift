@@ -20,6 +20,26 @@ let package = Package(
             ],
             path: "Benchmarks/FrameCodec",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        )
+        ),
+        .executableTarget(
+            name: "TransportPingPong",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "IPCUnixSocket", package: "swift-perfetto-ipc"),
+                .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
+            ],
+            path: "Benchmarks/TransportPingPong",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
+            name: "EchoRoundTrip",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "IPCUnixSocket", package: "swift-perfetto-ipc"),
+                .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
+            ],
+            path: "Benchmarks/EchoRoundTrip",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
     ]
 )
