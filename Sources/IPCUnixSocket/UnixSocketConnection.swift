@@ -114,7 +114,7 @@ final class UnixSocketConnection: IPCConnection {
         }
         if deferred {
             let loop = self.loop
-            let unchecked = UncheckedBox(report)
+            let unchecked = UncheckedSendableBox(report)
             loop.execute { unchecked.value() }
         } else {
             report()
@@ -308,11 +308,4 @@ extension ScopedFD {
         defer { _ = release() }
         return duplicate()
     }
-}
-
-/// Carries a loop-confined value through `execute`, which wants `@Sendable`. Safe because
-/// the value is only used on the loop it came from.
-struct UncheckedBox<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }

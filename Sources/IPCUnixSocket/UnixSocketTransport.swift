@@ -206,7 +206,7 @@ extension KernelSocketAddress {
 extension UnixSocketConnection {
     /// Reports a connect that failed synchronously, on the next loop turn.
     func reportConnectFailureLater(_ error: IPCError) {
-        let box = UncheckedBox(self)
+        let box = UncheckedSendableBox(self)
         loop.execute { box.value.failConnecting(error) }
     }
 }
@@ -225,7 +225,7 @@ final class FailedConnection: IPCConnection {
     }
 
     func reportLater(_ error: IPCError) {
-        let box = UncheckedBox(self)
+        let box = UncheckedSendableBox(self)
         loop.execute {
             let connection = box.value
             guard connection.state == .connecting else { return }

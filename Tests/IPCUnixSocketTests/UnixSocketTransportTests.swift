@@ -303,6 +303,16 @@ struct UnixSocketTransportTests {
         harness.run(until: { clientEvents.received == [1, 2] })
     }
 
+    @Test(.enabled(if: FileDescriptors.hasIPv6Loopback))
+    func tcpIPv6LoopbackWorks() throws {
+        let harness = try SocketHarness()
+        let (listener, server, client, _) = try harness.connectedPair(address: "[::1]:0")
+        #expect(listener.address.hasPrefix("[::1]:"))
+        #expect(client.send([6]))
+        harness.run(until: { server.delegates[0].received == [6] })
+        #expect(server.connections[0].peer.remoteAddress?.hasPrefix("[::1]:") == true)
+    }
+
     @Test func staleSocketFileIsReplacedAndLiveOneIsNotStolen() throws {
         let harness = try SocketHarness()
         let path = harness.path("stale.sock")

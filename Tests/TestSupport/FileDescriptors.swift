@@ -51,6 +51,19 @@ public enum FileDescriptors {
         return (ScopedFD(fds[0]), ScopedFD(fds[1]))
     }
 
+    /// Whether this machine can bind TCP on ::1.
+    public static let hasIPv6Loopback: Bool = {
+        let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        address.sin6_addr = in6addr_loopback
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        } == 0
+    }()
+
     /// A unix stream socket bound at `path` (not listening).
     public static func boundUnixSocket(path: String, closeOnExec: Bool = true) -> ScopedFD {
         let type = Int32(SOCK_STREAM.rawValue) | (closeOnExec ? Int32(SOCK_CLOEXEC.rawValue) : 0)
