@@ -43,7 +43,7 @@ let package = Package(
         ),
         .target(name: "IPCLibuv", dependencies: ["IPCProtocol", "CLibuv"]),
         // In-memory transport and deterministic loop for tests.
-        .target(name: "IPCInProcess", dependencies: ["IPCProtocol"]),
+        .target(name: "IPCInProcess", dependencies: ["IPCProtocol", "CPerfettoIPCLinux"]),
         // Generates service handlers and proxies from .proto services (see scripts/).
         .executableTarget(
             name: "protoc-gen-swift-ipc",

@@ -89,10 +89,7 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
 
     public func scheduleTask(after delay: Duration, _ task: @escaping () -> Void) -> any ScheduledTask {
         preconditionInEventLoop()
-        let nanoseconds = max(0, delay.components.seconds) * 1_000_000_000
-            + max(0, delay.components.attoseconds / 1_000_000_000)
-        let timer = timers.schedule(deadline: monotonicNanoseconds() &+ UInt64(nanoseconds), task)
-        return EpollScheduledTask(timer)
+        return timers.schedule(deadline: monotonicNanoseconds() &+ nanoseconds(delay), task)
     }
 
     public func watch(
@@ -125,7 +122,7 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
         precondition(!isRunning.exchange(true, ordering: .acquiringAndReleasing), "loop is already running")
         ownerThread.store(CPerfettoIPC_gettid(), ordering: .releasing)
         defer { isRunning.store(false, ordering: .releasing) }
-        let deadline = timeout.map { monotonicNanoseconds() &+ Self.nanoseconds($0) }
+        let deadline = timeout.map { monotonicNanoseconds() &+ nanoseconds($0) }
         while !condition() {
             if stopRequested.exchange(false, ordering: .acquiringAndReleasing) { return false }
             let now = monotonicNanoseconds()
@@ -241,23 +238,11 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
         return events
     }
 
-    private static func nanoseconds(_ duration: Duration) -> UInt64 {
-        let (seconds, attoseconds) = duration.components
-        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds / 1_000_000_000))
-    }
-
     private static func milliseconds(from now: UInt64, to deadline: UInt64) -> Int32 {
         guard deadline > now else { return 0 }
         let ms = (deadline - now + 999_999) / 1_000_000
         return Int32(min(ms, UInt64(Int32.max)))
     }
-}
-
-/// A delayed task of an `EpollEventLoop`.
-final class EpollScheduledTask: ScheduledTask {
-    private let timer: TimerTask
-    init(_ timer: TimerTask) { self.timer = timer }
-    func cancel() { timer.action = nil }
 }
 
 /// An fd registration of an `EpollEventLoop`.

@@ -78,26 +78,9 @@ struct ServiceFileWriter {
             }
         }
         p.print("}", "")
-        p.print("extension \(name)Handler {")
-        p.withIndentation { p in
-            p.print("\(access)var serviceDescriptor: ServiceDescriptor { \(name).descriptor }", "")
-            p.print("\(access)func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: any IPCReplySink) -> Bool {")
-            p.withIndentation { p in
-                p.print("switch methodIndex {")
-                for (index, method) in service.methods.enumerated() {
-                    p.print("case \(index):")
-                    p.printIndented(
-                        "guard let request = try? \(input(method))(serializedBytes: arguments) else { return false }",
-                        "\(function(method))(request, context: context, reply: Deferred(replyingTo: reply))",
-                        "return true")
-                }
-                p.print("default:")
-                p.printIndented("return false")
-                p.print("}")
-            }
-            p.print("}")
+        writeDispatch(service, protocolName: name + "Handler", into: &p) { method in
+            ["\(function(method))(request, context: context, reply: Deferred(replyingTo: reply))"]
         }
-        p.print("}", "")
     }
 
     private func writeAsyncHandler(_ service: ServiceDescriptor, into p: inout CodePrinter) {
@@ -118,31 +101,48 @@ struct ServiceFileWriter {
             }
         }
         p.print("}", "")
-        p.print("extension \(name)AsyncHandler {")
+        writeDispatch(service, protocolName: name + "AsyncHandler", into: &p) { method in
+            method.serverStreaming
+                ? ["IPCAsyncDispatch.serverStreaming(context: context, reply: Deferred<\(output(method))>(replyingTo: reply)) { context, writer in",
+                   "    try await self.\(function(method))(request, context: context, replies: writer)",
+                   "}"]
+                : ["IPCAsyncDispatch.unary(context: context, reply: Deferred<\(output(method))>(replyingTo: reply)) { context in",
+                   "    try await self.\(function(method))(request, context: context)",
+                   "}"]
+        }
+    }
+
+    /// The protocol extension that maps method indexes to methods, for encoded arguments (the
+    /// wire) and for request values (the direct in-process path).
+    private func writeDispatch(
+        _ service: ServiceDescriptor, protocolName: String, into p: inout CodePrinter,
+        call: (MethodDescriptor) -> [String]
+    ) {
+        p.print("extension \(protocolName) {")
         p.withIndentation { p in
-            p.print("\(access)var serviceDescriptor: ServiceDescriptor { \(name).descriptor }", "")
-            p.print("\(access)func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: any IPCReplySink) -> Bool {")
-            p.withIndentation { p in
-                p.print("switch methodIndex {")
-                for (index, method) in service.methods.enumerated() {
-                    p.print("case \(index):")
-                    p.withIndentation { p in
-                        p.print("guard let request = try? \(input(method))(serializedBytes: arguments) else { return false }")
-                        if method.serverStreaming {
-                            p.print("IPCAsyncDispatch.serverStreaming(context: context, reply: Deferred<\(output(method))>(replyingTo: reply)) { context, writer in")
-                            p.printIndented("try await self.\(function(method))(request, context: context, replies: writer)")
-                        } else {
-                            p.print("IPCAsyncDispatch.unary(context: context, reply: Deferred<\(output(method))>(replyingTo: reply)) { context in")
-                            p.printIndented("try await self.\(function(method))(request, context: context)")
+            p.print("\(access)var serviceDescriptor: ServiceDescriptor { \(swiftName(service)).descriptor }")
+            for direct in [false, true] {
+                let input = direct ? "request: any SwiftProtobuf.Message" : "arguments: Data"
+                p.print("", "\(access)func invoke(methodIndex: Int, \(input), context: IPCCallContext, reply: any IPCReplySink) -> Bool {")
+                p.withIndentation { p in
+                    p.print("switch methodIndex {")
+                    for (index, method) in service.methods.enumerated() {
+                        p.print("case \(index):")
+                        p.withIndentation { p in
+                            p.print(
+                                direct
+                                    ? "guard let request = request as? \(self.input(method)) else { return false }"
+                                    : "guard let request = try? \(self.input(method))(serializedBytes: arguments) else { return false }")
+                            for line in call(method) { p.print(line) }
+                            p.print("return true")
                         }
-                        p.print("}", "return true")
                     }
+                    p.print("default:")
+                    p.printIndented("return false")
+                    p.print("}")
                 }
-                p.print("default:")
-                p.printIndented("return false")
                 p.print("}")
             }
-            p.print("}")
         }
         p.print("}", "")
     }

@@ -45,6 +45,21 @@ extension Pfpeers_EchoServiceHandler {
             return false
         }
     }
+
+    public func invoke(methodIndex: Int, request: any SwiftProtobuf.Message, context: IPCCallContext, reply: any IPCReplySink) -> Bool {
+        switch methodIndex {
+        case 0:
+            guard let request = request as? Pfpeers_EchoRequest else { return false }
+            echo(request, context: context, reply: Deferred(replyingTo: reply))
+            return true
+        case 1:
+            guard let request = request as? Pfpeers_EchoRequest else { return false }
+            streamEcho(request, context: context, reply: Deferred(replyingTo: reply))
+            return true
+        default:
+            return false
+        }
+    }
 }
 
 /// Serves `pfpeers.EchoService` with `async` methods; expose it with `IPCHost.expose(_:)`.
@@ -69,6 +84,25 @@ extension Pfpeers_EchoServiceAsyncHandler {
             return true
         case 1:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }
+            IPCAsyncDispatch.serverStreaming(context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply)) { context, writer in
+                try await self.streamEcho(request, context: context, replies: writer)
+            }
+            return true
+        default:
+            return false
+        }
+    }
+
+    public func invoke(methodIndex: Int, request: any SwiftProtobuf.Message, context: IPCCallContext, reply: any IPCReplySink) -> Bool {
+        switch methodIndex {
+        case 0:
+            guard let request = request as? Pfpeers_EchoRequest else { return false }
+            IPCAsyncDispatch.unary(context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply)) { context in
+                try await self.echo(request, context: context)
+            }
+            return true
+        case 1:
+            guard let request = request as? Pfpeers_EchoRequest else { return false }
             IPCAsyncDispatch.serverStreaming(context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply)) { context, writer in
                 try await self.streamEcho(request, context: context, replies: writer)
             }

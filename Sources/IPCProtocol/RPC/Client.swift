@@ -38,10 +38,43 @@ public final class IPCClient: IPCConnectionDelegate {
     private var queuedBinds: [ServiceProxy] = []
     private var boundProxies: [ObjectIdentifier: WeakProxy] = [:]
     private var ended = false
+    /// For a client made from a `.direct` backend: where to find the host.
+    private var direct: (registry: any IPCDirectRegistry, name: String)?
+    private var directBindings: [WeakDirectBinding] = []
 
     private enum PendingRequest {
         case bind(WeakProxy)
         case invoke(proxy: ObjectIdentifier, callback: (AsyncResult<Data>) -> Void)
+    }
+
+    /// Connects to the host at `backend`'s address (or, for `.direct`, finds it by name).
+    /// Loop-only; the outcome arrives through proxies' callbacks, ``onConnect`` and
+    /// ``onDisconnect``.
+    public convenience init(
+        backend: IPCBackend, receiveCapacity: Int = WireLimits.defaultReceiveCapacity,
+        logger: Logger = Logger(label: "perfetto.ipc.client")
+    ) {
+        switch backend.kind {
+        case .transport(let transport, let address):
+            self.init(
+                transport: transport, connectingTo: address, options: backend.options, receiveCapacity: receiveCapacity,
+                logger: logger)
+        case .direct(let registry, let name, let loop):
+            self.init(directRegistry: registry, name: name, loop: loop, logger: logger)
+        }
+    }
+
+    private init(directRegistry: any IPCDirectRegistry, name: String, loop: any IPCEventLoop, logger: Logger) {
+        eventLoop = loop
+        self.logger = logger
+        loop.preconditionInEventLoop()
+        deserializer = try! FrameDeserializer(capacity: 4096)  // unused: no frames in direct mode
+        direct = (directRegistry, name)
+        let box = UncheckedSendableBox(WeakClient(self))
+        loop.execute {
+            guard let client = box.value.client, !client.ended else { return }
+            client.onConnect?()
+        }
     }
 
     /// Connects to the host at `address`. Loop-only; the outcome arrives through proxies'
@@ -77,10 +110,15 @@ public final class IPCClient: IPCConnectionDelegate {
 
     deinit {
         connection?.close()
+        let bindings = directBindings.compactMap(\.binding)
+        if !bindings.isEmpty {
+            let box = UncheckedSendableBox(bindings)
+            if eventLoop.inEventLoop { bindings.forEach { $0.abandon() } } else { eventLoop.execute { box.value.forEach { $0.abandon() } } }
+        }
     }
 
-    /// Whether the connection is up.
-    public var isConnected: Bool { connection?.state == .connected && !ended }
+    /// Whether the connection is up (a direct client is connected until closed).
+    public var isConnected: Bool { !ended && (direct != nil || connection?.state == .connected) }
 
     /// The host's identity (uid/pid on unix sockets).
     public var peer: PeerIdentity? { connection?.peer }
@@ -91,7 +129,10 @@ public final class IPCClient: IPCConnectionDelegate {
         eventLoop.preconditionInEventLoop()
         precondition(proxy.client == nil || proxy.client === self, "a proxy binds to one client")
         proxy.attach(to: self)
-        if ended {
+        if direct != nil {
+            let box = UncheckedSendableBox((self, proxy))
+            eventLoop.execute { box.value.0.bindDirectly(box.value.1) }
+        } else if ended {
             proxy.bindingFailed(IPCError(.disconnected, "the client is disconnected"))
         } else if isConnected {
             sendBind(proxy)
@@ -105,11 +146,44 @@ public final class IPCClient: IPCConnectionDelegate {
     public func close() {
         eventLoop.preconditionInEventLoop()
         connection?.close()
-        end(IPCError(.disconnected, "the client was closed"))
+        let error = IPCError(.disconnected, "the client was closed")
+        let bindings = directBindings.compactMap(\.binding)
+        directBindings.removeAll()
+        for binding in bindings { binding.closeFromClient(error) }
+        end(error)
     }
 
     /// Calls waiting for a reply (test hook).
     package var pendingRequestCountForTesting: Int { pending.count }
+
+    /// Binds `proxy` to the service of its name on the direct host, as a new client of it.
+    private func bindDirectly(_ proxy: ServiceProxy) {
+        guard let direct, !ended else {
+            proxy.bindingFailed(IPCError(.disconnected, "the client is closed"))
+            return
+        }
+        let name = proxy.descriptor.name
+        if directBindings.contains(where: { $0.binding.map { !$0.ended && $0.serviceName == name } ?? false }) {
+            proxy.bindingFailed(IPCError(.alreadyBound, "service \(name) is already bound on this client"))
+            return
+        }
+        guard let host = direct.registry.directHost(named: direct.name) else {
+            proxy.bindingFailed(IPCError(.connectionFailed, "no direct host named \"\(direct.name)\"", address: direct.name))
+            return
+        }
+        guard host.eventLoop === eventLoop else {
+            proxy.bindingFailed(IPCError(.connectionFailed, "the direct host \"\(direct.name)\" lives on another loop", address: direct.name))
+            return
+        }
+        do {
+            let binding = try host.makeDirectBinding(for: proxy)
+            directBindings.removeAll { $0.binding == nil }
+            directBindings.append(WeakDirectBinding(binding: binding))
+            proxy.didBindDirectly(binding)
+        } catch {
+            proxy.bindingFailed(error)
+        }
+    }
 
     // MARK: Requests (for ServiceProxy)
 

@@ -55,7 +55,7 @@ extension IPCHost {
             sink.sendFailure()
             return
         }
-        let context = IPCCallContext(client: client.info, eventLoop: transport.eventLoop, fileDescriptorSlot: client.receivedFD)
+        let context = IPCCallContext(client: client.info, eventLoop: eventLoop, fileDescriptorSlot: client.receivedFD)
         let accepted = service.invoke(
             methodIndex: Int(invoke.methodID) - 1, arguments: invoke.argsProto, context: context, reply: sink)
         if !accepted {

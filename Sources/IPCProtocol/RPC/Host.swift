@@ -1,21 +1,29 @@
 // The host side of Perfetto IPC: exposes services to the clients that connect to it.
 //
-// Written only against IPCTransport / IPCConnection, so it runs unchanged on every backend.
-// Loop-bound: create it, expose services and close it on its transport's loop; every service
-// method and every reply happens there too.
+// Written only against IPCTransport / IPCConnection (and, for the direct short circuit, an
+// IPCDirectRegistry), so it runs unchanged on every backend. Loop-bound: create it, expose
+// services and close it on its loop; every service method and every reply happens there too.
 
 import Logging
 
-/// Exposes ``IPCService``s to clients over a transport.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Exposes ``IPCService``s to clients.
 ///
 /// ```swift
-/// let host = try IPCHost(transport: transport, listeningAt: "/run/echo.sock")
+/// let host = try IPCHost(backend: .unixSocket("/run/echo.sock", loop: loop))
 /// host.expose(MyEchoService())
 /// ```
 public final class IPCHost: IPCListenerDelegate {
-    /// The transport whose loop the host lives on.
-    public let transport: any IPCTransport
-    /// Where replies and diagnostics are logged.
+    /// The transport, for hosts that serve frames (nil for a direct host).
+    public let transport: (any IPCTransport)?
+    /// The loop the host lives on.
+    public let eventLoop: any IPCEventLoop
+    /// Where diagnostics are logged.
     public let logger: Logger
     /// Receive buffer size per client, header included (default 128 KiB).
     public let receiveCapacity: Int
@@ -24,21 +32,39 @@ public final class IPCHost: IPCListenerDelegate {
     private var services: [any IPCService] = []
     private var clients: [UInt64: HostClient] = [:]
     private var nextClientID: UInt64 = 1
-    private let options: ConnectionOptions
+    private var directRegistration: (registry: any IPCDirectRegistry, name: String)?
+    private var directBindings: [WeakDirectBinding] = []
 
-    /// Creates a host that listens at `address`. Loop-only.
+    /// Creates a host serving at `backend`'s address. Loop-only (the backend's loop).
     ///
-    /// - Throws: ``IPCError`` if the address cannot be listened on.
+    /// - Throws: ``IPCError`` if the address cannot be listened on (or the name is taken).
     public init(
+        backend: IPCBackend, receiveCapacity: Int = WireLimits.defaultReceiveCapacity,
+        logger: Logger = Logger(label: "perfetto.ipc.host")
+    ) throws(IPCError) {
+        eventLoop = backend.eventLoop
+        self.receiveCapacity = receiveCapacity
+        self.logger = logger
+        eventLoop.preconditionInEventLoop()
+        switch backend.kind {
+        case .transport(let transport, let address):
+            self.transport = transport
+            listener = try transport.listen(at: address, options: backend.options, delegate: self)
+        case .direct(let registry, let name, _):
+            transport = nil
+            try registry.registerDirectHost(self, name: name)
+            directRegistration = (registry, name)
+        }
+    }
+
+    /// Creates a host that listens at `address` on `transport`. Loop-only.
+    public convenience init(
         transport: any IPCTransport, listeningAt address: String, options: ConnectionOptions = .default,
         receiveCapacity: Int = WireLimits.defaultReceiveCapacity, logger: Logger = Logger(label: "perfetto.ipc.host")
     ) throws(IPCError) {
-        self.transport = transport
-        self.options = options
-        self.receiveCapacity = receiveCapacity
-        self.logger = logger
-        transport.eventLoop.preconditionInEventLoop()
-        listener = try transport.listen(at: address, options: options, delegate: self)
+        try self.init(
+            backend: .transport(transport, address: address, options: options), receiveCapacity: receiveCapacity,
+            logger: logger)
     }
 
     /// Creates a host with no listener: give it connections with ``adopt(_:)``. Loop-only.
@@ -47,7 +73,7 @@ public final class IPCHost: IPCListenerDelegate {
         logger: Logger = Logger(label: "perfetto.ipc.host")
     ) {
         self.transport = transport
-        self.options = .default
+        eventLoop = transport.eventLoop
         self.receiveCapacity = receiveCapacity
         self.logger = logger
     }
@@ -55,20 +81,29 @@ public final class IPCHost: IPCListenerDelegate {
     deinit {
         listener?.close()
         for client in clients.values { client.connection.close() }
+        if let (registry, name) = directRegistration { registry.unregisterDirectHost(self, name: name) }
+        // Direct clients learn of it like of a closed socket: on a later loop turn.
+        let bindings = directBindings.compactMap(\.binding)
+        if !bindings.isEmpty {
+            let box = UncheckedSendableBox(bindings)
+            eventLoop.execute {
+                for binding in box.value { binding.end(IPCError(.disconnected, "the host is gone"), notifyProxy: true) }
+            }
+        }
     }
 
-    /// The address the host listens on (a TCP port 0 is resolved), if it listens.
-    public var address: String? { listener?.address }
+    /// The address the host listens on (a TCP port 0 is resolved), or its direct name.
+    public var address: String? { listener?.address ?? directRegistration?.name }
 
-    /// Clients currently connected.
-    public var clientCount: Int { clients.count }
+    /// Clients currently connected (direct bindings included).
+    public var clientCount: Int { clients.count + directBindings.filter { $0.binding.map { !$0.ended } ?? false }.count }
 
     /// Exposes `service` under its unqualified name. Service ids are assigned in exposure order
     /// (1, 2, …). Returns `false` (and exposes nothing) if a service of that name is already
     /// exposed. Loop-only.
     @discardableResult
     public func expose(_ service: any IPCService) -> Bool {
-        transport.eventLoop.preconditionInEventLoop()
+        eventLoop.preconditionInEventLoop()
         let name = service.serviceDescriptor.name
         guard !services.contains(where: { $0.serviceDescriptor.name == name }) else {
             logger.error("service \(name) is already exposed")
@@ -80,18 +115,29 @@ public final class IPCHost: IPCListenerDelegate {
 
     /// Serves an already connected connection (e.g. one end of a socketpair). Loop-only.
     public func adopt(_ connection: any IPCConnection) {
-        transport.eventLoop.preconditionInEventLoop()
+        eventLoop.preconditionInEventLoop()
         accept(connection)
     }
 
-    /// Stops listening and drops every client; services are told each client went away.
-    /// Loop-only; idempotent.
+    /// Stops listening and drops every client; services are told each client went away, and
+    /// direct clients' outstanding calls are rejected. Loop-only; idempotent.
     public func close() {
+        eventLoop.preconditionInEventLoop()
         listener?.close()
         listener = nil
+        if let (registry, name) = directRegistration {
+            registry.unregisterDirectHost(self, name: name)
+            directRegistration = nil
+        }
         for client in Array(clients.values) {
             client.connection.close()
             clientDidDisconnect(client, reason: nil)
+        }
+        let bindings = directBindings.compactMap(\.binding)
+        directBindings.removeAll()
+        for binding in bindings where !binding.ended {
+            binding.end(IPCError(.disconnected, "the host was closed"), notifyProxy: true)
+            for service in services { service.clientDidDisconnect(binding.clientInfo) }
         }
     }
 
@@ -100,8 +146,7 @@ public final class IPCHost: IPCListenerDelegate {
     }
 
     private func accept(_ connection: any IPCConnection) {
-        let id = nextClientID
-        nextClientID += 1
+        let id = takeClientID()
         do {
             let client = try HostClient(id: id, connection: connection, host: self)
             connection.delegate = client
@@ -112,10 +157,15 @@ public final class IPCHost: IPCListenerDelegate {
         }
     }
 
+    private func takeClientID() -> UInt64 {
+        defer { nextClientID += 1 }
+        return nextClientID
+    }
+
     /// The exposed services, in service-id order (test hook).
     package var exposedServicesForTesting: [any IPCService] { services }
 
-    // MARK: Package interface for HostClient and the dispatcher
+    // MARK: Package interface for HostClient, the dispatcher and direct clients
 
     func clientDidDisconnect(_ client: HostClient, reason: IPCError?) {
         guard clients.removeValue(forKey: client.id) != nil else { return }
@@ -134,4 +184,29 @@ public final class IPCHost: IPCListenerDelegate {
     func client(withID id: UInt64) -> HostClient? { clients[id] }
 
     var maxPayloadSize: Int { receiveCapacity - WireLimits.frameHeaderSize }
+
+    var transportLoop: any IPCEventLoop { eventLoop }
+
+    /// Binds `proxy` directly to the service of its name, as a new client of this host.
+    func makeDirectBinding(for proxy: ServiceProxy) throws(IPCError) -> DirectServiceBinding {
+        guard directRegistration != nil else { throw IPCError(.disconnected, "the host is closed") }
+        guard let id = serviceID(named: proxy.descriptor.name), let service = service(withID: id) else {
+            throw IPCError(.serviceNotFound, "the host does not expose \(proxy.descriptor.name)")
+        }
+        let info = IPCClientInfo(clientID: takeClientID(), uid: getuid(), pid: getpid(), machineID: 0)
+        let binding = DirectServiceBinding(host: self, service: service, proxy: proxy, clientInfo: info)
+        directBindings.removeAll { $0.binding == nil }
+        directBindings.append(WeakDirectBinding(binding: binding))
+        return binding
+    }
+
+    /// A direct client let go of `binding`: tell the services, as for a disconnect.
+    func directBindingEnded(_ binding: DirectServiceBinding) {
+        directBindings.removeAll { $0.binding == nil || $0.binding === binding }
+        for service in services { service.clientDidDisconnect(binding.clientInfo) }
+    }
+}
+
+struct WeakDirectBinding {
+    weak var binding: DirectServiceBinding?
 }

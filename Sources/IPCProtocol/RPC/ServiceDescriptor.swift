@@ -101,12 +101,22 @@ public protocol IPCService: AnyObject {
     /// `reply`. Returns `false` if the arguments do not decode; the host then rejects the call.
     func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: IPCReplySink) -> Bool
 
+    /// Calls the method at `methodIndex` with a request value (the direct, in-process path:
+    /// no encoding). Returns `false` if `request` is not the method's request type.
+    func invoke(methodIndex: Int, request: any SwiftProtobuf.Message, context: IPCCallContext, reply: IPCReplySink) -> Bool
+
     /// A client went away: release what you keep for it. Its pending Deferreds are rejected.
     func clientDidDisconnect(_ client: IPCClientInfo)
 }
 
 extension IPCService {
     public func clientDidDisconnect(_ client: IPCClientInfo) {}
+
+    /// Fallback for hand-written services: encodes the request and takes the wire path.
+    public func invoke(methodIndex: Int, request: any SwiftProtobuf.Message, context: IPCCallContext, reply: IPCReplySink) -> Bool {
+        guard let arguments: Data = try? request.serializedBytes() else { return false }
+        return invoke(methodIndex: methodIndex, arguments: arguments, context: context, reply: reply)
+    }
 }
 
 /// Where a service's replies go: the host turns them into frames, the direct binding hands

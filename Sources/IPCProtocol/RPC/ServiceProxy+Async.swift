@@ -27,10 +27,6 @@ extension ServiceProxy {
         guard let loop = eventLoop else {
             throw IPCError(.disconnected, "\(descriptor.name) is not bound to a client")
         }
-        let arguments: Data
-        do { arguments = try request.serializedBytes() } catch {
-            throw IPCError(.invalidArgument, "cannot encode \(method) request: \(error)")
-        }
         let call = PendingAsyncCall<IPCResponse<Reply>>()
         let proxy = UncheckedSendableBox(self)
         do {
@@ -38,22 +34,21 @@ extension ServiceProxy {
                 try await withCheckedThrowingContinuation { continuation in
                     guard call.start(continuation) else { return }
                     loop.execute {
-                        let decode = ServiceProxy.decoding { (result: AsyncResult<Reply>) in
+                        let requestID = proxy.value.send(method, request, fd: fd) { (result: AsyncResult<Reply>) in
                             if let message = result.message {
                                 call.finish(.success(IPCResponse(message: message, fileDescriptor: result.fileDescriptor)))
                             } else {
                                 call.finish(.failure(result.error ?? IPCError(.remoteFailure, "the call was rejected")))
                             }
                         }
-                        let requestID = proxy.value.invokeRaw(method, arguments: arguments, request: nil, fd: fd, reply: decode)
                         if let requestID, !call.record(requestID: requestID) {
-                            proxy.value.client?.cancelRequest(requestID)  // cancelled meanwhile
+                            proxy.value.cancelRequest(requestID)  // cancelled meanwhile
                         }
                     }
                 }
             } onCancel: {
                 guard let requestID = call.cancel() else { return }
-                loop.execute { proxy.value.client?.cancelRequest(requestID) }
+                loop.execute { proxy.value.cancelRequest(requestID) }
             }
         } catch let error as IPCError {
             throw error
@@ -72,19 +67,14 @@ extension ServiceProxy {
             continuation.finish(throwing: IPCError(.disconnected, "\(descriptor.name) is not bound to a client"))
             return IPCReplyStream(stream)
         }
-        let arguments: Data
-        do { arguments = try request.serializedBytes() } catch {
-            continuation.finish(throwing: IPCError(.invalidArgument, "cannot encode \(method) request: \(error)"))
-            return IPCReplyStream(stream)
-        }
         let call = PendingAsyncCall<Void>()
         let proxy = UncheckedSendableBox(self)
         continuation.onTermination = { termination in
             guard case .cancelled = termination, let requestID = call.cancel() else { return }
-            loop.execute { proxy.value.client?.cancelRequest(requestID) }
+            loop.execute { proxy.value.cancelRequest(requestID) }
         }
         loop.execute {
-            let decode = ServiceProxy.decoding { (result: AsyncResult<Reply>) in
+            let requestID = proxy.value.send(method, request, fd: fd) { (result: AsyncResult<Reply>) in
                 guard let message = result.message else {
                     continuation.finish(throwing: result.error ?? IPCError(.remoteFailure, "the call was rejected"))
                     return
@@ -92,9 +82,8 @@ extension ServiceProxy {
                 continuation.yield(message)
                 if !result.hasMore { continuation.finish() }
             }
-            let requestID = proxy.value.invokeRaw(method, arguments: arguments, request: nil, fd: fd, reply: decode)
             if let requestID, !call.record(requestID: requestID) {
-                proxy.value.client?.cancelRequest(requestID)
+                proxy.value.cancelRequest(requestID)
             }
         }
         return IPCReplyStream(stream)

@@ -36,6 +36,8 @@ open class ServiceProxy: @unchecked Sendable {
     public var onDisconnect: ((IPCError) -> Void)?
 
     weak var client: IPCClient?
+    /// Set when bound through the direct short circuit instead of frames.
+    private(set) var directBinding: DirectServiceBinding?
     private let loop = Mutex<(any IPCEventLoop)?>(nil)
     /// The loop of the client this proxy was bound to, once bound. Thread-safe.
     public var eventLoop: (any IPCEventLoop)? { loop.withLock { $0 } }
@@ -49,13 +51,18 @@ open class ServiceProxy: @unchecked Sendable {
 
     deinit {
         guard let loop = eventLoop else { return }
-        let client = UncheckedSendableBox(WeakClient(client))
-        let id = ObjectIdentifier(self)
+        let box = UncheckedSendableBox((WeakClient(client), directBinding, ObjectIdentifier(self)))
         if loop.inEventLoop {
-            client.value.client?.forgetProxy(id)
+            Self.forget(box.value)
         } else {
-            loop.execute { client.value.client?.forgetProxy(id) }
+            loop.execute { Self.forget(box.value) }
         }
+    }
+
+    /// Releases what the client or direct binding keeps for a proxy that is going away.
+    private static func forget(_ parts: (WeakClient, DirectServiceBinding?, ObjectIdentifier)) {
+        parts.0.client?.forgetProxy(parts.2)
+        parts.1?.abandon()
     }
 
     /// Whether calls can be made.
@@ -67,38 +74,54 @@ open class ServiceProxy: @unchecked Sendable {
     public func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
         _ method: String, _ request: Request, fd: Int32? = nil, reply: ((AsyncResult<Reply>) -> Void)?
     ) {
-        invokeRaw(method, arguments: nil, request: request, fd: fd, reply: reply.map(Self.decoding))
+        send(method, request, fd: fd, reply: reply)
     }
 
-    /// The untyped core of ``invoke(_:_:fd:reply:)``: `arguments`, if given, are the request
-    /// already encoded. Returns the request id when sent.
+    /// The core of ``invoke(_:_:fd:reply:)``; returns the request id when sent, for
+    /// cancellation.
     @discardableResult
-    func invokeRaw(
-        _ method: String, arguments: Data?, request: (any SwiftProtobuf.Message)?, fd: Int32?,
-        reply: ((AsyncResult<Data>) -> Void)?
+    func send<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
+        _ method: String, _ request: Request, fd: Int32?, reply: ((AsyncResult<Reply>) -> Void)?
     ) -> UInt64? {
         eventLoop?.preconditionInEventLoop()
-        guard state == .bound, let client else {
+        guard state == .bound else {
             reply?(.rejected(lastError ?? IPCError(.disconnected, "\(descriptor.name) is not bound")))
+            return nil
+        }
+        if let directBinding {
+            guard let index = directBinding.methodIndex(named: method) else {
+                reply?(.rejected(IPCError(.methodNotFound, "\(descriptor.name) on the host has no method \(method)")))
+                return nil
+            }
+            return directBinding.invoke(methodIndex: index, request: request, fd: fd, reply: reply)
+        }
+        guard let client else {
+            reply?(.rejected(IPCError(.disconnected, "the client of \(descriptor.name) is gone")))
             return nil
         }
         guard let methodID = methodIDs[method] else {
             reply?(.rejected(IPCError(.methodNotFound, "\(descriptor.name) on the host has no method \(method)")))
             return nil
         }
-        let encoded: Data
-        if let arguments {
-            encoded = arguments
-        } else {
-            do {
-                encoded = try request?.serializedBytes() ?? Data()
-            } catch {
-                reply?(.rejected(IPCError(.invalidArgument, "cannot encode \(method) request: \(error)")))
-                return nil
-            }
+        let arguments: Data
+        do {
+            arguments = try request.serializedBytes()
+        } catch {
+            reply?(.rejected(IPCError(.invalidArgument, "cannot encode \(method) request: \(error)")))
+            return nil
         }
         return client.invoke(
-            serviceID: serviceID, methodID: methodID, arguments: encoded, fd: fd, proxy: self, callback: reply)
+            serviceID: serviceID, methodID: methodID, arguments: arguments, fd: fd, proxy: self,
+            callback: reply.map(Self.decoding))
+    }
+
+    /// Forgets a pending call: its callback is released and never called. Loop-only.
+    func cancelRequest(_ requestID: UInt64) {
+        if let directBinding {
+            directBinding.cancel(requestID)
+        } else {
+            client?.cancelRequest(requestID)
+        }
     }
 
     static func decoding<Reply: SwiftProtobuf.Message>(
@@ -123,6 +146,13 @@ open class ServiceProxy: @unchecked Sendable {
         self.client = client
         loop.withLock { $0 = client.eventLoop }
         state = .binding
+    }
+
+    func didBindDirectly(_ binding: DirectServiceBinding) {
+        directBinding = binding
+        state = .bound
+        finishBindWaiters(.success(()))
+        onConnect?()
     }
 
     func didBind(serviceID: UInt32, methods: [IPCFrame.BindServiceReply.MethodInfo]) {

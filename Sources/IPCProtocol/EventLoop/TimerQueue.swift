@@ -1,21 +1,34 @@
 // Delayed tasks of one loop: a binary min-heap ordered by deadline, then by insertion order so
 // tasks due at the same instant run in the order they were scheduled. Cancelled tasks are
-// dropped lazily when they reach the top.
+// dropped lazily when they reach the top. Shared by the backends' loops (real or virtual time).
 
+#if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
-/// Monotonic nanoseconds, the loop's clock.
-func monotonicNanoseconds() -> UInt64 {
+/// Monotonic nanoseconds, the real-time loops' clock.
+package func monotonicNanoseconds() -> UInt64 {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }
 
+/// Whole nanoseconds in a (non-negative) duration.
+package func nanoseconds(_ duration: Duration) -> UInt64 {
+    let (seconds, attoseconds) = duration.components
+    return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds / 1_000_000_000))
+}
+
 /// A handle for a task in a `TimerQueue`.
-final class TimerTask {
-    let deadline: UInt64
+package final class TimerTask: ScheduledTask {
+    package let deadline: UInt64
     let sequence: UInt64
-    var action: (() -> Void)?
+    package var action: (() -> Void)?
+
+    /// Prevents the task from running. Idempotent.
+    package func cancel() { action = nil }
 
     init(deadline: UInt64, sequence: UInt64, action: @escaping () -> Void) {
         self.deadline = deadline
@@ -29,11 +42,13 @@ final class TimerTask {
 }
 
 /// Loop-confined queue of delayed tasks.
-struct TimerQueue {
+package struct TimerQueue {
     private var heap: [TimerTask] = []
     private var nextSequence: UInt64 = 0
 
-    mutating func schedule(deadline: UInt64, _ action: @escaping () -> Void) -> TimerTask {
+    package init() {}
+
+    package mutating func schedule(deadline: UInt64, _ action: @escaping () -> Void) -> TimerTask {
         let task = TimerTask(deadline: deadline, sequence: nextSequence, action: action)
         nextSequence += 1
         heap.append(task)
@@ -42,13 +57,13 @@ struct TimerQueue {
     }
 
     /// The earliest deadline of a live task, dropping cancelled ones on top.
-    mutating func nextDeadline() -> UInt64? {
+    package mutating func nextDeadline() -> UInt64? {
         while let top = heap.first, top.action == nil { _ = popTop() }
         return heap.first?.deadline
     }
 
     /// Removes and returns the actions due at `now`, in order.
-    mutating func popDue(now: UInt64) -> [() -> Void] {
+    package mutating func popDue(now: UInt64) -> [() -> Void] {
         var due: [() -> Void] = []
         while let top = heap.first, top.deadline <= now {
             _ = popTop()
@@ -60,7 +75,7 @@ struct TimerQueue {
         return due
     }
 
-    var isEmpty: Bool { heap.isEmpty }
+    package var isEmpty: Bool { heap.isEmpty }
 
     private mutating func popTop() -> TimerTask {
         let top = heap[0]

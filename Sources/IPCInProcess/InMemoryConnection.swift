@@ -1,0 +1,149 @@
+// One end of an in-memory connection. Sending copies the bytes (and dups the fd) into the
+// peer's inbox and asks the loop to deliver them; delivery writes them into the peer's
+// receive space, as much as fits per call, with the fd on the first piece of its message.
+
+import IPCProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class InMemoryConnection: IPCConnection {
+    weak var delegate: (any IPCConnectionDelegate)?
+    private(set) var state: ConnectionState = .connecting
+    let peer: PeerIdentity
+    let loop: any IPCEventLoop
+    let address: String
+    private weak var other: InMemoryConnection?
+    private var inbox: [Message] = []
+    private var inboxHead = 0
+    private var deliveryScheduled = false
+
+    private struct Message {
+        var bytes: [UInt8]
+        var offset = 0
+        var fd: ScopedFD?
+    }
+
+    init(loop: any IPCEventLoop, address: String) {
+        self.loop = loop
+        self.address = address
+        // Same process: the kernel would report exactly these credentials.
+        peer = PeerIdentity(uid: getuid(), pid: getpid(), gid: getgid())
+    }
+
+    deinit {
+        // Like a socket closing: the peer sees end of stream.
+        if state == .connected, let other { other.peerClosed() }
+    }
+
+    // MARK: Pairing (transport)
+
+    func pair(with client: InMemoryConnection) {
+        other = client
+        state = .connected
+    }
+
+    func connect(to server: InMemoryConnection) {
+        other = server
+        state = .connected
+        delegate?.connectionDidConnect(self)
+    }
+
+    func failToConnect(_ error: IPCError) {
+        state = .disconnected
+        delegate?.connection(self, didFailToConnect: error)
+    }
+
+    // MARK: IPCConnection
+
+    @discardableResult
+    func send(_ bytes: UnsafeRawBufferPointer, fd: Int32?) -> Bool {
+        loop.preconditionInEventLoop()
+        guard state == .connected, let other else { return false }
+        var duplicate: ScopedFD?
+        if let fd {
+            let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+            guard copy >= 0 else { return false }
+            duplicate = ScopedFD(copy)
+        }
+        other.enqueue(Message(bytes: Array(bytes), fd: duplicate))
+        return true
+    }
+
+    func close() {
+        loop.preconditionInEventLoop()
+        guard state != .disconnected else { return }
+        let wasConnected = state == .connected
+        state = .disconnected
+        delegate = nil
+        dropInbox()
+        if wasConnected, let other { other.peerClosed() }
+        other = nil
+    }
+
+    // MARK: Delivery
+
+    private func enqueue(_ message: Message) {
+        inbox.append(message)
+        scheduleDelivery()
+    }
+
+    private func scheduleDelivery() {
+        guard !deliveryScheduled else { return }
+        deliveryScheduled = true
+        let box = UncheckedSendableBox(WeakConnection(self))
+        loop.execute { box.value.connection?.deliver() }
+    }
+
+    private func deliver() {
+        deliveryScheduled = false
+        while state == .connected, inboxHead < inbox.count {
+            guard let delegate else { dropInbox(); return }
+            let space = delegate.receiveSpace(for: self)
+            precondition(space.count > 0, "receive space must not be empty")
+            var message = inbox[inboxHead]
+            let count = min(space.count, message.bytes.count - message.offset)
+            message.bytes.withUnsafeBytes { bytes in
+                space.baseAddress!.copyMemory(from: bytes.baseAddress! + message.offset, byteCount: count)
+            }
+            let fd = message.fd
+            message.fd = nil
+            message.offset += count
+            if message.offset == message.bytes.count {
+                inboxHead += 1
+            } else {
+                inbox[inboxHead] = message
+            }
+            if inboxHead == inbox.count {
+                inbox.removeAll(keepingCapacity: true)
+                inboxHead = 0
+            }
+            delegate.connection(self, didReceive: count, fileDescriptor: fd)
+        }
+        if state == .disconnected { dropInbox() }
+    }
+
+    /// The other end went away: deliver what is already here, then report end of stream.
+    private func peerClosed() {
+        other = nil
+        let box = UncheckedSendableBox(WeakConnection(self))
+        loop.execute {
+            guard let connection = box.value.connection, connection.state == .connected else { return }
+            connection.deliver()
+            guard connection.state == .connected else { return }
+            connection.state = .disconnected
+            connection.delegate?.connection(connection, didDisconnect: nil)
+        }
+    }
+
+    private func dropInbox() {
+        inbox.removeAll()
+        inboxHead = 0
+    }
+}
+
+struct WeakConnection {
+    weak var connection: InMemoryConnection?
+    init(_ connection: InMemoryConnection) { self.connection = connection }
+}

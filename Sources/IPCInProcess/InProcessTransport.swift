@@ -1,0 +1,130 @@
+// An in-memory transport: listeners are names, connections are pairs of objects on one loop
+// that hand each other real frame bytes. No kernel sockets and no system calls per message, yet
+// Host and Client run their full wire path (framing, deserializer, dispatch). A file
+// descriptor sent along is duplicated (`dup`), as SCM_RIGHTS would do.
+//
+// Contract, as for every transport: all calls on the loop; a connect result arrives on a later
+// loop turn; bytes are delivered on a later loop turn, in order, into the receiver's space.
+
+import IPCProtocol
+import Synchronization
+
+/// Listens on and connects to names, in memory, on one loop.
+///
+/// Host and client must use the same transport instance (or the same ``InProcessNetwork``
+/// through ``init(loop:network:)``) to find each other.
+public final class InProcessTransport: IPCTransport, @unchecked Sendable {
+    // @unchecked Sendable: immutable references; the network is thread-safe and every
+    // connection it hands out checks it is used on `eventLoop`.
+    public let eventLoop: any IPCEventLoop
+    public let network: InProcessNetwork
+
+    /// A transport on `loop`, resolving names in `network` (its own private one by default).
+    public init(loop: any IPCEventLoop, network: InProcessNetwork = InProcessNetwork()) {
+        eventLoop = loop
+        self.network = network
+    }
+
+    public func listen(
+        at address: String, options: ConnectionOptions = .default, delegate: any IPCListenerDelegate
+    ) throws(IPCError) -> any IPCListener {
+        eventLoop.preconditionInEventLoop()
+        let listener = InProcessListener(name: address, loop: eventLoop, network: network, delegate: delegate)
+        try network.register(listener)
+        return listener
+    }
+
+    public func connect(
+        to address: String, options: ConnectionOptions = .default, delegate: any IPCConnectionDelegate
+    ) -> any IPCConnection {
+        eventLoop.preconditionInEventLoop()
+        let client = InMemoryConnection(loop: eventLoop, address: address)
+        client.delegate = delegate
+        let listener = network.listener(named: address)
+        let box = UncheckedSendableBox((client, listener))
+        eventLoop.execute {
+            let (client, listener) = box.value
+            guard client.state == .connecting else { return }  // closed meanwhile
+            guard let listener, let server = listener.accept(for: client) else {
+                client.failToConnect(IPCError(.connectionFailed, "nothing listens at \"\(address)\" in this process", address: address))
+                return
+            }
+            client.connect(to: server)
+        }
+        return client
+    }
+}
+
+/// Names of in-process listeners. Thread-safe; listeners and connections are loop-bound.
+public final class InProcessNetwork: Sendable {
+    private let listeners = Mutex<[String: WeakListener]>([:])
+    let directHosts = Mutex<[String: WeakHost]>([:])
+
+    public init() {}
+
+    /// A network shared by every user in the process, for host and client code that are
+    /// set up apart (e.g. through `IPCBackend.inProcess`).
+    public static let shared = InProcessNetwork()
+
+    func register(_ listener: InProcessListener) throws(IPCError) {
+        let taken = listeners.withLock { table -> Bool in
+            if table[listener.name]?.listener != nil { return true }
+            table[listener.name] = WeakListener(listener: listener)
+            return false
+        }
+        if taken {
+            throw IPCError(.addressInUse, "an in-process listener already uses \"\(listener.name)\"", address: listener.name)
+        }
+    }
+
+    func unregister(_ listener: InProcessListener) {
+        listeners.withLock { table in
+            if table[listener.name]?.listener === listener { table[listener.name] = nil }
+        }
+    }
+
+    func listener(named name: String) -> InProcessListener? {
+        listeners.withLock { $0[name]?.listener }
+    }
+}
+
+private struct WeakListener: @unchecked Sendable {
+    // @unchecked Sendable: only compared and handed back; used on its own loop.
+    weak var listener: InProcessListener?
+}
+
+/// An in-process listening name.
+final class InProcessListener: IPCListener {
+    let name: String
+    let loop: any IPCEventLoop
+    private weak var delegate: (any IPCListenerDelegate)?
+    private let network: InProcessNetwork
+    private var closed = false
+
+    init(name: String, loop: any IPCEventLoop, network: InProcessNetwork, delegate: any IPCListenerDelegate) {
+        self.name = name
+        self.loop = loop
+        self.network = network
+        self.delegate = delegate
+    }
+
+    deinit { network.unregister(self) }
+
+    var address: String { name }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        network.unregister(self)
+    }
+
+    /// Creates the server end for `client`, hands it to the delegate, returns it (nil if
+    /// closed, on another loop, or nobody accepts).
+    func accept(for client: InMemoryConnection) -> InMemoryConnection? {
+        guard !closed, let delegate, loop === client.loop else { return nil }
+        let server = InMemoryConnection(loop: loop, address: name)
+        server.pair(with: client)
+        delegate.listener(self, didAccept: server)
+        return server
+    }
+}
