@@ -74,6 +74,15 @@ let package = Package(
             name: "IPCUnixSocketTests",
             dependencies: ["IPCUnixSocket", "TestSupport", "CPerfettoIPCLinux"]
         ),
+        // Transport and RPC scenarios written once, run against every backend.
+        .testTarget(
+            name: "BackendConformanceTests",
+            dependencies: ["IPCProtocol", "IPCUnixSocket", "IPCInProcess", "IPCEchoService", "TestSupport"]
+        ),
+        .testTarget(
+            name: "IPCInProcessTests",
+            dependencies: ["IPCProtocol", "IPCInProcess", "IPCUnixSocket", "IPCEchoService", "TestSupport"]
+        ),
         .testTarget(
             name: "IPCProtocolTests",
             dependencies: ["IPCProtocol", "IPCUnixSocket", "IPCEchoService", "TestSupport"],

@@ -248,7 +248,10 @@ public final class IPCClient: IPCConnectionDelegate {
     }
 
     public func connection(_ connection: any IPCConnection, didDisconnect error: IPCError?) {
-        end(error ?? IPCError(.disconnected, "the host closed the connection"))
+        // Whatever ended it (orderly close, reset, send timeout), calls see `.disconnected`;
+        // the cause stays in the message and errno.
+        guard let error else { return end(IPCError(.disconnected, "the host closed the connection")) }
+        end(IPCError(.disconnected, "connection lost: \(error.message)", errno: error.errno, address: error.address))
     }
 
     public func receiveSpace(for connection: any IPCConnection) -> UnsafeMutableRawBufferPointer {
