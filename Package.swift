@@ -59,7 +59,7 @@ let package = Package(
         .executableTarget(
             name: "ipc-echo",
             dependencies: [
-                "IPCProtocol", "IPCUnixSocket", "IPCEchoService",
+                "IPCProtocol", "IPCUnixSocket", "IPCInProcess", "IPCEchoService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Examples/ipc-echo"

@@ -32,6 +32,16 @@ let package = Package(
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
         .executableTarget(
+            name: "InProcessEcho",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "IPCInProcess", package: "swift-perfetto-ipc"),
+                .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
+            ],
+            path: "Benchmarks/InProcessEcho",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
             name: "EchoRoundTrip",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),

@@ -11,29 +11,34 @@ struct Demo: AsyncParsableCommand {
         abstract: "Serve on a real socket in a fresh temporary directory, make a few calls and a short bench, clean up.")
 
     @Option(help: "Timed calls in the short bench.") var iterations: Int = 5_000
+    @Option(help: "Backend: unix (a real socket), inprocess (in-memory frames) or direct (no frames).")
+    var backend: Backend = .unix
 
     func run() async throws {
         let directory = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let address = directory + "/echo.sock"
+        let address = backend == .unix ? directory + "/echo.sock" : "ipc-echo-demo"
 
-        // The host: its own loop thread.
+        // The host: on its own loop thread for a real socket; in-process hosts share the
+        // client's loop (EchoSession starts them).
         let hostLoop = try EpollEventLoop.startOnNewThread(name: "echo-host")
         defer { hostLoop.shutdown() }
         let hostBox = HostBox()
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            hostLoop.execute {
-                continuation.resume(with: Result {
-                    let host = try IPCHost(transport: UnixSocketTransport(loop: hostLoop), listeningAt: address)
-                    host.expose(EchoServiceImplementation())
-                    hostBox.host = host
-                })
+        if backend == .unix {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                hostLoop.execute {
+                    continuation.resume(with: Result {
+                        let host = try IPCHost(backend: .unixSocket(address, loop: hostLoop))
+                        host.expose(EchoServiceImplementation())
+                        hostBox.host = host
+                    })
+                }
             }
         }
         defer { hostLoop.execute { hostBox.host?.close(); hostBox.host = nil } }
-        say("host: serving EchoService at \(address)")
+        say("host: serving EchoService at \(address) [backend: \(backend.rawValue)]")
 
-        let session = try await EchoSession.connect(to: address)
+        let session = try await EchoSession.connect(to: address, backend: backend)
         defer { session.close() }
         say("client: connected and bound EchoService")
 
@@ -64,9 +69,9 @@ struct Demo: AsyncParsableCommand {
         for try await reply in session.proxy.streamEcho(streaming) { say(describe(reply)) }
 
         // A short bench against the raw floor.
-        say("\n> bench: \(iterations) sequential 16-byte echoes vs a plain socket ping-pong")
+        say("\n> bench: \(iterations) sequential 16-byte echoes [\(backend.rawValue)] vs a plain socket ping-pong")
         try runEchoBench(session: session, iterations: iterations, payload: 16, withFD: false, compareRaw: true)
-        say("\ndone: socket and temporary directory removed")
+        say("\ndone: \(backend == .unix ? "socket and temporary directory removed" : "in-process host closed")")
     }
 
     private func request(_ text: String, seq: UInt32) -> Pfpeers_EchoRequest {

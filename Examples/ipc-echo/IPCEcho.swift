@@ -22,16 +22,21 @@ struct IPCEcho: AsyncParsableCommand {
 
 /// Where to connect or listen, and on which backend.
 struct EndpointOptions: ParsableArguments {
-    @Option(help: "Socket address: /path, relative/path, @abstract, host:port, [v6]:port or vsock://cid:port.")
-    var socket: String
+    @Option(help: "Socket address: /path, relative/path, @abstract, host:port, [v6]:port or vsock://cid:port (the in-process backends use it as a name).")
+    var socket: String?
 
-    @Option(help: "Transport backend: unix (epoll).")
+    @Option(help: "Backend: unix (epoll sockets), inprocess (in-memory frames, host in this process), direct (no frames, host in this process).")
     var backend: Backend = .unix
+
+    /// The address to use, checked against the backend.
+    func address(for command: String) throws -> String {
+        if let socket { return socket }
+        guard backend.isInProcess else { throw ValidationError("\(command) needs --socket ADDRESS with --backend unix") }
+        return "ipc-echo"
+    }
 }
 
-enum Backend: String, ExpressibleByArgument, CaseIterable {
-    case unix
-}
+extension Backend: ExpressibleByArgument {}
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Serve EchoService at an address until killed.")
@@ -42,15 +47,19 @@ struct Serve: ParsableCommand {
     var mode: String?
 
     func run() throws {
+        guard endpoint.backend == .unix else {
+            throw ValidationError("serve needs --backend unix: in-process backends serve only their own process (try `ipc-echo demo --backend \(endpoint.backend.rawValue)`)")
+        }
+        let address = try endpoint.address(for: "serve")
         let loop = try EpollEventLoop()
         var options = ConnectionOptions()
         if let mode {
             guard let value = UInt32(mode, radix: 8) else { throw ValidationError("--mode must be octal, e.g. 660") }
             options.socketFileMode = value
         }
-        let host = try IPCHost(transport: UnixSocketTransport(loop: loop), listeningAt: endpoint.socket, options: options)
+        let host = try IPCHost(backend: .unixSocket(address, loop: loop, options: options))
         host.expose(EchoServiceImplementation())
-        say("serving EchoService at \(host.address ?? endpoint.socket) (pid \(getpid()))")
+        say("serving EchoService at \(host.address ?? address) (pid \(getpid()))")
         loop.run()
         host.close()
     }
@@ -67,7 +76,7 @@ struct Call: AsyncParsableCommand {
     @Option(help: "Call StreamEcho for this many replies instead of Echo.") var stream: UInt32?
 
     func run() async throws {
-        let session = try await EchoSession.connect(to: endpoint.socket)
+        let session = try await EchoSession.connect(to: try endpoint.address(for: "call"), backend: endpoint.backend)
         defer { session.close() }
         var request = Pfpeers_EchoRequest()
         request.data = Data(data.utf8)
@@ -105,7 +114,7 @@ struct Bench: AsyncParsableCommand {
     var compareRaw = false
 
     func run() async throws {
-        let session = try await EchoSession.connect(to: endpoint.socket)
+        let session = try await EchoSession.connect(to: try endpoint.address(for: "bench"), backend: endpoint.backend)
         defer { session.close() }
         try runEchoBench(session: session, iterations: iterations, payload: payload, withFD: withFd, compareRaw: compareRaw)
     }
@@ -119,7 +128,7 @@ func runEchoBench(session: EchoSession, iterations: Int, payload: Int, withFD: B
         say("raw   \(payload)B: \(raw!)")
     }
     let echo = try EchoBenchmark.measureEcho(proxy: session.proxy, payloadSize: payload, iterations: iterations, withFD: withFD)
-    say("echo  \(payload)B\(withFD ? "+fd" : ""): \(echo)")
+    say("echo  \(payload)B\(withFD ? "+fd" : "") [\(session.backend.rawValue)]: \(echo)")
     if let raw {
         say(String(format: "ratio p50=%.2fx mean=%.2fx (echo / raw ping-pong)", echo.p50 / raw.p50, echo.mean / raw.mean))
     }
