@@ -41,6 +41,15 @@ let package = Package(
             path: "Benchmarks/InProcessEcho",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        // Not a benchmark: a bare loop for profilers.
+        .executableTarget(
+            name: "ProfileInProcess",
+            dependencies: [
+                .product(name: "IPCInProcess", package: "swift-perfetto-ipc"),
+                .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
+            ],
+            path: "Sources/ProfileInProcess"
+        ),
         .executableTarget(
             name: "EchoRoundTrip",
             dependencies: [

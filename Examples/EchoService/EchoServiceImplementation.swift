@@ -16,15 +16,19 @@ import Glibc
 
 /// Echo service with Deferred replies, as exposed by `ipc-echo serve`.
 public final class EchoServiceImplementation: Pfpeers_EchoServiceHandler {
-    /// Clients the host reported gone, in order.
-    public private(set) var disconnectedClients: [IPCClientInfo] = []
-    /// Calls received, in order (method name).
-    public private(set) var calls: [String] = []
+    /// How many clients the host reported gone.
+    public private(set) var disconnectedClientCount = 0
+    /// The last client the host reported gone.
+    public private(set) var lastDisconnectedClient: IPCClientInfo?
+    /// Echo calls received.
+    public private(set) var echoCount = 0
+    /// StreamEcho calls received.
+    public private(set) var streamEchoCount = 0
 
     public init() {}
 
     public func echo(_ request: Pfpeers_EchoRequest, context: IPCCallContext, reply: Deferred<Pfpeers_EchoReply>) {
-        calls.append("Echo")
+        echoCount += 1
         var response = Pfpeers_EchoReply()
         response.data = request.data
         response.seq = request.seq
@@ -39,7 +43,7 @@ public final class EchoServiceImplementation: Pfpeers_EchoServiceHandler {
     }
 
     public func streamEcho(_ request: Pfpeers_EchoRequest, context: IPCCallContext, reply: Deferred<Pfpeers_EchoReply>) {
-        calls.append("StreamEcho")
+        streamEchoCount += 1
         let count = max(1, Int(request.count))
         for index in 0..<count {
             var response = Pfpeers_EchoReply()
@@ -51,7 +55,8 @@ public final class EchoServiceImplementation: Pfpeers_EchoServiceHandler {
     }
 
     public func clientDidDisconnect(_ client: IPCClientInfo) {
-        disconnectedClients.append(client)
+        disconnectedClientCount += 1
+        lastDisconnectedClient = client
     }
 
     /// Size of what `fd` refers to (st_size), or -1 if fstat fails.

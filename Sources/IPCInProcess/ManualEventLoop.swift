@@ -22,6 +22,8 @@ public final class ManualEventLoop: IPCEventLoop, @unchecked Sendable {
     // @unchecked Sendable: `pending` is a Mutex; everything else is touched only on the owner
     // thread (checked by preconditionInEventLoop at the loop-only entry points).
     private let pending = Mutex<[@Sendable () -> Void]>([])
+    /// The batch being run; swapped with `pending` so neither array is reallocated.
+    private var running: [@Sendable () -> Void] = []
     private let owner: Int32
     private var timers = TimerQueue()
     private var now: UInt64 = 0
@@ -100,14 +102,17 @@ public final class ManualEventLoop: IPCEventLoop, @unchecked Sendable {
 
     /// One pass: the tasks posted so far, due timers, ready watches.
     private func runOnePass() -> Int {
-        let tasks = pending.withLock { tasks in
-            defer { tasks.removeAll(keepingCapacity: true) }
-            return tasks
+        pending.withLock { swap(&$0, &running) }
+        let taskCount = running.count
+        for task in running { task() }
+        running.removeAll(keepingCapacity: true)
+        var timerCount = 0
+        if !timers.isEmpty {
+            let due = timers.popDue(now: now)
+            for action in due { action() }
+            timerCount = due.count
         }
-        for task in tasks { task() }
-        let due = timers.popDue(now: now)
-        for action in due { action() }
-        return tasks.count + due.count + pollWatches()
+        return taskCount + timerCount + pollWatches()
     }
 
     private func pollWatches() -> Int {

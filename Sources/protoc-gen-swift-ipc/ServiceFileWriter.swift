@@ -79,7 +79,7 @@ struct ServiceFileWriter {
         }
         p.print("}", "")
         writeDispatch(service, protocolName: name + "Handler", into: &p) { method in
-            ["\(function(method))(request, context: context, reply: Deferred(replyingTo: reply))"]
+            ["\(function(method))(request, context: context, reply: reply.makeDeferred(of: \(output(method)).self))"]
         }
     }
 
@@ -103,10 +103,10 @@ struct ServiceFileWriter {
         p.print("}", "")
         writeDispatch(service, protocolName: name + "AsyncHandler", into: &p) { method in
             method.serverStreaming
-                ? ["IPCAsyncDispatch.serverStreaming(context: context, reply: Deferred<\(output(method))>(replyingTo: reply)) { context, writer in",
+                ? ["IPCAsyncDispatch.serverStreaming(context: context, reply: reply.makeDeferred(of: \(output(method)).self)) { context, writer in",
                    "    try await self.\(function(method))(request, context: context, replies: writer)",
                    "}"]
-                : ["IPCAsyncDispatch.unary(context: context, reply: Deferred<\(output(method))>(replyingTo: reply)) { context in",
+                : ["IPCAsyncDispatch.unary(context: context, reply: reply.makeDeferred(of: \(output(method)).self)) { context in",
                    "    try await self.\(function(method))(request, context: context)",
                    "}"]
         }
@@ -122,17 +122,24 @@ struct ServiceFileWriter {
         p.withIndentation { p in
             p.print("\(access)var serviceDescriptor: ServiceDescriptor { \(swiftName(service)).descriptor }")
             for direct in [false, true] {
-                let input = direct ? "request: any SwiftProtobuf.Message" : "arguments: Data"
-                p.print("", "\(access)func invoke(methodIndex: Int, \(input), context: IPCCallContext, reply: any IPCReplySink) -> Bool {")
+                let signature = direct
+                    ? "invoke<Request: SwiftProtobuf.Message>(methodIndex: Int, request: Request,"
+                    : "invoke(methodIndex: Int, arguments: Data,"
+                p.print("", "\(access)func \(signature) context: IPCCallContext, reply: any IPCReplySink) -> Bool {")
                 p.withIndentation { p in
                     p.print("switch methodIndex {")
                     for (index, method) in service.methods.enumerated() {
                         p.print("case \(index):")
                         p.withIndentation { p in
-                            p.print(
-                                direct
-                                    ? "guard let request = request as? \(self.input(method)) else { return false }"
-                                    : "guard let request = try? \(self.input(method))(serializedBytes: arguments) else { return false }")
+                            if direct {
+                                // A metatype comparison instead of a dynamic cast: the direct
+                                // path is measured in nanoseconds.
+                                p.print(
+                                    "guard Request.self == \(self.input(method)).self else { return false }",
+                                    "let request = unsafeBitCast(request, to: \(self.input(method)).self)")
+                            } else {
+                                p.print("guard let request = try? \(self.input(method))(serializedBytes: arguments) else { return false }")
+                            }
                             for line in call(method) { p.print(line) }
                             p.print("return true")
                         }

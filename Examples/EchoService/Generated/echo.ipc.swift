@@ -35,26 +35,28 @@ extension Pfpeers_EchoServiceHandler {
         switch methodIndex {
         case 0:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }
-            echo(request, context: context, reply: Deferred(replyingTo: reply))
+            echo(request, context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self))
             return true
         case 1:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }
-            streamEcho(request, context: context, reply: Deferred(replyingTo: reply))
+            streamEcho(request, context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self))
             return true
         default:
             return false
         }
     }
 
-    public func invoke(methodIndex: Int, request: any SwiftProtobuf.Message, context: IPCCallContext, reply: any IPCReplySink) -> Bool {
+    public func invoke<Request: SwiftProtobuf.Message>(methodIndex: Int, request: Request, context: IPCCallContext, reply: any IPCReplySink) -> Bool {
         switch methodIndex {
         case 0:
-            guard let request = request as? Pfpeers_EchoRequest else { return false }
-            echo(request, context: context, reply: Deferred(replyingTo: reply))
+            guard Request.self == Pfpeers_EchoRequest.self else { return false }
+            let request = unsafeBitCast(request, to: Pfpeers_EchoRequest.self)
+            echo(request, context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self))
             return true
         case 1:
-            guard let request = request as? Pfpeers_EchoRequest else { return false }
-            streamEcho(request, context: context, reply: Deferred(replyingTo: reply))
+            guard Request.self == Pfpeers_EchoRequest.self else { return false }
+            let request = unsafeBitCast(request, to: Pfpeers_EchoRequest.self)
+            streamEcho(request, context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self))
             return true
         default:
             return false
@@ -78,13 +80,13 @@ extension Pfpeers_EchoServiceAsyncHandler {
         switch methodIndex {
         case 0:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }
-            IPCAsyncDispatch.unary(context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply)) { context in
+            IPCAsyncDispatch.unary(context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self)) { context in
                 try await self.echo(request, context: context)
             }
             return true
         case 1:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }
-            IPCAsyncDispatch.serverStreaming(context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply)) { context, writer in
+            IPCAsyncDispatch.serverStreaming(context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self)) { context, writer in
                 try await self.streamEcho(request, context: context, replies: writer)
             }
             return true
@@ -93,17 +95,19 @@ extension Pfpeers_EchoServiceAsyncHandler {
         }
     }
 
-    public func invoke(methodIndex: Int, request: any SwiftProtobuf.Message, context: IPCCallContext, reply: any IPCReplySink) -> Bool {
+    public func invoke<Request: SwiftProtobuf.Message>(methodIndex: Int, request: Request, context: IPCCallContext, reply: any IPCReplySink) -> Bool {
         switch methodIndex {
         case 0:
-            guard let request = request as? Pfpeers_EchoRequest else { return false }
-            IPCAsyncDispatch.unary(context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply)) { context in
+            guard Request.self == Pfpeers_EchoRequest.self else { return false }
+            let request = unsafeBitCast(request, to: Pfpeers_EchoRequest.self)
+            IPCAsyncDispatch.unary(context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self)) { context in
                 try await self.echo(request, context: context)
             }
             return true
         case 1:
-            guard let request = request as? Pfpeers_EchoRequest else { return false }
-            IPCAsyncDispatch.serverStreaming(context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply)) { context, writer in
+            guard Request.self == Pfpeers_EchoRequest.self else { return false }
+            let request = unsafeBitCast(request, to: Pfpeers_EchoRequest.self)
+            IPCAsyncDispatch.serverStreaming(context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self)) { context, writer in
                 try await self.streamEcho(request, context: context, replies: writer)
             }
             return true

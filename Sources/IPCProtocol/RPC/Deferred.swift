@@ -11,30 +11,39 @@
 ///
 /// Loop-bound: use it on the loop of the host or client it came from.
 public final class Deferred<Message> {
-    private var callback: ((AsyncResult<Message>) -> Void)?
+    /// Where results go: a callback, or (for replies a host or direct binding sends, the hot
+    /// path) a sink, which saves allocating a closure per call.
+    private enum Target {
+        case callback((AsyncResult<Message>) -> Void)
+        case sink(any DeferredSink<Message>)
+    }
+    private var target: Target?
 
     /// An unbound Deferred: resolving it does nothing until ``bind(_:)``.
     public init() {}
 
     /// A Deferred whose outcome goes to `callback`.
     public init(_ callback: @escaping (AsyncResult<Message>) -> Void) {
-        self.callback = callback
+        target = .callback(callback)
+    }
+
+    package init(sink: any DeferredSink<Message>) {
+        target = .sink(sink)
     }
 
     deinit {
-        if let callback {
-            self.callback = nil
-            callback(.rejected(IPCError(.remoteFailure, "the reply was dropped without being resolved")))
+        if target != nil {
+            deliver(.rejected(IPCError(.remoteFailure, "the reply was dropped without being resolved")))
         }
     }
 
     /// Whether a callback is bound and still waiting for a final result.
-    public var isBound: Bool { callback != nil }
+    public var isBound: Bool { target != nil }
 
     /// Binds `callback`. A callback already bound is rejected first.
     public func bind(_ callback: @escaping (AsyncResult<Message>) -> Void) {
         reject(IPCError(.cancelled, "the reply was rebound"))
-        self.callback = callback
+        target = .callback(callback)
     }
 
     /// Resolves with `message`. With `hasMore`, the Deferred stays open for more replies.
@@ -53,8 +62,17 @@ public final class Deferred<Message> {
     }
 
     private func deliver(_ result: AsyncResult<Message>) {
-        guard let callback else { return }
-        if !result.hasMore || !result.isSuccess { self.callback = nil }
-        callback(result)
+        guard let target else { return }
+        if !result.hasMore || !result.isSuccess { self.target = nil }
+        switch target {
+        case .callback(let callback): callback(result)
+        case .sink(let sink): sink.receive(result)
+        }
     }
+}
+
+/// A typed receiver of a Deferred's results (the host's and direct binding's reply paths).
+package protocol DeferredSink<Message>: AnyObject {
+    associatedtype Message
+    func receive(_ result: AsyncResult<Message>)
 }

@@ -24,7 +24,7 @@ final class DirectServiceBinding {
     let clientInfo: IPCClientInfo
     let loop: any IPCEventLoop
     private let receivedFD = ReceivedFDSlot()
-    private var pending: [UInt64: (Any) -> Void] = [:]
+    private var pending: [UInt64: any DirectCallProtocol] = [:]
     private var nextRequestID: UInt64 = 1
     private(set) var ended = false
 
@@ -47,38 +47,37 @@ final class DirectServiceBinding {
         }
         let requestID = nextRequestID
         nextRequestID += 1
-        if let reply { pending[requestID] = Self.typed(reply) }
+        let call = DirectCall<Reply>(binding: self, requestID: requestID, callback: reply)
+        if reply != nil { pending[requestID] = call }
         var duplicate: ScopedFD?
         if let fd {
             let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
             if copy >= 0 { duplicate = ScopedFD(copy) }
         }
-        let box = UncheckedSendableBox((self, request, duplicate))
+        let box = UncheckedSendableBox((call, request, duplicate))
         loop.execute {
-            let (binding, request, fd) = box.value
-            binding.dispatch(methodIndex: methodIndex, request: request, fd: fd, requestID: requestID)
+            let (call, request, fd) = box.value
+            call.binding?.dispatch(methodIndex: methodIndex, request: request, fd: fd, call: call)
         }
         return requestID
     }
 
-    private func dispatch(methodIndex: Int, request: any SwiftProtobuf.Message, fd: ScopedFD?, requestID: UInt64) {
-        let sink = DirectReplySink(binding: self, requestID: requestID)
+    private func dispatch<Reply>(methodIndex: Int, request: some SwiftProtobuf.Message, fd: ScopedFD?, call: DirectCall<Reply>) {
         guard !ended, host != nil else {
-            sink.fail(IPCError(.disconnected, "the host is gone"))
+            call.fail(IPCError(.disconnected, "the host is gone"))
             return
         }
         if let fd { receivedFD.store(fd) }
         let context = IPCCallContext(client: clientInfo, eventLoop: loop, fileDescriptorSlot: receivedFD)
-        if !service.invoke(methodIndex: methodIndex, request: request, context: context, reply: sink) {
-            sink.fail(IPCError(.remoteFailure, "\(service.serviceDescriptor.name) rejected the request"))
+        if !service.invoke(methodIndex: methodIndex, request: request, context: context, reply: call) {
+            call.fail(IPCError(.remoteFailure, "\(service.serviceDescriptor.name) rejected the request"))
         }
     }
 
-    /// A reply from the service for `requestID`.
-    fileprivate func deliver(_ result: Any, requestID: UInt64, final: Bool) {
-        guard let callback = final ? pending.removeValue(forKey: requestID) : pending[requestID] else { return }
-        guard proxy != nil else { return }  // the proxy is gone: never called back
-        callback(result)
+    /// A call is over: forget it. Returns whether it was still pending (and its proxy alive).
+    fileprivate func finish(_ requestID: UInt64, final: Bool) -> Bool {
+        let known = final ? pending.removeValue(forKey: requestID) != nil : pending[requestID] != nil
+        return known && proxy != nil  // a gone proxy is never called back
     }
 
     /// The name of the bound service.
@@ -86,8 +85,12 @@ final class DirectServiceBinding {
 
     /// The index of the method called `name` in the service, if it has one.
     func methodIndex(named name: String) -> Int? {
-        service.serviceDescriptor.methods.firstIndex { $0.name == name }
+        if let cached = lastMethodLookup, cached.name == name { return cached.index }
+        let index = service.serviceDescriptor.methods.firstIndex { $0.name == name }
+        if let index { lastMethodLookup = (name, index) }
+        return index
     }
+    private var lastMethodLookup: (name: String, index: Int)?
 
     /// Forgets a call: its callback is released and never called.
     func cancel(_ requestID: UInt64) {
@@ -101,7 +104,7 @@ final class DirectServiceBinding {
         let outstanding = pending.sorted { $0.key < $1.key }.map(\.value)
         pending.removeAll()
         receivedFD.take()?.close()
-        for callback in outstanding { callback(RejectedResult(error: error)) }
+        for call in outstanding { call.reject(error) }
         if notifyProxy { proxy?.connectionEnded(error) }
     }
 
@@ -124,46 +127,54 @@ final class DirectServiceBinding {
     }
 }
 
-/// A rejection to be turned into the caller's typed `AsyncResult`.
-struct RejectedResult {
-    let error: IPCError
-}
-
-extension DirectServiceBinding {
-    /// Wraps `reply` so that it also understands `RejectedResult`.
-    static func typed<Reply>(_ reply: @escaping (AsyncResult<Reply>) -> Void) -> (Any) -> Void {
-        { result in
-            if let typed = result as? AsyncResult<Reply> {
-                reply(typed)
-            } else if let rejected = result as? RejectedResult {
-                reply(.rejected(rejected.error))
-            }
-        }
-    }
-}
-
-/// Hands a service's replies straight to the binding, as values.
-final class DirectReplySink: IPCReplySink {
-    private weak var binding: DirectServiceBinding?
+/// A call of a direct binding, typed by its reply: it is both the caller's pending entry and
+/// the service's reply sink, so a reply goes from the service's Deferred to the caller's
+/// callback with no encoding, no boxing and no dynamic cast.
+final class DirectCall<Reply>: IPCReplySink, DeferredSink, DirectCallProtocol {
+    fileprivate weak var binding: DirectServiceBinding?
     private let requestID: UInt64
-    private var finished = false
+    private var callback: ((AsyncResult<Reply>) -> Void)?
 
-    init(binding: DirectServiceBinding, requestID: UInt64) {
+    init(binding: DirectServiceBinding, requestID: UInt64, callback: ((AsyncResult<Reply>) -> Void)?) {
         self.binding = binding
         self.requestID = requestID
+        self.callback = callback
     }
 
-    func send<Message: SwiftProtobuf.Message>(_ result: AsyncResult<Message>) {
-        guard !finished else { return }
+    /// From a `Deferred<Reply>` made with `Deferred(replyingTo:)`.
+    func receive(_ result: AsyncResult<Reply>) {
+        guard let callback else { return }
         let final = !result.hasMore || !result.isSuccess
-        if final { finished = true }
-        binding?.deliver(result.isSuccess ? result : .rejected(result.error ?? IPCError(.remoteFailure, "the call was rejected")),
-                         requestID: requestID, final: final)
+        if final { self.callback = nil }
+        guard binding?.finish(requestID, final: final) ?? false else { return }
+        callback(result)
     }
 
-    func fail(_ error: IPCError) {
-        guard !finished else { return }
-        finished = true
-        binding?.deliver(RejectedResult(error: error), requestID: requestID, final: true)
+    /// The generated handlers' Deferred: delivers straight to ``receive(_:)``.
+    func makeDeferred<Message: SwiftProtobuf.Message>(of type: Message.Type) -> Deferred<Message> {
+        guard Message.self == Reply.self else { return Deferred { [self] in send($0) } }
+        return unsafeDowncast(Deferred<Reply>(sink: self), to: Deferred<Message>.self)
     }
+
+    /// From a Deferred of another shape (hand-written services): same type, or a mismatch.
+    func send<Message: SwiftProtobuf.Message>(_ result: AsyncResult<Message>) {
+        if Message.self == Reply.self {
+            receive(unsafeBitCast(result, to: AsyncResult<Reply>.self))
+        } else {
+            fail(IPCError(.protocolViolation, "the service replied with \(Message.self), expected \(Reply.self)"))
+        }
+    }
+
+    func fail(_ error: IPCError) { receive(.rejected(error)) }
+
+    /// Rejected by the binding itself (host gone): the callback runs without bookkeeping.
+    func reject(_ error: IPCError) {
+        guard let callback else { return }
+        self.callback = nil
+        callback(.rejected(error))
+    }
+}
+
+protocol DirectCallProtocol: AnyObject {
+    func reject(_ error: IPCError)
 }

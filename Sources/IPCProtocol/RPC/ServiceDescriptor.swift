@@ -53,8 +53,8 @@ public struct IPCClientInfo: Sendable, Hashable {
 
 /// The context of one incoming call, given to the service method handling it.
 ///
-/// Loop-bound, valid during the call; keep ``client`` if you need it later.
-public final class IPCCallContext {
+/// Loop-bound; keep ``client`` if you need it later.
+public struct IPCCallContext {
     /// The caller.
     public let client: IPCClientInfo
     /// The loop the call runs on; replies must be given there.
@@ -103,7 +103,7 @@ public protocol IPCService: AnyObject {
 
     /// Calls the method at `methodIndex` with a request value (the direct, in-process path:
     /// no encoding). Returns `false` if `request` is not the method's request type.
-    func invoke(methodIndex: Int, request: any SwiftProtobuf.Message, context: IPCCallContext, reply: IPCReplySink) -> Bool
+    func invoke<Request: SwiftProtobuf.Message>(methodIndex: Int, request: Request, context: IPCCallContext, reply: IPCReplySink) -> Bool
 
     /// A client went away: release what you keep for it. Its pending Deferreds are rejected.
     func clientDidDisconnect(_ client: IPCClientInfo)
@@ -113,17 +113,26 @@ extension IPCService {
     public func clientDidDisconnect(_ client: IPCClientInfo) {}
 
     /// Fallback for hand-written services: encodes the request and takes the wire path.
-    public func invoke(methodIndex: Int, request: any SwiftProtobuf.Message, context: IPCCallContext, reply: IPCReplySink) -> Bool {
+    public func invoke<Request: SwiftProtobuf.Message>(methodIndex: Int, request: Request, context: IPCCallContext, reply: IPCReplySink) -> Bool {
         guard let arguments: Data = try? request.serializedBytes() else { return false }
         return invoke(methodIndex: methodIndex, arguments: arguments, context: context, reply: reply)
     }
 }
 
 /// Where a service's replies go: the host turns them into frames, the direct binding hands
-/// them over as values. Generated code wraps it into a typed ``Deferred``.
+/// them over as values. Generated code asks it for a typed ``Deferred``.
 public protocol IPCReplySink: AnyObject {
     /// Sends one reply (or a rejection when `result.message` is nil).
     func send<Message: SwiftProtobuf.Message>(_ result: AsyncResult<Message>)
+
+    /// A Deferred whose results go to this sink.
+    func makeDeferred<Message: SwiftProtobuf.Message>(of type: Message.Type) -> Deferred<Message>
+}
+
+extension IPCReplySink {
+    public func makeDeferred<Message: SwiftProtobuf.Message>(of type: Message.Type) -> Deferred<Message> {
+        Deferred { [self] result in send(result) }
+    }
 }
 
 extension Deferred where Message: SwiftProtobuf.Message {

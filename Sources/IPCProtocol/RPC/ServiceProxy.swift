@@ -83,7 +83,7 @@ open class ServiceProxy: @unchecked Sendable {
     func send<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
         _ method: String, _ request: Request, fd: Int32?, reply: ((AsyncResult<Reply>) -> Void)?
     ) -> UInt64? {
-        eventLoop?.preconditionInEventLoop()
+        (directBinding?.loop ?? client?.eventLoop)?.preconditionInEventLoop()
         guard state == .bound else {
             reply?(.rejected(lastError ?? IPCError(.disconnected, "\(descriptor.name) is not bound")))
             return nil
