@@ -33,15 +33,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // POSIX stream sockets (unix, abstract, TCP, vsock; fd passing; peer credentials) on any
+        // loop that watches fds: shared by the epoll and libuv backends.
+        .target(name: "IPCSocketCore", dependencies: ["IPCProtocol", "CPerfettoIPCLinux"]),
         // epoll event loop + POSIX stream sockets.
-        .target(name: "IPCUnixSocket", dependencies: ["IPCProtocol", "CPerfettoIPCLinux"]),
+        .target(name: "IPCUnixSocket", dependencies: ["IPCProtocol", "IPCSocketCore", "CPerfettoIPCLinux"]),
         // libuv from the system (Debian: libuv1-dev).
         .systemLibrary(
             name: "CLibuv",
             pkgConfig: "libuv",
             providers: [.apt(["libuv1-dev"]), .brew(["libuv"])]
         ),
-        .target(name: "IPCLibuv", dependencies: ["IPCProtocol", "CLibuv"]),
+        .target(name: "IPCLibuv", dependencies: ["IPCProtocol", "IPCSocketCore", "CLibuv", "CPerfettoIPCLinux"]),
         // In-memory transport and deterministic loop for tests.
         .target(name: "IPCInProcess", dependencies: ["IPCProtocol", "CPerfettoIPCLinux"]),
         // Generates service handlers and proxies from .proto services (see scripts/).

@@ -1,4 +1,4 @@
-// One stream socket (unix, TCP or vsock) bound to an EpollEventLoop.
+// One stream socket (unix, TCP or vsock) bound to an event loop that watches fds.
 //
 // Reading: on readability, receive straight into the delegate's receive space (the frame
 // deserializer's free tail) and report the byte count and any fd.
@@ -14,12 +14,12 @@ import Glibc
 import IPCProtocol
 
 /// A connection over a POSIX stream socket.
-final class UnixSocketConnection: IPCConnection {
+final class SocketConnection: IPCConnection {
     weak var delegate: (any IPCConnectionDelegate)?
     private(set) var state: ConnectionState
     private(set) var peer = PeerIdentity()
 
-    let loop: EpollEventLoop
+    let loop: any IPCEventLoop
     let address: String
     private let options: ConnectionOptions
     private let isUnixDomain: Bool
@@ -33,7 +33,7 @@ final class UnixSocketConnection: IPCConnection {
     /// Wraps an fd that is connected (accepted or adopted) or connecting.
     init(
         fd: Int32, state: ConnectionState, address: String, isUnixDomain: Bool,
-        options: ConnectionOptions, loop: EpollEventLoop
+        options: ConnectionOptions, loop: any IPCEventLoop
     ) {
         self.fd = fd
         self.state = state

@@ -1,4 +1,4 @@
-// A listening stream socket on an EpollEventLoop.
+// A listening stream socket on an event loop that watches fds.
 //
 // Binding a unix socket file follows Perfetto's rules plus two of ours:
 // * a live socket at the path (something accepts a connect) is never stolen: addressInUse;
@@ -13,9 +13,9 @@ import Glibc
 import IPCProtocol
 
 /// A listening socket that hands accepted connections to its delegate.
-final class UnixSocketListener: IPCListener {
+final class SocketListener: IPCListener {
     let address: String
-    private let loop: EpollEventLoop
+    private let loop: any IPCEventLoop
     private let options: ConnectionOptions
     private let isUnixDomain: Bool
     private weak var delegate: (any IPCListenerDelegate)?
@@ -25,7 +25,7 @@ final class UnixSocketListener: IPCListener {
 
     init(
         fd: Int32, address: String, socketFile: String?, isUnixDomain: Bool, options: ConnectionOptions,
-        loop: EpollEventLoop, delegate: any IPCListenerDelegate
+        loop: any IPCEventLoop, delegate: any IPCListenerDelegate
     ) throws(IPCError) {
         self.fd = fd
         self.address = address
@@ -58,7 +58,7 @@ final class UnixSocketListener: IPCListener {
                 if error == EMFILE || error == ENFILE { pauseAccepting() }
                 return
             }
-            let connection = UnixSocketConnection(
+            let connection = SocketConnection(
                 fd: accepted, state: .connecting, address: address, isUnixDomain: isUnixDomain,
                 options: options, loop: loop)
             do {
