@@ -62,7 +62,7 @@ let package = Package(
         .executableTarget(
             name: "ipc-echo",
             dependencies: [
-                "IPCProtocol", "IPCUnixSocket", "IPCInProcess", "IPCEchoService",
+                "IPCProtocol", "IPCUnixSocket", "IPCLibuv", "IPCInProcess", "IPCEchoService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Examples/ipc-echo"
@@ -80,7 +80,11 @@ let package = Package(
         // Transport and RPC scenarios written once, run against every backend.
         .testTarget(
             name: "BackendConformanceTests",
-            dependencies: ["IPCProtocol", "IPCUnixSocket", "IPCInProcess", "IPCEchoService", "TestSupport"]
+            dependencies: ["IPCProtocol", "IPCUnixSocket", "IPCLibuv", "IPCInProcess", "IPCEchoService", "TestSupport"]
+        ),
+        .testTarget(
+            name: "IPCLibuvTests",
+            dependencies: ["IPCProtocol", "IPCLibuv", "IPCUnixSocket", "IPCEchoService", "TestSupport", "CLibuv"]
         ),
         .testTarget(
             name: "IPCInProcessTests",

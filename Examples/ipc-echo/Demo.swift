@@ -11,24 +11,25 @@ struct Demo: AsyncParsableCommand {
         abstract: "Serve on a real socket in a fresh temporary directory, make a few calls and a short bench, clean up.")
 
     @Option(help: "Timed calls in the short bench.") var iterations: Int = 5_000
-    @Option(help: "Backend: unix (a real socket), inprocess (in-memory frames) or direct (no frames).")
+    @Option(help: "Backend: unix (a real socket, epoll), libuv (a real socket, libuv), inprocess (in-memory frames) or direct (no frames).")
     var backend: Backend = .unix
 
     func run() async throws {
         let directory = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let address = backend == .unix ? directory + "/echo.sock" : "ipc-echo-demo"
+        let address = backend.isInProcess ? "ipc-echo-demo" : directory + "/echo.sock"
 
         // The host: on its own loop thread for a real socket; in-process hosts share the
         // client's loop (EchoSession starts them).
-        let hostLoop = try EpollEventLoop.startOnNewThread(name: "echo-host")
+        let hostLoop = try backend.startLoop(name: "echo-host")
         defer { hostLoop.shutdown() }
         let hostBox = HostBox()
-        if backend == .unix {
+        if !backend.isInProcess {
+            let backend = self.backend
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 hostLoop.execute {
                     continuation.resume(with: Result {
-                        let host = try IPCHost(backend: .unixSocket(address, loop: hostLoop))
+                        let host = try IPCHost(backend: backend.value(address: address, loop: hostLoop))
                         host.expose(EchoServiceImplementation())
                         hostBox.host = host
                     })
@@ -71,7 +72,7 @@ struct Demo: AsyncParsableCommand {
         // A short bench against the raw floor.
         say("\n> bench: \(iterations) sequential 16-byte echoes [\(backend.rawValue)] vs a plain socket ping-pong")
         try runEchoBench(session: session, iterations: iterations, payload: 16, withFD: false, compareRaw: true)
-        say("\ndone: \(backend == .unix ? "socket and temporary directory removed" : "in-process host closed")")
+        say("\ndone: \(backend.isInProcess ? "in-process host closed" : "socket and temporary directory removed")")
     }
 
     private func request(_ text: String, seq: UInt32) -> Pfpeers_EchoRequest {

@@ -4,6 +4,7 @@
 import Foundation
 import IPCEchoService
 import IPCInProcess
+import IPCLibuv
 import IPCProtocol
 import IPCUnixSocket
 
@@ -11,34 +12,58 @@ import IPCUnixSocket
 enum Backend: String, CaseIterable, Sendable {
     /// epoll + POSIX sockets.
     case unix
+    /// libuv + POSIX sockets.
+    case libuv
     /// In-memory frames in this process (no kernel).
     case inprocess
     /// Direct calls in this process (no frames).
     case direct
 
-    var isInProcess: Bool { self != .unix }
+    var isInProcess: Bool { self == .inprocess || self == .direct }
+
+    /// A loop of the kind this backend needs, running on its own thread.
+    func startLoop(name: String) throws -> any IPCEventLoop & LoopShutdown {
+        switch self {
+        case .libuv: return try LibuvEventLoop.startOnNewThread(name: name)
+        case .unix, .inprocess, .direct: return try EpollEventLoop.startOnNewThread(name: name)
+        }
+    }
 
     /// The one value that picks the backend, for host and client alike.
-    func value(address: String, loop: EpollEventLoop) -> IPCBackend {
+    func value(address: String, loop: any IPCEventLoop) -> IPCBackend {
         switch self {
-        case .unix: return .unixSocket(address, loop: loop)
+        case .unix: return .unixSocket(address, loop: loop as! EpollEventLoop)
+        case .libuv: return .libuv(address, loop: loop as! LibuvEventLoop)
         case .inprocess: return .inProcess(address, loop: loop)
         case .direct: return .direct(address, loop: loop)
         }
     }
 }
 
+/// Loops `ipc-echo` starts on threads of their own and must stop.
+protocol LoopShutdown {
+    func shutdown()
+}
+
+extension EpollEventLoop: LoopShutdown {}
+extension LibuvEventLoop: LoopShutdown {}
+
+extension Backend {
+    /// For messages.
+    var label: String { rawValue }
+}
+
 /// An `IPCClient` bound to EchoService; the proxy's async methods may be used from any task.
 final class EchoSession: @unchecked Sendable {
     // @unchecked Sendable: `client` and `host` are created and closed on `loop` only; `proxy`
     // is a Sendable ServiceProxy used through its async methods.
-    let loop: EpollEventLoop
+    let loop: any IPCEventLoop & LoopShutdown
     let proxy: Pfpeers_EchoServiceProxy
     let backend: Backend
     private var client: IPCClient?
     private var host: IPCHost?
 
-    private init(loop: EpollEventLoop, backend: Backend) {
+    private init(loop: any IPCEventLoop & LoopShutdown, backend: Backend) {
         self.loop = loop
         self.backend = backend
         proxy = Pfpeers_EchoServiceProxy()
@@ -47,7 +72,7 @@ final class EchoSession: @unchecked Sendable {
     /// Connects to `address` and waits until EchoService is bound. With an in-process
     /// `backend`, first starts an echo host at `address` on the same loop.
     static func connect(to address: String, backend: Backend = .unix) async throws -> EchoSession {
-        let loop = try EpollEventLoop.startOnNewThread(name: "echo-client")
+        let loop = try backend.startLoop(name: "echo-client")
         let session = EchoSession(loop: loop, backend: backend)
         do {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
@@ -79,7 +104,6 @@ final class EchoSession: @unchecked Sendable {
             client = nil
             host?.close()
             host = nil
-            loop.stop()
         }
         loop.shutdown()
     }

@@ -10,6 +10,7 @@ import ArgumentParser
 import Foundation
 import IPCEchoService
 import IPCProtocol
+import IPCLibuv
 import IPCUnixSocket
 
 @main
@@ -25,7 +26,7 @@ struct EndpointOptions: ParsableArguments {
     @Option(help: "Socket address: /path, relative/path, @abstract, host:port, [v6]:port or vsock://cid:port (the in-process backends use it as a name).")
     var socket: String?
 
-    @Option(help: "Backend: unix (epoll sockets), inprocess (in-memory frames, host in this process), direct (no frames, host in this process).")
+    @Option(help: "Backend: unix (epoll sockets), libuv (libuv sockets), inprocess (in-memory frames, host in this process), direct (no frames, host in this process).")
     var backend: Backend = .unix
 
     /// The address to use, checked against the backend.
@@ -47,21 +48,30 @@ struct Serve: ParsableCommand {
     var mode: String?
 
     func run() throws {
-        guard endpoint.backend == .unix else {
-            throw ValidationError("serve needs --backend unix: in-process backends serve only their own process (try `ipc-echo demo --backend \(endpoint.backend.rawValue)`)")
+        guard !endpoint.backend.isInProcess else {
+            throw ValidationError("serve needs --backend unix or libuv: in-process backends serve only their own process (try `ipc-echo demo --backend \(endpoint.backend.rawValue)`)")
         }
         let address = try endpoint.address(for: "serve")
-        let loop = try EpollEventLoop()
         var options = ConnectionOptions()
         if let mode {
             guard let value = UInt32(mode, radix: 8) else { throw ValidationError("--mode must be octal, e.g. 660") }
             options.socketFileMode = value
         }
-        let host = try IPCHost(backend: .unixSocket(address, loop: loop, options: options))
-        host.expose(EchoServiceImplementation())
-        say("serving EchoService at \(host.address ?? address) (pid \(getpid()))")
-        loop.run()
-        host.close()
+        // The loop runs on this thread until the process is killed.
+        if endpoint.backend == .libuv {
+            let loop = try LibuvEventLoop()
+            let host = try IPCHost(backend: .libuv(address, loop: loop, options: options))
+            host.expose(EchoServiceImplementation())
+            say("serving EchoService at \(host.address ?? address) with libuv (pid \(getpid()))")
+            while true { loop.run(until: { false }, timeout: .seconds(3600)) }
+        } else {
+            let loop = try EpollEventLoop()
+            let host = try IPCHost(backend: .unixSocket(address, loop: loop, options: options))
+            host.expose(EchoServiceImplementation())
+            say("serving EchoService at \(host.address ?? address) (pid \(getpid()))")
+            loop.run()
+            host.close()
+        }
     }
 }
 

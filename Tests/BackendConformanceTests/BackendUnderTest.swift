@@ -4,6 +4,7 @@
 
 import Foundation
 import IPCInProcess
+import IPCLibuv
 import IPCProtocol
 import IPCUnixSocket
 import Testing
@@ -31,6 +32,7 @@ struct BackendUnderTest: Sendable, CustomTestStringConvertible {
     static let all: [BackendUnderTest] = [
         BackendUnderTest(name: "epoll unix socket") { try EpollFixture() },
         BackendUnderTest(name: "epoll TCP") { try EpollFixture(tcp: true) },
+        BackendUnderTest(name: "libuv unix socket") { try LibuvFixture() },
         BackendUnderTest(name: "in-memory") { InMemoryFixture() },
     ]
 }
@@ -83,4 +85,31 @@ final class InMemoryFixture: BackendFixture {
     func run(until condition: () -> Bool) -> Bool { manual.run(until: condition) }
 
     func tearDown() {}
+}
+
+final class LibuvFixture: BackendFixture {
+    let uv: LibuvEventLoop
+    let transport: any IPCTransport
+    let directory = TemporaryDirectory()
+    private var counter = 0
+
+    init() throws {
+        uv = try LibuvEventLoop()
+        transport = LibuvTransport(loop: uv)
+    }
+
+    var loop: any IPCEventLoop { uv }
+    var reportsKernelCredentials: Bool { true }
+
+    func newAddress() -> String {
+        counter += 1
+        return directory.path + "/libuv-\(counter).sock"
+    }
+
+    func run(until condition: () -> Bool) -> Bool { uv.run(until: condition, timeout: .seconds(5)) }
+
+    func tearDown() {
+        uv.shutdown()
+        directory.remove()
+    }
 }

@@ -1,0 +1,284 @@
+// An IPCEventLoop on libuv, so Host and Client can live inside an application's uv loop.
+//
+//   posting       uv_async_t (uv_async_send is libuv's one thread-safe call)
+//   delayed tasks one uv_timer_t, armed for the earliest task of a TimerQueue
+//   fd watches    one uv_poll_t per watched descriptor
+//
+// Two ways to use it:
+// * `LibuvEventLoop.startOnNewThread()`: the package owns a uv loop and runs it on its thread;
+// * `LibuvEventLoop(adopting: appLoop)`: the application owns and runs its loop. Create the
+//   LibuvEventLoop on the thread that runs `uv_run` on that loop, and call everything loop-only
+//   from there (libuv itself is not thread-safe); other threads use `execute`.
+//
+// Handles are closed with uv_close and freed only in their close callbacks; a watch cancelled
+// or a loop shut down never calls back into Swift again.
+
+import CLibuv
+import CPerfettoIPCLinux
+import IPCProtocol
+import Synchronization
+
+/// An event loop on a `uv_loop_t`: its own, or the host application's.
+public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
+    // @unchecked Sendable: `pending` is a Mutex and `owner` an Atomic; the handles and
+    // everything else are touched only on the loop's thread (checked at loop-only entries).
+    public let uvLoop: UnsafeMutablePointer<uv_loop_t>
+    private let ownsLoop: Bool
+    private let wakeup: UnsafeMutablePointer<uv_async_t>
+    private let timer: UnsafeMutablePointer<uv_timer_t>
+    /// Posted tasks, and whether the wake-up handle still accepts sends (false once closed:
+    /// a task posted after shutdown is dropped instead of poking a freed handle).
+    private let pending = Mutex<(tasks: [@Sendable () -> Void], open: Bool)>(([], true))
+    private var running: [@Sendable () -> Void] = []
+    private let owner: Atomic<Int32>
+    private let thread = Mutex<pthread_t?>(nil)
+    private var timers = TimerQueue()
+    private var closed = false
+
+    /// Creates a loop of its own, owned by the calling thread; run it with ``run(until:timeout:)``
+    /// or use ``startOnNewThread(name:)``.
+    public convenience init() throws(IPCError) {
+        let loop = UnsafeMutablePointer<uv_loop_t>.allocate(capacity: 1)
+        let rc = uv_loop_init(loop)
+        guard rc == 0 else {
+            loop.deallocate()
+            throw IPCError(.systemCallFailed, "uv_loop_init failed: \(Self.describe(rc))", errno: -rc)
+        }
+        try self.init(loop: loop, owns: true)
+    }
+
+    /// Lives inside `loop`, which the application keeps running itself. Call this on the
+    /// thread that runs `uv_run(loop, …)`; that thread is this event loop's thread.
+    public convenience init(adopting loop: UnsafeMutablePointer<uv_loop_t>) throws(IPCError) {
+        try self.init(loop: loop, owns: false)
+    }
+
+    private init(loop: UnsafeMutablePointer<uv_loop_t>, owns: Bool) throws(IPCError) {
+        uvLoop = loop
+        ownsLoop = owns
+        owner = Atomic(CPerfettoIPC_gettid())
+        wakeup = .allocate(capacity: 1)
+        timer = .allocate(capacity: 1)
+        let asyncRC = uv_async_init(loop, wakeup) { handle in
+            LibuvEventLoop.from(handle?.pointee.data)?.runPendingTasks()
+        }
+        guard asyncRC == 0 else {
+            wakeup.deallocate()
+            timer.deallocate()
+            throw IPCError(.systemCallFailed, "uv_async_init failed: \(Self.describe(asyncRC))", errno: -asyncRC)
+        }
+        uv_timer_init(loop, timer)
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        wakeup.pointee.data = me
+        timer.pointee.data = me
+        // Our handles must not keep an application's loop alive on their own.
+        if !owns {
+            uv_unref(Self.handle(wakeup))
+            uv_unref(Self.handle(timer))
+        }
+    }
+
+    /// Creates a loop of its own and runs it on a new thread until ``shutdown()``.
+    public static func startOnNewThread(name: String = "perfetto-ipc-uv") throws(IPCError) -> LibuvEventLoop {
+        let loop = try LibuvEventLoop()
+        loop.owner.store(-1, ordering: .releasing)
+        let box = Unmanaged.passRetained(loop)
+        var handle = pthread_t()
+        let rc = pthread_create(&handle, nil, { raw in
+            let loop = Unmanaged<LibuvEventLoop>.fromOpaque(raw!).takeRetainedValue()
+            CPerfettoIPC_setThreadName("perfetto-ipc-uv")
+            loop.owner.store(CPerfettoIPC_gettid(), ordering: .releasing)
+            uv_run(loop.uvLoop, UV_RUN_DEFAULT)
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            throw IPCError.systemCall("pthread_create", errno: rc)
+        }
+        loop.thread.withLock { $0 = handle }
+        while loop.owner.load(ordering: .acquiring) == -1 { sched_yield() }
+        return loop
+    }
+
+    deinit {
+        // Only reached once our handles are closed (they hold no reference, but shutdown()
+        // must have run for an owned loop; an adopted loop's handles are closed by shutdown()).
+        if ownsLoop, closed {
+            uv_loop_close(uvLoop)
+            uvLoop.deallocate()
+        }
+    }
+
+    // MARK: IPCEventLoop
+
+    public func execute(_ task: @escaping @Sendable () -> Void) {
+        pending.withLock { state in
+            guard state.open else { return }
+            state.tasks.append(task)
+            // Sent under the lock so that closing the handle cannot slip in between.
+            if state.tasks.count == 1 { uv_async_send(wakeup) }
+        }
+    }
+
+    public var inEventLoop: Bool { owner.load(ordering: .relaxed) == CPerfettoIPC_gettid() }
+
+    public func scheduleTask(after delay: Duration, _ task: @escaping () -> Void) -> any ScheduledTask {
+        preconditionInEventLoop()
+        let scheduled = timers.schedule(deadline: monotonicNanoseconds() &+ nanoseconds(delay), task)
+        armTimer()
+        return scheduled
+    }
+
+    public func watch(
+        _ fd: Int32, for events: FileDescriptorEvents, handler: @escaping (FileDescriptorEvents) -> Void
+    ) throws(IPCError) -> any FileDescriptorWatch {
+        preconditionInEventLoop()
+        return try LibuvWatch(loop: self, fd: fd, events: events, handler: handler)
+    }
+
+    // MARK: Running (own loop)
+
+    /// Runs the loop on the calling thread until `condition` holds or `timeout` passes;
+    /// returns whether `condition` held. For a loop created with ``init()``; this is how tests
+    /// drive it without sleeping.
+    @discardableResult
+    public func run(until condition: () -> Bool, timeout: Duration) -> Bool {
+        precondition(ownsLoop, "run(until:timeout:) drives a loop created with init()")
+        owner.store(CPerfettoIPC_gettid(), ordering: .releasing)
+        let deadline = monotonicNanoseconds() &+ nanoseconds(timeout)
+        // A no-op delayed task guarantees uv_run(ONCE) returns by the deadline.
+        let wake = scheduleTask(after: timeout) {}
+        defer { wake.cancel() }
+        while !condition() {
+            if monotonicNanoseconds() >= deadline { return condition() }
+            uv_run(uvLoop, UV_RUN_ONCE)
+        }
+        return true
+    }
+
+    /// Closes this event loop's handles. For a loop started with ``startOnNewThread(name:)``
+    /// also stops its thread and waits for it (not callable from that thread). For an adopted
+    /// loop, call it on the loop's thread; the application's loop keeps running.
+    public func shutdown() {
+        if let thread = self.thread.withLock({ thread in defer { thread = nil }; return thread }) {
+            precondition(!inEventLoop, "shutdown() called on the loop's own thread")
+            let box = UncheckedSendableBox(self)
+            execute { box.value.closeHandles() }
+            pthread_join(thread, nil)
+        } else if inEventLoop {
+            closeHandles()
+            if ownsLoop { uv_run(uvLoop, UV_RUN_NOWAIT) }  // let the close callbacks run
+        }
+    }
+
+    private func closeHandles() {
+        guard !closed else { return }
+        closed = true
+        pending.withLock { $0 = ([], false) }
+        wakeup.pointee.data = nil
+        timer.pointee.data = nil
+        uv_timer_stop(timer)
+        uv_close(Self.handle(wakeup)) { $0?.deallocate() }
+        uv_close(Self.handle(timer)) { $0?.deallocate() }
+    }
+
+    // MARK: Internals
+
+    private func runPendingTasks() {
+        pending.withLock { swap(&$0.tasks, &running) }
+        for task in running { task() }
+        running.removeAll(keepingCapacity: true)
+    }
+
+    private func timerFired() {
+        for action in timers.popDue(now: monotonicNanoseconds()) { action() }
+        armTimer()
+    }
+
+    private func armTimer() {
+        guard !closed else { return }
+        guard let next = timers.nextDeadline() else {
+            uv_timer_stop(timer)
+            return
+        }
+        let now = monotonicNanoseconds()
+        let milliseconds = next > now ? (next - now + 999_999) / 1_000_000 : 0
+        uv_timer_start(timer, { handle in
+            LibuvEventLoop.from(handle?.pointee.data)?.timerFired()
+        }, milliseconds, 0)
+    }
+
+    static func from(_ data: UnsafeMutableRawPointer?) -> LibuvEventLoop? {
+        data.map { Unmanaged<LibuvEventLoop>.fromOpaque($0).takeUnretainedValue() }
+    }
+
+    static func handle<T>(_ pointer: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<uv_handle_t> {
+        UnsafeMutableRawPointer(pointer).assumingMemoryBound(to: uv_handle_t.self)
+    }
+
+    static func describe(_ code: Int32) -> String {
+        String(decoding: UnsafeRawBufferPointer(start: uv_strerror(code), count: strlen(uv_strerror(code))), as: UTF8.self)
+    }
+}
+
+/// One `uv_poll_t` watching a descriptor.
+final class LibuvWatch: FileDescriptorWatch {
+    private let poll: UnsafeMutablePointer<uv_poll_t>
+    private var handler: ((FileDescriptorEvents) -> Void)?
+    private(set) var events: FileDescriptorEvents
+    private let loop: LibuvEventLoop
+
+    init(loop: LibuvEventLoop, fd: Int32, events: FileDescriptorEvents, handler: @escaping (FileDescriptorEvents) -> Void) throws(IPCError) {
+        self.loop = loop
+        self.handler = handler
+        self.events = events
+        poll = .allocate(capacity: 1)
+        let rc = uv_poll_init(loop.uvLoop, poll, fd)
+        guard rc == 0 else {
+            poll.deallocate()
+            throw IPCError(.systemCallFailed, "uv_poll_init(\(fd)) failed: \(LibuvEventLoop.describe(rc))", errno: -rc)
+        }
+        // Unretained: the handle never outlives this object (cancel or deinit closes it).
+        poll.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        start()
+    }
+
+    deinit { cancel() }
+
+    func setEvents(_ events: FileDescriptorEvents) {
+        guard handler != nil, events != self.events else { return }
+        self.events = events
+        start()
+    }
+
+    func cancel() {
+        guard handler != nil else { return }
+        handler = nil
+        poll.pointee.data = nil
+        uv_poll_stop(poll)
+        uv_close(LibuvEventLoop.handle(poll)) { $0?.deallocate() }
+    }
+
+    private func start() {
+        var mask: Int32 = 0
+        if events.contains(.readable) { mask |= Int32(UV_READABLE.rawValue) | Int32(UV_DISCONNECT.rawValue) }
+        if events.contains(.writable) { mask |= Int32(UV_WRITABLE.rawValue) }
+        guard mask != 0 else {
+            uv_poll_stop(poll)
+            return
+        }
+        uv_poll_start(poll, mask) { handle, status, events in
+            guard let data = handle?.pointee.data else { return }
+            let watch = Unmanaged<LibuvWatch>.fromOpaque(data).takeUnretainedValue()
+            var ready: FileDescriptorEvents = []
+            if status < 0 {
+                ready = [.readable, .hangup]
+            } else {
+                if events & Int32(UV_READABLE.rawValue) != 0 { ready.insert(.readable) }
+                if events & Int32(UV_WRITABLE.rawValue) != 0 { ready.insert(.writable) }
+                if events & Int32(UV_DISCONNECT.rawValue) != 0 { ready.formUnion([.readable, .hangup]) }
+            }
+            watch.handler?(ready)
+        }
+    }
+}
