@@ -101,12 +101,19 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
     }
 
     deinit {
-        // Only reached once our handles are closed (they hold no reference, but shutdown()
-        // must have run for an owned loop; an adopted loop's handles are closed by shutdown()).
-        if ownsLoop, closed {
-            uv_loop_close(uvLoop)
-            uvLoop.deallocate()
+        guard ownsLoop else { return }  // an adopted loop belongs to the application
+        // Nothing references this loop any more, so nothing else runs it: close our handles,
+        // let their close callbacks run, and release libuv's own allocations.
+        closeHandles()
+        for _ in 0..<64 {
+            if uv_loop_close(uvLoop) == 0 {
+                uvLoop.deallocate()
+                return
+            }
+            uv_run(uvLoop, UV_RUN_NOWAIT)
         }
+        // Still busy: a handle outside our control is open. Leaking the loop is safer than
+        // freeing memory libuv may still touch.
     }
 
     // MARK: IPCEventLoop

@@ -20,6 +20,9 @@ public final class RawFramePeer {
     public private(set) var receivedFDs: [ScopedFD] = []
     /// The peer closed its end.
     public private(set) var sawEndOfStream = false
+    /// Called while a send would block, to let the other side (often on this very thread's
+    /// loop) drain the socket. Without it a large send to a same-thread peer would deadlock.
+    public var pumpWhileBlocked: (() -> Void)?
 
     public init(socket: ScopedFD) {
         self.socket = socket
@@ -48,7 +51,9 @@ public final class RawFramePeer {
         var offset = 0
         while offset < bytes.count {
             let n = bytes[offset...].withUnsafeBytes { Glibc.send(socket.rawValue, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n > 0 { offset += n } else if errno != EAGAIN && errno != EINTR { return } else {
+            if n > 0 { offset += n } else if errno != EAGAIN && errno != EINTR { return } else if let pumpWhileBlocked {
+                pumpWhileBlocked()
+            } else {
                 var poller = pollfd(fd: socket.rawValue, events: Int16(POLLOUT), revents: 0)
                 _ = Glibc.poll(&poller, 1, 1000)
             }

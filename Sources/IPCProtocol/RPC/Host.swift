@@ -27,6 +27,9 @@ public final class IPCHost: IPCListenerDelegate {
     public let logger: Logger
     /// Receive buffer size per client, header included (default 128 KiB).
     public let receiveCapacity: Int
+    /// How long a client's frame may stay incomplete before the client is dropped (a peer
+    /// that sends half a frame and stalls). Default 10 s. Loop-only.
+    public var partialFrameTimeout: Duration = .seconds(10)
 
     private var listener: (any IPCListener)?
     private var services: [any IPCService] = []

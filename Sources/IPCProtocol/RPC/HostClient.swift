@@ -11,6 +11,9 @@ final class HostClient: IPCConnectionDelegate {
     let receivedFD = ReceivedFDSlot()
     var info: IPCClientInfo
     var hasPeerIdentity: Bool
+    /// Fires if a frame stays incomplete for too long (a peer that sends half a frame and
+    /// stalls would otherwise pin its buffer forever).
+    private var partialFrameDeadline: (any ScheduledTask)?
     /// Called with each decoded frame, and once when the connection ends.
     unowned let host: IPCHost
 
@@ -32,6 +35,7 @@ final class HostClient: IPCConnectionDelegate {
     func connection(_ connection: any IPCConnection, didFailToConnect error: IPCError) {}
 
     func connection(_ connection: any IPCConnection, didDisconnect error: IPCError?) {
+        partialFrameDeadline?.cancel()
         host.clientDidDisconnect(self, reason: error)
     }
 
@@ -45,11 +49,35 @@ final class HostClient: IPCConnectionDelegate {
         } catch {
             host.logger.warning("closing client \(id) (\(connection.peer)): \(error)")
             dispatchDecodedFrames()
-            connection.close()
-            host.clientDidDisconnect(self, reason: error)
+            drop(error)
             return
         }
         dispatchDecodedFrames()
+        watchForStalledFrame()
+    }
+
+    /// Closes the connection and tells the host, as for a disconnect.
+    func drop(_ reason: IPCError) {
+        partialFrameDeadline?.cancel()
+        partialFrameDeadline = nil
+        connection.close()
+        host.clientDidDisconnect(self, reason: reason)
+    }
+
+    private func watchForStalledFrame() {
+        guard connection.state == .connected, deserializer.bufferedByteCount > 0 else {
+            partialFrameDeadline?.cancel()
+            partialFrameDeadline = nil
+            return
+        }
+        guard partialFrameDeadline == nil else { return }  // timed from the frame's first bytes
+        let timeout = host.partialFrameTimeout
+        let box = UncheckedSendableBox(WeakHostClient(self))
+        partialFrameDeadline = host.eventLoop.scheduleTask(after: timeout) {
+            guard let client = box.value.client, client.deserializer.bufferedByteCount > 0 else { return }
+            client.host.logger.warning("closing client \(client.id) (\(client.connection.peer)): a frame stayed incomplete for \(timeout)")
+            client.drop(IPCError(.protocolViolation, "a frame stayed incomplete for \(timeout)"))
+        }
     }
 
     private func dispatchDecodedFrames() {
@@ -74,4 +102,9 @@ func machineID(hint: String) -> UInt32 {
 private func hostPart(_ address: String) -> String {
     guard let colon = address.lastIndex(of: ":") else { return address }
     return String(address[..<colon])
+}
+
+struct WeakHostClient {
+    weak var client: HostClient?
+    init(_ client: HostClient) { self.client = client }
 }
