@@ -195,7 +195,7 @@ public final class IPCClient: IPCConnectionDelegate {
         callback: ((AsyncResult<Data>) -> Void)?
     ) -> UInt64? {
         guard isConnected, let connection else {
-            callback?(.rejected(IPCError(.disconnected, "not connected")))
+            proxy.rejectLater(callback, IPCError(.disconnected, "not connected"))
             return nil
         }
         let requestID = takeRequestID()
@@ -210,7 +210,7 @@ public final class IPCClient: IPCConnectionDelegate {
         }
         guard connection.sendFrame(frame, fd: fd, maxPayloadSize: deserializer.maxPayloadSize, logger: logger) else {
             if let callback, pending.removeValue(forKey: requestID) != nil {
-                callback(.rejected(IPCError(.disconnected, "the request could not be sent")))
+                proxy.rejectLater(callback, IPCError(.disconnected, "the request could not be sent"))
             }
             return nil
         }

@@ -42,7 +42,7 @@ final class DirectServiceBinding {
         methodIndex: Int, request: Request, fd: Int32?, reply: ((AsyncResult<Reply>) -> Void)?
     ) -> UInt64? {
         guard !ended else {
-            reply?(.rejected(IPCError(.disconnected, "the host is gone")))
+            proxy?.rejectLater(reply, IPCError(.disconnected, "the host is gone"))
             return nil
         }
         let requestID = nextRequestID

@@ -85,34 +85,50 @@ open class ServiceProxy: @unchecked Sendable {
     ) -> UInt64? {
         (directBinding?.loop ?? client?.eventLoop)?.preconditionInEventLoop()
         guard state == .bound else {
-            reply?(.rejected(lastError ?? IPCError(.disconnected, "\(descriptor.name) is not bound")))
+            rejectLater(reply, lastError ?? IPCError(.disconnected, "\(descriptor.name) is not bound"))
             return nil
         }
         if let directBinding {
             guard let index = directBinding.methodIndex(named: method) else {
-                reply?(.rejected(IPCError(.methodNotFound, "\(descriptor.name) on the host has no method \(method)")))
+                rejectLater(reply, IPCError(.methodNotFound, "\(descriptor.name) on the host has no method \(method)"))
                 return nil
             }
             return directBinding.invoke(methodIndex: index, request: request, fd: fd, reply: reply)
         }
         guard let client else {
-            reply?(.rejected(IPCError(.disconnected, "the client of \(descriptor.name) is gone")))
+            rejectLater(reply, IPCError(.disconnected, "the client of \(descriptor.name) is gone"))
             return nil
         }
         guard let methodID = methodIDs[method] else {
-            reply?(.rejected(IPCError(.methodNotFound, "\(descriptor.name) on the host has no method \(method)")))
+            rejectLater(reply, IPCError(.methodNotFound, "\(descriptor.name) on the host has no method \(method)"))
             return nil
         }
         let arguments: Data
         do {
             arguments = try request.serializedBytes()
         } catch {
-            reply?(.rejected(IPCError(.invalidArgument, "cannot encode \(method) request: \(error)")))
+            rejectLater(reply, IPCError(.invalidArgument, "cannot encode \(method) request: \(error)"))
             return nil
         }
         return client.invoke(
             serviceID: serviceID, methodID: methodID, arguments: arguments, fd: fd, proxy: self,
             callback: reply.map(Self.decoding))
+    }
+
+    /// Rejects a call that could not even be sent, on a later loop turn: never inside the
+    /// caller's own `invoke`, so a callback that issues the next call cannot recurse without
+    /// bound; and never once the proxy is gone.
+    func rejectLater<Reply>(_ reply: ((AsyncResult<Reply>) -> Void)?, _ error: IPCError) {
+        guard let reply else { return }
+        guard let loop = directBinding?.loop ?? client?.eventLoop ?? eventLoop else {
+            reply(.rejected(error))  // never bound to any loop: nothing to defer to
+            return
+        }
+        let box = UncheckedSendableBox((WeakProxy(self), reply))
+        loop.execute {
+            guard box.value.0.proxy != nil else { return }
+            box.value.1(.rejected(error))
+        }
     }
 
     /// Forgets a pending call: its callback is released and never called. Loop-only.

@@ -78,9 +78,11 @@ struct ClientTests {
         let (_, proxy, host, _) = try boundProxy(harness, methods: ["StreamEcho"])
         let results = Results<Pfpeers_EchoReply>()
         proxy.echo(echoRequest("x"), reply: results.callback)
-        #expect(results.all.count == 1)
+        #expect(results.all.isEmpty, "rejected on a later turn, never inside the call")
+        harness.run(until: { results.all.count == 1 })
         #expect(results.all[0].error?.code == .methodNotFound)
         harness.settle()
+        #expect(results.all.count == 1)
         #expect(host.poll() == 1, "nothing was sent")
     }
 
@@ -188,8 +190,9 @@ struct ClientTests {
         harness.run(until: { peer.poll() >= 0 && peer.sawEndOfStream })
         #expect(results.all.isEmpty, "no callback after teardown")
         #expect(events.disconnects.isEmpty)
-        // Calling a proxy whose client is gone is rejected, not a crash.
+        // Calling a proxy whose client is gone is rejected (on a later turn), not a crash.
         proxy.echo(echoRequest("y"), reply: results.callback)
+        harness.run(until: { !results.all.isEmpty })
         #expect(results.all.first?.error?.code == .disconnected)
     }
 
