@@ -55,6 +55,7 @@ let package = Package(
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "IPCUnixSocket", package: "swift-perfetto-ipc"),
+                .product(name: "IPCLibuv", package: "swift-perfetto-ipc"),
                 .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
             ],
             path: "Benchmarks/EchoRoundTrip",

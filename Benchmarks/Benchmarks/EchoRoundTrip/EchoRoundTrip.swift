@@ -1,9 +1,10 @@
 // Echo round trips through the whole IPC stack over a unix socket (host on one loop thread,
 // client driven by the benchmark thread) beside the plain socket ping-pong floor, same sizes,
-// same run.
+// same run; on the epoll backend and on the libuv backend.
 import Benchmark
 import Foundation
 import IPCEchoService
+import IPCLibuv
 import IPCProtocol
 import IPCUnixSocket
 
@@ -15,14 +16,16 @@ let benchmarks: @Sendable () -> Void = {
         Benchmark("plain socket ping-pong \(size) B (floor)") { benchmark in
             blackHole(EchoBenchmark.measureRawPingPong(payloadSize: size, iterations: benchmark.scaledIterations.count, warmup: 0))
         }
-        for withFD in [false, true] {
-            Benchmark("echo \(size) B\(withFD ? " + fd" : "")") { benchmark in
-                let fixture = try EchoFixture()
-                let call = fixture.makeCall(payloadSize: size, withFD: withFD)
-                benchmark.startMeasurement()
-                for _ in benchmark.scaledIterations { call() }
-                benchmark.stopMeasurement()
-                fixture.close()
+        for backend in ["epoll", "libuv"] {
+            for withFD in [false, true] where backend == "epoll" || !withFD {
+                Benchmark("echo \(size) B \(backend)\(withFD ? " + fd" : "")") { benchmark in
+                    let fixture = try EchoFixture(libuv: backend == "libuv")
+                    let call = fixture.makeCall(payloadSize: size, withFD: withFD)
+                    benchmark.startMeasurement()
+                    for _ in benchmark.scaledIterations { call() }
+                    benchmark.stopMeasurement()
+                    fixture.close()
+                }
             }
         }
     }
@@ -30,31 +33,49 @@ let benchmarks: @Sendable () -> Void = {
 
 /// An echo host on its own loop thread and a bound client on a loop run by the caller.
 final class EchoFixture {
-    let hostLoop: EpollEventLoop
-    let clientLoop: EpollEventLoop
+    let hostLoop: any IPCEventLoop
+    let stopHost: () -> Void
     let hostBox = HostBox()
     let client: IPCClient
     let proxy = Pfpeers_EchoServiceProxy()
     let directory: String
+    let runClient: (() -> Bool) -> Void
 
-    init() throws {
+    init(libuv: Bool) throws {
         directory = NSTemporaryDirectory() + "echo-bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let path = directory + "/echo.sock"
-        hostLoop = try EpollEventLoop.startOnNewThread(name: "echo-host")
-        let hostLoop = self.hostLoop, hostBox = self.hostBox
+        let hostBackend: IPCBackend
+        let clientBackend: IPCBackend
+        if libuv {
+            let host = try LibuvEventLoop.startOnNewThread()
+            hostLoop = host
+            stopHost = { host.shutdown() }
+            hostBackend = .libuv(path, loop: host)
+            let clientLoop = try LibuvEventLoop()
+            clientBackend = .libuv(path, loop: clientLoop)
+            runClient = { condition in _ = clientLoop.run(until: condition, timeout: .seconds(5)) }
+        } else {
+            let host = try EpollEventLoop.startOnNewThread(name: "echo-host")
+            hostLoop = host
+            stopHost = { host.shutdown() }
+            hostBackend = .unixSocket(path, loop: host)
+            let clientLoop = try EpollEventLoop()
+            clientBackend = .unixSocket(path, loop: clientLoop)
+            runClient = { condition in _ = clientLoop.run(until: condition, timeout: .seconds(5)) }
+        }
+        let hostBox = self.hostBox
         let ready = DispatchSemaphore(value: 0)
         hostLoop.execute {
-            hostBox.host = try? IPCHost(transport: UnixSocketTransport(loop: hostLoop), listeningAt: path)
+            hostBox.host = try? IPCHost(backend: hostBackend)
             hostBox.host?.expose(EchoServiceImplementation())
             ready.signal()
         }
         ready.wait()
-        clientLoop = try EpollEventLoop()
-        client = IPCClient(transport: UnixSocketTransport(loop: clientLoop), connectingTo: path)
+        client = IPCClient(backend: clientBackend)
         client.bind(proxy)
         let proxy = self.proxy
-        clientLoop.run(until: { proxy.isBound }, timeout: .seconds(5))
+        runClient { proxy.isBound }
     }
 
     /// A closure performing one round trip.
@@ -62,10 +83,10 @@ final class EchoFixture {
         var request = Pfpeers_EchoRequest()
         request.data = Data(repeating: 0x61, count: payloadSize)
         let fd = withFD ? EchoServiceImplementation.memfd(holding: [1, 2, 3]) : nil
-        return { [proxy, clientLoop] in
+        return { [proxy, runClient] in
             var done = false
             proxy.echo(request, fd: fd?.rawValue) { _ in done = true }
-            clientLoop.run(until: { done }, timeout: .seconds(5))
+            runClient { done }
         }
     }
 
@@ -73,7 +94,7 @@ final class EchoFixture {
         client.close()
         let hostBox = self.hostBox
         hostLoop.execute { hostBox.host?.close(); hostBox.host = nil }
-        hostLoop.shutdown()
+        stopHost()
         try? FileManager.default.removeItem(atPath: directory)
     }
 }
