@@ -70,7 +70,7 @@ let package = Package(
         // Helpers shared by the test targets (recording delegates, fd accounting, memfds).
         .target(
             name: "TestSupport",
-            dependencies: ["IPCProtocol", "CPerfettoIPCLinux"],
+            dependencies: ["IPCProtocol", "IPCEchoService", "CPerfettoIPCLinux"],
             path: "Tests/TestSupport"
         ),
         .testTarget(

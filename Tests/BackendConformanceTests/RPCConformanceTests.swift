@@ -26,14 +26,6 @@ struct RPCConformanceTests {
             let proxy = self.proxy
             #expect(fixture.run(until: { proxy.isBound }))
         }
-
-        func request(_ text: String, count: UInt32? = nil, wantFD: Bool = false) -> Pfpeers_EchoRequest {
-            var request = Pfpeers_EchoRequest()
-            request.data = Data(text.utf8)
-            if let count { request.count = count }
-            if wantFD { request.wantFd = true }
-            return request
-        }
     }
 
     @Test(arguments: BackendUnderTest.all)
@@ -41,8 +33,8 @@ struct RPCConformanceTests {
         let world = try World(backend)
         defer { world.fixture.tearDown() }
         var replies: [AsyncResult<Pfpeers_EchoReply>] = []
-        world.proxy.echo(world.request("one"), reply: { replies.append($0) })
-        world.proxy.echo(world.request("two"), reply: { replies.append($0) })
+        world.proxy.echo(echoRequest("one"), reply: { replies.append($0) })
+        world.proxy.echo(echoRequest("two"), reply: { replies.append($0) })
         #expect(replies.isEmpty, "replies never arrive inline")
         #expect(world.fixture.run(until: { replies.count == 2 }))
         #expect(replies.compactMap(\.message?.data) == [Data("one".utf8), Data("two".utf8)])
@@ -54,7 +46,7 @@ struct RPCConformanceTests {
         let world = try World(backend)
         defer { world.fixture.tearDown() }
         var replies: [AsyncResult<Pfpeers_EchoReply>] = []
-        world.proxy.streamEcho(world.request("s", count: 3), reply: { replies.append($0) })
+        world.proxy.streamEcho(echoRequest("s", count: 3), reply: { replies.append($0) })
         #expect(world.fixture.run(until: { replies.last.map { !$0.hasMore } ?? false }))
         #expect(replies.compactMap(\.message?.index) == [0, 1, 2])
         #expect(replies.map(\.hasMore) == [true, true, false])
@@ -67,8 +59,8 @@ struct RPCConformanceTests {
         guard world.fixture.reportsKernelCredentials else { return }
         let file = FileDescriptors.memfd(named: "rpc-conformance", content: [UInt8](repeating: 1, count: 77))
         var replies: [AsyncResult<Pfpeers_EchoReply>] = []
-        world.proxy.echo(world.request("fd"), fd: file.rawValue, reply: { replies.append($0) })
-        world.proxy.echo(world.request("give", wantFD: true), reply: { replies.append($0) })
+        world.proxy.echo(echoRequest("fd"), fd: file.rawValue, reply: { replies.append($0) })
+        world.proxy.echo(echoRequest("give", wantFD: true), reply: { replies.append($0) })
         #expect(world.fixture.run(until: { replies.count == 2 }))
         #expect(replies[0].message?.receivedFdSize == 77)
         let fd = try #require(replies[1].fileDescriptor)
@@ -80,8 +72,8 @@ struct RPCConformanceTests {
         let world = try World(backend)
         defer { world.fixture.tearDown() }
         var replies = 0
-        world.proxy.echo(world.request("quiet"), reply: nil)
-        world.proxy.echo(world.request("loud"), reply: { _ in replies += 1 })
+        world.proxy.echo(echoRequest("quiet"), reply: nil)
+        world.proxy.echo(echoRequest("loud"), reply: { _ in replies += 1 })
         #expect(world.fixture.run(until: { replies == 1 }))
         #expect(world.service.echoCount == 2)
     }
@@ -93,13 +85,13 @@ struct RPCConformanceTests {
         var disconnects: [IPCError.Code] = []
         world.proxy.onDisconnect = { disconnects.append($0.code) }
         var results: [AsyncResult<Pfpeers_EchoReply>] = []
-        world.proxy.streamEcho(world.request("x", count: 1), reply: { results.append($0) })
+        world.proxy.streamEcho(echoRequest("x", count: 1), reply: { results.append($0) })
         world.host.close()
         #expect(world.fixture.run(until: { disconnects.count == 1 }))
         #expect(disconnects == [.disconnected])
         #expect(world.service.disconnectedClientCount == 1)
         #expect(results.count <= 1)
-        world.proxy.echo(world.request("late"), reply: { results.append($0) })
+        world.proxy.echo(echoRequest("late"), reply: { results.append($0) })
         #expect(results.last?.error?.code == .disconnected)
     }
 

@@ -31,19 +31,11 @@ struct DirectBindingTests {
         }
     }
 
-    func request(_ text: String, count: UInt32? = nil, wantFD: Bool = false) -> Pfpeers_EchoRequest {
-        var request = Pfpeers_EchoRequest()
-        request.data = Data(text.utf8)
-        if let count { request.count = count }
-        if wantFD { request.wantFd = true }
-        return request
-    }
-
     @Test func bindsAndCallsWithoutFrames() throws {
         let world = try World()
         #expect(world.proxy.isBound)
         var replies: [AsyncResult<Pfpeers_EchoReply>] = []
-        world.proxy.echo(request("direct"), reply: { replies.append($0) })
+        world.proxy.echo(echoRequest("direct"), reply: { replies.append($0) })
         #expect(replies.isEmpty, "never inline")
         world.loop.runUntilIdle()
         #expect(replies.count == 1)
@@ -54,7 +46,7 @@ struct DirectBindingTests {
     @Test func passesTheRequestValueItselfToTheService() throws {
         let recorder = ValueRecorder()
         let world = try World(service: recorder)
-        let sent = request("value")
+        let sent = echoRequest("value")
         world.proxy.echo(sent, reply: { _ in })
         world.loop.runUntilIdle()
         #expect(recorder.requests == [sent])
@@ -64,7 +56,7 @@ struct DirectBindingTests {
     @Test func streamsUntilTheLastReply() throws {
         let world = try World()
         var replies: [AsyncResult<Pfpeers_EchoReply>] = []
-        world.proxy.streamEcho(request("s", count: 4), reply: { replies.append($0) })
+        world.proxy.streamEcho(echoRequest("s", count: 4), reply: { replies.append($0) })
         world.loop.runUntilIdle()
         #expect(replies.compactMap(\.message?.index) == [0, 1, 2, 3])
         #expect(replies.map(\.hasMore) == [true, true, true, false])
@@ -74,8 +66,8 @@ struct DirectBindingTests {
         let world = try World()
         let file = FileDescriptors.memfd(named: "direct", content: [UInt8](repeating: 3, count: 42))
         var replies: [AsyncResult<Pfpeers_EchoReply>] = []
-        world.proxy.echo(request("fd"), fd: file.rawValue, reply: { replies.append($0) })
-        world.proxy.echo(request("want", wantFD: true), reply: { replies.append($0) })
+        world.proxy.echo(echoRequest("fd"), fd: file.rawValue, reply: { replies.append($0) })
+        world.proxy.echo(echoRequest("want", wantFD: true), reply: { replies.append($0) })
         world.loop.runUntilIdle()
         #expect(replies[0].message?.receivedFdSize == 42)
         let fd = try #require(replies[1].fileDescriptor)
@@ -86,7 +78,7 @@ struct DirectBindingTests {
         let parking = ParkingService()
         let world = try World(service: parking)
         var replies: [AsyncResult<Pfpeers_EchoReply>] = []
-        world.proxy.echo(request("x"), reply: { replies.append($0) })
+        world.proxy.echo(echoRequest("x"), reply: { replies.append($0) })
         world.loop.runUntilIdle()
         #expect(replies.isEmpty)
         parking.parked.removeAll()
@@ -100,8 +92,8 @@ struct DirectBindingTests {
         var disconnects = 0
         world.proxy.onDisconnect = { _ in disconnects += 1 }
         var replies: [AsyncResult<Pfpeers_EchoReply>] = []
-        world.proxy.echo(request("a"), reply: { replies.append($0) })
-        world.proxy.streamEcho(request("b"), reply: { replies.append($0) })
+        world.proxy.echo(echoRequest("a"), reply: { replies.append($0) })
+        world.proxy.streamEcho(echoRequest("b"), reply: { replies.append($0) })
         world.loop.runUntilIdle()
         world.host?.close()
         world.loop.runUntilIdle()
@@ -122,7 +114,7 @@ struct DirectBindingTests {
         world.loop.runUntilIdle()
         #expect(proxy?.isBound == true)
         var called = false
-        proxy?.echo(request("x"), reply: { _ in called = true })
+        proxy?.echo(echoRequest("x"), reply: { _ in called = true })
         world.loop.runUntilIdle()
         proxy = nil
         world.loop.runUntilIdle()
@@ -136,7 +128,7 @@ struct DirectBindingTests {
         let parking = ParkingService()
         let world = try World(service: parking)
         var called = false
-        world.proxy.echo(request("x"), reply: { _ in called = true })
+        world.proxy.echo(echoRequest("x"), reply: { _ in called = true })
         world.loop.runUntilIdle()
         world.client = nil
         world.loop.runUntilIdle()
@@ -178,9 +170,9 @@ struct DirectBindingTests {
             }
         }
         try await proxy.waitUntilBound()
-        #expect(try await proxy.echo(request("async")).data == Data("async".utf8))
+        #expect(try await proxy.echo(echoRequest("async")).data == Data("async".utf8))
         var indices: [UInt32] = []
-        for try await reply in proxy.streamEcho(request("s", count: 3)) { indices.append(reply.index) }
+        for try await reply in proxy.streamEcho(echoRequest("s", count: 3)) { indices.append(reply.index) }
         #expect(indices == [0, 1, 2])
         await withCheckedContinuation { continuation in loop.execute { keep.value.objects = []; continuation.resume() } }
     }
@@ -216,21 +208,5 @@ final class ParkingService: Pfpeers_EchoServiceHandler {
     func releaseAll() {
         parked.forEach { $0.resolve(Pfpeers_EchoReply()) }
         parked.removeAll()
-    }
-}
-
-/// The echo service written with async methods.
-final class AsyncEchoService: Pfpeers_EchoServiceAsyncHandler {
-    func echo(_ request: Pfpeers_EchoRequest, context: IPCAsyncCallContext) async throws -> Pfpeers_EchoReply {
-        var reply = Pfpeers_EchoReply()
-        reply.data = request.data
-        return reply
-    }
-    func streamEcho(_ request: Pfpeers_EchoRequest, context: IPCAsyncCallContext, replies: IPCReplyWriter<Pfpeers_EchoReply>) async throws {
-        for index in 0..<request.count {
-            var reply = Pfpeers_EchoReply()
-            reply.index = index
-            replies.write(reply)
-        }
     }
 }

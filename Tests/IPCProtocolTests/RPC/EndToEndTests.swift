@@ -195,23 +195,3 @@ final class ParkingEchoService: Pfpeers_EchoServiceHandler {
 extension IPCHost {
     var parkedService: ParkingEchoService? { exposedServicesForTesting.first as? ParkingEchoService }
 }
-
-/// The echo service written with the async handler protocol.
-final class AsyncEchoService: Pfpeers_EchoServiceAsyncHandler {
-    func echo(_ request: Pfpeers_EchoRequest, context: IPCAsyncCallContext) async throws -> Pfpeers_EchoReply {
-        if request.data == Data("fail".utf8) { throw IPCError(.invalidArgument, "asked to fail") }
-        var reply = Pfpeers_EchoReply()
-        reply.data = request.data
-        reply.seq = request.seq
-        reply.peerPid = context.client.pid ?? 0
-        return reply
-    }
-
-    func streamEcho(_ request: Pfpeers_EchoRequest, context: IPCAsyncCallContext, replies: IPCReplyWriter<Pfpeers_EchoReply>) async throws {
-        for index in 0..<request.count {
-            var reply = Pfpeers_EchoReply()
-            reply.index = index
-            replies.write(reply)
-        }
-    }
-}

@@ -65,19 +65,6 @@ final class RPCHarness {
     }
 }
 
-func echoRequest(_ text: String, seq: UInt32 = 0, count: UInt32? = nil, wantFD: Bool = false) -> Pfpeers_EchoRequest {
-    var request = Pfpeers_EchoRequest()
-    request.data = Data(text.utf8)
-    request.seq = seq
-    if let count { request.count = count }
-    if wantFD { request.wantFd = true }
-    return request
-}
-
-extension Pfpeers_EchoRequest {
-    var encoded: Data { try! serializedBytes() }
-}
-
 func decodeEchoReply(_ frame: IPCFrame) -> Pfpeers_EchoReply? {
     try? Pfpeers_EchoReply(serializedBytes: frame.msgInvokeMethodReply.replyProto)
 }
