@@ -41,6 +41,16 @@ let package = Package(
             path: "Benchmarks/InProcessEcho",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        // Rates and footprint that package-benchmark's per-iteration model does not fit:
+        // pipelined calls/s, streamed replies/s, connects/s, resident bytes per idle connection.
+        .executableTarget(
+            name: "RateProbe",
+            dependencies: [
+                .product(name: "IPCUnixSocket", package: "swift-perfetto-ipc"),
+                .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
+            ],
+            path: "Sources/RateProbe"
+        ),
         // Not a benchmark: a bare loop for profilers.
         .executableTarget(
             name: "ProfileInProcess",
