@@ -31,7 +31,10 @@ public final class IPCClient: IPCConnectionDelegate {
     public var onDisconnect: ((IPCError?) -> Void)?
 
     private var connection: (any IPCConnection)?
-    private let deserializer: FrameDeserializer
+    /// Nil for a direct client (no frames) or if the receive buffer could not be mapped (the
+    /// client then fails at once, through ``onDisconnect`` and its proxies).
+    private let deserializer: FrameDeserializer?
+    private let maxPayloadSize: Int
     private let receivedFD = ReceivedFDSlot()
     private var nextRequestID: UInt64 = 1
     private var pending: [UInt64: PendingRequest] = [:]
@@ -68,7 +71,8 @@ public final class IPCClient: IPCConnectionDelegate {
         eventLoop = loop
         self.logger = logger
         loop.preconditionInEventLoop()
-        deserializer = try! FrameDeserializer(capacity: 4096)  // unused: no frames in direct mode
+        deserializer = nil
+        maxPayloadSize = 0
         direct = (directRegistry, name)
         let box = UncheckedSendableBox(WeakClient(self))
         loop.execute {
@@ -86,8 +90,14 @@ public final class IPCClient: IPCConnectionDelegate {
         eventLoop = transport.eventLoop
         self.logger = logger
         eventLoop.preconditionInEventLoop()
-        // A capacity the deserializer refuses falls back to the default rather than failing.
-        deserializer = (try? FrameDeserializer(capacity: receiveCapacity)) ?? (try! FrameDeserializer())
+        maxPayloadSize = receiveCapacity - WireLimits.frameHeaderSize
+        do {
+            deserializer = try FrameDeserializer(capacity: receiveCapacity)
+        } catch {
+            deserializer = nil
+            failLater(error)
+            return
+        }
         connection = transport.connect(to: address, options: options, delegate: self)
     }
 
@@ -99,13 +109,27 @@ public final class IPCClient: IPCConnectionDelegate {
         self.eventLoop = eventLoop
         self.logger = logger
         eventLoop.preconditionInEventLoop()
-        deserializer = (try? FrameDeserializer(capacity: receiveCapacity)) ?? (try! FrameDeserializer())
+        maxPayloadSize = receiveCapacity - WireLimits.frameHeaderSize
+        do {
+            deserializer = try FrameDeserializer(capacity: receiveCapacity)
+        } catch {
+            deserializer = nil
+            connection.close()
+            failLater(error)
+            return
+        }
         self.connection = connection
         connection.delegate = self
         if connection.state == .connected {
             let box = UncheckedSendableBox((client: self, connection: connection))
             eventLoop.execute { box.value.client.connectionDidConnect(box.value.connection) }
         }
+    }
+
+    /// Reports a failure to set up on the next loop turn, like a failed connect.
+    private func failLater(_ error: IPCError) {
+        let box = UncheckedSendableBox(WeakClient(self))
+        eventLoop.execute { box.value.client?.end(error) }
     }
 
     deinit {
@@ -208,7 +232,7 @@ public final class IPCClient: IPCConnectionDelegate {
         if let callback {
             pending[requestID] = .invoke(proxy: ObjectIdentifier(proxy), callback: callback)
         }
-        guard connection.sendFrame(frame, fd: fd, maxPayloadSize: deserializer.maxPayloadSize, logger: logger) else {
+        guard connection.sendFrame(frame, fd: fd, maxPayloadSize: maxPayloadSize, logger: logger) else {
             if let callback, pending.removeValue(forKey: requestID) != nil {
                 proxy.rejectLater(callback, IPCError(.disconnected, "the request could not be sent"))
             }
@@ -255,10 +279,11 @@ public final class IPCClient: IPCConnectionDelegate {
     }
 
     public func receiveSpace(for connection: any IPCConnection) -> UnsafeMutableRawBufferPointer {
-        deserializer.receiveSpace
+        deserializer?.receiveSpace ?? UnsafeMutableRawBufferPointer(start: nil, count: 0)
     }
 
     public func connection(_ connection: any IPCConnection, didReceive byteCount: Int, fileDescriptor: ScopedFD?) {
+        guard let deserializer else { return }  // never: connections exist only with one
         var framingError: IPCError?
         do {
             try deserializer.endReceive(byteCount: byteCount, fileDescriptor: fileDescriptor)
@@ -300,7 +325,7 @@ public final class IPCClient: IPCConnectionDelegate {
         frame.msgBindService.serviceName = name
         pending[requestID] = .bind(WeakProxy(proxy))
         boundProxies[ObjectIdentifier(proxy)] = WeakProxy(proxy)
-        connection?.sendFrame(frame, maxPayloadSize: deserializer.maxPayloadSize, logger: logger)
+        connection?.sendFrame(frame, maxPayloadSize: maxPayloadSize, logger: logger)
     }
 
     private func sendPeerIdentity() {
@@ -310,7 +335,7 @@ public final class IPCClient: IPCConnectionDelegate {
         if let bootID = try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8) {
             frame.setPeerIdentity.machineIDHint = bootID.trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        connection?.sendFrame(frame, maxPayloadSize: deserializer.maxPayloadSize, logger: logger)
+        connection?.sendFrame(frame, maxPayloadSize: maxPayloadSize, logger: logger)
     }
 
     private func handle(_ frame: IPCFrame) {
