@@ -87,7 +87,7 @@ public final class POSIXSocketTransport: IPCTransport, @unchecked Sendable {
             }
             return connection
         } catch {
-            let failed = FailedConnection(address: address, loop: loop, delegate: delegate)
+            let failed = FailedConnection(loop: loop, delegate: delegate)
             failed.reportLater(error)
             return failed
         }
@@ -221,7 +221,7 @@ final class FailedConnection: IPCConnection {
     let peer = PeerIdentity()
     private let loop: any IPCEventLoop
 
-    init(address: String, loop: any IPCEventLoop, delegate: any IPCConnectionDelegate) {
+    init(loop: any IPCEventLoop, delegate: any IPCConnectionDelegate) {
         self.loop = loop
         self.delegate = delegate
     }

@@ -33,7 +33,7 @@ final class DirectServiceBinding {
         self.service = service
         self.proxy = proxy
         self.clientInfo = clientInfo
-        loop = host.transportLoop
+        loop = host.eventLoop
     }
 
     /// Calls method `methodIndex` with `request`; `reply` nil means nobody wants the reply.

@@ -188,8 +188,6 @@ public final class IPCHost: IPCListenerDelegate {
 
     var maxPayloadSize: Int { receiveCapacity - WireLimits.frameHeaderSize }
 
-    var transportLoop: any IPCEventLoop { eventLoop }
-
     /// Binds `proxy` directly to the service of its name, as a new client of this host.
     func makeDirectBinding(for proxy: ServiceProxy) throws(IPCError) -> DirectServiceBinding {
         guard directRegistration != nil else { throw IPCError(.disconnected, "the host is closed") }
