@@ -55,7 +55,10 @@ public final class ManualEventLoop: IPCEventLoop, @unchecked Sendable {
         _ fd: Int32, for events: FileDescriptorEvents, handler: @escaping (FileDescriptorEvents) -> Void
     ) throws(IPCError) -> any FileDescriptorWatch {
         preconditionInEventLoop()
-        let watch = ManualWatch(id: nextWatchID, fd: fd, events: events, loop: self, handler: handler)
+        let watch = ManualWatch(
+            id: nextWatchID, fd: fd, events: events, loop: self, handler: handler,
+            applyEvents: { _, _ in },  // polled with the current events on every pass
+            remove: { loop, watch in loop.remove(watch) })
         watches[nextWatchID] = watch
         nextWatchID += 1
         return watch
@@ -134,37 +137,9 @@ public final class ManualEventLoop: IPCEventLoop, @unchecked Sendable {
         return fired
     }
 
-    fileprivate func remove(_ watch: ManualWatch) {
+    private func remove(_ watch: ManualWatch) {
         watches[watch.id] = nil
     }
 }
 
-/// An fd watch of a `ManualEventLoop`, polled on each pass.
-final class ManualWatch: FileDescriptorWatch {
-    let id: UInt64
-    let fd: Int32
-    private(set) var events: FileDescriptorEvents
-    private weak var loop: ManualEventLoop?
-    private var handler: ((FileDescriptorEvents) -> Void)?
-
-    fileprivate init(
-        id: UInt64, fd: Int32, events: FileDescriptorEvents, loop: ManualEventLoop,
-        handler: @escaping (FileDescriptorEvents) -> Void
-    ) {
-        self.id = id
-        self.fd = fd
-        self.events = events
-        self.loop = loop
-        self.handler = handler
-    }
-
-    fileprivate func fire(_ events: FileDescriptorEvents) { handler?(events) }
-
-    func setEvents(_ events: FileDescriptorEvents) { self.events = events }
-
-    func cancel() {
-        guard handler != nil else { return }
-        handler = nil
-        loop?.remove(self)
-    }
-}
+typealias ManualWatch = WatchRegistration<ManualEventLoop>

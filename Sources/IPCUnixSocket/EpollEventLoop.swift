@@ -29,7 +29,7 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
 
     // -- loop-confined --
     private var timers = TimerQueue()
-    fileprivate var watches: [UInt64: EpollWatch] = [:]
+    private var watches: [UInt64: EpollWatch] = [:]
     private var nextWatchID: UInt64 = 1
     private var threadName = ""
     private var events = [epoll_event](repeating: epoll_event(), count: 64)
@@ -102,7 +102,9 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
         event.events = Self.epollMask(events)
         event.data.u64 = id
         _ = try Syscall.retrying("epoll_ctl(ADD \(fd))") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
-        let watch = EpollWatch(id: id, fd: fd, events: events, loop: self, handler: handler)
+        let watch = EpollWatch(
+            id: id, fd: fd, events: events, loop: self, handler: handler,
+            applyEvents: { loop, watch in loop.modify(watch) }, remove: { loop, watch in loop.remove(watch) })
         watches[id] = watch
         return watch
     }
@@ -210,14 +212,14 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
         while ownerThread.load(ordering: .acquiring) == -1 { sched_yield() }
     }
 
-    fileprivate func modify(_ watch: EpollWatch) {
+    private func modify(_ watch: EpollWatch) {
         var event = epoll_event()
         event.events = Self.epollMask(watch.events)
         event.data.u64 = watch.id
         _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, watch.fd, &event)
     }
 
-    fileprivate func remove(_ watch: EpollWatch) {
+    private func remove(_ watch: EpollWatch) {
         var event = epoll_event()
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, watch.fd, &event)
         watches[watch.id] = nil
@@ -245,38 +247,4 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     }
 }
 
-/// An fd registration of an `EpollEventLoop`.
-final class EpollWatch: FileDescriptorWatch {
-    let id: UInt64
-    let fd: Int32
-    fileprivate(set) var events: FileDescriptorEvents
-    private weak var loop: EpollEventLoop?
-    private var handler: ((FileDescriptorEvents) -> Void)?
-
-    fileprivate init(
-        id: UInt64, fd: Int32, events: FileDescriptorEvents, loop: EpollEventLoop,
-        handler: @escaping (FileDescriptorEvents) -> Void
-    ) {
-        self.id = id
-        self.fd = fd
-        self.events = events
-        self.loop = loop
-        self.handler = handler
-    }
-
-    fileprivate func fire(_ readiness: FileDescriptorEvents) {
-        handler?(readiness)
-    }
-
-    func setEvents(_ events: FileDescriptorEvents) {
-        guard handler != nil, events != self.events else { return }
-        self.events = events
-        loop?.modify(self)
-    }
-
-    func cancel() {
-        guard handler != nil else { return }
-        handler = nil
-        loop?.remove(self)
-    }
-}
+typealias EpollWatch = WatchRegistration<EpollEventLoop>
