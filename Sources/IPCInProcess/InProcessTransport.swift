@@ -57,8 +57,8 @@ public final class InProcessTransport: IPCTransport, @unchecked Sendable {
 
 /// Names of in-process listeners. Thread-safe; listeners and connections are loop-bound.
 public final class InProcessNetwork: Sendable {
-    private let listeners = Mutex<[String: WeakListener]>([:])
-    let directHosts = Mutex<[String: WeakHost]>([:])
+    private let listeners = ThreadLock<[String: WeakListener]>([:])
+    let directHosts = ThreadLock<[String: WeakHost]>([:])
 
     public init() {}
 

@@ -19,9 +19,9 @@ import Glibc
 
 /// A single-threaded loop driven by hand, with virtual time.
 public final class ManualEventLoop: IPCEventLoop, @unchecked Sendable {
-    // @unchecked Sendable: `pending` is a Mutex; everything else is touched only on the owner
+    // @unchecked Sendable: `pending` is a ThreadLock; everything else is touched only on the owner
     // thread (checked by preconditionInEventLoop at the loop-only entry points).
-    private let pending = Mutex<[@Sendable () -> Void]>([])
+    private let pending = ThreadLock<[@Sendable () -> Void]>([])
     /// The batch being run; swapped with `pending` so neither array is reallocated.
     private var running: [@Sendable () -> Void] = []
     private let owner: Int32

@@ -20,7 +20,7 @@ import Synchronization
 
 /// An event loop on a `uv_loop_t`: its own, or the host application's.
 public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
-    // @unchecked Sendable: `pending` is a Mutex and `owner` an Atomic; the handles and
+    // @unchecked Sendable: `pending` is a ThreadLock and `owner` an Atomic; the handles and
     // everything else are touched only on the loop's thread (checked at loop-only entries).
     public let uvLoop: UnsafeMutablePointer<uv_loop_t>
     private let ownsLoop: Bool
@@ -28,10 +28,10 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
     private let timer: UnsafeMutablePointer<uv_timer_t>
     /// Posted tasks, and whether the wake-up handle still accepts sends (false once closed:
     /// a task posted after shutdown is dropped instead of poking a freed handle).
-    private let pending = Mutex<(tasks: [@Sendable () -> Void], open: Bool)>(([], true))
+    private let pending = ThreadLock<(tasks: [@Sendable () -> Void], open: Bool)>(([], true))
     private var running: [@Sendable () -> Void] = []
     private let owner: Atomic<Int32>
-    private let thread = Mutex<pthread_t?>(nil)
+    private let thread = ThreadLock<pthread_t?>(nil)
     private var timers = TimerQueue()
     private var closed = false
 

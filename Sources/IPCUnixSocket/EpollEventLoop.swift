@@ -18,14 +18,14 @@ import Synchronization
 public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     // @unchecked Sendable: the fields below the marker are touched only on the loop's thread
     // (checked by `preconditionInEventLoop` at every loop-only entry point); the rest are
-    // immutable or atomics/mutexes.
+    // immutable, atomics or ThreadLocks.
     private let epollFD: Int32
     private let wakeFD: Int32
-    private let pendingTasks = Mutex<[@Sendable () -> Void]>([])
+    private let pendingTasks = ThreadLock<[@Sendable () -> Void]>([])
     private let ownerThread: Atomic<Int32>
     private let stopRequested = Atomic<Bool>(false)
     private let isRunning = Atomic<Bool>(false)
-    private let thread = Mutex<pthread_t?>(nil)
+    private let thread = ThreadLock<pthread_t?>(nil)
 
     // -- loop-confined --
     private var timers = TimerQueue()

@@ -67,7 +67,7 @@ public enum IPCAsyncDispatch {
 public final class IPCReplyWriter<Reply: SwiftProtobuf.Message>: Sendable {
     private let loop: any IPCEventLoop
     private let deferred: UncheckedSendableBox<Deferred<Reply>>
-    private let held = Mutex<IPCResponse<Reply>?>(nil)
+    private let held = ThreadLock<IPCResponse<Reply>?>(nil)
 
     init(loop: any IPCEventLoop, deferred: Deferred<Reply>) {
         self.loop = loop

@@ -140,7 +140,7 @@ final class PendingAsyncCall<Value: Sendable>: Sendable {
         var cancelled = false
         var finished = false
     }
-    private let state = Mutex(State())
+    private let state = ThreadLock(State())
 
     /// Stores the continuation; false (and the continuation resumed) if already cancelled.
     func start(_ continuation: CheckedContinuation<Value, any Error>) -> Bool {

@@ -15,7 +15,7 @@ import SwiftProtobuf
 /// from any task (they hop onto the loop), which is why a proxy is `Sendable`.
 open class ServiceProxy: @unchecked Sendable {
     // @unchecked Sendable: every mutable field is touched only on the loop (checked with
-    // preconditionInEventLoop at the entry points) except `loop`, which is behind a Mutex.
+    // preconditionInEventLoop at the entry points) except `loop`, which is behind a ThreadLock.
     /// Where a proxy is in its life.
     public enum State: Sendable, Hashable {
         case unbound, binding, bound, failed, disconnected
@@ -38,7 +38,7 @@ open class ServiceProxy: @unchecked Sendable {
     weak var client: IPCClient?
     /// Set when bound through the direct short circuit instead of frames.
     private(set) var directBinding: DirectServiceBinding?
-    private let loop = Mutex<(any IPCEventLoop)?>(nil)
+    private let loop = ThreadLock<(any IPCEventLoop)?>(nil)
     /// The loop of the client this proxy was bound to, once bound. Thread-safe.
     public var eventLoop: (any IPCEventLoop)? { loop.withLock { $0 } }
     private var serviceID: UInt32 = 0
