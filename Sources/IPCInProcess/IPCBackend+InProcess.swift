@@ -26,8 +26,8 @@ extension IPCBackend {
 extension InProcessNetwork: IPCDirectRegistry {
     public func registerDirectHost(_ host: IPCHost, name: String) throws(IPCError) {
         let taken = directHosts.withLock { table -> Bool in
-            if table[name]?.host != nil { return true }
-            table[name] = WeakHost(host: host)
+            if table[name]?.object != nil { return true }
+            table[name] = Weak(host)
             return false
         }
         if taken { throw IPCError(.addressInUse, "a direct host already uses \"\(name)\"", address: name) }
@@ -35,17 +35,12 @@ extension InProcessNetwork: IPCDirectRegistry {
 
     public func unregisterDirectHost(_ host: IPCHost, name: String) {
         directHosts.withLock { table in
-            if table[name]?.host === host || table[name]?.host == nil { table[name] = nil }
+            if table[name]?.object === host || table[name]?.object == nil { table[name] = nil }
         }
     }
 
     public func directHost(named name: String) -> IPCHost? {
-        directHosts.withLock { $0[name]?.host }
+        directHosts.withLock { $0[name]?.object }
     }
 }
 
-struct WeakHost: @unchecked Sendable {
-    // @unchecked Sendable: the host is only looked up here; it is used on its own loop, which
-    // the client checks before binding.
-    weak var host: IPCHost?
-}

@@ -92,8 +92,8 @@ final class InMemoryConnection: IPCConnection {
     private func scheduleDelivery() {
         guard !deliveryScheduled else { return }
         deliveryScheduled = true
-        let box = UncheckedSendableBox(WeakConnection(self))
-        loop.execute { box.value.connection?.deliver() }
+        let box = UncheckedSendableBox(Weak(self))
+        loop.execute { box.value.object?.deliver() }
     }
 
     private func deliver() {
@@ -127,9 +127,9 @@ final class InMemoryConnection: IPCConnection {
     /// The other end went away: deliver what is already here, then report end of stream.
     private func peerClosed() {
         other = nil
-        let box = UncheckedSendableBox(WeakConnection(self))
+        let box = UncheckedSendableBox(Weak(self))
         loop.execute {
-            guard let connection = box.value.connection, connection.state == .connected else { return }
+            guard let connection = box.value.object, connection.state == .connected else { return }
             connection.deliver()
             guard connection.state == .connected else { return }
             connection.state = .disconnected
@@ -143,7 +143,3 @@ final class InMemoryConnection: IPCConnection {
     }
 }
 
-struct WeakConnection {
-    weak var connection: InMemoryConnection?
-    init(_ connection: InMemoryConnection) { self.connection = connection }
-}

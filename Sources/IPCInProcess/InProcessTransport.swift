@@ -57,8 +57,8 @@ public final class InProcessTransport: IPCTransport, @unchecked Sendable {
 
 /// Names of in-process listeners. Thread-safe; listeners and connections are loop-bound.
 public final class InProcessNetwork: Sendable {
-    private let listeners = ThreadLock<[String: WeakListener]>([:])
-    let directHosts = ThreadLock<[String: WeakHost]>([:])
+    private let listeners = ThreadLock<[String: Weak<InProcessListener>]>([:])
+    let directHosts = ThreadLock<[String: Weak<IPCHost>]>([:])
 
     public init() {}
 
@@ -68,8 +68,8 @@ public final class InProcessNetwork: Sendable {
 
     func register(_ listener: InProcessListener) throws(IPCError) {
         let taken = listeners.withLock { table -> Bool in
-            if table[listener.name]?.listener != nil { return true }
-            table[listener.name] = WeakListener(listener: listener)
+            if table[listener.name]?.object != nil { return true }
+            table[listener.name] = Weak(listener)
             return false
         }
         if taken {
@@ -79,19 +79,15 @@ public final class InProcessNetwork: Sendable {
 
     func unregister(_ listener: InProcessListener) {
         listeners.withLock { table in
-            if table[listener.name]?.listener === listener { table[listener.name] = nil }
+            if table[listener.name]?.object === listener { table[listener.name] = nil }
         }
     }
 
     func listener(named name: String) -> InProcessListener? {
-        listeners.withLock { $0[name]?.listener }
+        listeners.withLock { $0[name]?.object }
     }
 }
 
-private struct WeakListener: @unchecked Sendable {
-    // @unchecked Sendable: only compared and handed back; used on its own loop.
-    weak var listener: InProcessListener?
-}
 
 /// An in-process listening name.
 final class InProcessListener: IPCListener {

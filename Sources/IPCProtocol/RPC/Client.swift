@@ -39,14 +39,14 @@ public final class IPCClient: IPCConnectionDelegate {
     private var nextRequestID: UInt64 = 1
     private var pending: [UInt64: PendingRequest] = [:]
     private var queuedBinds: [ServiceProxy] = []
-    private var boundProxies: [ObjectIdentifier: WeakProxy] = [:]
+    private var boundProxies: [ObjectIdentifier: Weak<ServiceProxy>] = [:]
     private var ended = false
     /// For a client made from a `.direct` backend: where to find the host.
     private var direct: (registry: any IPCDirectRegistry, name: String)?
-    private var directBindings: [WeakDirectBinding] = []
+    private var directBindings: [Weak<DirectServiceBinding>] = []
 
     private enum PendingRequest {
-        case bind(WeakProxy)
+        case bind(Weak<ServiceProxy>)
         case invoke(proxy: ObjectIdentifier, callback: (AsyncResult<Data>) -> Void)
     }
 
@@ -74,9 +74,9 @@ public final class IPCClient: IPCConnectionDelegate {
         deserializer = nil
         maxPayloadSize = 0
         direct = (directRegistry, name)
-        let box = UncheckedSendableBox(WeakClient(self))
+        let box = UncheckedSendableBox(Weak(self))
         loop.execute {
-            guard let client = box.value.client, !client.ended else { return }
+            guard let client = box.value.object, !client.ended else { return }
             client.onConnect?()
         }
     }
@@ -128,13 +128,13 @@ public final class IPCClient: IPCConnectionDelegate {
 
     /// Reports a failure to set up on the next loop turn, like a failed connect.
     private func failLater(_ error: IPCError) {
-        let box = UncheckedSendableBox(WeakClient(self))
-        eventLoop.execute { box.value.client?.end(error) }
+        let box = UncheckedSendableBox(Weak(self))
+        eventLoop.execute { box.value.object?.end(error) }
     }
 
     deinit {
         connection?.close()
-        let bindings = directBindings.compactMap(\.binding)
+        let bindings = directBindings.compactMap(\.object)
         if !bindings.isEmpty {
             let box = UncheckedSendableBox(bindings)
             if eventLoop.inEventLoop { bindings.forEach { $0.abandon() } } else { eventLoop.execute { box.value.forEach { $0.abandon() } } }
@@ -171,7 +171,7 @@ public final class IPCClient: IPCConnectionDelegate {
         eventLoop.preconditionInEventLoop()
         connection?.close()
         let error = IPCError(.disconnected, "the client was closed")
-        let bindings = directBindings.compactMap(\.binding)
+        let bindings = directBindings.compactMap(\.object)
         directBindings.removeAll()
         for binding in bindings { binding.closeFromClient(error) }
         end(error)
@@ -187,7 +187,7 @@ public final class IPCClient: IPCConnectionDelegate {
             return
         }
         let name = proxy.descriptor.name
-        if directBindings.contains(where: { $0.binding.map { !$0.ended && $0.serviceName == name } ?? false }) {
+        if directBindings.contains(where: { $0.object.map { !$0.ended && $0.serviceName == name } ?? false }) {
             proxy.bindingFailed(IPCError(.alreadyBound, "service \(name) is already bound on this client"))
             return
         }
@@ -201,8 +201,8 @@ public final class IPCClient: IPCConnectionDelegate {
         }
         do {
             let binding = try host.makeDirectBinding(for: proxy)
-            directBindings.removeAll { $0.binding == nil }
-            directBindings.append(WeakDirectBinding(binding: binding))
+            directBindings.removeAll { $0.object == nil }
+            directBindings.append(Weak(binding))
             proxy.didBindDirectly(binding)
         } catch {
             proxy.bindingFailed(error)
@@ -310,8 +310,8 @@ public final class IPCClient: IPCConnectionDelegate {
 
     private func sendBind(_ proxy: ServiceProxy) {
         let name = proxy.descriptor.name
-        let alreadyBound = boundProxies.values.contains { $0.proxy?.descriptor.name == name && $0.proxy !== proxy }
-            || pending.values.contains { if case .bind(let other) = $0 { return other.proxy?.descriptor.name == name }; return false }
+        let alreadyBound = boundProxies.values.contains { $0.object?.descriptor.name == name && $0.object !== proxy }
+            || pending.values.contains { if case .bind(let other) = $0 { return other.object?.descriptor.name == name }; return false }
         if alreadyBound {
             let box = UncheckedSendableBox(proxy)
             eventLoop.execute {
@@ -323,8 +323,8 @@ public final class IPCClient: IPCConnectionDelegate {
         var frame = IPCFrame()
         frame.requestID = requestID
         frame.msgBindService.serviceName = name
-        pending[requestID] = .bind(WeakProxy(proxy))
-        boundProxies[ObjectIdentifier(proxy)] = WeakProxy(proxy)
+        pending[requestID] = .bind(Weak(proxy))
+        boundProxies[ObjectIdentifier(proxy)] = Weak(proxy)
         connection?.sendFrame(frame, maxPayloadSize: maxPayloadSize, logger: logger)
     }
 
@@ -345,7 +345,7 @@ public final class IPCClient: IPCConnectionDelegate {
                 logger.debug("bind reply for unknown request \(frame.requestID)")
                 return
             }
-            guard let proxy = weakProxy.proxy else { return }
+            guard let proxy = weakProxy.object else { return }
             if reply.success {
                 proxy.didBind(serviceID: reply.serviceID, methods: reply.methods)
             } else {
@@ -358,7 +358,7 @@ public final class IPCClient: IPCConnectionDelegate {
                 logger.debug("reply for unknown or cancelled request \(frame.requestID)")
                 return
             }
-            guard boundProxies[proxyID]?.proxy != nil else { return }
+            guard boundProxies[proxyID]?.object != nil else { return }
             let fd = receivedFD.take()
             if reply.success {
                 callback(AsyncResult(reply.replyProto, hasMore: hasMore, fileDescriptor: fd))
@@ -368,7 +368,7 @@ public final class IPCClient: IPCConnectionDelegate {
         case .msgRequestError(let error):
             switch pending.removeValue(forKey: frame.requestID) {
             case .bind(let weakProxy)?:
-                weakProxy.proxy?.bindingFailed(IPCError(.protocolViolation, "host error: \(error.error)"))
+                weakProxy.object?.bindingFailed(IPCError(.protocolViolation, "host error: \(error.error)"))
             case .invoke(_, let callback)?:
                 callback(.rejected(IPCError(.protocolViolation, "host error: \(error.error)")))
             case nil:
@@ -387,7 +387,7 @@ public final class IPCClient: IPCConnectionDelegate {
         pending.removeAll()
         let queued = queuedBinds
         queuedBinds.removeAll()
-        let bound = boundProxies.values.compactMap(\.proxy)
+        let bound = boundProxies.values.compactMap(\.object)
         boundProxies.removeAll()
         receivedFD.take()?.close()
 
@@ -403,11 +403,6 @@ public final class IPCClient: IPCConnectionDelegate {
     }
 }
 
-/// A weak reference to a proxy, for tables that must not keep proxies alive.
-struct WeakProxy {
-    weak var proxy: ServiceProxy?
-    init(_ proxy: ServiceProxy) { self.proxy = proxy }
-}
 
 /// Carries a loop-bound object through `execute`, which wants `@Sendable` closures. Sound
 /// because the object is only used on the loop it belongs to, which is where `execute` runs.

@@ -36,7 +36,7 @@ public final class IPCHost: IPCListenerDelegate {
     private var clients: [UInt64: HostClient] = [:]
     private var nextClientID: UInt64 = 1
     private var directRegistration: (registry: any IPCDirectRegistry, name: String)?
-    private var directBindings: [WeakDirectBinding] = []
+    private var directBindings: [Weak<DirectServiceBinding>] = []
 
     /// Creates a host serving at `backend`'s address. Loop-only (the backend's loop).
     ///
@@ -86,7 +86,7 @@ public final class IPCHost: IPCListenerDelegate {
         for client in clients.values { client.connection.close() }
         if let (registry, name) = directRegistration { registry.unregisterDirectHost(self, name: name) }
         // Direct clients learn of it like of a closed socket: on a later loop turn.
-        let bindings = directBindings.compactMap(\.binding)
+        let bindings = directBindings.compactMap(\.object)
         if !bindings.isEmpty {
             let box = UncheckedSendableBox(bindings)
             eventLoop.execute {
@@ -99,7 +99,7 @@ public final class IPCHost: IPCListenerDelegate {
     public var address: String? { listener?.address ?? directRegistration?.name }
 
     /// Clients currently connected (direct bindings included).
-    public var clientCount: Int { clients.count + directBindings.filter { $0.binding.map { !$0.ended } ?? false }.count }
+    public var clientCount: Int { clients.count + directBindings.filter { $0.object.map { !$0.ended } ?? false }.count }
 
     /// Exposes `service` under its unqualified name. Service ids are assigned in exposure order
     /// (1, 2, …). Returns `false` (and exposes nothing) if a service of that name is already
@@ -136,7 +136,7 @@ public final class IPCHost: IPCListenerDelegate {
             client.connection.close()
             clientDidDisconnect(client, reason: nil)
         }
-        let bindings = directBindings.compactMap(\.binding)
+        let bindings = directBindings.compactMap(\.object)
         directBindings.removeAll()
         for binding in bindings where !binding.ended {
             binding.end(IPCError(.disconnected, "the host was closed"), notifyProxy: true)
@@ -196,18 +196,15 @@ public final class IPCHost: IPCListenerDelegate {
         }
         let info = IPCClientInfo(clientID: takeClientID(), uid: getuid(), pid: getpid(), machineID: 0)
         let binding = DirectServiceBinding(host: self, service: service, proxy: proxy, clientInfo: info)
-        directBindings.removeAll { $0.binding == nil }
-        directBindings.append(WeakDirectBinding(binding: binding))
+        directBindings.removeAll { $0.object == nil }
+        directBindings.append(Weak(binding))
         return binding
     }
 
     /// A direct client let go of `binding`: tell the services, as for a disconnect.
     func directBindingEnded(_ binding: DirectServiceBinding) {
-        directBindings.removeAll { $0.binding == nil || $0.binding === binding }
+        directBindings.removeAll { $0.object == nil || $0.object === binding }
         for service in services { service.clientDidDisconnect(binding.clientInfo) }
     }
 }
 
-struct WeakDirectBinding {
-    weak var binding: DirectServiceBinding?
-}

@@ -72,9 +72,9 @@ final class HostClient: IPCConnectionDelegate {
         }
         guard partialFrameDeadline == nil else { return }  // timed from the frame's first bytes
         let timeout = host.partialFrameTimeout
-        let box = UncheckedSendableBox(WeakHostClient(self))
+        let box = UncheckedSendableBox(Weak(self))
         partialFrameDeadline = host.eventLoop.scheduleTask(after: timeout) {
-            guard let client = box.value.client, client.deserializer.bufferedByteCount > 0 else { return }
+            guard let client = box.value.object, client.deserializer.bufferedByteCount > 0 else { return }
             client.host.logger.warning("closing client \(client.id) (\(client.connection.peer)): a frame stayed incomplete for \(timeout)")
             client.drop(IPCError(.protocolViolation, "a frame stayed incomplete for \(timeout)"))
         }
@@ -104,7 +104,3 @@ private func hostPart(_ address: String) -> String {
     return String(address[..<colon])
 }
 
-struct WeakHostClient {
-    weak var client: HostClient?
-    init(_ client: HostClient) { self.client = client }
-}

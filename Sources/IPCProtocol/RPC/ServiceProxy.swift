@@ -51,7 +51,7 @@ open class ServiceProxy: @unchecked Sendable {
 
     deinit {
         guard let loop = eventLoop else { return }
-        let box = UncheckedSendableBox((WeakClient(client), directBinding, ObjectIdentifier(self)))
+        let box = UncheckedSendableBox((Weak(client), directBinding, ObjectIdentifier(self)))
         if loop.inEventLoop {
             Self.forget(box.value)
         } else {
@@ -60,8 +60,8 @@ open class ServiceProxy: @unchecked Sendable {
     }
 
     /// Releases what the client or direct binding keeps for a proxy that is going away.
-    private static func forget(_ parts: (WeakClient, DirectServiceBinding?, ObjectIdentifier)) {
-        parts.0.client?.forgetProxy(parts.2)
+    private static func forget(_ parts: (Weak<IPCClient>, DirectServiceBinding?, ObjectIdentifier)) {
+        parts.0.object?.forgetProxy(parts.2)
         parts.1?.abandon()
     }
 
@@ -124,9 +124,9 @@ open class ServiceProxy: @unchecked Sendable {
             reply(.rejected(error))  // never bound to any loop: nothing to defer to
             return
         }
-        let box = UncheckedSendableBox((WeakProxy(self), reply))
+        let box = UncheckedSendableBox((Weak(self), reply))
         loop.execute {
-            guard box.value.0.proxy != nil else { return }
+            guard box.value.0.object != nil else { return }
             box.value.1(.rejected(error))
         }
     }
@@ -211,7 +211,3 @@ open class ServiceProxy: @unchecked Sendable {
     }
 }
 
-struct WeakClient {
-    weak var client: IPCClient?
-    init(_ client: IPCClient?) { self.client = client }
-}
