@@ -76,9 +76,7 @@ public enum EchoBenchmark {
     }
 
     static func monotonicMicroseconds() -> Double {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Double(now.tv_sec) * 1_000_000 + Double(now.tv_nsec) / 1000
+        Double(monotonicNanoseconds()) / 1000
     }
 
     private static func readFully(_ fd: Int32, _ buffer: inout [UInt8]) -> Bool {

@@ -24,6 +24,8 @@ final class DirectServiceBinding {
     let clientInfo: IPCClientInfo
     let loop: any IPCEventLoop
     private let receivedFD = ReceivedFDSlot()
+    /// Method name -> index in the service's descriptor, looked up once per binding.
+    private let methodIndexes: [String: Int]
     private var pending: [UInt64: any DirectCallProtocol] = [:]
     private var nextRequestID: UInt64 = 1
     private(set) var ended = false
@@ -34,6 +36,8 @@ final class DirectServiceBinding {
         self.proxy = proxy
         self.clientInfo = clientInfo
         loop = host.eventLoop
+        methodIndexes = Dictionary(
+            service.serviceDescriptor.methods.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
     }
 
     /// Calls method `methodIndex` with `request`; `reply` nil means nobody wants the reply.
@@ -85,12 +89,8 @@ final class DirectServiceBinding {
 
     /// The index of the method called `name` in the service, if it has one.
     func methodIndex(named name: String) -> Int? {
-        if let cached = lastMethodLookup, cached.name == name { return cached.index }
-        let index = service.serviceDescriptor.methods.firstIndex { $0.name == name }
-        if let index { lastMethodLookup = (name, index) }
-        return index
+        methodIndexes[name]
     }
-    private var lastMethodLookup: (name: String, index: Int)?
 
     /// Forgets a call: its callback is released and never called.
     func cancel(_ requestID: UInt64) {
