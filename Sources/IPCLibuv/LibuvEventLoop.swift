@@ -81,22 +81,12 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
     /// Creates a loop of its own and runs it on a new thread until ``shutdown()``.
     public static func startOnNewThread(name: String = "perfetto-ipc-uv") throws(IPCError) -> LibuvEventLoop {
         let loop = try LibuvEventLoop()
-        loop.owner.store(-1, ordering: .releasing)
-        let box = Unmanaged.passRetained(loop)
-        var handle = pthread_t()
-        let rc = pthread_create(&handle, nil, { raw in
-            let loop = Unmanaged<LibuvEventLoop>.fromOpaque(raw!).takeRetainedValue()
-            CPerfettoIPC_setThreadName("perfetto-ipc-uv")
+        let handle = try startLoopThread(name: name) { ready in
             loop.owner.store(CPerfettoIPC_gettid(), ordering: .releasing)
+            ready()
             uv_run(loop.uvLoop, UV_RUN_DEFAULT)
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
-            throw IPCError.systemCall("pthread_create", errno: rc)
         }
         loop.thread.withLock { $0 = handle }
-        while loop.owner.load(ordering: .acquiring) == -1 { sched_yield() }
         return loop
     }
 

@@ -31,7 +31,6 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     private var timers = TimerQueue()
     private var watches: [UInt64: EpollWatch] = [:]
     private var nextWatchID: UInt64 = 1
-    private var threadName = ""
     private var events = [epoll_event](repeating: epoll_event(), count: 64)
     private static let wakeWatchID: UInt64 = 0
 
@@ -191,25 +190,12 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     }
 
     private func startThread(name: String) throws(IPCError) {
-        threadName = String(name.utf8.prefix(15))!
-        // Owned by the new thread from now on; wait below until it has taken ownership so
-        // that `inEventLoop` is right for anyone who calls in right after this returns.
-        ownerThread.store(-1, ordering: .releasing)
-        let box = Unmanaged.passRetained(self)
-        var handle = pthread_t()
-        let rc = pthread_create(&handle, nil, { raw in
-            let loop = Unmanaged<EpollEventLoop>.fromOpaque(raw!).takeRetainedValue()
-            CPerfettoIPC_setThreadName(loop.threadName)
-            loop.run()
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
+        let handle = try startLoopThread(name: name) { [self] ready in
             ownerThread.store(CPerfettoIPC_gettid(), ordering: .releasing)
-            throw IPCError.systemCall("pthread_create", errno: rc)
+            ready()
+            run()
         }
         thread.withLock { $0 = handle }
-        while ownerThread.load(ordering: .acquiring) == -1 { sched_yield() }
     }
 
     private func modify(_ watch: EpollWatch) {
