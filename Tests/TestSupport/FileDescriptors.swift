@@ -66,15 +66,26 @@ public enum FileDescriptors {
 
     /// A unix stream socket bound at `path` (not listening).
     public static func boundUnixSocket(path: String, closeOnExec: Bool = true) -> ScopedFD {
+        unixSocket(path: path, closeOnExec: closeOnExec, call: "bind") { bind($0, $1, $2) }
+    }
+
+    /// A blocking unix stream socket connected to `path`.
+    public static func connectedUnixSocket(path: String) -> ScopedFD {
+        unixSocket(path: path, closeOnExec: true, call: "connect") { connect($0, $1, $2) }
+    }
+
+    private static func unixSocket(
+        path: String, closeOnExec: Bool, call: String, _ body: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32
+    ) -> ScopedFD {
         let type = Int32(SOCK_STREAM.rawValue) | (closeOnExec ? Int32(SOCK_CLOEXEC.rawValue) : 0)
         let fd = socket(AF_UNIX, type, 0)
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { path.utf8CString.withUnsafeBytes($0.copyMemory) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        precondition(bound == 0, "bind \(path) failed")
+        precondition(rc == 0, "\(call) \(path) failed")
         return ScopedFD(fd)
     }
 

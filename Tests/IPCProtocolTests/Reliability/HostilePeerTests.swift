@@ -33,15 +33,7 @@ final class HostileHarness {
 
     /// A raw connection to the host.
     func attacker() -> RawFramePeer {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { harness.socketPath.utf8CString.withUnsafeBytes($0.copyMemory) }
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        precondition(rc == 0, "connect failed")
-        let peer = RawFramePeer(socket: ScopedFD(fd))
+        let peer = RawFramePeer(socket: FileDescriptors.connectedUnixSocket(path: harness.socketPath))
         let loop = harness.loop
         peer.pumpWhileBlocked = { _ = loop.run(until: { false }, timeout: .milliseconds(1)) }
         harness.run(until: { self.host.clientCount >= 2 })
