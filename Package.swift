@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "IPCLibuv", targets: ["IPCLibuv"]),
         .library(name: "IPCInProcess", targets: ["IPCInProcess"]),
         .library(name: "IPCEchoService", targets: ["IPCEchoService"]),
+        .library(name: "TracingAPI", targets: ["TracingAPI"]),
         .executable(name: "protoc-gen-swift-ipc", targets: ["protoc-gen-swift-ipc"]),
         .executable(name: "ipc-echo", targets: ["ipc-echo"]),
     ],
@@ -47,6 +48,14 @@ let package = Package(
         .target(name: "IPCLibuv", dependencies: ["IPCProtocol", "IPCSocketCore", "CLibuv", "CPerfettoIPCLinux"]),
         // In-memory transport and deterministic loop for tests.
         .target(name: "IPCInProcess", dependencies: ["IPCProtocol", "CPerfettoIPCLinux"]),
+        // Perfetto's tracing service, producers and consumers, on the shared-memory ABI.
+        .target(
+            name: "TracingAPI",
+            dependencies: [
+                "IPCProtocol", "CPerfettoIPCLinux",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         // Generates service handlers and proxies from .proto services (see scripts/).
         .executableTarget(
             name: "protoc-gen-swift-ipc",
@@ -89,6 +98,11 @@ let package = Package(
         .testTarget(
             name: "IPCInProcessTests",
             dependencies: ["IPCProtocol", "IPCInProcess", "IPCUnixSocket", "IPCEchoService", "TestSupport"]
+        ),
+        .testTarget(
+            name: "TracingAPITests",
+            dependencies: ["TracingAPI", "IPCProtocol", "IPCInProcess", "TestSupport", "CPerfettoIPCLinux"],
+            resources: [.copy("Fixtures")]
         ),
         .testTarget(
             name: "IPCProtocolTests",

@@ -37,4 +37,5 @@ const int CPerfettoIPC_F_ADD_SEALS = F_ADD_SEALS;
 const int CPerfettoIPC_F_SEAL_SHRINK = F_SEAL_SHRINK;
 const int CPerfettoIPC_F_SEAL_GROW = F_SEAL_GROW;
 const int CPerfettoIPC_F_SEAL_SEAL = F_SEAL_SEAL;
+const int CPerfettoIPC_F_GET_SEALS = F_GET_SEALS;
 #endif

@@ -39,4 +39,23 @@ extern const int CPerfettoIPC_F_ADD_SEALS;
 extern const int CPerfettoIPC_F_SEAL_SHRINK;
 extern const int CPerfettoIPC_F_SEAL_GROW;
 extern const int CPerfettoIPC_F_SEAL_SEAL;
+extern const int CPerfettoIPC_F_GET_SEALS;
+// 32-bit atomics on memory Swift does not own (a shared-memory page header written by another
+// process). Sequentially consistent, as Perfetto's SharedMemoryABI uses them.
+static inline uint32_t CPerfettoIPC_atomicLoad32(const uint32_t *address) {
+    return __atomic_load_n(address, __ATOMIC_SEQ_CST);
+}
+static inline void CPerfettoIPC_atomicStore32(uint32_t *address, uint32_t value) {
+    __atomic_store_n(address, value, __ATOMIC_SEQ_CST);
+}
+// Returns 1 and stores `desired` if `*address == *expected`; else returns 0 and updates `*expected`.
+static inline int CPerfettoIPC_atomicCompareExchange32(uint32_t *address, uint32_t *expected, uint32_t desired) {
+    return __atomic_compare_exchange_n(address, expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+static inline void CPerfettoIPC_atomicStore16(uint16_t *address, uint16_t value) {
+    __atomic_store_n(address, value, __ATOMIC_RELEASE);
+}
+static inline uint16_t CPerfettoIPC_atomicLoad16(const uint16_t *address) {
+    return __atomic_load_n(address, __ATOMIC_ACQUIRE);
+}
 #endif

@@ -1,0 +1,157 @@
+// The tracing API in Swift shape (Perfetto's tracing_service.h, producer.h, consumer.h).
+//
+// A `TracingService` hands out endpoints: a producer connects and gets a `ProducerEndpoint`, a
+// consumer connects and gets a `ConsumerEndpoint`. The service calls back into `Producer` and
+// `Consumer` objects. All of it is bound to the service's event loop: endpoints are called on
+// the loop, callbacks arrive on the loop, never inside the call that caused them. The same
+// protocols are implemented in-process (TracingServiceCore) and, later, over IPC by
+// ProducerPort/ConsumerPort adapters, so application code does not change with the binding.
+
+import IPCProtocol
+
+/// A tracing service: the hub producers write into and consumers drive.
+public protocol TracingService: AnyObject {
+    /// The loop every endpoint of this service is used on.
+    var eventLoop: any IPCEventLoop { get }
+
+    /// Connects a producer. Its callbacks start with ``Producer/onConnect()``.
+    func connectProducer(_ producer: any Producer, options: ProducerConnectionOptions) -> any ProducerEndpoint
+
+    /// Connects a consumer acting for `uid`. Its callbacks start with ``Consumer/onConnect()``.
+    func connectConsumer(_ consumer: any Consumer, uid: UInt32) -> any ConsumerEndpoint
+}
+
+/// How a producer introduces itself when it connects.
+public struct ProducerConnectionOptions: Sendable {
+    /// The producer's name, matched by `producer_name_filter` in trace configs.
+    public var name: String
+    /// Who the producer is (its uid and pid are stamped on every packet it writes).
+    public var identity: PeerIdentity
+    /// Wanted shared-memory size in bytes (0 = the service's default, 256 KiB).
+    public var sharedMemorySizeHint: Int
+    /// Wanted page size in bytes (0 = the service's default, 4 KiB).
+    public var sharedMemoryPageSizeHint: Int
+    /// A buffer the producer created itself (Perfetto's producer-provided shared memory, used
+    /// for startup tracing). The service adopts it if its layout is valid.
+    public var producerProvidedSharedMemory: SharedMemoryBuffer?
+    /// The producer's SDK version string, for the service state.
+    public var sdkVersion: String
+
+    public init(
+        name: String, identity: PeerIdentity = PeerIdentity(), sharedMemorySizeHint: Int = 0,
+        sharedMemoryPageSizeHint: Int = 0, producerProvidedSharedMemory: SharedMemoryBuffer? = nil,
+        sdkVersion: String = ""
+    ) {
+        self.name = name
+        self.identity = identity
+        self.sharedMemorySizeHint = sharedMemorySizeHint
+        self.sharedMemoryPageSizeHint = sharedMemoryPageSizeHint
+        self.producerProvidedSharedMemory = producerProvidedSharedMemory
+        self.sdkVersion = sdkVersion
+    }
+}
+
+/// What a producer can ask of the service.
+public protocol ProducerEndpoint: AnyObject {
+    /// The loop this endpoint is used on (the service's).
+    var eventLoop: any IPCEventLoop { get }
+    /// Announces a data source; sessions that want it get an instance.
+    func registerDataSource(_ descriptor: DataSourceDescriptor)
+    /// Replaces the descriptor of a registered data source (same name).
+    func updateDataSource(_ descriptor: DataSourceDescriptor)
+    /// Withdraws a data source; its running instances are stopped.
+    func unregisterDataSource(named name: String)
+    /// Tells the service which buffer a writer writes into (for stats and scraping).
+    func registerTraceWriter(_ writerID: WriterID, targetBuffer: BufferID)
+    func unregisterTraceWriter(_ writerID: WriterID)
+    /// Moves completed chunks into trace buffers, applies patches, acknowledges a flush.
+    /// `completion` runs after the service applied the request.
+    func commitData(_ request: CommitDataRequest, completion: (() -> Void)?)
+    /// The shared memory, once the service set it up (after ``Producer/onTracingSetup()``).
+    var sharedMemory: SharedMemoryBuffer? { get }
+    /// The producer-side arbiter of ``sharedMemory``; creates trace writers.
+    var sharedMemoryArbiter: SharedMemoryArbiter? { get }
+    /// Creates a writer for `targetBuffer`, or nil before tracing is set up.
+    func createTraceWriter(targetBuffer: BufferID, policy: BufferExhaustedPolicy) -> TraceWriter?
+    /// Whether the service adopted the producer-provided shared memory.
+    var isSharedMemoryProvidedByProducer: Bool { get }
+    /// Acknowledges ``Producer/flush(_:dataSources:flags:)`` (a CommitData with the id).
+    func notifyFlushComplete(_ id: FlushRequestID)
+    func notifyDataSourceStarted(_ id: DataSourceInstanceID)
+    func notifyDataSourceStopped(_ id: DataSourceInstanceID)
+    func activateTriggers(_ names: [String])
+    /// Calls `callback` once the service has processed everything sent before.
+    func sync(_ callback: @escaping () -> Void)
+    /// Disconnects; running instances of this producer are dropped from their sessions.
+    func disconnect()
+}
+
+/// What a consumer can ask of the service.
+public protocol ConsumerEndpoint: AnyObject {
+    /// The loop this endpoint is used on (the service's).
+    var eventLoop: any IPCEventLoop { get }
+    /// Starts a session with `config` (data sources are started unless `deferred_start`).
+    /// With `write_into_file`, the trace is written periodically into `outputFile`.
+    func enableTracing(_ config: TraceConfig, outputFile: ScopedFD?)
+    /// Starts a session enabled with `deferred_start`.
+    func startTracing()
+    /// Stops the session; ``Consumer/onTracingDisabled(error:)`` follows.
+    func disableTracing()
+    /// Asks every data source of the session to commit what it has. `callback(true)` when all
+    /// acknowledged within `timeoutMs` (0 = the config's or the default 5 s), else `false`.
+    func flush(timeoutMs: UInt32, flags: FlushFlags, _ callback: @escaping (Bool) -> Void)
+    /// Delivers the buffered trace through ``Consumer/onTraceData(_:hasMore:)``.
+    func readBuffers()
+    /// Frees the session's buffers and ends it.
+    func freeBuffers()
+    /// Delivers stats through ``Consumer/onTraceStats(success:_:)``.
+    func getTraceStats()
+    /// Subscribes to `ObservableEvents.Type` events (an empty list unsubscribes).
+    func observeEvents(_ types: [ObservableEvents.TypeEnum])
+    /// The service's producers, data sources and sessions.
+    func queryServiceState(sessionsOnly: Bool, _ callback: @escaping (Bool, TracingServiceState) -> Void)
+    func queryCapabilities(_ callback: @escaping (TracingServiceCapabilities) -> Void)
+    /// Disconnects; the session is freed.
+    func disconnect()
+}
+
+/// Callbacks a producer receives, on the service's loop.
+public protocol Producer: AnyObject {
+    func onConnect()
+    func onDisconnect()
+    /// Shared memory is ready: ``ProducerEndpoint/sharedMemory`` can be used.
+    func onTracingSetup()
+    func setupDataSource(_ id: DataSourceInstanceID, config: DataSourceConfig)
+    func startDataSource(_ id: DataSourceInstanceID, config: DataSourceConfig)
+    func stopDataSource(_ id: DataSourceInstanceID)
+    /// Commit what the listed instances have, then ``ProducerEndpoint/notifyFlushComplete(_:)``.
+    func flush(_ id: FlushRequestID, dataSources: [DataSourceInstanceID], flags: FlushFlags)
+    func clearIncrementalState(_ dataSources: [DataSourceInstanceID])
+}
+
+extension Producer {
+    public func onConnect() {}
+    public func onDisconnect() {}
+    public func onTracingSetup() {}
+    public func setupDataSource(_ id: DataSourceInstanceID, config: DataSourceConfig) {}
+    public func clearIncrementalState(_ dataSources: [DataSourceInstanceID]) {}
+}
+
+/// Callbacks a consumer receives, on the service's loop.
+public protocol Consumer: AnyObject {
+    func onConnect()
+    func onDisconnect()
+    /// The session ended; `error` is empty on a clean stop.
+    func onTracingDisabled(error: String)
+    /// A batch of packets from ``ConsumerEndpoint/readBuffers()``; the last batch has `hasMore` false.
+    func onTraceData(_ packets: [TracePacketData], hasMore: Bool)
+    func onTraceStats(success: Bool, _ stats: TraceStats)
+    func onObservableEvents(_ events: ObservableEvents)
+}
+
+extension Consumer {
+    public func onConnect() {}
+    public func onDisconnect() {}
+    public func onTraceStats(success: Bool, _ stats: TraceStats) {}
+    public func onObservableEvents(_ events: ObservableEvents) {}
+}

@@ -1,0 +1,212 @@
+// The producer side of a shared-memory buffer (Perfetto's SharedMemoryArbiterImpl): hands
+// free chunks to trace writers, collects the chunks they complete and the patches they owe
+// into one pending CommitDataRequest, and sends it to the service on the next loop turn, so
+// many chunks travel in one commit.
+//
+// Thread-safe: writers on any thread take and return chunks; the chunk states themselves move
+// by compare-and-swap in the page headers, the pending commit sits behind a lock.
+
+import Foundation
+import IPCProtocol
+import SwiftProtobuf
+
+/// What a trace writer does when the shared memory has no free chunk.
+public enum BufferExhaustedPolicy: Sendable, Hashable {
+    /// Drop packets until a chunk is free again; the service sees a drop marker on the sequence.
+    case drop
+    /// Wait for the service to free a chunk, up to `timeout`, then drop. Never waits on the
+    /// service's own loop thread (nothing could free a chunk while it waits): drops there.
+    case stall(timeout: Duration = .seconds(1))
+}
+
+/// Allocates chunks of one producer's shared-memory buffer and batches commits.
+public final class SharedMemoryArbiter: @unchecked Sendable {
+    // @unchecked Sendable: mutable state is behind `state`; the buffer is atomic by design.
+
+    /// Where commits and writer registrations go (the producer endpoint, on its loop).
+    struct Sink: Sendable {
+        var commit: @Sendable (Perfetto_Protos_CommitDataRequest, (@Sendable () -> Void)?) -> Void
+        var registerWriter: @Sendable (_ writerID: UInt16, _ targetBuffer: UInt16) -> Void
+        var unregisterWriter: @Sendable (_ writerID: UInt16) -> Void
+        /// Whether the caller runs on the thread that frees chunks (stalling there would hang).
+        var isServiceThread: @Sendable () -> Bool
+    }
+
+    private struct State {
+        var pending = Perfetto_Protos_CommitDataRequest()
+        var commitScheduled = false
+        var nextPage = 0
+        var usedWriterIDs = Set<UInt16>()
+        var nextWriterID: UInt16 = 1
+        var chunksAcquired: UInt64 = 0
+        var chunksUnavailable: UInt64 = 0
+    }
+
+    /// The buffer shared with the service.
+    public let buffer: SharedMemoryBuffer
+    /// The layout applied to pages as they are first used (Perfetto's default: one chunk a page).
+    public let pageLayout: PageLayout
+    private let sink: Sink
+    private let state = ThreadLock(State())
+
+    init(buffer: SharedMemoryBuffer, pageLayout: PageLayout = .divideBy1, sink: Sink) {
+        self.buffer = buffer
+        self.pageLayout = pageLayout
+        self.sink = sink
+    }
+
+    /// Creates a writer for `targetBuffer` (the buffer id from the data source's config), or
+    /// nil when all 65,535 writer ids are taken.
+    public func createTraceWriter(
+        targetBuffer: UInt16, policy: BufferExhaustedPolicy = .stall()
+    ) -> TraceWriter? {
+        guard let writerID = allocateWriterID() else { return nil }
+        sink.registerWriter(writerID, targetBuffer)
+        return TraceWriter(arbiter: self, writerID: writerID, targetBuffer: targetBuffer, policy: policy)
+    }
+
+    /// Sends whatever is pending now (completed chunks, patches) and an optional flush
+    /// acknowledgement; `completion` runs on the service's loop after the service applied it.
+    public func flushPendingCommitData(
+        flushRequestID: UInt64? = nil, completion: (@Sendable () -> Void)? = nil
+    ) {
+        let request: Perfetto_Protos_CommitDataRequest = state.withLock { state in
+            var request = state.pending
+            state.pending = Perfetto_Protos_CommitDataRequest()
+            if let flushRequestID { request.flushRequestID = flushRequestID }
+            return request
+        }
+        sink.commit(request, completion)
+    }
+
+    // MARK: Writers' side
+
+    private func allocateWriterID() -> UInt16? {
+        state.withLock { state in
+            guard state.usedWriterIDs.count < Int(UInt16.max) else { return nil }
+            while state.usedWriterIDs.contains(state.nextWriterID) || state.nextWriterID == 0 {
+                state.nextWriterID &+= 1
+            }
+            let id = state.nextWriterID
+            state.usedWriterIDs.insert(id)
+            state.nextWriterID &+= 1
+            return id
+        }
+    }
+
+    func releaseWriterID(_ writerID: UInt16) {
+        state.withLock { _ = $0.usedWriterIDs.remove(writerID) }
+        sink.unregisterWriter(writerID)
+    }
+
+    /// A free chunk, stamped with `header`, or nil when the policy gives up.
+    func acquireChunk(header: ChunkHeader, policy: BufferExhaustedPolicy) -> AcquiredChunk? {
+        if let chunk = tryAcquireChunk(header: header) { return chunk }
+        guard case .stall(let timeout) = policy, !sink.isServiceThread() else {
+            state.withLock { $0.chunksUnavailable += 1 }
+            return nil
+        }
+        // Make sure the service hears about what is already complete, then back off and retry.
+        flushPendingCommitData()
+        let deadline = ContinuousClock.now + timeout
+        var backoff: Duration = .microseconds(50)
+        while ContinuousClock.now < deadline {
+            Thread.sleep(forTimeInterval: Double(backoff.components.attoseconds) / 1e18)
+            if let chunk = tryAcquireChunk(header: header) { return chunk }
+            backoff = min(backoff * 2, .milliseconds(10))
+        }
+        state.withLock { $0.chunksUnavailable += 1 }
+        return nil
+    }
+
+    private func tryAcquireChunk(header: ChunkHeader) -> AcquiredChunk? {
+        let pages = buffer.pageCount
+        let start = state.withLock { $0.nextPage }
+        for step in 0..<pages {
+            let page = (start + step) % pages
+            var layout = buffer.layout(page: page)
+            if layout == .notPartitioned {
+                _ = buffer.tryPartitionPage(page, layout: pageLayout)
+                layout = buffer.layout(page: page)
+            }
+            guard let layout, layout != .notPartitioned else { continue }
+            for chunk in 0..<layout.chunkCount {
+                if let (address, size) = buffer.tryAcquireChunkForWriting(page: page, chunk: chunk, header: header) {
+                    state.withLock {
+                        $0.nextPage = page
+                        $0.chunksAcquired += 1
+                    }
+                    return AcquiredChunk(page: page, index: chunk, start: address, size: size)
+                }
+            }
+        }
+        return nil
+    }
+
+    /// Marks a written chunk complete and queues it (and any patches) for the next commit.
+    func returnCompletedChunk(
+        _ chunk: AcquiredChunk, header: ChunkHeader, targetBuffer: UInt16,
+        patches: [Perfetto_Protos_CommitDataRequest.ChunkToPatch]
+    ) {
+        CPerfettoIPCStore.packetsWord(header.packetsWord, at: chunk.start)
+        buffer.releaseChunkAsComplete(page: chunk.page, chunk: chunk.index)
+        var move = Perfetto_Protos_CommitDataRequest.ChunksToMove()
+        move.page = UInt32(chunk.page)
+        move.chunk = UInt32(chunk.index)
+        move.targetBuffer = UInt32(targetBuffer)
+        enqueue(move: move, patches: patches)
+    }
+
+    /// Queues patches for chunks already returned.
+    func enqueuePatches(_ patches: [Perfetto_Protos_CommitDataRequest.ChunkToPatch]) {
+        guard !patches.isEmpty else { return }
+        enqueue(move: nil, patches: patches)
+    }
+
+    private func enqueue(
+        move: Perfetto_Protos_CommitDataRequest.ChunksToMove?,
+        patches: [Perfetto_Protos_CommitDataRequest.ChunkToPatch]
+    ) {
+        let schedule = state.withLock { state in
+            if let move { state.pending.chunksToMove.append(move) }
+            state.pending.chunksToPatch.append(contentsOf: patches)
+            defer { state.commitScheduled = true }
+            return !state.commitScheduled
+        }
+        guard schedule else { return }
+        // One commit per loop turn carries everything queued until then.
+        sink.commit(Perfetto_Protos_CommitDataRequest(), nil)
+    }
+
+    /// Takes the batch queued so far; called by the endpoint when a scheduled commit runs.
+    func takePendingCommit(into request: inout Perfetto_Protos_CommitDataRequest) {
+        state.withLock { state in
+            request.chunksToMove.append(contentsOf: state.pending.chunksToMove)
+            request.chunksToPatch.append(contentsOf: state.pending.chunksToPatch)
+            state.pending = Perfetto_Protos_CommitDataRequest()
+            state.commitScheduled = false
+        }
+    }
+
+    /// Counters for tests and diagnostics.
+    public var chunksAcquired: UInt64 { state.withLock { $0.chunksAcquired } }
+    /// Times a writer found no free chunk (and dropped).
+    public var chunksUnavailable: UInt64 { state.withLock { $0.chunksUnavailable } }
+}
+
+/// A chunk a writer owns between acquire and return.
+struct AcquiredChunk {
+    var page: Int
+    var index: Int
+    var start: UnsafeMutableRawPointer
+    var size: Int
+}
+
+import CPerfettoIPCLinux
+
+enum CPerfettoIPCStore {
+    /// Publishes the final packet count and flags of a chunk before it is marked complete.
+    static func packetsWord(_ word: UInt16, at chunkStart: UnsafeMutableRawPointer) {
+        CPerfettoIPC_atomicStore16((chunkStart + 6).assumingMemoryBound(to: UInt16.self), word.littleEndian)
+    }
+}

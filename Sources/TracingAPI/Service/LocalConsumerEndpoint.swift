@@ -1,0 +1,97 @@
+// A consumer connected directly to the service (the in-process binding). One consumer drives at
+// most one tracing session; releasing or disconnecting the endpoint frees that session.
+
+import IPCProtocol
+
+final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
+    // @unchecked Sendable: loop-bound, every entry point checks the loop.
+    let uid: UInt32
+    weak var consumer: (any Consumer)?
+    private weak var service: TracingServiceCore?
+    let eventLoop: any IPCEventLoop
+    let connectionID: UInt64
+    var sessionID: TracingSessionID?
+    var observedEvents: Set<ObservableEvents.TypeEnum> = []
+    private(set) var connected = true
+
+    init(connectionID: UInt64, uid: UInt32, consumer: any Consumer, service: TracingServiceCore) {
+        self.connectionID = connectionID
+        self.uid = uid
+        self.consumer = consumer
+        self.service = service
+        self.eventLoop = service.eventLoop
+    }
+
+    deinit {
+        guard connected, let service else { return }
+        let id = connectionID
+        let box = UncheckedSendableBox(service)
+        eventLoop.execute { box.value.consumerDisconnected(id) }
+    }
+
+    private var liveService: TracingServiceCore? {
+        eventLoop.preconditionInEventLoop()
+        return connected ? service : nil
+    }
+
+    func enableTracing(_ config: TraceConfig, outputFile: ScopedFD?) {
+        guard let service = liveService else { return }
+        service.enableTracing(config, outputFile: outputFile, consumer: self)
+    }
+
+    func startTracing() {
+        liveService?.startTracing(consumer: self)
+    }
+
+    func disableTracing() {
+        liveService?.disableTracing(consumer: self)
+    }
+
+    func flush(timeoutMs: UInt32, flags: FlushFlags, _ callback: @escaping (Bool) -> Void) {
+        guard let service = liveService else {
+            eventLoop.execute { [callback = UncheckedSendableBox(callback)] in callback.value(false) }
+            return
+        }
+        service.flush(consumer: self, timeoutMs: timeoutMs, flags: flags, callback)
+    }
+
+    func readBuffers() {
+        liveService?.readBuffers(consumer: self)
+    }
+
+    func freeBuffers() {
+        liveService?.freeBuffers(consumer: self)
+    }
+
+    func getTraceStats() {
+        liveService?.traceStats(consumer: self)
+    }
+
+    func observeEvents(_ types: [ObservableEvents.TypeEnum]) {
+        guard liveService != nil else { return }
+        observedEvents = Set(types)
+    }
+
+    func queryServiceState(sessionsOnly: Bool, _ callback: @escaping (Bool, TracingServiceState) -> Void) {
+        guard let service = liveService else { return }
+        let state = service.serviceState(sessionsOnly: sessionsOnly)
+        service.post { callback(true, state) }
+    }
+
+    func queryCapabilities(_ callback: @escaping (TracingServiceCapabilities) -> Void) {
+        guard let service = liveService else { return }
+        var capabilities = TracingServiceCapabilities()
+        capabilities.hasQueryCapabilities_p = true
+        capabilities.observableEvents = [.dataSourcesInstances, .allDataSourcesStarted]
+        capabilities.hasTraceConfigOutputPath_p = false
+        capabilities.hasCloneSession_p = false
+        service.post { callback(capabilities) }
+    }
+
+    func disconnect() {
+        guard let service = liveService else { return }
+        service.consumerDisconnected(connectionID)
+    }
+
+    func markDisconnected() { connected = false }
+}

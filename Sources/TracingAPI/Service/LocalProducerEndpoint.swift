@@ -1,0 +1,211 @@
+// A producer connected directly to the service (the in-process binding): calls become method
+// calls on the service's loop, no frames. The shared memory is still a real memfd with the
+// real ABI: the service keeps its mapping, the producer side maps the same fd again, and chunks
+// travel through page-header CAS and CommitData exactly as they would across processes.
+
+import IPCProtocol
+
+final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
+    // @unchecked Sendable: loop-bound (checked at entry); the arbiter's sink posts onto the loop.
+    let id: ProducerID
+    let name: String
+    let uid: UInt32
+    let pid: Int32
+    let sdkVersion: String
+    let sizeHint: Int
+    let pageSizeHint: Int
+    weak var producer: (any Producer)?
+    private weak var service: TracingServiceCore?
+    let eventLoop: any IPCEventLoop
+
+    /// The service's mapping of the shared memory (what it reads chunks from).
+    private(set) var serviceMapping: SharedMemoryBuffer?
+    /// The producer's mapping and its arbiter.
+    private(set) var sharedMemory: SharedMemoryBuffer?
+    private(set) var sharedMemoryArbiter: SharedMemoryArbiter?
+    private(set) var isSharedMemoryProvidedByProducer = false
+    var dataSources: [String: DataSourceDescriptor] = [:]
+    var writers: [WriterID: BufferID] = [:]
+    /// Buffers of sessions this producer takes part in: the only ones it may commit into.
+    var allowedTargetBuffers: Set<BufferID> = []
+    private(set) var connected = true
+    /// onTracingSetup was sent (once per producer).
+    var didSetUpTracing = false
+
+    init(
+        id: ProducerID, options: ProducerConnectionOptions, producer: any Producer,
+        service: TracingServiceCore
+    ) {
+        self.id = id
+        self.name = options.name
+        self.uid = options.identity.uid ?? UInt32(bitPattern: -1)
+        self.pid = options.identity.pid ?? 0
+        self.sdkVersion = options.sdkVersion
+        self.sizeHint = options.sharedMemorySizeHint
+        self.pageSizeHint = options.sharedMemoryPageSizeHint
+        self.producer = producer
+        self.service = service
+        self.eventLoop = service.eventLoop
+        if let provided = options.producerProvidedSharedMemory,
+           SharedMemoryBuffer.isValid(size: provided.size, pageSize: provided.pageSize),
+           let duplicate = provided.fileDescriptor.duplicate(),
+           let mapping = try? SharedMemoryBuffer.map(duplicate, pageSize: provided.pageSize, requireSeals: true) {
+            isSharedMemoryProvidedByProducer = true
+            serviceMapping = mapping
+            installProducerSide(provided)
+        }
+    }
+
+    deinit {
+        // Releasing the endpoint disconnects, as destroying Perfetto's endpoint does.
+        guard connected, let service else { return }
+        let id = self.id
+        let box = UncheckedSendableBox(service)
+        eventLoop.execute { box.value.producerDisconnected(id) }
+    }
+
+    /// Sets up the shared memory on first use by a session (Perfetto creates it lazily).
+    /// Returns false if it could not be created.
+    func ensureSharedMemory(defaultSize: Int, defaultPageSize: Int) -> Bool {
+        if serviceMapping != nil { return true }
+        var pageSize = pageSizeHint == 0 ? defaultPageSize : pageSizeHint
+        var size = sizeHint == 0 ? defaultSize : sizeHint
+        if !SharedMemoryBuffer.isValid(size: size, pageSize: pageSize) {
+            pageSize = defaultPageSize
+            size = defaultSize
+        }
+        guard let created = try? SharedMemoryBuffer.create(size: size, pageSize: pageSize),
+              let duplicate = created.fileDescriptor.duplicate(),
+              let producerSide = try? SharedMemoryBuffer.map(duplicate, pageSize: pageSize, requireSeals: true) else {
+            return false
+        }
+        serviceMapping = created
+        installProducerSide(producerSide)
+        return true
+    }
+
+    private func installProducerSide(_ mapping: SharedMemoryBuffer) {
+        sharedMemory = mapping
+        let loop = eventLoop
+        let box = UncheckedSendableBox(self)
+        let sink = SharedMemoryArbiter.Sink(
+            commit: { request, completion in
+                loop.execute { box.value.commitFromArbiter(request, completion: completion) }
+            },
+            registerWriter: { writer, buffer in
+                loop.execute { box.value.registerTraceWriter(writer, targetBuffer: buffer) }
+            },
+            unregisterWriter: { writer in
+                loop.execute { box.value.unregisterTraceWriter(writer) }
+            },
+            isServiceThread: { loop.inEventLoop })
+        sharedMemoryArbiter = SharedMemoryArbiter(buffer: mapping, sink: sink)
+    }
+
+    /// Runs `body` after everything already posted to the loop, in particular after commits
+    /// the arbiter queued: a producer's "stopped" or "flushed" must not overtake its data, as
+    /// it cannot over one IPC channel either.
+    private func inOrder(_ body: @escaping (LocalProducerEndpoint, TracingServiceCore) -> Void) {
+        eventLoop.preconditionInEventLoop()
+        let box = UncheckedSendableBox((self, body))
+        eventLoop.execute {
+            let (endpoint, body) = box.value
+            guard endpoint.connected, let service = endpoint.service else { return }
+            body(endpoint, service)
+        }
+    }
+
+    // MARK: ProducerEndpoint
+
+    func registerDataSource(_ descriptor: DataSourceDescriptor) {
+        eventLoop.preconditionInEventLoop()
+        guard connected, !descriptor.name.isEmpty else { return }
+        service?.registerDataSource(descriptor, producer: self)
+    }
+
+    func updateDataSource(_ descriptor: DataSourceDescriptor) {
+        eventLoop.preconditionInEventLoop()
+        guard connected, dataSources[descriptor.name] != nil else { return }
+        dataSources[descriptor.name] = descriptor
+    }
+
+    func unregisterDataSource(named name: String) {
+        inOrder { endpoint, service in service.unregisterDataSource(name, producer: endpoint) }
+    }
+
+    func registerTraceWriter(_ writerID: WriterID, targetBuffer: BufferID) {
+        eventLoop.preconditionInEventLoop()
+        writers[writerID] = targetBuffer
+    }
+
+    func unregisterTraceWriter(_ writerID: WriterID) {
+        eventLoop.preconditionInEventLoop()
+        writers[writerID] = nil
+    }
+
+    func commitData(_ request: CommitDataRequest, completion: (() -> Void)?) {
+        inOrder { endpoint, service in endpoint.applyCommit(request, completion: completion, service: service) }
+    }
+
+    private func applyCommit(_ request: CommitDataRequest, completion: (() -> Void)?, service: TracingServiceCore) {
+        service.commitData(request, from: self)
+        completion?()
+    }
+
+    /// A commit scheduled by the arbiter: picks up everything batched until now.
+    private func commitFromArbiter(_ request: CommitDataRequest, completion: (@Sendable () -> Void)?) {
+        var request = request
+        sharedMemoryArbiter?.takePendingCommit(into: &request)
+        guard !request.chunksToMove.isEmpty || !request.chunksToPatch.isEmpty || request.hasFlushRequestID
+            || completion != nil else { return }
+        guard connected, let service else { return }
+        applyCommit(request, completion: completion, service: service)
+    }
+
+    func createTraceWriter(targetBuffer: BufferID, policy: BufferExhaustedPolicy) -> TraceWriter? {
+        sharedMemoryArbiter?.createTraceWriter(targetBuffer: targetBuffer, policy: policy)
+    }
+
+    func notifyFlushComplete(_ id: FlushRequestID) {
+        eventLoop.preconditionInEventLoop()
+        if let sharedMemoryArbiter {
+            // Through the arbiter, so chunks completed before the ack are moved before it.
+            sharedMemoryArbiter.flushPendingCommitData(flushRequestID: id)
+        } else {
+            var request = CommitDataRequest()
+            request.flushRequestID = id
+            commitData(request, completion: nil)
+        }
+    }
+
+    func notifyDataSourceStarted(_ id: DataSourceInstanceID) {
+        inOrder { endpoint, service in service.dataSourceStarted(id, producer: endpoint) }
+    }
+
+    func notifyDataSourceStopped(_ id: DataSourceInstanceID) {
+        inOrder { endpoint, service in service.dataSourceStopped(id, producer: endpoint) }
+    }
+
+    func activateTriggers(_ names: [String]) {
+        inOrder { endpoint, service in service.activateTriggers(names, producer: endpoint) }
+    }
+
+    func sync(_ callback: @escaping () -> Void) {
+        inOrder { _, _ in callback() }
+    }
+
+    func disconnect() {
+        eventLoop.preconditionInEventLoop()
+        guard connected else { return }
+        service?.producerDisconnected(id)
+    }
+
+    /// Called by the service when the producer is gone (disconnect or service shutdown).
+    func markDisconnected() {
+        connected = false
+        sharedMemoryArbiter = nil
+    }
+
+    /// The service's reading side of the shared memory.
+    var readableSharedMemory: SharedMemoryBuffer? { serviceMapping }
+}

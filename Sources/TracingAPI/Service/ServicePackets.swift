@@ -1,0 +1,64 @@
+// Packets the service writes itself, on its own sequence (trusted_packet_sequence_id 1): the
+// trace config, clock snapshots and trace stats.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum ServicePackets {
+    static func traceConfig(_ config: TraceConfig, uid: UInt32) -> TracePacketData {
+        var packet = TracePacket()
+        packet.traceConfig = config
+        return encode(packet, uid: uid)
+    }
+
+    /// A snapshot of the clocks Perfetto's service reports, BOOTTIME as the trace clock.
+    static func clockSnapshot(uid: UInt32) -> TracePacketData {
+        var snapshot = Perfetto_Protos_ClockSnapshot()
+        let clocks: [(clockid_t, Perfetto_Protos_BuiltinClock)] = [
+            (CLOCK_BOOTTIME, .boottime), (CLOCK_REALTIME_COARSE, .realtimeCoarse),
+            (CLOCK_MONOTONIC_COARSE, .monotonicCoarse), (CLOCK_REALTIME, .realtime),
+            (CLOCK_MONOTONIC, .monotonic), (CLOCK_MONOTONIC_RAW, .monotonicRaw),
+        ]
+        var boottime: UInt64 = 0
+        for (clock, id) in clocks {
+            var entry = Perfetto_Protos_ClockSnapshot.Clock()
+            entry.clockID = UInt32(id.rawValue)
+            entry.timestamp = ServiceClock.nanoseconds(clock)
+            if id == .boottime { boottime = entry.timestamp }
+            snapshot.clocks.append(entry)
+        }
+        snapshot.primaryTraceClock = .boottime
+        var packet = TracePacket()
+        packet.timestamp = boottime
+        packet.clockSnapshot = snapshot
+        return encode(packet, uid: uid)
+    }
+
+    static func traceStats(_ stats: TraceStats, uid: UInt32) -> TracePacketData {
+        var packet = TracePacket()
+        packet.traceStats = stats
+        packet.timestamp = ServiceClock.nanoseconds(CLOCK_BOOTTIME)
+        return encode(packet, uid: uid)
+    }
+
+    private static func encode(_ packet: TracePacket, uid: UInt32) -> TracePacketData {
+        var packet = packet
+        packet.trustedUid = Int32(bitPattern: uid)
+        packet.trustedPacketSequenceID = TracingSession.servicePacketSequenceID
+        packet.timestampClockID = UInt32(Perfetto_Protos_BuiltinClock.boottime.rawValue)
+        // Encoding a message we just built cannot fail.
+        let bytes: [UInt8] = (try? packet.serializedBytes()) ?? []
+        return TracePacketData(bytes: bytes)
+    }
+}
+
+enum ServiceClock {
+    static func nanoseconds(_ clock: clockid_t) -> UInt64 {
+        var time = timespec()
+        clock_gettime(clock, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+
+    static func realtimeNanoseconds() -> UInt64 { nanoseconds(CLOCK_REALTIME) }
+}

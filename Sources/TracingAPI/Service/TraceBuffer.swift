@@ -1,0 +1,295 @@
+// One trace buffer of a tracing session: chunks copied out of producers' shared memory, kept
+// per writer sequence (producer, writer) and read back as whole packets.
+//
+// * Capacity is `size_kb` of chunk bytes. RING_BUFFER overwrites the oldest chunks when full;
+//   DISCARD stops accepting chunks once the buffer has been filled once (reads do not make room,
+//   as in Perfetto).
+// * Reading is consuming. Sequences are visited in (producer, writer) order; per sequence, chunks are read in chunk-id order; fragments are glued
+//   across consecutive chunk ids; a chunk still waiting for patches blocks its sequence until the
+//   patches arrive; a gap in chunk ids (overwritten, discarded or never committed) drops the packet
+//   being reassembled and marks the next packet of the sequence `previous_packet_dropped`.
+// * Everything discarded is counted in `stats` (Perfetto's BufferStats names).
+
+/// A writer sequence: one trace writer of one producer.
+struct SequenceKey: Hashable {
+    var producerID: UInt16
+    var writerID: UInt16
+}
+
+/// A packet read out of a buffer, with what the service knows about where it came from.
+struct BufferedPacket {
+    var bytes: [UInt8]
+    var sequence: SequenceKey
+    var producerUID: UInt32
+    var producerPID: Int32
+    /// Data was lost on this sequence just before this packet.
+    var previousPacketDropped: Bool
+    /// The first packet read from this sequence.
+    var firstOnSequence: Bool
+}
+
+/// Counters of one buffer, named after Perfetto's `TraceStats.BufferStats`.
+public struct TraceBufferStats: Sendable, Hashable {
+    public var bufferSize: UInt64 = 0
+    public var bytesWritten: UInt64 = 0
+    public var bytesOverwritten: UInt64 = 0
+    public var bytesRead: UInt64 = 0
+    public var chunksWritten: UInt64 = 0
+    public var chunksRewritten: UInt64 = 0
+    public var chunksOverwritten: UInt64 = 0
+    public var chunksDiscarded: UInt64 = 0
+    public var chunksRead: UInt64 = 0
+    public var chunksCommittedOutOfOrder: UInt64 = 0
+    public var writeWrapCount: UInt64 = 0
+    public var patchesSucceeded: UInt64 = 0
+    public var patchesFailed: UInt64 = 0
+    public var abiViolations: UInt64 = 0
+    public var traceWriterPacketLoss: UInt64 = 0
+}
+
+final class TraceBuffer {
+    enum FillPolicy { case ringBuffer, discard }
+
+    private struct StoredChunk {
+        var bytes: [UInt8]
+        var packetCount: Int
+        var flags: ChunkFlags
+        var needsPatching: Bool
+        /// Position in `insertionOrder`, so stale order entries can be told apart.
+        var serial: UInt64
+    }
+
+    /// A packet being glued from fragments.
+    private enum Reassembly {
+        case none
+        case collecting([UInt8])
+        /// The head of this packet was lost: skip fragments until a new packet starts.
+        case discarding
+    }
+
+    private final class Sequence {
+        let key: SequenceKey
+        var uid: UInt32
+        var pid: Int32
+        var chunks: [UInt32: StoredChunk] = [:]
+        /// The next chunk id to read; nil until the first read.
+        var nextChunkID: UInt32?
+        var reassembly = Reassembly.none
+        var dataLost = false
+        var anyPacketRead = false
+
+        init(key: SequenceKey, uid: UInt32, pid: Int32) {
+            self.key = key
+            self.uid = uid
+            self.pid = pid
+        }
+    }
+
+    let capacity: Int
+    let policy: FillPolicy
+    private(set) var stats = TraceBufferStats()
+    private(set) var usedBytes = 0
+    private var bytesEverWritten = 0
+    private var sequences: [SequenceKey: Sequence] = [:]
+    /// Chunks in insertion order, for ring-buffer eviction (entries may be stale).
+    private var insertionOrder: [(key: SequenceKey, chunkID: UInt32, serial: UInt64)] = []
+    private var insertionHead = 0
+    private var nextSerial: UInt64 = 0
+
+    init(capacity: Int, policy: FillPolicy) {
+        self.capacity = capacity
+        self.policy = policy
+        stats.bufferSize = UInt64(capacity)
+    }
+
+    // MARK: Writing
+
+    /// Stores a chunk copied out of shared memory (header included in `bytes`).
+    func copyChunk(
+        _ bytes: [UInt8], header: ChunkHeader, producerID: UInt16, uid: UInt32, pid: Int32
+    ) {
+        let size = bytes.count
+        let key = SequenceKey(producerID: producerID, writerID: header.writerID)
+        if size > capacity || (policy == .discard && bytesEverWritten + size > capacity) {
+            stats.chunksDiscarded += 1
+            return
+        }
+        let sequence = sequenceFor(key, uid: uid, pid: pid)
+        if let next = sequence.nextChunkID, header.chunkID < next {
+            stats.chunksCommittedOutOfOrder += 1
+            return
+        }
+        if let old = sequence.chunks[header.chunkID] {
+            usedBytes -= old.bytes.count
+            stats.chunksRewritten += 1
+        } else {
+            stats.chunksWritten += 1
+        }
+        if policy == .ringBuffer {
+            while usedBytes + size > capacity, evictOldest() {}
+        }
+        let serial = nextSerial
+        nextSerial += 1
+        sequence.chunks[header.chunkID] = StoredChunk(
+            bytes: bytes, packetCount: Int(header.packetCount), flags: header.flags,
+            needsPatching: header.flags.contains(.needsPatching), serial: serial)
+        insertionOrder.append((key, header.chunkID, serial))
+        usedBytes += size
+        bytesEverWritten += size
+        stats.bytesWritten += UInt64(size)
+    }
+
+    /// Applies one 4-byte patch at `offset` from the payload start of a stored chunk. Returns
+    /// false (and counts a failed patch) when the chunk is gone or the patch falls outside it.
+    @discardableResult
+    func applyPatch(
+        producerID: UInt16, writerID: UInt16, chunkID: UInt32, offset: Int, data: [UInt8]
+    ) -> Bool {
+        let key = SequenceKey(producerID: producerID, writerID: writerID)
+        guard let sequence = sequences[key], var chunk = sequence.chunks[chunkID], data.count == 4,
+              offset >= 0, offset <= chunk.bytes.count - SharedMemoryABI.chunkHeaderSize - data.count else {
+            stats.patchesFailed += 1
+            return false
+        }
+        let start = SharedMemoryABI.chunkHeaderSize + offset
+        chunk.bytes.replaceSubrange(start..<start + data.count, with: data)
+        sequence.chunks[chunkID] = chunk
+        stats.patchesSucceeded += 1
+        return true
+    }
+
+    /// Marks a chunk's patches as complete (`has_more_patches` was false), unblocking its sequence.
+    func finishPatching(producerID: UInt16, writerID: UInt16, chunkID: UInt32) {
+        guard let sequence = sequences[SequenceKey(producerID: producerID, writerID: writerID)] else { return }
+        sequence.chunks[chunkID]?.needsPatching = false
+    }
+
+    private func sequenceFor(_ key: SequenceKey, uid: UInt32, pid: Int32) -> Sequence {
+        if let existing = sequences[key] { return existing }
+        let sequence = Sequence(key: key, uid: uid, pid: pid)
+        sequences[key] = sequence
+        return sequence
+    }
+
+    /// Drops the oldest stored chunk. Returns false when there is nothing to drop.
+    private func evictOldest() -> Bool {
+        while insertionHead < insertionOrder.count {
+            let entry = insertionOrder[insertionHead]
+            insertionHead += 1
+            guard let sequence = sequences[entry.key], let chunk = sequence.chunks[entry.chunkID],
+                  chunk.serial == entry.serial else { continue }
+            sequence.chunks[entry.chunkID] = nil
+            usedBytes -= chunk.bytes.count
+            stats.chunksOverwritten += 1
+            stats.bytesOverwritten += UInt64(chunk.bytes.count)
+            stats.writeWrapCount += 1
+            sequence.dataLost = true
+            compactInsertionOrder()
+            return true
+        }
+        return false
+    }
+
+    private func compactInsertionOrder() {
+        if insertionHead > 1024, insertionHead * 2 > insertionOrder.count {
+            insertionOrder.removeFirst(insertionHead)
+            insertionHead = 0
+        }
+    }
+
+    // MARK: Reading
+
+    /// Reads (and removes) every packet that can be read now, in order per sequence.
+    func readPackets() -> [BufferedPacket] {
+        var packets: [BufferedPacket] = []
+        // Sequences in (producer, writer) order, as Perfetto's buffer index is sorted: this is
+        // also the order in which the session hands out trusted packet sequence ids.
+        let keys = sequences.keys.sorted { ($0.producerID, $0.writerID) < ($1.producerID, $1.writerID) }
+        for key in keys {
+            read(sequences[key]!, into: &packets)
+        }
+        return packets
+    }
+
+    private func read(_ sequence: Sequence, into packets: inout [BufferedPacket]) {
+        while !sequence.chunks.isEmpty {
+            let expected = sequence.nextChunkID ?? sequence.chunks.keys.min()!
+            guard let chunk = sequence.chunks[expected] else {
+                // A gap: the chunk was overwritten, discarded or never committed. Wait if
+                // nothing newer exists; otherwise skip to the next chunk we have.
+                guard let later = sequence.chunks.keys.filter({ $0 > expected }).min() else { return }
+                loseReassembly(sequence)
+                sequence.dataLost = true
+                sequence.nextChunkID = later
+                continue
+            }
+            if chunk.needsPatching { return }
+            consume(chunk, of: sequence, into: &packets)
+            sequence.chunks[expected] = nil
+            usedBytes -= chunk.bytes.count
+            stats.chunksRead += 1
+            stats.bytesRead += UInt64(chunk.bytes.count)
+            sequence.nextChunkID = expected &+ 1
+        }
+    }
+
+    private func consume(_ chunk: StoredChunk, of sequence: Sequence, into packets: inout [BufferedPacket]) {
+        let walk = ChunkRecords(chunk: chunk.bytes, count: chunk.packetCount)
+        let last = chunk.packetCount - 1
+        for (index, record) in walk.records.enumerated() {
+            if record.isDropMarker {
+                loseReassembly(sequence)
+                sequence.dataLost = true
+                stats.traceWriterPacketLoss += 1
+                continue
+            }
+            let continuesFromPrevious = index == 0 && chunk.flags.contains(.firstPacketContinuesFromPreviousChunk)
+            let continuesOnNext = index == last && chunk.flags.contains(.lastPacketContinuesOnNextChunk)
+                && !walk.malformed
+            let fragment = chunk.bytes[record.range]
+            var packet: [UInt8]
+            if continuesFromPrevious {
+                switch sequence.reassembly {
+                case .collecting(let head):
+                    packet = head
+                    packet.append(contentsOf: fragment)
+                case .none, .discarding:
+                    // The head of this packet never reached us.
+                    if case .none = sequence.reassembly { sequence.dataLost = true }
+                    sequence.reassembly = continuesOnNext ? .discarding : .none
+                    continue
+                }
+            } else {
+                if case .collecting = sequence.reassembly {
+                    // A new packet started before the previous one ended: the tail is lost.
+                    sequence.dataLost = true
+                }
+                if fragment.isEmpty && !continuesOnNext {
+                    sequence.reassembly = .none
+                    continue  // zero-size records are padding, not packets
+                }
+                packet = Array(fragment)
+            }
+            if continuesOnNext {
+                sequence.reassembly = .collecting(packet)
+                continue
+            }
+            sequence.reassembly = .none
+            packets.append(BufferedPacket(
+                bytes: packet, sequence: sequence.key, producerUID: sequence.uid, producerPID: sequence.pid,
+                previousPacketDropped: sequence.dataLost, firstOnSequence: !sequence.anyPacketRead))
+            sequence.dataLost = false
+            sequence.anyPacketRead = true
+        }
+        if walk.malformed {
+            stats.abiViolations += 1
+            loseReassembly(sequence)
+            sequence.dataLost = true
+        }
+    }
+
+    private func loseReassembly(_ sequence: Sequence) {
+        if case .collecting = sequence.reassembly { sequence.dataLost = true }
+        sequence.reassembly = .none
+    }
+}

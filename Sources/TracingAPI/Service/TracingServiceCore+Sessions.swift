@@ -1,0 +1,453 @@
+// Session lifecycle: enable -> (deferred) start -> optional automatic stop after duration_ms
+// -> disable (stop instances, wait for acks up to data_source_stop_timeout_ms) -> tracing
+// disabled; flushes through producers with a timeout; reading and write-into-file.
+
+import IPCProtocol
+
+extension TracingServiceCore {
+    // MARK: Enable
+
+    func enableTracing(_ config: TraceConfig, outputFile: ScopedFD?, consumer: LocalConsumerEndpoint) {
+        if let error = validate(config, outputFile: outputFile, consumer: consumer) {
+            post { [weak client = consumer.consumer] in client?.onTracingDisabled(error: error) }
+            return
+        }
+        var bufferIDs: [BufferID] = []
+        for bufferConfig in config.buffers {
+            guard let id = allocateBufferID() else { break }
+            let policy: TraceBuffer.FillPolicy = bufferConfig.fillPolicy == .discard ? .discard : .ringBuffer
+            buffers[id] = TraceBuffer(capacity: Int(bufferConfig.sizeKb) * 1024, policy: policy)
+            bufferIDs.append(id)
+        }
+        let session = TracingSession(
+            id: nextSessionID, consumerID: consumer.connectionID, consumerUID: consumer.uid, config: config,
+            bufferIDs: bufferIDs)
+        nextSessionID += 1
+        sessions[session.id] = session
+        consumer.sessionID = session.id
+        if config.writeIntoFile { session.outputFile = outputFile }
+
+        for entry in config.dataSources where !entry.config.name.isEmpty {
+            for producer in connectedProducers where producer.dataSources[entry.config.name] != nil {
+                guard matches(entry, producer: producer) else { continue }
+                setUpInstance(entry, producer: producer, session: session)
+            }
+        }
+        if !config.deferredStart { startSession(session) }
+    }
+
+    private func validate(_ config: TraceConfig, outputFile: ScopedFD?, consumer: LocalConsumerEndpoint) -> String? {
+        if consumer.sessionID != nil { return "the consumer is already tracing" }
+        if sessions.count >= options.maxSessions { return "too many concurrent tracing sessions" }
+        if config.buffers.isEmpty { return "the trace config has no buffers" }
+        if config.buffers.contains(where: { $0.sizeKb == 0 }) { return "a buffer has size_kb = 0" }
+        if config.buffers.count > Int(BufferID.max) - buffers.count { return "too many buffers" }
+        for entry in config.dataSources where entry.config.targetBuffer >= UInt32(config.buffers.count) {
+            return "data source \"\(entry.config.name)\" targets buffer \(entry.config.targetBuffer), "
+                + "but the config has \(config.buffers.count)"
+        }
+        if !config.uniqueSessionName.isEmpty,
+           sessions.values.contains(where: { $0.config.uniqueSessionName == config.uniqueSessionName }) {
+            return "a session named \"\(config.uniqueSessionName)\" is already running"
+        }
+        if config.writeIntoFile && (outputFile == nil || outputFile!.rawValue < 0) {
+            return "write_into_file is set but no output file was passed"
+        }
+        return nil
+    }
+
+    func matches(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint) -> Bool {
+        if entry.producerNameFilter.isEmpty && entry.producerNameRegexFilter.isEmpty { return true }
+        if entry.producerNameFilter.contains(producer.name) { return true }
+        return entry.producerNameRegexFilter.contains { pattern in
+            (try? Regex(pattern).wholeMatch(in: producer.name)) != nil
+        }
+    }
+
+    func setUpInstance(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, session: TracingSession) {
+        guard let descriptor = producer.dataSources[entry.config.name],
+              producer.ensureSharedMemory(
+                defaultSize: options.defaultSharedMemorySize, defaultPageSize: options.defaultPageSize) else { return }
+        let firstSetup = producer.allowedTargetBuffers.isEmpty && !producer.didSetUpTracing
+        let globalBuffer = session.bufferIDs[Int(entry.config.targetBuffer)]
+        producer.allowedTargetBuffers.insert(globalBuffer)
+        var config = entry.config
+        config.targetBuffer = UInt32(globalBuffer)
+        config.tracingSessionID = session.id
+        if session.config.durationMs != 0 { config.traceDurationMs = session.config.durationMs }
+        if session.config.dataSourceStopTimeoutMs != 0 { config.stopTimeoutMs = session.config.dataSourceStopTimeoutMs }
+        let instance = DataSourceInstance(
+            id: nextInstanceID, producerID: producer.id, name: entry.config.name, config: config,
+            willNotifyOnStart: descriptor.willNotifyOnStart, willNotifyOnStop: descriptor.willNotifyOnStop,
+            noFlush: descriptor.noFlush, handlesIncrementalStateClear: descriptor.handlesIncrementalStateClear)
+        nextInstanceID += 1
+        session.instances.append(instance)
+        let id = instance.id
+        if firstSetup {
+            producer.didSetUpTracing = true
+            post { [weak client = producer.producer] in client?.onTracingSetup() }
+        }
+        post { [weak client = producer.producer] in client?.setupDataSource(id, config: config) }
+    }
+
+    // MARK: Start
+
+    func startTracing(consumer: LocalConsumerEndpoint) {
+        guard let session = consumer.sessionID.flatMap({ sessions[$0] }), session.state == .configured else { return }
+        startSession(session)
+    }
+
+    func startSession(_ session: TracingSession) {
+        session.state = .started
+        session.startRealtimeNanoseconds = Int64(ServiceClock.realtimeNanoseconds())
+        for index in session.instances.indices { startInstance(at: index, of: session) }
+        let sessionID = session.id
+        if session.config.durationMs > 0 {
+            session.timers.append(eventLoop.scheduleTask(after: .milliseconds(Int64(session.config.durationMs))) {
+                [weak self] in
+                guard let self, let session = self.sessions[sessionID], session.state == .started else { return }
+                self.flushAndDisable(session)
+            })
+        }
+        if session.isWritingIntoFile {
+            let period = max(session.config.fileWritePeriodMs == 0 ? 5000 : session.config.fileWritePeriodMs, 100)
+            scheduleRepeating(session, every: .milliseconds(Int64(period))) { service, session in
+                service.drainIntoFile(session)
+            }
+        }
+        if session.config.flushPeriodMs > 0 {
+            scheduleRepeating(session, every: .milliseconds(Int64(session.config.flushPeriodMs))) { service, session in
+                service.flush(session, timeoutMs: session.flushTimeoutMs, flags: FlushFlags()) { _ in }
+            }
+        }
+        maybeNotifyAllDataSourcesStarted(session)
+    }
+
+    private func scheduleRepeating(
+        _ session: TracingSession, every period: Duration,
+        _ body: @escaping (TracingServiceCore, TracingSession) -> Void
+    ) {
+        let sessionID = session.id
+        session.timers.append(eventLoop.scheduleTask(after: period) { [weak self] in
+            guard let self, let session = self.sessions[sessionID], session.state == .started else { return }
+            body(self, session)
+            self.scheduleRepeating(session, every: period, body)
+        })
+    }
+
+    func startInstance(at index: Int, of session: TracingSession) {
+        let instance = session.instances[index]
+        guard instance.state == .configured, let producer = producer(instance.producerID) else { return }
+        session.instances[index].state = instance.willNotifyOnStart ? .starting : .started
+        let (id, config) = (instance.id, instance.config)
+        post { [weak client = producer.producer] in client?.startDataSource(id, config: config) }
+        if !instance.willNotifyOnStart {
+            notifyInstanceStateChange(session, instance: session.instances[index], producerName: producer.name)
+        }
+    }
+
+    func dataSourceStarted(_ id: DataSourceInstanceID, producer: LocalProducerEndpoint) {
+        for session in sessions.values {
+            guard let index = session.instances.firstIndex(where: { $0.id == id && $0.producerID == producer.id }),
+                  session.instances[index].state == .starting else { continue }
+            session.instances[index].state = .started
+            notifyInstanceStateChange(session, instance: session.instances[index], producerName: producer.name)
+            maybeNotifyAllDataSourcesStarted(session)
+        }
+    }
+
+    private func maybeNotifyAllDataSourcesStarted(_ session: TracingSession) {
+        guard !session.allDataSourcesStartedNotified, session.state == .started,
+              !session.instances.contains(where: { $0.state == .starting || $0.state == .configured }) else { return }
+        session.allDataSourcesStartedNotified = true
+        var events = ObservableEvents()
+        events.allDataSourcesStarted = true
+        deliverEvents(events, type: .allDataSourcesStarted, to: session)
+    }
+
+    private func notifyInstanceStateChange(
+        _ session: TracingSession, instance: DataSourceInstance, producerName: String
+    ) {
+        var change = ObservableEvents.DataSourceInstanceStateChange()
+        change.producerName = producerName
+        change.dataSourceName = instance.name
+        change.state = instance.state == .started ? .started : .stopped
+        var events = ObservableEvents()
+        events.instanceStateChanges = [change]
+        deliverEvents(events, type: .dataSourcesInstances, to: session)
+    }
+
+    private func deliverEvents(_ events: ObservableEvents, type: ObservableEvents.TypeEnum, to session: TracingSession) {
+        guard let endpoint = consumer(session.consumerID), endpoint.observedEvents.contains(type) else { return }
+        post { [weak client = endpoint.consumer] in client?.onObservableEvents(events) }
+    }
+
+    // MARK: Disable
+
+    func disableTracing(consumer: LocalConsumerEndpoint) {
+        guard let session = consumer.sessionID.flatMap({ sessions[$0] }) else { return }
+        disable(session)
+    }
+
+    /// What `duration_ms` and stop triggers do: flush, then disable whatever the flush outcome.
+    func flushAndDisable(_ session: TracingSession) {
+        let sessionID = session.id
+        flush(session, timeoutMs: session.flushTimeoutMs, flags: FlushFlags()) { [weak self] _ in
+            guard let self, let session = self.sessions[sessionID] else { return }
+            self.disable(session)
+        }
+    }
+
+    func disable(_ session: TracingSession) {
+        guard session.state == .configured || session.state == .started else { return }
+        session.cancelTimers()
+        session.state = .disablingWaitingStopAcks
+        for index in session.instances.indices { stopInstance(at: index, of: session) }
+        if session.instances.contains(where: { $0.state == .stopping }) {
+            let sessionID = session.id
+            session.stopTimeout = eventLoop.scheduleTask(after: .milliseconds(Int64(session.stopTimeoutMs))) {
+                [weak self] in
+                guard let self, let session = self.sessions[sessionID] else { return }
+                // Producers that did not acknowledge in time are given up on.
+                for index in session.instances.indices where session.instances[index].state == .stopping {
+                    session.instances[index].state = .stopped
+                }
+                self.maybeFinishDisabling(session)
+            }
+        }
+        maybeFinishDisabling(session)
+    }
+
+    func stopInstance(at index: Int, of session: TracingSession) {
+        let instance = session.instances[index]
+        guard instance.state != .stopped, instance.state != .stopping else { return }
+        guard let producer = producer(instance.producerID) else {
+            session.instances[index].state = .stopped
+            return
+        }
+        let wasSetUpOnly = instance.state == .configured
+        session.instances[index].state = instance.willNotifyOnStop && !wasSetUpOnly ? .stopping : .stopped
+        let id = instance.id
+        post { [weak client = producer.producer] in client?.stopDataSource(id) }
+        if session.instances[index].state == .stopped, !wasSetUpOnly {
+            notifyInstanceStateChange(session, instance: session.instances[index], producerName: producer.name)
+        }
+    }
+
+    func dataSourceStopped(_ id: DataSourceInstanceID, producer: LocalProducerEndpoint) {
+        for session in sessions.values {
+            guard let index = session.instances.firstIndex(where: { $0.id == id && $0.producerID == producer.id }),
+                  session.instances[index].state == .stopping else { continue }
+            session.instances[index].state = .stopped
+            notifyInstanceStateChange(session, instance: session.instances[index], producerName: producer.name)
+            maybeFinishDisabling(session)
+        }
+    }
+
+    func maybeFinishDisabling(_ session: TracingSession) {
+        guard session.state == .disablingWaitingStopAcks,
+              !session.instances.contains(where: { $0.state == .stopping }) else { return }
+        session.stopTimeout?.cancel()
+        session.stopTimeout = nil
+        session.state = .disabled
+        var error = ""
+        if session.isWritingIntoFile {
+            drainIntoFile(session)
+            session.outputFile?.close()
+            session.outputFile = nil
+        }
+        if let fileError = session.fileError { error = fileError }
+        guard let endpoint = consumer(session.consumerID) else { return }
+        post { [weak client = endpoint.consumer] in client?.onTracingDisabled(error: error) }
+    }
+
+    // MARK: Flush
+
+    func flush(consumer: LocalConsumerEndpoint, timeoutMs: UInt32, flags: FlushFlags, _ callback: @escaping (Bool) -> Void) {
+        guard let session = consumer.sessionID.flatMap({ sessions[$0] }) else {
+            post { callback(false) }
+            return
+        }
+        flush(session, timeoutMs: timeoutMs == 0 ? session.flushTimeoutMs : timeoutMs, flags: flags, callback)
+    }
+
+    func flush(_ session: TracingSession, timeoutMs: UInt32, flags: FlushFlags, _ callback: @escaping (Bool) -> Void) {
+        flushesRequested += 1
+        let id = nextFlushID
+        nextFlushID += 1
+        var perProducer: [ProducerID: [DataSourceInstanceID]] = [:]
+        for instance in session.instances where instance.state == .started && !instance.noFlush {
+            perProducer[instance.producerID, default: []].append(instance.id)
+        }
+        let targets = perProducer.filter { producer($0.key) != nil }
+        guard !targets.isEmpty else {
+            flushesSucceeded += 1
+            post { callback(true) }
+            return
+        }
+        let sessionID = session.id
+        let timeout = eventLoop.scheduleTask(after: .milliseconds(Int64(timeoutMs))) { [weak self] in
+            guard let self, let session = self.sessions[sessionID],
+                  let pending = session.pendingFlushes.removeValue(forKey: id) else { return }
+            self.flushesFailed += 1
+            pending.callback(false)
+        }
+        session.pendingFlushes[id] = TracingSession.PendingFlush(
+            waitingFor: Set(targets.keys), callback: callback, timeout: timeout)
+        for (producerID, instances) in targets.sorted(by: { $0.key < $1.key }) {
+            guard let endpoint = producer(producerID) else { continue }
+            post { [weak client = endpoint.producer] in client?.flush(id, dataSources: instances, flags: flags) }
+        }
+    }
+
+    func flushAcknowledged(_ id: FlushRequestID, producer: ProducerID) {
+        for session in sessions.values {
+            guard var pending = session.pendingFlushes[id], pending.waitingFor.remove(producer) != nil else { continue }
+            if pending.waitingFor.isEmpty {
+                session.pendingFlushes[id] = nil
+                pending.timeout?.cancel()
+                flushesSucceeded += 1
+                let callback = pending.callback
+                post { callback(true) }
+            } else {
+                session.pendingFlushes[id] = pending
+            }
+        }
+    }
+
+    // MARK: Reading
+
+    func readBuffers(consumer: LocalConsumerEndpoint) {
+        guard let session = consumer.sessionID.flatMap({ sessions[$0] }) else {
+            post { [weak client = consumer.consumer] in client?.onTraceData([], hasMore: false) }
+            return
+        }
+        // A session written into a file is read by the file writer only, as in Perfetto.
+        let packets = session.isWritingIntoFile ? [] : collectPackets(session)
+        let batches = TraceDataBatches(packets)
+        post { [weak client = consumer.consumer] in
+            guard let client else { return }
+            for (index, batch) in batches.enumerated() {
+                client.onTraceData(batch, hasMore: index < batches.count - 1)
+            }
+        }
+    }
+
+    /// Everything readable now: service packets, then producers' packets stamped with trusted
+    /// fields, then the stats.
+    func collectPackets(_ session: TracingSession) -> [TracePacketData] {
+        var packets: [TracePacketData] = []
+        let serviceUID = options.serviceUID
+        if !session.configEmitted {
+            session.configEmitted = true
+            packets.append(ServicePackets.traceConfig(session.config, uid: serviceUID))
+        }
+        packets.append(ServicePackets.clockSnapshot(uid: serviceUID))
+        for bufferID in session.bufferIDs {
+            guard let buffer = buffers[bufferID] else { continue }
+            for packet in buffer.readPackets() {
+                guard PacketValidation.isAcceptable(packet.bytes) else {
+                    session.invalidPackets += 1
+                    continue
+                }
+                var bytes = packet.bytes
+                PacketValidation.appendTrustedFields(
+                    to: &bytes, uid: packet.producerUID, sequenceID: session.sequenceID(for: packet.sequence),
+                    pid: packet.producerPID, previousPacketDropped: packet.previousPacketDropped,
+                    firstOnSequence: packet.firstOnSequence)
+                packets.append(TracePacketData(bytes: bytes))
+            }
+        }
+        packets.append(ServicePackets.traceStats(traceStats(for: session), uid: serviceUID))
+        return packets
+    }
+
+    func freeBuffers(consumer: LocalConsumerEndpoint) {
+        guard let session = consumer.sessionID.flatMap({ sessions[$0] }) else { return }
+        destroySession(session)
+    }
+
+    /// Ends a session for good: stops what still runs, frees its buffers, forgets it.
+    func destroySession(_ session: TracingSession) {
+        if session.state == .configured || session.state == .started {
+            session.cancelTimers()
+            session.state = .disablingWaitingStopAcks
+            for index in session.instances.indices { stopInstance(at: index, of: session) }
+            if session.isWritingIntoFile { drainIntoFile(session) }
+        }
+        session.cancelTimers()
+        session.state = .disabled
+        for (_, pending) in session.pendingFlushes {
+            pending.timeout?.cancel()
+            let callback = pending.callback
+            post { callback(false) }
+        }
+        session.pendingFlushes = [:]
+        session.outputFile?.close()
+        session.outputFile = nil
+        for id in session.bufferIDs {
+            buffers[id] = nil
+            for producer in connectedProducers { producer.allowedTargetBuffers.remove(id) }
+        }
+        sessions[session.id] = nil
+        consumer(session.consumerID)?.sessionID = nil
+    }
+
+    func traceStats(consumer: LocalConsumerEndpoint) {
+        let session = consumer.sessionID.flatMap { sessions[$0] }
+        let stats = traceStats(for: session)
+        let success = session != nil
+        post { [weak client = consumer.consumer] in client?.onTraceStats(success: success, stats) }
+    }
+
+    // MARK: Write into file
+
+    /// Appends what is readable to the session's file, never going past `max_file_size_bytes`;
+    /// reaching it ends the session, as in Perfetto.
+    func drainIntoFile(_ session: TracingSession) {
+        guard let file = session.outputFile, file.rawValue >= 0 else { return }
+        let limit = session.config.maxFileSizeBytes
+        var reachedLimit = false
+        var output: [UInt8] = []
+        for packet in collectPackets(session) {
+            let framed = TraceFile.framedPacketSize(packet.bytes.count)
+            if limit > 0, session.bytesWrittenIntoFile + UInt64(output.count + framed) > limit {
+                reachedLimit = true
+                break
+            }
+            TraceFile.appendFramedPacket(packet.bytes, to: &output)
+        }
+        do {
+            try TraceFile.writeAll(output, to: file.rawValue)
+            session.bytesWrittenIntoFile += UInt64(output.count)
+        } catch {
+            session.fileError = "writing the trace file failed: \(error)"
+            reachedLimit = true
+        }
+        if reachedLimit, session.state == .started || session.state == .configured {
+            let sessionID = session.id
+            post { [weak self] in
+                guard let self, let session = self.sessions[sessionID] else { return }
+                self.disable(session)
+            }
+        }
+    }
+}
+
+/// Splits packets into the batches a consumer receives (bounded by count and bytes).
+private func TraceDataBatches(_ packets: [TracePacketData]) -> [[TracePacketData]] {
+    var batches: [[TracePacketData]] = []
+    var current: [TracePacketData] = []
+    var bytes = 0
+    for packet in packets {
+        if !current.isEmpty && (current.count >= 256 || bytes + packet.bytes.count > 1 << 20) {
+            batches.append(current)
+            current = []
+            bytes = 0
+        }
+        current.append(packet)
+        bytes += packet.bytes.count
+    }
+    batches.append(current)
+    return batches
+}

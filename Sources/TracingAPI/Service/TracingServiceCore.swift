@@ -1,0 +1,355 @@
+// The tracing service itself (Perfetto's TracingServiceImpl): producers, consumers, sessions
+// and trace buffers, all on one event loop. Bind it in-process (connectProducer /
+// connectConsumer give direct endpoints) or behind ProducerPort/ConsumerPort adapters; the
+// service does not know which.
+//
+// Everything producers put in shared memory or send in CommitData is hostile input: indexes
+// are checked, chunks are copied out before parsing, and whatever is rejected is counted in
+// the trace stats rather than trapping.
+
+import IPCProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The tracing service: create one on a loop, connect producers and consumers to it.
+///
+/// ```swift
+/// let service = TracingServiceCore(eventLoop: loop)
+/// let producerEndpoint = service.connectProducer(myProducer, options: .init(name: "my_app"))
+/// let consumerEndpoint = service.connectConsumer(myConsumer, uid: getuid())
+/// ```
+///
+/// Loop-bound: call it (and its endpoints) on `eventLoop`; callbacks arrive there too.
+public final class TracingServiceCore: TracingService, @unchecked Sendable {
+    // @unchecked Sendable: loop-bound; only `execute` is used from other threads.
+
+    /// Service-wide settings.
+    public struct Options: Sendable {
+        /// Shared-memory size for producers that give no (valid) hint.
+        public var defaultSharedMemorySize = SharedMemoryABI.defaultBufferSize
+        /// Page size for producers that give no (valid) hint.
+        public var defaultPageSize = SharedMemoryABI.defaultPageSize
+        /// The uid stamped on the service's own packets.
+        public var serviceUID: UInt32 = getuid()
+        /// Most sessions at once (Perfetto's default limit is 15 concurrent sessions).
+        public var maxSessions = 15
+        public init() {}
+    }
+
+    public let eventLoop: any IPCEventLoop
+    let options: Options
+
+    var producers: [ProducerID: Weak<LocalProducerEndpoint>] = [:]
+    var consumers: [UInt64: Weak<LocalConsumerEndpoint>] = [:]
+    var sessions: [TracingSessionID: TracingSession] = [:]
+    var buffers: [BufferID: TraceBuffer] = [:]
+    private var nextProducerID: ProducerID = 1
+    private var nextConsumerID: UInt64 = 1
+    var nextSessionID: TracingSessionID = 1
+    var nextInstanceID: DataSourceInstanceID = 1
+    var nextFlushID: FlushRequestID = 1
+    private var nextBufferID: BufferID = 1
+
+    // Service-wide counters (TraceStats).
+    var producersSeen: UInt64 = 0
+    var dataSourcesSeen: UInt64 = 0
+    var chunksDiscarded: UInt64 = 0
+    var patchesDiscarded: UInt64 = 0
+    var flushesRequested: UInt64 = 0
+    var flushesSucceeded: UInt64 = 0
+    var flushesFailed: UInt64 = 0
+
+    public init(eventLoop: any IPCEventLoop, options: Options = Options()) {
+        self.eventLoop = eventLoop
+        self.options = options
+    }
+
+    /// Runs `body` on a later loop turn: callbacks never run inside the call that caused them.
+    func post(_ body: @escaping () -> Void) {
+        _ = eventLoop.scheduleTask(after: .zero, body)
+    }
+
+    // MARK: Connecting
+
+    public func connectProducer(_ producer: any Producer, options: ProducerConnectionOptions) -> any ProducerEndpoint {
+        eventLoop.preconditionInEventLoop()
+        let id = allocateProducerID()
+        let endpoint = LocalProducerEndpoint(id: id, options: options, producer: producer, service: self)
+        producers[id] = Weak(endpoint)
+        producersSeen += 1
+        post { [weak producer] in producer?.onConnect() }
+        return endpoint
+    }
+
+    public func connectConsumer(_ consumer: any Consumer, uid: UInt32) -> any ConsumerEndpoint {
+        eventLoop.preconditionInEventLoop()
+        let id = nextConsumerID
+        nextConsumerID += 1
+        let endpoint = LocalConsumerEndpoint(connectionID: id, uid: uid, consumer: consumer, service: self)
+        consumers[id] = Weak(endpoint)
+        post { [weak consumer] in consumer?.onConnect() }
+        return endpoint
+    }
+
+    private func allocateProducerID() -> ProducerID {
+        while producers[nextProducerID]?.object != nil || nextProducerID == 0 {
+            nextProducerID &+= 1
+        }
+        let id = nextProducerID
+        nextProducerID &+= 1
+        return id
+    }
+
+    func allocateBufferID() -> BufferID? {
+        guard buffers.count < Int(BufferID.max) else { return nil }
+        while buffers[nextBufferID] != nil || nextBufferID == 0 { nextBufferID &+= 1 }
+        let id = nextBufferID
+        nextBufferID &+= 1
+        return id
+    }
+
+    func producer(_ id: ProducerID) -> LocalProducerEndpoint? { producers[id]?.object }
+    func consumer(_ id: UInt64) -> LocalConsumerEndpoint? { consumers[id]?.object }
+
+    /// Connected producers in id order (deterministic instance creation).
+    var connectedProducers: [LocalProducerEndpoint] {
+        producers.keys.sorted().compactMap { producers[$0]?.object }
+    }
+
+    // MARK: Producer requests
+
+    func registerDataSource(_ descriptor: DataSourceDescriptor, producer: LocalProducerEndpoint) {
+        guard producer.dataSources[descriptor.name] == nil else { return }
+        producer.dataSources[descriptor.name] = descriptor
+        dataSourcesSeen += 1
+        // Sessions already running that want this data source get an instance now.
+        for session in sessions.values.sorted(by: { $0.id < $1.id })
+        where session.state == .configured || session.state == .started {
+            for entry in session.config.dataSources where entry.config.name == descriptor.name {
+                guard matches(entry, producer: producer) else { continue }
+                setUpInstance(entry, producer: producer, session: session)
+                if session.state == .started, let index = session.instances.indices.last {
+                    startInstance(at: index, of: session)
+                }
+            }
+        }
+    }
+
+    func unregisterDataSource(_ name: String, producer: LocalProducerEndpoint) {
+        guard producer.dataSources.removeValue(forKey: name) != nil else { return }
+        for session in sessions.values {
+            for index in session.instances.indices
+            where session.instances[index].producerID == producer.id && session.instances[index].name == name {
+                stopInstance(at: index, of: session)
+            }
+        }
+    }
+
+    /// CommitData: move complete chunks into buffers, apply patches, then acknowledge a flush.
+    func commitData(_ request: CommitDataRequest, from producer: LocalProducerEndpoint) {
+        for move in request.chunksToMove {
+            moveChunk(move, from: producer)
+        }
+        for entry in request.chunksToPatch {
+            applyPatches(entry, from: producer)
+        }
+        if request.hasFlushRequestID {
+            flushAcknowledged(request.flushRequestID, producer: producer.id)
+        }
+    }
+
+    private func moveChunk(_ move: CommitDataRequest.ChunksToMove, from producer: LocalProducerEndpoint) {
+        let bytes: [UInt8]
+        if move.hasData {
+            // Shared-memory emulation: the chunk travels inside the request.
+            guard move.data.count >= SharedMemoryABI.chunkHeaderSize,
+                  move.data.count <= SharedMemoryABI.maxPageSize else {
+                chunksDiscarded += 1
+                return
+            }
+            bytes = [UInt8](move.data)
+        } else {
+            guard let memory = producer.readableSharedMemory, move.page < UInt32(memory.pageCount),
+                  move.chunk < UInt32(SharedMemoryABI.maxChunksPerPage),
+                  let (start, size) = memory.tryAcquireChunkForReading(page: Int(move.page), chunk: Int(move.chunk)) else {
+                chunksDiscarded += 1
+                return
+            }
+            // Copy first: the producer can still scribble over shared memory while we parse.
+            bytes = [UInt8](UnsafeRawBufferPointer(start: start, count: size))
+            memory.releaseChunkAsFree(page: Int(move.page), chunk: Int(move.chunk))
+        }
+        guard move.targetBuffer <= UInt32(BufferID.max), producer.allowedTargetBuffers.contains(BufferID(move.targetBuffer)),
+              let buffer = buffers[BufferID(move.targetBuffer)] else {
+            chunksDiscarded += 1
+            return
+        }
+        let header = bytes.withUnsafeBytes { ChunkHeader(bytes: $0) }
+        guard header.writerID != 0 else {
+            chunksDiscarded += 1
+            return
+        }
+        buffer.copyChunk(bytes, header: header, producerID: producer.id, uid: producer.uid, pid: producer.pid)
+    }
+
+    private func applyPatches(_ entry: CommitDataRequest.ChunkToPatch, from producer: LocalProducerEndpoint) {
+        guard entry.targetBuffer <= UInt32(BufferID.max), entry.writerID != 0, entry.writerID <= UInt32(WriterID.max),
+              producer.allowedTargetBuffers.contains(BufferID(entry.targetBuffer)),
+              let buffer = buffers[BufferID(entry.targetBuffer)] else {
+            patchesDiscarded += UInt64(max(entry.patches.count, 1))
+            return
+        }
+        let writer = WriterID(entry.writerID)
+        for patch in entry.patches {
+            buffer.applyPatch(
+                producerID: producer.id, writerID: writer, chunkID: entry.chunkID,
+                offset: Int(clamping: patch.offset), data: [UInt8](patch.data))
+        }
+        if !entry.hasMorePatches_p {
+            buffer.finishPatching(producerID: producer.id, writerID: writer, chunkID: entry.chunkID)
+        }
+    }
+
+    func producerDisconnected(_ id: ProducerID) {
+        guard let endpoint = producers.removeValue(forKey: id)?.object else {
+            producers[id] = nil
+            return
+        }
+        endpoint.markDisconnected()
+        for session in sessions.values {
+            var changed = false
+            for index in session.instances.indices where session.instances[index].producerID == id {
+                session.instances[index].state = .stopped
+                changed = true
+            }
+            guard changed else { continue }
+            // A gone producer owes no flush and no stop acknowledgement.
+            for flushID in Array(session.pendingFlushes.keys) { flushAcknowledged(flushID, producer: id) }
+            if session.state == .disablingWaitingStopAcks { maybeFinishDisabling(session) }
+        }
+        post { [weak producer = endpoint.producer] in producer?.onDisconnect() }
+    }
+
+    func consumerDisconnected(_ id: UInt64) {
+        guard let endpoint = consumers.removeValue(forKey: id)?.object else {
+            consumers[id] = nil
+            // The endpoint is gone already: free its session anyway.
+            if let session = sessions.values.first(where: { $0.consumerID == id }) { destroySession(session) }
+            return
+        }
+        endpoint.markDisconnected()
+        if let sessionID = endpoint.sessionID, let session = sessions[sessionID] { destroySession(session) }
+        post { [weak consumer = endpoint.consumer] in consumer?.onDisconnect() }
+    }
+
+    func activateTriggers(_ names: [String], producer: LocalProducerEndpoint) {
+        let wanted = Set(names)
+        for session in sessions.values.sorted(by: { $0.id < $1.id }) where session.config.hasTriggerConfig {
+            let triggerConfig = session.config.triggerConfig
+            for trigger in triggerConfig.triggers where wanted.contains(trigger.name) {
+                if !trigger.producerNameRegex.isEmpty,
+                   (try? Regex(trigger.producerNameRegex).wholeMatch(in: producer.name)) == nil {
+                    continue
+                }
+                switch triggerConfig.triggerMode {
+                case .startTracing:
+                    if session.state == .configured { startSession(session) }
+                case .stopTracing:
+                    guard session.state == .started else { continue }
+                    let delay = Duration.milliseconds(Int64(trigger.stopDelayMs))
+                    let sessionID = session.id
+                    session.timers.append(eventLoop.scheduleTask(after: delay) { [weak self] in
+                        guard let self, let session = self.sessions[sessionID] else { return }
+                        self.flushAndDisable(session)
+                    })
+                default:
+                    continue
+                }
+            }
+        }
+    }
+
+    // MARK: Queries
+
+    func serviceState(sessionsOnly: Bool) -> TracingServiceState {
+        var state = TracingServiceState()
+        if !sessionsOnly {
+            for producer in connectedProducers {
+                var entry = TracingServiceState.Producer()
+                entry.id = Int32(producer.id)
+                entry.name = producer.name
+                entry.uid = Int32(bitPattern: producer.uid)
+                entry.pid = producer.pid
+                if !producer.sdkVersion.isEmpty { entry.sdkVersion = producer.sdkVersion }
+                state.producers.append(entry)
+                for name in producer.dataSources.keys.sorted() {
+                    var dataSource = TracingServiceState.DataSource()
+                    dataSource.producerID = Int32(producer.id)
+                    dataSource.dsDescriptor = producer.dataSources[name]!
+                    state.dataSources.append(dataSource)
+                }
+            }
+        }
+        for session in sessions.values.sorted(by: { $0.id < $1.id }) {
+            var entry = TracingServiceState.TracingSession()
+            entry.id = session.id
+            entry.consumerUid = Int32(bitPattern: session.consumerUID)
+            entry.state = session.state.rawValue
+            if !session.config.uniqueSessionName.isEmpty { entry.uniqueSessionName = session.config.uniqueSessionName }
+            entry.bufferSizeKb = session.config.buffers.map(\.sizeKb)
+            entry.durationMs = session.config.durationMs
+            entry.numDataSources = UInt32(session.instances.count)
+            entry.isStarted = session.state == .started
+            if session.startRealtimeNanoseconds != 0 { entry.startRealtimeNs = session.startRealtimeNanoseconds }
+            state.tracingSessions.append(entry)
+        }
+        state.supportsTracingSessions = true
+        state.numSessions = Int32(sessions.count)
+        state.numSessionsStarted = Int32(sessions.values.filter { $0.state == .started }.count)
+        state.tracingServiceVersion = "swift-perfetto-ipc"
+        return state
+    }
+
+    func traceStats(for session: TracingSession?) -> TraceStats {
+        var stats = TraceStats()
+        stats.producersConnected = UInt32(connectedProducers.count)
+        stats.producersSeen = producersSeen
+        stats.dataSourcesRegistered = UInt32(connectedProducers.reduce(0) { $0 + $1.dataSources.count })
+        stats.dataSourcesSeen = dataSourcesSeen
+        stats.tracingSessions = UInt32(sessions.count)
+        stats.totalBuffers = UInt32(buffers.count)
+        stats.chunksDiscarded = chunksDiscarded
+        stats.patchesDiscarded = patchesDiscarded
+        stats.invalidPackets = session?.invalidPackets ?? 0
+        stats.flushesRequested = flushesRequested
+        stats.flushesSucceeded = flushesSucceeded
+        stats.flushesFailed = flushesFailed
+        for id in session?.bufferIDs ?? [] {
+            guard let buffer = buffers[id] else { continue }
+            stats.bufferStats.append(Self.bufferStats(buffer.stats))
+        }
+        return stats
+    }
+
+    private static func bufferStats(_ counters: TraceBufferStats) -> TraceStats.BufferStats {
+        var stats = TraceStats.BufferStats()
+        stats.bufferSize = counters.bufferSize
+        stats.bytesWritten = counters.bytesWritten
+        stats.bytesOverwritten = counters.bytesOverwritten
+        stats.bytesRead = counters.bytesRead
+        stats.chunksWritten = counters.chunksWritten
+        stats.chunksRewritten = counters.chunksRewritten
+        stats.chunksOverwritten = counters.chunksOverwritten
+        stats.chunksDiscarded = counters.chunksDiscarded
+        stats.chunksRead = counters.chunksRead
+        stats.chunksCommittedOutOfOrder = counters.chunksCommittedOutOfOrder
+        stats.writeWrapCount = counters.writeWrapCount
+        stats.patchesSucceeded = counters.patchesSucceeded
+        stats.patchesFailed = counters.patchesFailed
+        stats.abiViolations = counters.abiViolations
+        stats.traceWriterPacketLoss = counters.traceWriterPacketLoss
+        return stats
+    }
+}

@@ -1,0 +1,89 @@
+// The service's record of one tracing session: its config, buffers, data source instances,
+// pending flushes and timers. Logic lives in TracingServiceCore+Sessions.swift.
+
+import IPCProtocol
+
+/// One data source instance of a session, on one producer.
+struct DataSourceInstance {
+    enum State { case configured, starting, started, stopping, stopped }
+
+    let id: DataSourceInstanceID
+    let producerID: ProducerID
+    let name: String
+    var config: DataSourceConfig
+    var state = State.configured
+    let willNotifyOnStart: Bool
+    let willNotifyOnStop: Bool
+    let noFlush: Bool
+    let handlesIncrementalStateClear: Bool
+}
+
+final class TracingSession {
+    enum State: String {
+        case configured = "CONFIGURED"
+        case started = "STARTED"
+        case disablingWaitingStopAcks = "DISABLING_WAITING_STOP_ACKS"
+        case disabled = "DISABLED"
+    }
+
+    struct PendingFlush {
+        var waitingFor: Set<ProducerID>
+        var callback: (Bool) -> Void
+        var timeout: (any ScheduledTask)?
+    }
+
+    let id: TracingSessionID
+    let consumerID: UInt64
+    let consumerUID: UInt32
+    let config: TraceConfig
+    var state = State.configured
+    let bufferIDs: [BufferID]
+    var instances: [DataSourceInstance] = []
+    var pendingFlushes: [FlushRequestID: PendingFlush] = [:]
+    private var sequenceIDs: [SequenceKey: UInt32] = [:]
+    private var nextSequenceID: UInt32 = TracingSession.firstProducerSequenceID
+    var configEmitted = false
+    var outputFile: ScopedFD?
+    var bytesWrittenIntoFile: UInt64 = 0
+    var timers: [any ScheduledTask] = []
+    var stopTimeout: (any ScheduledTask)?
+    var allDataSourcesStartedNotified = false
+    var startRealtimeNanoseconds: Int64 = 0
+    /// Packets of this session dropped because they set reserved fields or did not parse.
+    var invalidPackets: UInt64 = 0
+    /// Why writing into the output file failed, reported with tracing disabled.
+    var fileError: String?
+
+    /// The sequence id the service stamps on its own packets.
+    static let servicePacketSequenceID: UInt32 = 1
+    static let firstProducerSequenceID: UInt32 = 2
+
+    init(id: TracingSessionID, consumerID: UInt64, consumerUID: UInt32, config: TraceConfig, bufferIDs: [BufferID]) {
+        self.id = id
+        self.consumerID = consumerID
+        self.consumerUID = consumerUID
+        self.config = config
+        self.bufferIDs = bufferIDs
+    }
+
+    /// The trusted packet sequence id of a writer: assigned on first sight, stable afterwards.
+    func sequenceID(for key: SequenceKey) -> UInt32 {
+        if let id = sequenceIDs[key] { return id }
+        let id = nextSequenceID
+        nextSequenceID &+= 1
+        sequenceIDs[key] = id
+        return id
+    }
+
+    var isWritingIntoFile: Bool { config.writeIntoFile }
+
+    func cancelTimers() {
+        for timer in timers { timer.cancel() }
+        timers = []
+        stopTimeout?.cancel()
+        stopTimeout = nil
+    }
+
+    var flushTimeoutMs: UInt32 { config.flushTimeoutMs == 0 ? 5000 : config.flushTimeoutMs }
+    var stopTimeoutMs: UInt32 { config.dataSourceStopTimeoutMs == 0 ? 5000 : config.dataSourceStopTimeoutMs }
+}

@@ -1,0 +1,85 @@
+// The few protobuf encoding primitives the tracing layer writes by hand (trusted fields
+// appended to packets, trace-file preambles, the TraceWriter's streaming encoder).
+
+enum ProtoWireType: UInt8 {
+    case varint = 0
+    case fixed64 = 1
+    case lengthDelimited = 2
+    case fixed32 = 5
+}
+
+enum ProtoEncoding {
+    static func appendVarint(_ value: UInt64, to bytes: inout [UInt8]) {
+        var value = value
+        while value >= 0x80 {
+            bytes.append(UInt8(truncatingIfNeeded: value) | 0x80)
+            value >>= 7
+        }
+        bytes.append(UInt8(value))
+    }
+
+    static func appendTag(_ field: Int, _ type: ProtoWireType, to bytes: inout [UInt8]) {
+        appendVarint(UInt64(field) << 3 | UInt64(type.rawValue), to: &bytes)
+    }
+
+    static func appendVarintField(_ field: Int, _ value: UInt64, to bytes: inout [UInt8]) {
+        appendTag(field, .varint, to: &bytes)
+        appendVarint(value, to: &bytes)
+    }
+
+    /// An int32 field: negative values are sign-extended to 10 bytes, as protobuf requires.
+    static func appendInt32Field(_ field: Int, _ value: Int32, to bytes: inout [UInt8]) {
+        appendVarintField(field, UInt64(bitPattern: Int64(value)), to: &bytes)
+    }
+
+    static func varintSize(_ value: UInt64) -> Int {
+        var size = 1
+        var value = value
+        while value >= 0x80 {
+            value >>= 7
+            size += 1
+        }
+        return size
+    }
+
+    /// Walks the top-level fields of `bytes`, calling `visit` with each field number.
+    /// Returns false if the bytes are not a well-formed message (groups count as malformed).
+    static func forEachField(in bytes: UnsafeRawBufferPointer, _ visit: (Int) -> Bool) -> Bool {
+        var position = 0
+        let end = bytes.count
+        func readVarint() -> UInt64? {
+            var value: UInt64 = 0
+            var shift: UInt64 = 0
+            while position < end, shift < 64 {
+                let byte = bytes[position]
+                position += 1
+                value |= UInt64(byte & 0x7F) << shift
+                if byte & 0x80 == 0 { return value }
+                shift += 7
+            }
+            return nil
+        }
+        while position < end {
+            guard let key = readVarint() else { return false }
+            let field = key >> 3
+            guard field > 0, field < (1 << 29) else { return false }
+            switch key & 7 {
+            case 0:
+                guard readVarint() != nil else { return false }
+            case 1:
+                guard end - position >= 8 else { return false }
+                position += 8
+            case 2:
+                guard let length = readVarint(), length <= UInt64(end - position) else { return false }
+                position += Int(length)
+            case 5:
+                guard end - position >= 4 else { return false }
+                position += 4
+            default:
+                return false
+            }
+            guard visit(Int(field)) else { return false }
+        }
+        return true
+    }
+}

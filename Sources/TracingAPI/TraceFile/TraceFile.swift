@@ -1,0 +1,78 @@
+// Perfetto's trace file format: `message Trace { repeated TracePacket packet = 1; }`, i.e. a
+// concatenation of `0x0A <varint length> <TracePacket bytes>`. Files written this way open in
+// the Perfetto UI and trace_processor.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Encoding and writing Perfetto trace files.
+public enum TraceFile {
+    /// The tag of `Trace.packet` (field 1, length-delimited).
+    static let packetTag: UInt8 = 0x0A
+
+    /// Bytes a packet of `size` bytes takes in a trace file.
+    public static func framedPacketSize(_ size: Int) -> Int {
+        1 + ProtoEncoding.varintSize(UInt64(size)) + size
+    }
+
+    /// Appends one packet with its `Trace.packet` preamble.
+    public static func appendFramedPacket(_ packet: [UInt8], to output: inout [UInt8]) {
+        output.append(packetTag)
+        ProtoEncoding.appendVarint(UInt64(packet.count), to: &output)
+        output.append(contentsOf: packet)
+    }
+
+    /// A whole trace file for `packets`.
+    public static func encode(_ packets: [TracePacketData]) -> [UInt8] {
+        var output: [UInt8] = []
+        output.reserveCapacity(packets.reduce(0) { $0 + framedPacketSize($1.bytes.count) })
+        for packet in packets { appendFramedPacket(packet.bytes, to: &output) }
+        return output
+    }
+
+    /// Splits a trace file into its packets. Throws on a malformed file.
+    public static func decodePackets(_ bytes: [UInt8]) throws(TracingError) -> [TracePacketData] {
+        var packets: [TracePacketData] = []
+        var position = 0
+        while position < bytes.count {
+            guard bytes[position] == packetTag else {
+                throw TracingError(.invalidConfig, "byte \(position): expected the Trace.packet tag 0x0A")
+            }
+            position += 1
+            var length: UInt64 = 0
+            var shift: UInt64 = 0
+            while true {
+                guard position < bytes.count, shift < 64 else {
+                    throw TracingError(.invalidConfig, "byte \(position): truncated packet length")
+                }
+                let byte = bytes[position]
+                position += 1
+                length |= UInt64(byte & 0x7F) << shift
+                if byte & 0x80 == 0 { break }
+                shift += 7
+            }
+            guard length <= UInt64(bytes.count - position) else {
+                throw TracingError(.invalidConfig, "byte \(position): packet of \(length) bytes runs past the end")
+            }
+            packets.append(TracePacketData(bytes: Array(bytes[position..<position + Int(length)])))
+            position += Int(length)
+        }
+        return packets
+    }
+
+    /// Writes all of `bytes` to `fd`, retrying short writes and EINTR.
+    static func writeAll(_ bytes: [UInt8], to fd: Int32) throws(TracingError) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { raw in
+                Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
+            }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw TracingError(.fileWriteFailed, "write", errno: errno)
+            }
+            offset += written
+        }
+    }
+}

@@ -1,0 +1,250 @@
+// What a TraceWriter puts in shared memory comes back out of the service byte for byte:
+// packets fragmented over several chunks, nested lengths patched in later commits, many writers
+// interleaved, full buffers, and the ring-buffer / discard policies.
+
+import IPCInProcess
+import IPCProtocol
+import SwiftProtobuf
+import XCTest
+
+@testable import TracingAPI
+
+final class TraceWriterTests: XCTestCase {
+    var loop: ManualEventLoop!
+    var service: TracingServiceCore!
+
+    override func setUp() {
+        loop = ManualEventLoop()
+        service = TracingServiceCore(eventLoop: loop)
+    }
+
+    override func tearDown() {
+        loop.runUntilIdle()
+        service = nil
+        loop = nil
+    }
+
+    /// A started session with one producer; returns its writer.
+    private func startSession(
+        _ config: TraceConfig = TracingConfigs.config(), options: ProducerConnectionOptions? = nil
+    ) -> (RecordingProducer, RecordingConsumer, TraceWriter) {
+        let producer = RecordingProducer(
+            service: service, name: "app", uid: 1000, pid: 4242,
+            dataSources: [TracingConfigs.descriptor("test.source")], options: options)
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        drive(loop, until: { producer.writers.count == 1 })
+        return (producer, consumer, producer.writers.values.first!)
+    }
+
+    private func stopAndRead(_ consumer: RecordingConsumer) {
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { !consumer.disabledErrors.isEmpty })
+        consumer.read(on: loop)
+    }
+
+    /// The trusted fields the service appends for the first (or a later) packet of sequence 2.
+    private func trustedSuffix(first: Bool) -> [UInt8] {
+        var suffix: [UInt8] = []
+        PacketValidation.appendTrustedFields(
+            to: &suffix, uid: 1000, sequenceID: 2, pid: 4242, previousPacketDropped: first)
+        return suffix
+    }
+
+    private func producerPacketBytes(_ consumer: RecordingConsumer) -> [[UInt8]] {
+        consumer.packets.filter { (try? $0.decode().trustedPacketSequenceID) == 2 }.map(\.bytes)
+    }
+
+    func testFieldsWrittenInPlaceComeBackByteIdentical() throws {
+        let (_, consumer, writer) = startSession()
+        writer.newTracePacket { packet in
+            packet.appendVarint(8, 123_456)
+            packet.appendNested(900) { testEvent in
+                testEvent.appendString(1, "hi")
+                testEvent.appendVarint(2, 7)
+            }
+        }
+        writer.flush()
+        stopAndRead(consumer)
+        // timestamp, then for_testing with its length padded to 4 bytes as protozero writes it.
+        let expected: [UInt8] = [0x40, 0xC0, 0xC4, 0x07, 0xA2, 0x38, 0x86, 0x80, 0x80, 0x00,
+                                 0x0A, 0x02, 0x68, 0x69, 0x10, 0x07]
+        XCTAssertEqual(producerPacketBytes(consumer), [expected + trustedSuffix(first: true)])
+        let decoded = try TracePacket(serializedBytes: expected)
+        XCTAssertEqual(decoded.timestamp, 123_456)
+        XCTAssertEqual(decoded.forTesting.str, "hi")
+        XCTAssertEqual(decoded.forTesting.seqValue, 7)
+    }
+
+    func testAPacketFragmentedOverThreeOrMoreChunks() throws {
+        let (_, consumer, writer) = startSession()
+        var message = TracePacket()
+        message.timestamp = 42
+        message.forTesting.str = String(repeating: "0123456789abcdef", count: 800)  // 12.8 KB
+        let encoded: [UInt8] = try message.serializedBytes()
+        try writer.writePacket(message)
+        writer.writeTestPacket(timestamp: 43, "after")
+        writer.flush()
+        stopAndRead(consumer)
+        let packets = producerPacketBytes(consumer)
+        XCTAssertEqual(packets.count, 2)
+        XCTAssertEqual(packets.first, encoded + trustedSuffix(first: true))
+        let stats = try XCTUnwrap(consumer.decodedPackets().last?.traceStats.bufferStats.first)
+        XCTAssertGreaterThanOrEqual(stats.chunksWritten, 4, "12.8 KB spans at least four 4 KiB chunks")
+        XCTAssertEqual(try TracePacket(serializedBytes: packets[1]).forTesting.str, "after")
+    }
+
+    func testNestedLengthSpanningChunksIsPatchedInALaterCommit() throws {
+        let (_, consumer, writer) = startSession()
+        let text = String(repeating: "x", count: 9_000)
+        writer.newTracePacket { packet in
+            packet.appendVarint(8, 1)
+            packet.appendNested(900) { testEvent in testEvent.appendString(1, text) }
+        }
+        // The chunks holding the start of the packet are committed now; the patch for the
+        // for_testing length is still with the writer.
+        loop.runUntilIdle()
+        consumer.read(on: loop)
+        XCTAssertEqual(producerPacketBytes(consumer), [], "a chunk waiting for its patch blocks its sequence")
+        XCTAssertEqual(consumer.decodedPackets().last?.traceStats.bufferStats.first?.chunksWritten, 2)
+
+        writer.flush()  // returns the last chunk with the patch
+        stopAndRead(consumer)
+        let packets = producerPacketBytes(consumer)
+        XCTAssertEqual(packets.count, 1, "\(consumer.decodedPackets().last!.traceStats)")
+        guard packets.count == 1 else { return }
+        let decoded = try TracePacket(serializedBytes: packets[0])
+        XCTAssertEqual(decoded.forTesting.str, text)
+        XCTAssertEqual(decoded.timestamp, 1)
+        let stats = try XCTUnwrap(consumer.decodedPackets().last?.traceStats.bufferStats.first)
+        XCTAssertEqual(stats.patchesSucceeded, 1)
+        XCTAssertEqual(stats.patchesFailed, 0)
+    }
+
+    func testTwoProducersWithThreeWritersEachKeepPerSequenceOrder() throws {
+        let consumer = RecordingConsumer(service: service)
+        var producers: [RecordingProducer] = []
+        for index in 0..<2 {
+            producers.append(RecordingProducer(
+                service: service, name: "producer\(index)", uid: UInt32(2000 + index), pid: Int32(300 + index),
+                dataSources: [TracingConfigs.descriptor("test.source")]))
+        }
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producers.allSatisfy { $0.writers.count == 1 } })
+        var writers: [(producer: Int, writer: TraceWriter)] = []
+        for (index, producer) in producers.enumerated() {
+            let buffer = BufferID(producer.started[0].config.targetBuffer)
+            writers.append((index, producer.writers.values.first!))
+            for _ in 0..<2 {
+                writers.append((index, producer.endpoint.createTraceWriter(targetBuffer: buffer, policy: .drop)!))
+            }
+        }
+        for round in 0..<200 {
+            for (index, entry) in writers.enumerated() {
+                entry.writer.writeTestPacket(timestamp: UInt64(round), "w\(index) #\(round)")
+            }
+            if round % 50 == 0 { loop.runUntilIdle() }  // commits interleave with writing
+        }
+        for entry in writers { entry.writer.flush() }
+        stopAndRead(consumer)
+
+        let packets = consumer.producerPackets()
+        XCTAssertEqual(packets.count, 6 * 200)
+        let bySequence = Dictionary(grouping: packets, by: \.trustedPacketSequenceID)
+        XCTAssertEqual(bySequence.count, 6)
+        for (_, sequence) in bySequence {
+            let writerTag = sequence[0].forTesting.str.split(separator: " ")[0]
+            XCTAssertEqual(sequence.map(\.forTesting.str), (0..<200).map { "\(writerTag) #\($0)" })
+            let writerIndex = Int(writerTag.dropFirst())!
+            let producer = writers[writerIndex].producer
+            XCTAssertTrue(sequence.allSatisfy { $0.trustedUid == Int32(2000 + producer) })
+            XCTAssertTrue(sequence.allSatisfy { $0.trustedPid == Int32(300 + producer) })
+        }
+    }
+
+    private func fillBuffer(policy: TraceConfig.BufferConfig.FillPolicy) -> (RecordingConsumer, Perfetto_Protos_TraceStats.BufferStats) {
+        let (_, consumer, writer) = startSession(TracingConfigs.config(buffers: [(16, policy)]))
+        let filler = String(repeating: "-", count: 900)
+        for index in 0..<40 { writer.writeTestPacket(timestamp: UInt64(index), "\(index) \(filler)") }
+        writer.flush()
+        stopAndRead(consumer)
+        let stats = consumer.decodedPackets().last!.traceStats.bufferStats[0]
+        return (consumer, stats)
+    }
+
+    func testRingBufferKeepsTheNewestChunks() {
+        let (consumer, stats) = fillBuffer(policy: .ringBuffer)
+        let indexes = consumer.producerPackets().map { Int($0.forTesting.str.split(separator: " ")[0])! }
+        XCTAssertFalse(indexes.isEmpty)
+        XCTAssertEqual(indexes.last, 39, "the newest packet survives")
+        XCTAssertEqual(indexes, Array(indexes.first!...39), "a contiguous run of the newest packets")
+        XCTAssertGreaterThan(indexes.first!, 0, "the oldest were overwritten")
+        XCTAssertGreaterThan(stats.chunksOverwritten, 0)
+        XCTAssertEqual(stats.chunksDiscarded, 0)
+        XCTAssertEqual(consumer.producerPackets().first?.previousPacketDropped, 1)
+    }
+
+    func testDiscardKeepsTheOldestChunks() {
+        let (consumer, stats) = fillBuffer(policy: .discard)
+        let indexes = consumer.producerPackets().map { Int($0.forTesting.str.split(separator: " ")[0])! }
+        XCTAssertEqual(indexes.first, 0, "the oldest packet survives")
+        XCTAssertEqual(indexes, Array(0...indexes.last!))
+        XCTAssertLessThan(indexes.last!, 39, "the newest were discarded")
+        XCTAssertGreaterThan(stats.chunksDiscarded, 0)
+        XCTAssertEqual(stats.chunksOverwritten, 0)
+    }
+
+    func testFullSharedMemoryDropsPacketsAndMarksTheSequence() throws {
+        // Two 4 KiB pages of shared memory: the third chunk finds no room until the service
+        // has moved the first two.
+        let options = ProducerConnectionOptions(name: "app", sharedMemorySizeHint: 8192, sharedMemoryPageSizeHint: 4096)
+        let (producer, consumer, writer) = startSession(options: options)
+        XCTAssertEqual(producer.endpoint.sharedMemory?.size, 8192)
+        let filler = String(repeating: "=", count: 1500)
+        for index in 0..<10 { writer.writeTestPacket(timestamp: UInt64(index), "\(index) \(filler)") }
+        XCTAssertGreaterThan(writer.packetsDropped, 0)
+        loop.runUntilIdle()  // the service moves the complete chunks and frees them
+        writer.writeTestPacket(timestamp: 100, "after the drop")
+        writer.flush()
+        stopAndRead(consumer)
+        let packets = consumer.producerPackets()
+        let last = try XCTUnwrap(packets.last)
+        XCTAssertEqual(last.forTesting.str, "after the drop")
+        XCTAssertEqual(last.previousPacketDropped, 1, "the drop marker reached the service")
+        XCTAssertEqual(consumer.decodedPackets().last?.traceStats.bufferStats.first?.traceWriterPacketLoss, 1)
+        XCTAssertEqual(packets.count, 10 - Int(writer.packetsDropped) + 1)
+    }
+
+    func testWritersFromOtherThreadsCommitThroughTheLoop() throws {
+        let (producer, consumer, _) = startSession()
+        let buffer = BufferID(producer.started[0].config.targetBuffer)
+        let writers = (0..<2).map { _ in producer.endpoint.createTraceWriter(targetBuffer: buffer, policy: .stall())! }
+        let done = DispatchGroupBox()
+        for (index, writer) in writers.enumerated() {
+            done.enter()
+            let box = UncheckedSendableBox(writer)
+            Thread.detachNewThread {
+                for round in 0..<500 { box.value.writeTestPacket(timestamp: UInt64(round), "t\(index) \(round)") }
+                box.value.flush()
+                done.leave()
+            }
+        }
+        // The writers stall for free chunks: keep the service's loop turning until they finish.
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !done.isDone, ContinuousClock.now < deadline { loop.runUntilIdle() }
+        XCTAssertTrue(done.isDone, "writer threads did not finish")
+        loop.runUntilIdle()
+        stopAndRead(consumer)
+        let bySequence = Dictionary(grouping: consumer.producerPackets(), by: \.trustedPacketSequenceID)
+        XCTAssertEqual(bySequence.values.map(\.count).sorted(), [500, 500])
+    }
+}
+
+/// A counter threads finish on; the test thread polls it while driving the loop.
+final class DispatchGroupBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var outstanding = 0
+    func enter() { lock.withLock { outstanding += 1 } }
+    func leave() { lock.withLock { outstanding -= 1 } }
+    var isDone: Bool { lock.withLock { outstanding == 0 } }
+}

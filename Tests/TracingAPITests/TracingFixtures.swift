@@ -1,0 +1,191 @@
+// Test doubles for the tracing API: a producer and a consumer that record every callback,
+// and helpers to build configs and drive a ManualEventLoop.
+
+import Foundation
+import IPCInProcess
+import IPCProtocol
+import XCTest
+
+@testable import TracingAPI
+
+/// A producer that registers data sources, records every callback, and (by default)
+/// acknowledges flushes after flushing its writers.
+final class RecordingProducer: Producer {
+    var endpoint: (any ProducerEndpoint)!
+    private(set) var events: [String] = []
+    private(set) var started: [(id: DataSourceInstanceID, config: DataSourceConfig)] = []
+    private(set) var stopped: [DataSourceInstanceID] = []
+    private(set) var flushRequests: [(id: FlushRequestID, dataSources: [DataSourceInstanceID])] = []
+    private(set) var connects = 0
+    private(set) var disconnects = 0
+    private(set) var tracingSetups = 0
+    var acknowledgesFlushes = true
+    var notifiesStops = true
+    /// Writers by instance, created on start for the instance's target buffer.
+    var writers: [DataSourceInstanceID: TraceWriter] = [:]
+    /// Runs when an instance starts (after its writer exists).
+    var onStart: ((DataSourceInstanceID, TraceWriter) -> Void)?
+
+    init(
+        service: TracingServiceCore, name: String, uid: UInt32 = 1000, pid: Int32 = 4242,
+        dataSources: [DataSourceDescriptor], options: ProducerConnectionOptions? = nil
+    ) {
+        var connectOptions = options ?? ProducerConnectionOptions(name: name)
+        connectOptions.name = name
+        connectOptions.identity = PeerIdentity(uid: uid, pid: pid)
+        endpoint = service.connectProducer(self, options: connectOptions)
+        for descriptor in dataSources { endpoint.registerDataSource(descriptor) }
+    }
+
+    func onConnect() { connects += 1; events.append("connect") }
+    func onDisconnect() { disconnects += 1; events.append("disconnect") }
+    func onTracingSetup() { tracingSetups += 1; events.append("setup-tracing") }
+
+    func setupDataSource(_ id: DataSourceInstanceID, config: DataSourceConfig) {
+        events.append("setup \(config.name)")
+    }
+
+    func startDataSource(_ id: DataSourceInstanceID, config: DataSourceConfig) {
+        events.append("start \(config.name)")
+        started.append((id, config))
+        guard let writer = endpoint.createTraceWriter(
+            targetBuffer: BufferID(config.targetBuffer), policy: .drop) else { return }
+        writers[id] = writer
+        onStart?(id, writer)
+    }
+
+    func stopDataSource(_ id: DataSourceInstanceID) {
+        events.append("stop")
+        stopped.append(id)
+        writers[id]?.flush()
+        if notifiesStops { endpoint.notifyDataSourceStopped(id) }
+    }
+
+    func flush(_ id: FlushRequestID, dataSources: [DataSourceInstanceID], flags: FlushFlags) {
+        events.append("flush")
+        flushRequests.append((id, dataSources))
+        guard acknowledgesFlushes else { return }
+        for instance in dataSources { writers[instance]?.flush() }
+        endpoint.notifyFlushComplete(id)
+    }
+}
+
+/// A consumer that records what the service tells it.
+final class RecordingConsumer: Consumer {
+    var endpoint: (any ConsumerEndpoint)!
+    private(set) var disabledErrors: [String] = []
+    private(set) var packets: [TracePacketData] = []
+    private(set) var batchesHasMore: [Bool] = []
+    private(set) var stats: [TraceStats] = []
+    private(set) var observed: [ObservableEvents] = []
+    private(set) var connects = 0
+    private(set) var disconnects = 0
+
+    init(service: TracingServiceCore, uid: UInt32 = 1000) {
+        endpoint = service.connectConsumer(self, uid: uid)
+    }
+
+    func onConnect() { connects += 1 }
+    func onDisconnect() { disconnects += 1 }
+    func onTracingDisabled(error: String) { disabledErrors.append(error) }
+    func onTraceData(_ packets: [TracePacketData], hasMore: Bool) {
+        self.packets.append(contentsOf: packets)
+        batchesHasMore.append(hasMore)
+    }
+    func onTraceStats(success: Bool, _ stats: TraceStats) { self.stats.append(stats) }
+    func onObservableEvents(_ events: ObservableEvents) { observed.append(events) }
+
+    /// Reads completed so far (batches with hasMore = false).
+    var readsCompleted: Int { batchesHasMore.filter { !$0 }.count }
+
+    /// Reads the buffers and drives `loop` until that read has completed.
+    func read(on loop: ManualEventLoop, file: StaticString = #filePath, line: UInt = #line) {
+        let before = readsCompleted
+        endpoint.readBuffers()
+        drive(loop, until: { self.readsCompleted == before + 1 }, "the read did not complete", file: file, line: line)
+    }
+
+    /// Packets decoded; fails the test on a packet that does not decode.
+    func decodedPackets(file: StaticString = #filePath, line: UInt = #line) -> [TracePacket] {
+        packets.compactMap { packet in
+            do { return try packet.decode() } catch {
+                XCTFail("packet does not decode: \(error)", file: file, line: line)
+                return nil
+            }
+        }
+    }
+
+    /// Decoded packets written by producers (not the service's own sequence).
+    func producerPackets() -> [TracePacket] {
+        decodedPackets().filter { $0.trustedPacketSequenceID != TracingSession.servicePacketSequenceID }
+    }
+}
+
+enum TracingConfigs {
+    static func descriptor(_ name: String, willNotifyOnStop: Bool = false) -> DataSourceDescriptor {
+        var descriptor = DataSourceDescriptor()
+        descriptor.name = name
+        descriptor.willNotifyOnStop = willNotifyOnStop
+        return descriptor
+    }
+
+    static func config(
+        buffers: [(sizeKb: UInt32, policy: TraceConfig.BufferConfig.FillPolicy)] = [(1024, .ringBuffer)],
+        dataSources: [(name: String, targetBuffer: UInt32)] = [("test.source", 0)],
+        durationMs: UInt32 = 0
+    ) -> TraceConfig {
+        var config = TraceConfig()
+        for buffer in buffers {
+            var bufferConfig = TraceConfig.BufferConfig()
+            bufferConfig.sizeKb = buffer.sizeKb
+            bufferConfig.fillPolicy = buffer.policy
+            config.buffers.append(bufferConfig)
+        }
+        for source in dataSources {
+            var entry = TraceConfig.DataSource()
+            entry.config.name = source.name
+            entry.config.targetBuffer = source.targetBuffer
+            config.dataSources.append(entry)
+        }
+        if durationMs > 0 { config.durationMs = durationMs }
+        return config
+    }
+}
+
+extension TraceWriter {
+    /// A packet with `timestamp` and `for_testing.str`, written field by field.
+    func writeTestPacket(timestamp: UInt64, _ text: String) {
+        newTracePacket { packet in
+            packet.appendVarint(8, timestamp)
+            packet.appendNested(900) { testEvent in testEvent.appendString(1, text) }
+        }
+    }
+}
+
+extension Array where Element == UInt8 {
+    init(hex: String) {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(hex.count / 2)
+        var index = hex.startIndex
+        while index < hex.endIndex {
+            let next = hex.index(index, offsetBy: 2)
+            bytes.append(UInt8(hex[index..<next], radix: 16)!)
+            index = next
+        }
+        self = bytes
+    }
+}
+
+/// Runs the loop until `condition` holds; fails the test if the loop goes idle first.
+func drive(
+    _ loop: ManualEventLoop, until condition: () -> Bool, _ message: String = "condition never held",
+    file: StaticString = #filePath, line: UInt = #line
+) {
+    if !loop.run(until: condition) { XCTFail(message, file: file, line: line) }
+}
+
+extension TracePacket {
+    var hasTraceConfig: Bool { if case .traceConfig? = data { true } else { false } }
+    var hasClockSnapshot: Bool { if case .clockSnapshot? = data { true } else { false } }
+    var hasTraceStats: Bool { if case .traceStats? = data { true } else { false } }
+}

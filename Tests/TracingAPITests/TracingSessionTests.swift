@@ -1,0 +1,338 @@
+// A tracing session end to end, in one process on a deterministic loop: producers write through
+// real shared memory (memfd, page-header CAS, CommitData), the consumer reads the trace.
+
+import IPCInProcess
+import IPCProtocol
+import SwiftProtobuf
+import XCTest
+
+@testable import TracingAPI
+
+final class TracingSessionTests: XCTestCase {
+    var loop: ManualEventLoop!
+    var service: TracingServiceCore!
+
+    override func setUp() {
+        loop = ManualEventLoop()
+        service = TracingServiceCore(eventLoop: loop)
+    }
+
+    override func tearDown() {
+        loop.runUntilIdle()
+        service = nil
+        loop = nil
+    }
+
+    func testFullSessionLifecycle() throws {
+        let producer = RecordingProducer(
+            service: service, name: "app", uid: 1234, pid: 777,
+            dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer.onStart = { _, writer in
+            for index in 0..<5 { writer.writeTestPacket(timestamp: UInt64(100 + index), "packet \(index)") }
+        }
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        XCTAssertEqual(producer.events, ["connect", "setup-tracing", "setup test.source", "start test.source"])
+        XCTAssertEqual(producer.started[0].config.tracingSessionID, 1)
+        XCTAssertNotNil(producer.endpoint.sharedMemory)
+        XCTAssertEqual(producer.endpoint.sharedMemory?.size, 256 * 1024)
+
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors.count == 1 })
+        XCTAssertEqual(consumer.disabledErrors, [""])
+        XCTAssertEqual(producer.stopped, [producer.started[0].id])
+
+        consumer.read(on: loop)
+        let packets = consumer.decodedPackets()
+        // Service packets first (config, clock snapshot), producer packets, then the stats.
+        XCTAssertTrue(packets.first?.hasTraceConfig ?? false)
+        XCTAssertEqual(packets.first?.traceConfig.buffers.first?.sizeKb, 1024)
+        XCTAssertTrue(packets[1].hasClockSnapshot)
+        XCTAssertTrue(packets.last?.hasTraceStats ?? false)
+        let written = consumer.producerPackets()
+        XCTAssertEqual(written.map(\.forTesting.str), (0..<5).map { "packet \($0)" })
+        XCTAssertEqual(written.map(\.timestamp), [100, 101, 102, 103, 104])
+        for packet in written {
+            XCTAssertEqual(packet.trustedUid, 1234)
+            XCTAssertEqual(packet.trustedPid, 777)
+            XCTAssertEqual(packet.trustedPacketSequenceID, 2)
+        }
+        XCTAssertEqual(written.map(\.previousPacketDropped), [1, 0, 0, 0, 0], "first packet on a sequence")
+        for packet in packets where packet.trustedPacketSequenceID == 1 {
+            XCTAssertEqual(UInt32(bitPattern: packet.trustedUid), getuid())
+        }
+        let stats = packets.last!.traceStats
+        XCTAssertEqual(stats.bufferStats.count, 1)
+        XCTAssertEqual(stats.bufferStats[0].chunksWritten, 1)
+        XCTAssertEqual(stats.bufferStats[0].chunksRead, 1)
+        XCTAssertEqual(stats.invalidPackets, 0)
+
+        // A second read returns only service packets: reading consumes.
+        let before = consumer.packets.count
+        consumer.read(on: loop)
+        let secondRead = consumer.packets[before...].compactMap { try? $0.decode() }
+        XCTAssertTrue(secondRead.allSatisfy { $0.trustedPacketSequenceID == 1 })
+
+        consumer.endpoint.freeBuffers()
+        loop.runUntilIdle()
+        XCTAssertTrue(service.buffers.isEmpty)
+        XCTAssertTrue(service.sessions.isEmpty)
+    }
+
+    func testEnableFailuresAreReportedAsTracingDisabledWithAReason() {
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TraceConfig(), outputFile: nil)
+        drive(loop, until: { consumer.disabledErrors.count == 1 })
+        XCTAssertTrue(consumer.disabledErrors[0].contains("no buffers"), consumer.disabledErrors[0])
+
+        var badTarget = TracingConfigs.config()
+        badTarget.dataSources[0].config.targetBuffer = 3
+        consumer.endpoint.enableTracing(badTarget, outputFile: nil)
+        drive(loop, until: { consumer.disabledErrors.count == 2 })
+        XCTAssertTrue(consumer.disabledErrors[1].contains("targets buffer 3"), consumer.disabledErrors[1])
+
+        var fileWithoutFD = TracingConfigs.config()
+        fileWithoutFD.writeIntoFile = true
+        consumer.endpoint.enableTracing(fileWithoutFD, outputFile: nil)
+        drive(loop, until: { consumer.disabledErrors.count == 3 })
+        XCTAssertTrue(consumer.disabledErrors[2].contains("no output file"), consumer.disabledErrors[2])
+        XCTAssertTrue(service.sessions.isEmpty)
+    }
+
+    func testUniqueSessionNameIsExclusive() {
+        var config = TracingConfigs.config()
+        config.uniqueSessionName = "only-one"
+        let first = RecordingConsumer(service: service)
+        let second = RecordingConsumer(service: service)
+        first.endpoint.enableTracing(config, outputFile: nil)
+        second.endpoint.enableTracing(config, outputFile: nil)
+        drive(loop, until: { second.disabledErrors.count == 1 })
+        XCTAssertTrue(second.disabledErrors[0].contains("only-one"))
+        XCTAssertEqual(first.disabledErrors, [])
+        XCTAssertEqual(service.sessions.count, 1)
+    }
+
+    func testConcurrentSessionsGetTheirOwnInstancesAndBuffers() throws {
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer.onStart = { id, writer in writer.writeTestPacket(timestamp: id, "for instance \(id)") }
+        let first = RecordingConsumer(service: service)
+        let second = RecordingConsumer(service: service)
+        first.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        second.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 2 })
+        XCTAssertNotEqual(producer.started[0].config.targetBuffer, producer.started[1].config.targetBuffer)
+        XCTAssertEqual(producer.tracingSetups, 1, "shared memory is set up once per producer")
+        for consumer in [first, second] {
+            consumer.endpoint.disableTracing()
+        }
+        drive(loop, until: { first.disabledErrors.count == 1 && second.disabledErrors.count == 1 })
+        for consumer in [first, second] { consumer.read(on: loop) }
+        XCTAssertEqual(first.producerPackets().map(\.forTesting.str), ["for instance \(producer.started[0].id)"])
+        XCTAssertEqual(second.producerPackets().map(\.forTesting.str), ["for instance \(producer.started[1].id)"])
+    }
+
+    func testProducerNameFilterSelectsProducers() {
+        let wanted = RecordingProducer(service: service, name: "wanted", dataSources: [TracingConfigs.descriptor("test.source")])
+        let other = RecordingProducer(service: service, name: "other", dataSources: [TracingConfigs.descriptor("test.source")])
+        let regexMatched = RecordingProducer(service: service, name: "app-42", dataSources: [TracingConfigs.descriptor("test.source")])
+        var config = TracingConfigs.config()
+        config.dataSources[0].producerNameFilter = ["wanted"]
+        config.dataSources[0].producerNameRegexFilter = ["app-[0-9]+"]
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        loop.runUntilIdle()
+        XCTAssertEqual(wanted.started.count, 1)
+        XCTAssertEqual(regexMatched.started.count, 1)
+        XCTAssertEqual(other.started.count, 0)
+        XCTAssertEqual(other.tracingSetups, 0)
+    }
+
+    func testDataSourceRegisteredDuringASessionJoinsIt() {
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        loop.runUntilIdle()
+        let late = RecordingProducer(service: service, name: "late", dataSources: [TracingConfigs.descriptor("test.source")])
+        drive(loop, until: { late.started.count == 1 })
+    }
+
+    func testDeferredStartWaitsForStartTracing() {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        var config = TracingConfigs.config()
+        config.deferredStart = true
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        loop.runUntilIdle()
+        XCTAssertEqual(producer.events, ["connect", "setup-tracing", "setup test.source"])
+        consumer.endpoint.startTracing()
+        drive(loop, until: { producer.started.count == 1 })
+    }
+
+    func testAutomaticStopAfterDurationFlushesThenDisables() {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        producer.onStart = { _, writer in writer.writeTestPacket(timestamp: 1, "before the stop") }
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(durationMs: 2_000), outputFile: nil)
+        loop.runUntilIdle()
+        XCTAssertEqual(producer.started.count, 1)
+        loop.advanceTime(by: .milliseconds(1_999))
+        XCTAssertEqual(consumer.disabledErrors, [])
+        loop.advanceTime(by: .milliseconds(1))
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        XCTAssertEqual(producer.events.suffix(2), ["flush", "stop"])
+        XCTAssertEqual(producer.started[0].config.traceDurationMs, 2_000)
+        consumer.read(on: loop)
+        XCTAssertEqual(consumer.producerPackets().map(\.forTesting.str), ["before the stop"])
+    }
+
+    func testFlushAcknowledgedSucceeds() {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        producer.writers.values.first!.writeTestPacket(timestamp: 5, "flushed")
+        var results: [Bool] = []
+        consumer.endpoint.flush(timeoutMs: 1_000, flags: FlushFlags()) { results.append($0) }
+        drive(loop, until: { !results.isEmpty })
+        XCTAssertEqual(results, [true])
+        XCTAssertEqual(producer.flushRequests.count, 1)
+        XCTAssertEqual(producer.flushRequests[0].dataSources, [producer.started[0].id])
+        // The flush moved the chunk: it is readable before the session stops.
+        consumer.read(on: loop)
+        XCTAssertEqual(consumer.producerPackets().map(\.forTesting.str), ["flushed"])
+        loop.advanceTime(by: .seconds(5))
+        XCTAssertEqual(results, [true], "the callback fires exactly once")
+    }
+
+    func testFlushThatIsNotAcknowledgedTimesOut() {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        producer.acknowledgesFlushes = false
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        var results: [Bool] = []
+        consumer.endpoint.flush(timeoutMs: 300, flags: FlushFlags()) { results.append($0) }
+        loop.advanceTime(by: .milliseconds(299))
+        XCTAssertEqual(results, [])
+        loop.advanceTime(by: .milliseconds(1))
+        XCTAssertEqual(results, [false])
+        // A late acknowledgement changes nothing.
+        producer.endpoint.notifyFlushComplete(producer.flushRequests[0].id)
+        loop.runUntilIdle()
+        XCTAssertEqual(results, [false])
+        consumer.endpoint.getTraceStats()
+        drive(loop, until: { consumer.stats.count == 1 })
+        XCTAssertEqual(consumer.stats[0].flushesFailed, 1)
+        XCTAssertEqual(consumer.stats[0].flushesSucceeded, 0)
+    }
+
+    func testDisableWaitsForStopAcknowledgementUpToTheTimeout() {
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer.notifiesStops = false
+        let consumer = RecordingConsumer(service: service)
+        var config = TracingConfigs.config()
+        config.dataSourceStopTimeoutMs = 1_000
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        consumer.endpoint.disableTracing()
+        loop.runUntilIdle()
+        XCTAssertEqual(producer.stopped.count, 1)
+        XCTAssertEqual(consumer.disabledErrors, [], "waits for the producer's acknowledgement")
+        loop.advanceTime(by: .milliseconds(1_000))
+        XCTAssertEqual(consumer.disabledErrors, [""])
+    }
+
+    func testStopAcknowledgementEndsTheSessionAtOnce() {
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        XCTAssertEqual(loop.virtualTime, .zero)
+    }
+
+    func testProducerDisconnectReleasesItsPartOfTheSession() {
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer.notifiesStops = false
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        consumer.endpoint.disableTracing()
+        loop.runUntilIdle()
+        producer.endpoint.disconnect()
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        XCTAssertEqual(producer.disconnects, 1)
+        XCTAssertEqual(loop.virtualTime, .zero, "no waiting for a producer that is gone")
+    }
+
+    func testObservableEventsReportInstancesAndAllStarted() {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.observeEvents([.dataSourcesInstances, .allDataSourcesStarted])
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { consumer.observed.count == 2 })
+        XCTAssertEqual(consumer.observed[0].instanceStateChanges.first?.state, .started)
+        XCTAssertEqual(consumer.observed[0].instanceStateChanges.first?.producerName, "app")
+        XCTAssertTrue(consumer.observed[1].allDataSourcesStarted)
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.observed.count == 3 })
+        XCTAssertEqual(consumer.observed[2].instanceStateChanges.first?.state, .stopped)
+        _ = producer
+    }
+
+    func testQueryServiceStateAndCapabilities() {
+        let producer = RecordingProducer(service: service, name: "app", uid: 55, pid: 66, dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service, uid: 77)
+        var config = TracingConfigs.config()
+        config.uniqueSessionName = "named"
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        var state: TracingServiceState?
+        consumer.endpoint.queryServiceState(sessionsOnly: false) { _, result in state = result }
+        var capabilities: TracingServiceCapabilities?
+        consumer.endpoint.queryCapabilities { capabilities = $0 }
+        drive(loop, until: { state != nil && capabilities != nil })
+        XCTAssertEqual(state?.producers.map(\.name), ["app"])
+        XCTAssertEqual(state?.producers.first?.uid, 55)
+        XCTAssertEqual(state?.producers.first?.pid, 66)
+        XCTAssertEqual(state?.dataSources.map(\.dsDescriptor.name), ["test.source"])
+        XCTAssertEqual(state?.tracingSessions.first?.consumerUid, 77)
+        XCTAssertEqual(state?.tracingSessions.first?.uniqueSessionName, "named")
+        XCTAssertEqual(state?.tracingSessions.first?.bufferSizeKb, [1024])
+        XCTAssertEqual(state?.numSessionsStarted, 1)
+        XCTAssertEqual(capabilities?.hasQueryCapabilities_p, true)
+        _ = producer
+    }
+
+    func testConsumerDisconnectFreesItsSession() {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        consumer.endpoint.disconnect()
+        drive(loop, until: { consumer.disconnects == 1 })
+        XCTAssertTrue(service.sessions.isEmpty)
+        XCTAssertTrue(service.buffers.isEmpty)
+        XCTAssertEqual(producer.stopped.count, 1)
+    }
+
+    func testUnknownConfigFieldsSurviveIntoTheTrace() throws {
+        // A config written for a newer Perfetto: field 1234 is unknown to us.
+        var config = TracingConfigs.config()
+        var unknown: [UInt8] = []
+        ProtoEncoding.appendVarintField(1234, 99, to: &unknown)
+        let encoded: [UInt8] = try config.serializedBytes() + unknown
+        config = try TraceConfig(serializedBytes: encoded)
+        XCTAssertEqual(try config.serializedBytes() as [UInt8], encoded)
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        consumer.endpoint.disableTracing()
+        consumer.read(on: loop)
+        let echoed = try XCTUnwrap(consumer.decodedPackets().first { $0.hasTraceConfig })
+        XCTAssertEqual(try echoed.traceConfig.serializedBytes() as [UInt8], encoded)
+    }
+}
