@@ -101,7 +101,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TracingAPITests",
-            dependencies: ["TracingAPI", "IPCProtocol", "IPCInProcess", "TestSupport", "CPerfettoIPCLinux"],
+            dependencies: ["TracingAPI", "IPCProtocol", "IPCInProcess", "IPCUnixSocket", "TestSupport", "CPerfettoIPCLinux"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(

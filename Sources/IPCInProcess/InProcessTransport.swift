@@ -41,9 +41,13 @@ public final class InProcessTransport: IPCTransport, @unchecked Sendable {
         let client = InMemoryConnection(loop: eventLoop, address: address)
         client.delegate = delegate
         let listener = network.listener(named: address)
-        let box = UncheckedSendableBox((client, listener))
+        // Two boxes, not one box of a tuple: Swift 6.3.1 over-releases when a tuple is
+        // destructured out of a generic struct (see UncheckedSendableBox).
+        let clientBox = UncheckedSendableBox(client)
+        let listenerBox = UncheckedSendableBox(listener)
         eventLoop.execute {
-            let (client, listener) = box.value
+            let client = clientBox.value
+            let listener = listenerBox.value
             guard client.state == .connecting else { return }  // closed meanwhile
             guard let listener, let server = listener.accept(for: client) else {
                 client.failToConnect(IPCError(.connectionFailed, "nothing listens at \"\(address)\" in this process", address: address))

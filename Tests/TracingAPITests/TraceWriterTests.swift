@@ -12,6 +12,8 @@ import XCTest
 final class TraceWriterTests: XCTestCase {
     var loop: ManualEventLoop!
     var service: TracingServiceCore!
+    /// Producers must stay referenced: releasing one disconnects it.
+    var keepAlive: [AnyObject] = []
 
     override func setUp() {
         loop = ManualEventLoop()
@@ -19,6 +21,8 @@ final class TraceWriterTests: XCTestCase {
     }
 
     override func tearDown() {
+        loop.runUntilIdle()
+        keepAlive = []
         loop.runUntilIdle()
         service = nil
         loop = nil
@@ -34,6 +38,7 @@ final class TraceWriterTests: XCTestCase {
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(config, outputFile: nil)
         drive(loop, until: { producer.writers.count == 1 })
+        keepAlive.append(producer)
         return (producer, consumer, producer.writers.values.first!)
     }
 
@@ -88,7 +93,7 @@ final class TraceWriterTests: XCTestCase {
         stopAndRead(consumer)
         let packets = producerPacketBytes(consumer)
         XCTAssertEqual(packets.count, 2)
-        XCTAssertEqual(packets.first, encoded + trustedSuffix(first: true))
+        XCTAssertTrue(packets.first == encoded + trustedSuffix(first: true), "the 12.8 KB packet came back changed")
         let stats = try XCTUnwrap(consumer.decodedPackets().last?.traceStats.bufferStats.first)
         XCTAssertGreaterThanOrEqual(stats.chunksWritten, 4, "12.8 KB spans at least four 4 KiB chunks")
         XCTAssertEqual(try TracePacket(serializedBytes: packets[1]).forTesting.str, "after")

@@ -406,6 +406,10 @@ public final class IPCClient: IPCConnectionDelegate {
 
 /// Carries a loop-bound object through `execute`, which wants `@Sendable` closures. Sound
 /// because the object is only used on the loop it belongs to, which is where `execute` runs.
+///
+/// Do not write `let (a, b) = box.value` for a tuple value: Swift 6.3.1 over-releases the tuple's
+/// elements when one is destructured out of a generic struct (a closure element makes it
+/// reliable; 10-line repro in the #9 notes). Read `box.value.0` / `.1`, or use one box each.
 package struct UncheckedSendableBox<Value>: @unchecked Sendable {
     package let value: Value
     package init(_ value: Value) { self.value = value }

@@ -60,8 +60,9 @@ final class DirectServiceBinding {
         }
         let box = UncheckedSendableBox((call, request, duplicate))
         loop.execute {
-            let (call, request, fd) = box.value
-            call.binding?.dispatch(methodIndex: methodIndex, request: request, fd: fd, call: call)
+            // Member access, not `let (a, b, c) = box.value`: see UncheckedSendableBox.
+            let call = box.value.0
+            call.binding?.dispatch(methodIndex: methodIndex, request: box.value.1, fd: box.value.2, call: call)
         }
         return requestID
     }

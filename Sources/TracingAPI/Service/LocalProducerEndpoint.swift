@@ -87,16 +87,18 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     private func installProducerSide(_ mapping: SharedMemoryBuffer) {
         sharedMemory = mapping
         let loop = eventLoop
-        let box = UncheckedSendableBox(self)
+        // Weak: writers keep the arbiter alive, and the arbiter must not keep the endpoint
+        // (releasing the endpoint is how a producer disconnects).
+        let endpoint = UncheckedSendableBox(Weak(self))
         let sink = SharedMemoryArbiter.Sink(
             commit: { request, completion in
-                loop.execute { box.value.commitFromArbiter(request, completion: completion) }
+                loop.execute { endpoint.value.object?.commitFromArbiter(request, completion: completion) }
             },
             registerWriter: { writer, buffer in
-                loop.execute { box.value.registerTraceWriter(writer, targetBuffer: buffer) }
+                loop.execute { endpoint.value.object?.registerTraceWriter(writer, targetBuffer: buffer) }
             },
             unregisterWriter: { writer in
-                loop.execute { box.value.unregisterTraceWriter(writer) }
+                loop.execute { endpoint.value.object?.unregisterTraceWriter(writer) }
             },
             isServiceThread: { loop.inEventLoop })
         sharedMemoryArbiter = SharedMemoryArbiter(buffer: mapping, sink: sink)
@@ -107,11 +109,11 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     /// it cannot over one IPC channel either.
     private func inOrder(_ body: @escaping (LocalProducerEndpoint, TracingServiceCore) -> Void) {
         eventLoop.preconditionInEventLoop()
-        let box = UncheckedSendableBox((self, body))
+        let endpoint = UncheckedSendableBox(self)
+        let work = UncheckedSendableBox(body)
         eventLoop.execute {
-            let (endpoint, body) = box.value
-            guard endpoint.connected, let service = endpoint.service else { return }
-            body(endpoint, service)
+            guard endpoint.value.connected, let service = endpoint.value.service else { return }
+            work.value(endpoint.value, service)
         }
     }
 

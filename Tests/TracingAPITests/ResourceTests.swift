@@ -1,0 +1,97 @@
+// Resources a user would notice leaking: shared-memory fds and mappings, endpoints released
+// without disconnecting, and the packets the TraceRecorder helper hands back.
+
+import IPCInProcess
+import IPCProtocol
+import TestSupport
+import XCTest
+
+@testable import TracingAPI
+
+final class ResourceTests: XCTestCase {
+    func testSessionsLeaveNoFileDescriptorsBehind() {
+        let loop = ManualEventLoop()
+        let baseline = FileDescriptors.openDescriptors()
+        do {
+            let service = TracingServiceCore(eventLoop: loop)
+            for _ in 0..<20 {
+                let producer = RecordingProducer(
+                    service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+                producer.onStart = { _, writer in writer.writeTestPacket(timestamp: 1, "x") }
+                let consumer = RecordingConsumer(service: service)
+                consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+                drive(loop, until: { producer.writers.count == 1 })
+                XCTAssertGreaterThan(FileDescriptors.openDescriptors().count, baseline.count, "the shared memory is open")
+                consumer.endpoint.disableTracing()
+                drive(loop, until: { consumer.disabledErrors == [""] })
+                consumer.read(on: loop)
+                producer.writers = [:]
+                producer.endpoint.disconnect()
+                consumer.endpoint.disconnect()
+                loop.runUntilIdle()
+            }
+            loop.runUntilIdle()
+        }
+        loop.runUntilIdle()
+        XCTAssertEqual(FileDescriptors.openDescriptors(), baseline)
+    }
+
+    func testReleasingEndpointsDisconnectsThem() {
+        let loop = ManualEventLoop()
+        let service = TracingServiceCore(eventLoop: loop)
+        var producer: RecordingProducer? = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        var consumer: RecordingConsumer? = RecordingConsumer(service: service)
+        consumer!.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer!.started.count == 1 })
+        XCTAssertEqual(service.sessions.count, 1)
+        weak let weakProducerEndpoint = producer!.endpoint as AnyObject
+        producer!.writers = [:]
+        producer = nil
+        consumer = nil
+        loop.runUntilIdle()
+        XCTAssertNil(weakProducerEndpoint, "no cycle keeps the endpoint (and its shared memory) alive")
+        XCTAssertTrue(service.sessions.isEmpty, "the consumer's session went with it")
+        XCTAssertEqual(service.connectedProducers.count, 0)
+    }
+
+    func testTraceRecorderCollectsASession() throws {
+        let loop = ManualEventLoop()
+        let service = TracingServiceCore(eventLoop: loop)
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer.onStart = { _, writer in writer.writeTestPacket(timestamp: 9, "recorded") }
+        let recorder = TraceRecorder(service: service)
+        recorder.start(TracingConfigs.config())
+        drive(loop, until: { producer.started.count == 1 })
+        var result: Result<[TracePacketData], TracingError>?
+        recorder.stop { result = $0 }
+        drive(loop, until: { result != nil })
+        let packets = try XCTUnwrap(result).get()
+        let file = recorder.traceFile
+        let trace = try Perfetto_Protos_Trace(serializedBytes: file)
+        XCTAssertEqual(trace.packet.count, packets.count)
+        XCTAssertEqual(trace.packet.filter { $0.trustedPacketSequenceID == 2 }.map(\.forTesting.str), ["recorded"])
+    }
+
+    func testTraceRecorderReportsAFailedSession() {
+        let loop = ManualEventLoop()
+        let service = TracingServiceCore(eventLoop: loop)
+        let recorder = TraceRecorder(service: service)
+        recorder.start(TraceConfig())  // no buffers
+        var result: Result<[TracePacketData], TracingError>?
+        recorder.stop { result = $0 }
+        drive(loop, until: { result != nil })
+        guard case .failure(let error) = result else { return XCTFail("expected a failure, got \(String(describing: result))") }
+        XCTAssertEqual(error.code, .invalidState)
+        XCTAssertTrue(error.message.contains("no buffers"))
+    }
+}
+
+/// A value set on one thread and polled on another.
+final class ResultBox<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Value?
+    func set(_ value: Value) { lock.withLock { stored = value } }
+    var value: Value? { lock.withLock { stored } }
+}

@@ -1,0 +1,104 @@
+// write_into_file: the service drains the session into the consumer's file descriptor every
+// file_write_period_ms, never past max_file_size_bytes, and the result is a Perfetto trace file.
+
+import IPCInProcess
+import IPCProtocol
+import TestSupport
+import XCTest
+
+@testable import TracingAPI
+
+final class WriteIntoFileTests: XCTestCase {
+    var loop: ManualEventLoop!
+    var service: TracingServiceCore!
+
+    override func setUp() {
+        loop = ManualEventLoop()
+        service = TracingServiceCore(eventLoop: loop)
+    }
+
+    override func tearDown() {
+        loop.runUntilIdle()
+        service = nil
+        loop = nil
+    }
+
+    private func fileConfig(periodMs: UInt32, maxSize: UInt64 = 0) -> TraceConfig {
+        var config = TracingConfigs.config()
+        config.writeIntoFile = true
+        config.fileWritePeriodMs = periodMs
+        if maxSize > 0 { config.maxFileSizeBytes = maxSize }
+        return config
+    }
+
+    func testPeriodicDrainsIntoAMemfd() throws {
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        let consumer = RecordingConsumer(service: service)
+        let file = FileDescriptors.memfd(named: "trace", content: [])
+        consumer.endpoint.enableTracing(fileConfig(periodMs: 1_000), outputFile: file.duplicate())
+        drive(loop, until: { producer.writers.count == 1 })
+        let writer = producer.writers.values.first!
+
+        writer.writeTestPacket(timestamp: 1, "first period")
+        writer.flush()
+        loop.runUntilIdle()
+        XCTAssertEqual(FileDescriptors.content(of: file.rawValue), [], "nothing before the first period")
+        loop.advanceTime(by: .milliseconds(1_000))
+        let afterFirst = try TraceFile.decodePackets(FileDescriptors.content(of: file.rawValue)).map { try $0.decode() }
+        XCTAssertEqual(afterFirst.filter { $0.trustedPacketSequenceID == 2 }.map(\.forTesting.str), ["first period"])
+        XCTAssertTrue(afterFirst.first?.hasTraceConfig ?? false)
+
+        writer.writeTestPacket(timestamp: 2, "second period")
+        writer.flush()
+        loop.advanceTime(by: .milliseconds(1_000))
+        writer.writeTestPacket(timestamp: 3, "at the stop")
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors == [""] })
+
+        let bytes = FileDescriptors.content(of: file.rawValue)
+        let trace = try Perfetto_Protos_Trace(serializedBytes: bytes)
+        let texts = trace.packet.filter { $0.trustedPacketSequenceID == 2 }.map(\.forTesting.str)
+        XCTAssertEqual(texts, ["first period", "second period", "at the stop"])
+        XCTAssertEqual(trace.packet.filter(\.hasTraceConfig).count, 1, "the config is written once")
+
+        // Reading a file-backed session returns no producer data: the file has it all.
+        consumer.read(on: loop)
+        XCTAssertEqual(consumer.producerPackets(), [])
+    }
+
+    func testMaximumFileSizeIsHonouredAndEndsTheSession() throws {
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        let consumer = RecordingConsumer(service: service)
+        let file = FileDescriptors.memfd(named: "trace", content: [])
+        let limit: UInt64 = 4_000
+        consumer.endpoint.enableTracing(fileConfig(periodMs: 100, maxSize: limit), outputFile: file.duplicate())
+        drive(loop, until: { producer.writers.count == 1 })
+        let writer = producer.writers.values.first!
+        for round in 0..<20 {
+            for index in 0..<10 { writer.writeTestPacket(timestamp: UInt64(index), "round \(round) packet \(index)") }
+            writer.flush()
+            loop.advanceTime(by: .milliseconds(100))
+            if !consumer.disabledErrors.isEmpty { break }
+        }
+        drive(loop, until: { consumer.disabledErrors == [""] }, "reaching the limit ends the session")
+        let bytes = FileDescriptors.content(of: file.rawValue)
+        XCTAssertLessThanOrEqual(UInt64(bytes.count), limit)
+        XCTAssertGreaterThan(bytes.count, 1_000)
+        XCTAssertNoThrow(try TraceFile.decodePackets(bytes), "the file ends on a packet boundary")
+    }
+
+    func testFileDescriptorIsClosedWhenTheSessionEnds() throws {
+        let consumer = RecordingConsumer(service: service)
+        let file = FileDescriptors.memfd(named: "trace", content: [])
+        let handedOver = try XCTUnwrap(file.duplicate())
+        let handedOverFD = handedOver.rawValue
+        consumer.endpoint.enableTracing(fileConfig(periodMs: 100), outputFile: handedOver)
+        loop.runUntilIdle()
+        XCTAssertTrue(FileDescriptors.openDescriptors().contains(handedOverFD))
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        XCTAssertFalse(FileDescriptors.openDescriptors().contains(handedOverFD))
+    }
+}
