@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "TracingAPI", targets: ["TracingAPI"]),
         .executable(name: "protoc-gen-swift-ipc", targets: ["protoc-gen-swift-ipc"]),
         .executable(name: "ipc-echo", targets: ["ipc-echo"]),
+        .executable(name: "tracing-demo", targets: ["tracing-demo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
@@ -75,6 +76,12 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Examples/ipc-echo"
+        ),
+        // Records an in-process tracing session into a Perfetto trace file.
+        .executableTarget(
+            name: "tracing-demo",
+            dependencies: ["TracingAPI", "IPCProtocol", "IPCUnixSocket", "IPCInProcess", "CPerfettoIPCLinux"],
+            path: "Examples/tracing-demo"
         ),
         // Helpers shared by the test targets (recording delegates, fd accounting, memfds).
         .target(

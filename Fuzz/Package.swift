@@ -7,7 +7,10 @@ import PackageDescription
 let package = Package(
     name: "swift-perfetto-ipc-fuzz",
     platforms: [.macOS(.v15)],
-    dependencies: [.package(name: "swift-perfetto-ipc", path: "..")],
+    dependencies: [
+        .package(name: "swift-perfetto-ipc", path: ".."),
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+    ],
     targets: [
         .executableTarget(
             name: "FuzzFrameDeserializer",
@@ -19,6 +22,15 @@ let package = Package(
                 .product(name: "IPCProtocol", package: "swift-perfetto-ipc"),
                 .product(name: "IPCInProcess", package: "swift-perfetto-ipc"),
                 .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
+            ]
+        ),
+        .executableTarget(
+            name: "FuzzSharedMemory",
+            dependencies: [
+                .product(name: "TracingAPI", package: "swift-perfetto-ipc"),
+                .product(name: "IPCProtocol", package: "swift-perfetto-ipc"),
+                .product(name: "IPCInProcess", package: "swift-perfetto-ipc"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
         .executableTarget(

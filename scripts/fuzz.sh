@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets in Fuzz/ and runs each for a while, seeded with the real
-# Perfetto conversations in Tests/IPCProtocolTests/Fixtures/interop.
+# Perfetto conversations in Tests/IPCProtocolTests/Fixtures/interop and the real shared-memory
+# chunks in Fuzz/Seeds.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     default 60; CI uses a short run
 #
@@ -37,3 +38,4 @@ run() { # $1 = target, rest = seed files
 run FuzzFrameDeserializer $fixtures/*/*.bin
 run FuzzHost $fixtures/*/*.c2s.bin $fixtures/first_bytes/*.bin
 run FuzzClient $fixtures/*/*.s2c.bin
+run FuzzSharedMemory Fuzz/Seeds/FuzzSharedMemory/*.bin

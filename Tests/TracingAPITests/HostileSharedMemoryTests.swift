@@ -89,14 +89,17 @@ final class HostileSharedMemoryTests: XCTestCase {
     }
 
     /// The service still works: a packet written the normal way comes through.
-    private func assertServiceStillWorks(file: StaticString = #filePath, line: UInt = #line) -> TraceStats {
+    private func assertServiceStillWorks(
+        strict: Bool = true, file: StaticString = #filePath, line: UInt = #line
+    ) -> TraceStats {
         producer.writers.values.first!.writeTestPacket(timestamp: 1, "still alive")
         producer.writers.values.first!.flush()
         consumer.endpoint.disableTracing()
         drive(loop, until: { self.consumer.disabledErrors == [""] }, file: file, line: line)
         consumer.read(on: loop, file: file, line: line)
-        XCTAssertTrue(consumer.producerPackets().contains { $0.forTesting.str == "still alive" }, file: file, line: line)
-        return consumer.decodedPackets().last!.traceStats
+        XCTAssertTrue(
+            consumer.producerPackets(strict: strict).contains { $0.forTesting.str == "still alive" }, file: file, line: line)
+        return consumer.decodedPackets(strict: strict).last!.traceStats
     }
 
     func testRandomChunkBytesNeverCrashTheService() {
@@ -117,7 +120,7 @@ final class HostileSharedMemoryTests: XCTestCase {
             commit([move(page: page, chunk: index)])
             if round % 50 == 0 { consumer.read(on: loop) }
         }
-        let stats = assertServiceStillWorks()
+        let stats = assertServiceStillWorks(strict: false)
         XCTAssertGreaterThan(stats.bufferStats[0].abiViolations + stats.invalidPackets + stats.chunksDiscarded, 0)
     }
 

@@ -3,7 +3,6 @@
 // out exactly as the real `traced` wrote them into the consumer's trace file, trusted fields
 // and all.
 
-import CPerfettoIPCLinux
 import Foundation
 import IPCInProcess
 import IPCProtocol
@@ -12,38 +11,8 @@ import XCTest
 @testable import TracingAPI
 
 final class SharedMemoryCaptureTests: XCTestCase {
-    private struct CapturedChunk {
-        var commit: Int
-        var page: Int
-        var chunk: Int
-        var bitmap: UInt32
-        var offsetInBuffer: Int
-        var bytes: [UInt8]
-    }
-
     private func fixture(_ name: String) throws -> URL {
         try XCTUnwrap(Bundle.module.url(forResource: "Fixtures/\(name)", withExtension: nil))
-    }
-
-    private func loadChunks(_ name: String) throws -> [CapturedChunk] {
-        let text = try String(contentsOf: fixture(name), encoding: .utf8)
-        var chunks: [CapturedChunk] = []
-        for line in text.split(separator: "\n") {
-            let record = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
-            guard record["kind"] as? String == "chunk" else {
-                XCTFail("these captures hold only chunks; got \(record["kind"] ?? "?")")
-                continue
-            }
-            let bitmapText = try XCTUnwrap(record["page_header_bitmap"] as? String).dropFirst(2)
-            chunks.append(CapturedChunk(
-                commit: try XCTUnwrap(record["commit_seq"] as? Int),
-                page: try XCTUnwrap(record["page"] as? Int),
-                chunk: try XCTUnwrap(record["chunk"] as? Int),
-                bitmap: try XCTUnwrap(UInt32(bitmapText, radix: 16)),
-                offsetInBuffer: try XCTUnwrap(record["chunk_offset_in_smb"] as? Int),
-                bytes: [UInt8](hex: try XCTUnwrap(record["hex"] as? String))))
-        }
-        return chunks
     }
 
     /// Producer packets of a captured trace (everything not on the service's sequence).
@@ -73,21 +42,9 @@ final class SharedMemoryCaptureTests: XCTestCase {
         let targetBuffer = producer.started[0].config.targetBuffer
 
         // Put every chunk where the SDK had it, page header included, and commit as it did.
-        let chunks = try loadChunks(name)
-        for commit in Set(chunks.map(\.commit)).sorted() {
-            var request = CommitDataRequest()
-            for chunk in chunks where chunk.commit == commit {
-                let page = memory.base + chunk.page * memory.pageSize
-                CPerfettoIPC_atomicStore32(page.assumingMemoryBound(to: UInt32.self), chunk.bitmap)
-                chunk.bytes.withUnsafeBytes { (memory.base + chunk.offsetInBuffer).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                var move = CommitDataRequest.ChunksToMove()
-                move.page = UInt32(chunk.page)
-                move.chunk = UInt32(chunk.chunk)
-                move.targetBuffer = targetBuffer
-                request.chunksToMove.append(move)
-            }
-            producer.endpoint.commitData(request, completion: nil)
-        }
+        let capture = try SharedMemoryCapture(jsonLines: String(contentsOf: fixture(name), encoding: .utf8))
+        XCTAssertFalse(capture.commits.isEmpty)
+        try capture.replay(into: producer.endpoint, targetBuffer: BufferID(targetBuffer))
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.disabledErrors == [""] })
         consumer.read(on: loop)
@@ -96,7 +53,7 @@ final class SharedMemoryCaptureTests: XCTestCase {
         XCTAssertEqual(ours.count, expected.count)
         XCTAssertEqual(ours, expected, "byte for byte what traced wrote")
         // The service freed every chunk it moved.
-        for chunk in chunks { XCTAssertEqual(memory.headerBitmap(page: chunk.page), 0) }
+        for chunk in capture.commits.flatMap(\.chunks) { XCTAssertEqual(memory.headerBitmap(page: chunk.page), 0) }
     }
 
     func testSDKProducerChunksYieldExactlyTheTracedPackets() throws {

@@ -155,3 +155,11 @@ extension Consumer {
     public func onTraceStats(success: Bool, _ stats: TraceStats) {}
     public func onObservableEvents(_ events: ObservableEvents) {}
 }
+
+extension ProducerEndpoint {
+    /// Creates a writer for `targetBuffer` that stalls (up to 1 s, then drops) when the shared
+    /// memory is full, or nil before tracing is set up.
+    public func createTraceWriter(targetBuffer: BufferID) -> TraceWriter? {
+        createTraceWriter(targetBuffer: targetBuffer, policy: .stall())
+    }
+}

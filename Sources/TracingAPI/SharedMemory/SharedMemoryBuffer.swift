@@ -25,8 +25,9 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
     public let pageSize: Int
     /// The memfd behind the mapping; duplicate it to hand the buffer to a producer.
     public let fileDescriptor: ScopedFD
-    /// Start of the mapping; valid while this object lives.
-    let base: UnsafeMutableRawPointer
+    /// Start of the mapping; valid while this object lives. Writing here bypasses the chunk
+    /// state machine: only for tools that lay out chunks themselves.
+    public let base: UnsafeMutableRawPointer
 
     /// Number of pages.
     public var pageCount: Int { size / pageSize }
@@ -115,6 +116,13 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
     public func headerBitmap(page: Int) -> UInt32 {
         precondition(page >= 0 && page < pageCount)
         return CPerfettoIPC_atomicLoad32(bitmapAddress(page: page))
+    }
+
+    /// Overwrites the header bitmap of `page` (atomic store). For tools that lay chunks out
+    /// themselves, such as replaying a capture; writers go through the arbiter.
+    public func storeHeaderBitmap(_ bitmap: UInt32, page: Int) {
+        precondition(page >= 0 && page < pageCount)
+        CPerfettoIPC_atomicStore32(bitmapAddress(page: page), bitmap)
     }
 
     /// The layout of `page`, or nil if its bitmap holds a reserved layout value.
