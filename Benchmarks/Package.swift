@@ -41,6 +41,17 @@ let package = Package(
             path: "Benchmarks/InProcessEcho",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        .executableTarget(
+            name: "TracingThroughput",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "TracingAPI", package: "swift-perfetto-ipc"),
+                .product(name: "IPCInProcess", package: "swift-perfetto-ipc"),
+                .product(name: "IPCProtocol", package: "swift-perfetto-ipc"),
+            ],
+            path: "Benchmarks/TracingThroughput",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
         // Rates and footprint that package-benchmark's per-iteration model does not fit:
         // pipelined calls/s, streamed replies/s, connects/s, resident bytes per idle connection.
         .executableTarget(

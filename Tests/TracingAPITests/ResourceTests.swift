@@ -55,6 +55,28 @@ final class ResourceTests: XCTestCase {
         XCTAssertEqual(service.connectedProducers.count, 0)
     }
 
+    func testReleasingAProducerCompletesItsPendingFlushAndStop() {
+        let loop = ManualEventLoop()
+        let service = TracingServiceCore(eventLoop: loop)
+        var producer: RecordingProducer? = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer!.acknowledgesFlushes = false
+        producer!.notifiesStops = false
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer!.started.count == 1 })
+        var flushResults: [Bool] = []
+        consumer.endpoint.flush(timeoutMs: 10_000, flags: FlushFlags()) { flushResults.append($0) }
+        loop.runUntilIdle()
+        XCTAssertEqual(flushResults, [], "waiting for the producer")
+        producer!.writers = [:]
+        producer = nil  // released, not disconnected
+        drive(loop, until: { flushResults == [true] }, "a producer that is gone owes no acknowledgement")
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        XCTAssertEqual(loop.virtualTime, .zero, "nothing waited for a timeout")
+    }
+
     func testTraceRecorderCollectsASession() throws {
         let loop = ManualEventLoop()
         let service = TracingServiceCore(eventLoop: loop)

@@ -75,7 +75,13 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
 
     public func connectProducer(_ producer: any Producer, options: ProducerConnectionOptions) -> any ProducerEndpoint {
         eventLoop.preconditionInEventLoop()
-        let id = allocateProducerID()
+        guard let id = allocateProducerID() else {
+            // All 65,535 producer ids are in use: the producer is told it is disconnected.
+            let endpoint = LocalProducerEndpoint(id: 0, options: options, producer: producer, service: self)
+            endpoint.markDisconnected()
+            post { [weak producer] in producer?.onDisconnect() }
+            return endpoint
+        }
         let endpoint = LocalProducerEndpoint(id: id, options: options, producer: producer, service: self)
         producers[id] = Weak(endpoint)
         producersSeen += 1
@@ -93,8 +99,11 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         return endpoint
     }
 
-    private func allocateProducerID() -> ProducerID {
-        while producers[nextProducerID]?.object != nil || nextProducerID == 0 {
+    private func allocateProducerID() -> ProducerID? {
+        // An id stays taken until producerDisconnected removes it, even once its endpoint is
+        // gone: the cleanup posted by a released endpoint must not hit a newcomer.
+        guard producers.count < Int(ProducerID.max) else { return nil }
+        while producers[nextProducerID] != nil || nextProducerID == 0 {
             nextProducerID &+= 1
         }
         let id = nextProducerID
@@ -212,12 +221,11 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         }
     }
 
+    /// A producer is gone: by `disconnect()`, or (posted from its deinit) because its endpoint
+    /// was released. Either way its instances stop counting: no flush or stop is waited for.
     func producerDisconnected(_ id: ProducerID) {
-        guard let endpoint = producers.removeValue(forKey: id)?.object else {
-            producers[id] = nil
-            return
-        }
-        endpoint.markDisconnected()
+        let endpoint = producers.removeValue(forKey: id)?.object
+        endpoint?.markDisconnected()
         for session in sessions.values {
             var changed = false
             for index in session.instances.indices where session.instances[index].producerID == id {
@@ -225,10 +233,10 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
                 changed = true
             }
             guard changed else { continue }
-            // A gone producer owes no flush and no stop acknowledgement.
             for flushID in Array(session.pendingFlushes.keys) { flushAcknowledged(flushID, producer: id) }
             if session.state == .disablingWaitingStopAcks { maybeFinishDisabling(session) }
         }
+        guard let endpoint else { return }
         post { [weak producer = endpoint.producer] in producer?.onDisconnect() }
     }
 
