@@ -15,7 +15,9 @@ import SwiftProtobuf
 /// }
 /// ```
 public struct TracePacketBuilder {
-    unowned let writer: TraceWriter
+    // Strong, not unowned: an unowned reference costs a check-and-retain on every field written
+    // (measured: a third of the writer's time).
+    let writer: TraceWriter
 
     init(writer: TraceWriter) { self.writer = writer }
 

@@ -218,6 +218,13 @@ public final class TraceWriter: @unchecked Sendable {
 
     func write(_ bytes: UnsafeRawBufferPointer) {
         guard !droppingPacket else { return }
+        // Fast path: it fits in the current chunk.
+        if let current = chunk, current.size - position >= bytes.count, let source = bytes.baseAddress {
+            (current.start + position).copyMemory(from: source, byteCount: bytes.count)
+            position += bytes.count
+            packetBytes += bytes.count
+            return
+        }
         var remaining = bytes
         while !remaining.isEmpty {
             guard let current = chunk else { return }
@@ -240,6 +247,21 @@ public final class TraceWriter: @unchecked Sendable {
     }
 
     func writeVarint(_ value: UInt64) {
+        // Fast path: straight into the chunk when a 10-byte varint surely fits.
+        if !droppingPacket, let current = chunk, current.size - position >= 10 {
+            let destination = current.start + position
+            var value = value
+            var count = 0
+            while value >= 0x80 {
+                destination.storeBytes(of: UInt8(truncatingIfNeeded: value) | 0x80, toByteOffset: count, as: UInt8.self)
+                value >>= 7
+                count += 1
+            }
+            destination.storeBytes(of: UInt8(value), toByteOffset: count, as: UInt8.self)
+            position += count + 1
+            packetBytes += count + 1
+            return
+        }
         var buffer: (UInt64, UInt64) = (0, 0)
         withUnsafeMutableBytes(of: &buffer) { raw in
             var value = value

@@ -85,6 +85,9 @@ final class TraceBuffer {
         }
     }
 
+    /// Upper bound of the bytes PacketValidation.appendTrustedFields adds.
+    static let trustedFieldsReserve = 32
+
     let capacity: Int
     let policy: FillPolicy
     private(set) var stats = TraceBufferStats()
@@ -268,7 +271,10 @@ final class TraceBuffer {
                     sequence.reassembly = .none
                     continue  // zero-size records are padding, not packets
                 }
-                packet = Array(fragment)
+                // Room for the trusted fields the service appends, so that is not a second allocation.
+                packet = []
+                packet.reserveCapacity(fragment.count + TraceBuffer.trustedFieldsReserve)
+                packet.append(contentsOf: fragment)
             }
             if continuesOnNext {
                 sequence.reassembly = .collecting(packet)
