@@ -53,46 +53,9 @@ generate_messages Sources/IPCProtocol/Wire/Generated Public perfetto/ipc/wire_pr
 generate_messages Examples/EchoService/Generated Public pfpeers/echo.proto
 generate_services Examples/EchoService/Generated Public pfpeers/echo.proto
 # Perfetto tracing messages (config, common, trace) used by the TracingAPI module.
-generate_messages Sources/TracingAPI/Generated Public \
-  perfetto/common/builtin_clock.proto \
-  perfetto/common/commit_data_request.proto \
-  perfetto/common/data_source_descriptor.proto \
-  perfetto/common/observable_events.proto \
-  perfetto/common/semantic_type.proto \
-  perfetto/common/system_info.proto \
-  perfetto/common/trace_attributes.proto \
-  perfetto/common/trace_stats.proto \
-  perfetto/common/tracing_service_capabilities.proto \
-  perfetto/common/tracing_service_state.proto \
-  perfetto/common/track_event_descriptor.proto \
-  perfetto/config/data_source_config.proto \
-  perfetto/config/priority_boost/priority_boost_config.proto \
-  perfetto/config/test_config.proto \
-  perfetto/config/trace_config.proto \
-  perfetto/config/track_event/track_event_config.proto \
-  perfetto/trace/clock_snapshot.proto \
-  perfetto/trace/interned_data/interned_data.proto \
-  perfetto/trace/perfetto/concurrent_session_event.proto \
-  perfetto/trace/perfetto/trace_provenance.proto \
-  perfetto/trace/perfetto/tracing_service_event.proto \
-  perfetto/trace/profiling/profile_common.proto \
-  perfetto/trace/remote_clock_sync.proto \
-  perfetto/trace/test_event.proto \
-  perfetto/trace/trace.proto \
-  perfetto/trace/trace_packet.proto \
-  perfetto/trace/trace_packet_defaults.proto \
-  perfetto/trace/trace_uuid.proto \
-  perfetto/trace/track_event/counter_descriptor.proto \
-  perfetto/trace/track_event/debug_annotation.proto \
-  perfetto/trace/track_event/log_message.proto \
-  perfetto/trace/track_event/process_descriptor.proto \
-  perfetto/trace/track_event/source_location.proto \
-  perfetto/trace/track_event/state_descriptor.proto \
-  perfetto/trace/track_event/task_execution.proto \
-  perfetto/trace/track_event/thread_descriptor.proto \
-  perfetto/trace/track_event/track_descriptor.proto \
-  perfetto/trace/track_event/track_event.proto \
-  perfetto/trace/trigger.proto
+tracing_protos=$(cd Protos && find perfetto/common perfetto/config perfetto/trace -name '*.proto' | LC_ALL=C sort)
+# shellcheck disable=SC2086 # one word per file
+generate_messages Sources/TracingAPI/Generated Public $tracing_protos
 
 if [ $check = 1 ]; then
   stale=0

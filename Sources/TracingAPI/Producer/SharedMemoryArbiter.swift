@@ -6,6 +6,7 @@
 // Thread-safe: writers on any thread take and return chunks; the chunk states themselves move
 // by compare-and-swap in the page headers, the pending commit sits behind a lock.
 
+import CPerfettoIPCLinux
 import Foundation
 import IPCProtocol
 import SwiftProtobuf
@@ -148,7 +149,7 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
         _ chunk: AcquiredChunk, header: ChunkHeader, targetBuffer: UInt16,
         patches: [Perfetto_Protos_CommitDataRequest.ChunkToPatch]
     ) {
-        CPerfettoIPCStore.packetsWord(header.packetsWord, at: chunk.start)
+        header.publishPacketsWord(at: chunk.start)
         buffer.releaseChunkAsComplete(page: chunk.page, chunk: chunk.index)
         var move = Perfetto_Protos_CommitDataRequest.ChunksToMove()
         move.page = UInt32(chunk.page)
@@ -200,13 +201,4 @@ struct AcquiredChunk {
     var index: Int
     var start: UnsafeMutableRawPointer
     var size: Int
-}
-
-import CPerfettoIPCLinux
-
-enum CPerfettoIPCStore {
-    /// Publishes the final packet count and flags of a chunk before it is marked complete.
-    static func packetsWord(_ word: UInt16, at chunkStart: UnsafeMutableRawPointer) {
-        CPerfettoIPC_atomicStore16((chunkStart + 6).assumingMemoryBound(to: UInt16.self), word.littleEndian)
-    }
 }

@@ -7,6 +7,8 @@
 //   chunk  = [u32 chunk_id][u16 writer_id][u16 count:10 | flags:6][records...]
 //   record = [varint size, written as 4 redundant bytes][fragment bytes]
 
+import CPerfettoIPCLinux
+
 /// Constants and header codecs of Perfetto's shared-memory buffer (SMB) layout.
 public enum SharedMemoryABI {
     /// The smallest page; every page size is a multiple of it.
@@ -146,6 +148,12 @@ public struct ChunkHeader: Sendable, Hashable {
 
     /// The packet word: count in bits 0-9, flags in bits 10-15.
     public var packetsWord: UInt16 { (packetCount & 0x3FF) | (UInt16(flags.rawValue & 0x3F) << 10) }
+
+    /// Publishes the final record count and flags of a chunk in shared memory (an atomic 16-bit
+    /// store, as the service may look at a chunk's header while it is being written).
+    func publishPacketsWord(at chunkStart: UnsafeMutableRawPointer) {
+        CPerfettoIPC_atomicStore16((chunkStart + 6).assumingMemoryBound(to: UInt16.self), packetsWord.littleEndian)
+    }
 
     /// Writes the header to 8 bytes.
     public func write(to destination: UnsafeMutableRawPointer) {
