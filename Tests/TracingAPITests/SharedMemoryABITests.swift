@@ -20,6 +20,7 @@ final class SharedMemoryABITests: XCTestCase {
         written.withUnsafeMutableBytes { flagged.write(to: $0.baseAddress!) }
         XCTAssertEqual(written, [0x04, 0x03, 0x02, 0x01, 0x06, 0x05, 0xFF, 0x1B])
         XCTAssertEqual(written.withUnsafeBytes { ChunkHeader(bytes: $0) }, flagged)
+        XCTAssertNil([UInt8](repeating: 0, count: 7).withUnsafeBytes { ChunkHeader(bytes: $0) }, "too short")
     }
 
     func testPaddedVarintIsFourBytes() {
@@ -65,9 +66,7 @@ final class SharedMemoryABITests: XCTestCase {
         buffer.releaseChunkAsComplete(page: 0, chunk: 2)
         XCTAssertEqual(ChunkState.of(chunk: 2, in: buffer.headerBitmap(page: 0)), .complete)
         let (readStart, _) = try XCTUnwrap(buffer.tryAcquireChunkForReading(page: 0, chunk: 2))
-        XCTAssertEqual(UnsafeRawBufferPointer(start: readStart, count: 8).withMemoryRebound(to: UInt8.self) {
-            $0.withUnsafeBytes { ChunkHeader(bytes: $0) }
-        }, header)
+        XCTAssertEqual(ChunkHeader(bytes: UnsafeRawBufferPointer(start: readStart, count: 8)), header)
         buffer.releaseChunkAsFree(page: 0, chunk: 2)
         XCTAssertEqual(buffer.headerBitmap(page: 0), 0, "an all-free page goes back to unpartitioned")
         XCTAssertEqual(UnsafeRawBufferPointer(start: readStart, count: 8).allSatisfy { $0 == 0 }, true,
@@ -76,6 +75,11 @@ final class SharedMemoryABITests: XCTestCase {
 
     func testIndexesOutsideTheLayoutAreRefused() throws {
         let buffer = try SharedMemoryBuffer.create(size: 2 * 4096, pageSize: 4096)
+        XCTAssertFalse(buffer.tryPartitionPage(2, layout: .divideBy1), "outside the buffer")
+        XCTAssertFalse(buffer.tryPartitionPage(-1, layout: .divideBy1))
+        XCTAssertFalse(buffer.tryPartitionPage(0, layout: .notPartitioned))
+        XCTAssertEqual(buffer.headerBitmap(page: 99), 0)
+        XCTAssertFalse(buffer.storeHeaderBitmap(1, page: 2))
         XCTAssertTrue(buffer.tryPartitionPage(0, layout: .divideBy2))
         XCTAssertNil(buffer.tryAcquireChunkForWriting(page: 0, chunk: 2, header: ChunkHeader(chunkID: 0, writerID: 1)))
         XCTAssertNil(buffer.tryAcquireChunkForReading(page: 0, chunk: 5))

@@ -195,8 +195,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
             chunksDiscarded += 1
             return
         }
-        let header = bytes.withUnsafeBytes { ChunkHeader(bytes: $0) }
-        guard header.writerID != 0 else {
+        guard let header = bytes.withUnsafeBytes({ ChunkHeader(bytes: $0) }), header.writerID != 0 else {
             chunksDiscarded += 1
             return
         }

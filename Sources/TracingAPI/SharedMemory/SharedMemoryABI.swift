@@ -136,9 +136,9 @@ public struct ChunkHeader: Sendable, Hashable {
         self.flags = flags
     }
 
-    /// Reads a header from 8 bytes (any alignment).
-    public init(bytes: UnsafeRawBufferPointer) {
-        precondition(bytes.count >= SharedMemoryABI.chunkHeaderSize)
+    /// Reads a header from the first 8 bytes (any alignment); nil if there are fewer.
+    public init?(bytes: UnsafeRawBufferPointer) {
+        guard bytes.count >= SharedMemoryABI.chunkHeaderSize else { return nil }
         chunkID = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
         writerID = UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self))
         let packets = UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 6, as: UInt16.self))

@@ -112,17 +112,20 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
         (base + page * pageSize).assumingMemoryBound(to: UInt32.self)
     }
 
-    /// The header bitmap of `page` (atomic load). `page` must be < ``pageCount``.
+    /// The header bitmap of `page` (atomic load), or 0 for a page outside the buffer.
     public func headerBitmap(page: Int) -> UInt32 {
-        precondition(page >= 0 && page < pageCount)
+        guard page >= 0, page < pageCount else { return 0 }
         return CPerfettoIPC_atomicLoad32(bitmapAddress(page: page))
     }
 
     /// Overwrites the header bitmap of `page` (atomic store). For tools that lay chunks out
     /// themselves, such as replaying a capture; writers go through the arbiter.
-    public func storeHeaderBitmap(_ bitmap: UInt32, page: Int) {
-        precondition(page >= 0 && page < pageCount)
+    /// Returns false (and stores nothing) for a page outside the buffer.
+    @discardableResult
+    public func storeHeaderBitmap(_ bitmap: UInt32, page: Int) -> Bool {
+        guard page >= 0, page < pageCount else { return false }
         CPerfettoIPC_atomicStore32(bitmapAddress(page: page), bitmap)
+        return true
     }
 
     /// The layout of `page`, or nil if its bitmap holds a reserved layout value.
@@ -138,9 +141,10 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
         base + page * pageSize + SharedMemoryABI.pageHeaderSize + chunk * chunkSize(layout: layout)
     }
 
-    /// Applies `layout` to a free, unpartitioned page. Fails if someone else got there first.
+    /// Applies `layout` to a free, unpartitioned page. Fails if someone else got there first,
+    /// if `page` is outside the buffer, or if `layout` is ``PageLayout/notPartitioned``.
     public func tryPartitionPage(_ page: Int, layout: PageLayout) -> Bool {
-        precondition(layout != .notPartitioned)
+        guard page >= 0, page < pageCount, layout != .notPartitioned else { return false }
         var expected: UInt32 = 0
         return CPerfettoIPC_atomicCompareExchange32(
             bitmapAddress(page: page), &expected, layout.rawValue << PageLayout.shift) != 0
@@ -164,7 +168,7 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
     /// Takes a free chunk for writing and stamps its header. Returns where it starts and its
     /// size, or nil if the chunk is not free in a partitioned page.
     func tryAcquireChunkForWriting(page: Int, chunk: Int, header: ChunkHeader) -> (UnsafeMutableRawPointer, Int)? {
-        guard let layout = transition(page: page, chunk: chunk, from: .free, to: .beingWritten) else { return nil }
+        guard page >= 0, page < pageCount, chunk >= 0, let layout = transition(page: page, chunk: chunk, from: .free, to: .beingWritten) else { return nil }
         let start = chunkAddress(page: page, chunk: chunk, layout: layout)
         header.write(to: start)
         return (start, chunkSize(layout: layout))
@@ -172,6 +176,7 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
 
     /// Marks a chunk the writer has finished as complete (ready for the service to move).
     func releaseChunkAsComplete(page: Int, chunk: Int) {
+        guard page >= 0, page < pageCount, chunk >= 0 else { return }
         _ = transition(page: page, chunk: chunk, from: .beingWritten, to: .complete)
     }
 
@@ -190,6 +195,7 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
     /// Frees a chunk taken for reading: clears its header, marks it free, and when the whole
     /// page is free, resets the page to unpartitioned so the producer can re-lay it out.
     func releaseChunkAsFree(page: Int, chunk: Int) {
+        guard page >= 0, page < pageCount, chunk >= 0 else { return }
         let address = bitmapAddress(page: page)
         var bitmap = CPerfettoIPC_atomicLoad32(address)
         guard let layout = PageLayout(bitmap: bitmap), chunk < layout.chunkCount else { return }
