@@ -16,6 +16,7 @@ final class RecordingProducer: Producer {
     private(set) var started: [(id: DataSourceInstanceID, config: DataSourceConfig)] = []
     private(set) var stopped: [DataSourceInstanceID] = []
     private(set) var flushRequests: [(id: FlushRequestID, dataSources: [DataSourceInstanceID])] = []
+    private(set) var clearedIncrementalState: [[DataSourceInstanceID]] = []
     private(set) var connects = 0
     private(set) var disconnects = 0
     private(set) var tracingSetups = 0
@@ -52,6 +53,10 @@ final class RecordingProducer: Producer {
             targetBuffer: BufferID(config.targetBuffer), policy: .drop) else { return }
         writers[id] = writer
         onStart?(id, writer)
+    }
+
+    func clearIncrementalState(_ dataSources: [DataSourceInstanceID]) {
+        clearedIncrementalState.append(dataSources)
     }
 
     func stopDataSource(_ id: DataSourceInstanceID) {
@@ -124,10 +129,13 @@ final class RecordingConsumer: Consumer {
 }
 
 enum TracingConfigs {
-    static func descriptor(_ name: String, willNotifyOnStop: Bool = false) -> DataSourceDescriptor {
+    static func descriptor(
+        _ name: String, willNotifyOnStop: Bool = false, handlesIncrementalStateClear: Bool = false
+    ) -> DataSourceDescriptor {
         var descriptor = DataSourceDescriptor()
         descriptor.name = name
         descriptor.willNotifyOnStop = willNotifyOnStop
+        if handlesIncrementalStateClear { descriptor.handlesIncrementalStateClear = true }
         return descriptor
     }
 
@@ -190,4 +198,5 @@ extension TracePacket {
     var hasTraceConfig: Bool { if case .traceConfig? = data { true } else { false } }
     var hasClockSnapshot: Bool { if case .clockSnapshot? = data { true } else { false } }
     var hasTraceStats: Bool { if case .traceStats? = data { true } else { false } }
+    var hasServiceEvent: Bool { if case .serviceEvent? = data { true } else { false } }
 }

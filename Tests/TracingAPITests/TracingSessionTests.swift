@@ -320,6 +320,49 @@ final class TracingSessionTests: XCTestCase {
         XCTAssertEqual(producer.stopped.count, 1)
     }
 
+    func testIncrementalStateIsClearedPeriodicallyForDataSourcesThatHandleIt() {
+        let handles = RecordingProducer(
+            service: service, name: "handles",
+            dataSources: [TracingConfigs.descriptor("test.source", handlesIncrementalStateClear: true)])
+        let ignores = RecordingProducer(service: service, name: "ignores", dataSources: [TracingConfigs.descriptor("test.source")])
+        var config = TracingConfigs.config()
+        config.incrementalStateConfig.clearPeriodMs_p = 500
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        drive(loop, until: { handles.started.count == 1 && ignores.started.count == 1 })
+        loop.advanceTime(by: .milliseconds(499))
+        XCTAssertEqual(handles.clearedIncrementalState.count, 0)
+        loop.advanceTime(by: .milliseconds(1_001))
+        XCTAssertEqual(handles.clearedIncrementalState, [[handles.started[0].id], [handles.started[0].id], [handles.started[0].id]])
+        XCTAssertEqual(ignores.clearedIncrementalState.count, 0)
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        loop.advanceTime(by: .seconds(2))
+        XCTAssertEqual(handles.clearedIncrementalState.count, 3, "not after the session stopped")
+    }
+
+    func testServiceEventsMarkTheSessionInTheTrace() {
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        var flushed: [Bool] = []
+        consumer.endpoint.flush(timeoutMs: 1_000, flags: FlushFlags()) { flushed.append($0) }
+        drive(loop, until: { flushed == [true] })
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        consumer.read(on: loop)
+        let events = consumer.decodedPackets().filter(\.hasServiceEvent).map(\.serviceEvent)
+        XCTAssertEqual(events.map(\.tracingStarted), [true, false, false, false])
+        XCTAssertEqual(events.map(\.allDataSourcesStarted), [false, true, false, false])
+        XCTAssertEqual(events.map(\.allDataSourcesFlushed), [false, false, true, false])
+        XCTAssertEqual(events.map(\.tracingDisabled), [false, false, false, true])
+        let timestamps = consumer.decodedPackets().filter(\.hasServiceEvent).map(\.timestamp)
+        XCTAssertEqual(timestamps, timestamps.sorted())
+        XCTAssertTrue(consumer.decodedPackets().filter(\.hasServiceEvent).allSatisfy { $0.trustedPacketSequenceID == 1 })
+    }
+
     func testUnknownConfigFieldsSurviveIntoTheTrace() throws {
         // A config written for a newer Perfetto: field 1234 is unknown to us.
         var config = TracingConfigs.config()

@@ -1,5 +1,5 @@
 // Packets the service writes itself, on its own sequence (trusted_packet_sequence_id 1): the
-// trace config, clock snapshots and trace stats.
+// trace config, clock snapshots, service events and trace stats.
 
 #if canImport(Glibc)
 import Glibc
@@ -32,6 +32,13 @@ enum ServicePackets {
         var packet = TracePacket()
         packet.timestamp = boottime
         packet.clockSnapshot = snapshot
+        return encode(packet, uid: uid)
+    }
+
+    static func serviceEvent(_ event: Perfetto_Protos_TracingServiceEvent, timestamp: UInt64, uid: UInt32) -> TracePacketData {
+        var packet = TracePacket()
+        packet.timestamp = timestamp
+        packet.serviceEvent = event
         return encode(packet, uid: uid)
     }
 

@@ -100,6 +100,7 @@ extension TracingServiceCore {
     func startSession(_ session: TracingSession) {
         session.state = .started
         session.startRealtimeNanoseconds = Int64(ServiceClock.realtimeNanoseconds())
+        session.recordServiceEvent { $0.tracingStarted = true }
         for index in session.instances.indices { startInstance(at: index, of: session) }
         let sessionID = session.id
         if session.config.durationMs > 0 {
@@ -113,6 +114,12 @@ extension TracingServiceCore {
             let period = max(session.config.fileWritePeriodMs == 0 ? 5000 : session.config.fileWritePeriodMs, 100)
             scheduleRepeating(session, every: .milliseconds(Int64(period))) { service, session in
                 service.drainIntoFile(session)
+            }
+        }
+        let clearPeriod = session.config.incrementalStateConfig.clearPeriodMs_p
+        if clearPeriod > 0 {
+            scheduleRepeating(session, every: .milliseconds(Int64(clearPeriod))) { service, session in
+                service.clearIncrementalState(session)
             }
         }
         if session.config.flushPeriodMs > 0 {
@@ -160,6 +167,7 @@ extension TracingServiceCore {
         guard !session.allDataSourcesStartedNotified, session.state == .started,
               !session.instances.contains(where: { $0.state == .starting || $0.state == .configured }) else { return }
         session.allDataSourcesStartedNotified = true
+        session.recordServiceEvent { $0.allDataSourcesStarted = true }
         var events = ObservableEvents()
         events.allDataSourcesStarted = true
         deliverEvents(events, type: .allDataSourcesStarted, to: session)
@@ -250,6 +258,7 @@ extension TracingServiceCore {
         session.stopTimeout?.cancel()
         session.stopTimeout = nil
         session.state = .disabled
+        session.recordServiceEvent { $0.tracingDisabled = true }
         var error = ""
         if session.isWritingIntoFile {
             drainIntoFile(session)
@@ -305,6 +314,7 @@ extension TracingServiceCore {
             guard var pending = session.pendingFlushes[id], pending.waitingFor.remove(producer) != nil else { continue }
             if pending.waitingFor.isEmpty {
                 session.pendingFlushes[id] = nil
+                session.recordServiceEvent { $0.allDataSourcesFlushed = true }
                 pending.timeout?.cancel()
                 flushesSucceeded += 1
                 let callback = pending.callback
@@ -312,6 +322,19 @@ extension TracingServiceCore {
             } else {
                 session.pendingFlushes[id] = pending
             }
+        }
+    }
+
+    /// Asks producers to drop their incremental state (interning tables and the like) for the
+    /// instances that handle it, as `incremental_state_config.clear_period_ms` wants.
+    func clearIncrementalState(_ session: TracingSession) {
+        var perProducer: [ProducerID: [DataSourceInstanceID]] = [:]
+        for instance in session.instances where instance.state == .started && instance.handlesIncrementalStateClear {
+            perProducer[instance.producerID, default: []].append(instance.id)
+        }
+        for (producerID, instances) in perProducer.sorted(by: { $0.key < $1.key }) {
+            guard let endpoint = producer(producerID) else { continue }
+            post { [weak client = endpoint.producer] in client?.clearIncrementalState(instances) }
         }
     }
 
@@ -343,6 +366,7 @@ extension TracingServiceCore {
             packets.append(ServicePackets.traceConfig(session.config, uid: serviceUID))
         }
         packets.append(ServicePackets.clockSnapshot(uid: serviceUID))
+        packets.append(contentsOf: session.takeServiceEvents(uid: serviceUID))
         for bufferID in session.bufferIDs {
             guard let buffer = buffers[bufferID] else { continue }
             for packet in buffer.readPackets() {

@@ -3,6 +3,10 @@
 
 import IPCProtocol
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One data source instance of a session, on one producer.
 struct DataSourceInstance {
     enum State { case configured, starting, started, stopping, stopped }
@@ -53,6 +57,9 @@ final class TracingSession {
     var invalidPackets: UInt64 = 0
     /// Why writing into the output file failed, reported with tracing disabled.
     var fileError: String?
+    /// Service events (tracing started, all data sources started, flushed, disabled) with their
+    /// boot-time timestamps, written into the trace at the next read, as Perfetto does.
+    private var serviceEvents: [(timestamp: UInt64, event: Perfetto_Protos_TracingServiceEvent)] = []
 
     /// The sequence id the service stamps on its own packets.
     static let servicePacketSequenceID: UInt32 = 1
@@ -76,6 +83,17 @@ final class TracingSession {
     }
 
     var isWritingIntoFile: Bool { config.writeIntoFile }
+
+    func recordServiceEvent(_ fill: (inout Perfetto_Protos_TracingServiceEvent) -> Void) {
+        var event = Perfetto_Protos_TracingServiceEvent()
+        fill(&event)
+        serviceEvents.append((ServiceClock.nanoseconds(CLOCK_BOOTTIME), event))
+    }
+
+    func takeServiceEvents(uid: UInt32) -> [TracePacketData] {
+        defer { serviceEvents = [] }
+        return serviceEvents.map { ServicePackets.serviceEvent($0.event, timestamp: $0.timestamp, uid: uid) }
+    }
 
     func cancelTimers() {
         for timer in timers { timer.cancel() }
