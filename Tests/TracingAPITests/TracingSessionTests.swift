@@ -363,6 +363,75 @@ final class TracingSessionTests: XCTestCase {
         XCTAssertTrue(consumer.decodedPackets().filter(\.hasServiceEvent).allSatisfy { $0.trustedPacketSequenceID == 1 })
     }
 
+    private func triggerConfig(_ mode: TraceConfig.TriggerConfig.TriggerMode, stopDelayMs: UInt32 = 0) -> TraceConfig {
+        var config = TracingConfigs.config()
+        var trigger = TraceConfig.TriggerConfig.Trigger()
+        trigger.name = "go"
+        trigger.producerNameRegex = "app.*"
+        trigger.stopDelayMs = stopDelayMs
+        config.triggerConfig.triggerMode = mode
+        config.triggerConfig.triggers = [trigger]
+        if mode == .startTracing { config.deferredStart = true }
+        return config
+    }
+
+    func testStartTriggerStartsADeferredSession() {
+        let app = RecordingProducer(service: service, name: "app-1", dataSources: [TracingConfigs.descriptor("test.source")])
+        let other = RecordingProducer(service: service, name: "other", dataSources: [])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(triggerConfig(.startTracing), outputFile: nil)
+        loop.runUntilIdle()
+        other.endpoint.activateTriggers(["go"])  // the regex does not match this producer
+        app.endpoint.activateTriggers(["unrelated"])
+        loop.runUntilIdle()
+        XCTAssertEqual(app.started.count, 0)
+        app.endpoint.activateTriggers(["go"])
+        drive(loop, until: { app.started.count == 1 })
+    }
+
+    func testStopTriggerStopsTheSessionAfterItsDelay() {
+        let app = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(triggerConfig(.stopTracing, stopDelayMs: 250), outputFile: nil)
+        drive(loop, until: { app.started.count == 1 })
+        app.endpoint.activateTriggers(["go"])
+        loop.advanceTime(by: .milliseconds(249))
+        XCTAssertEqual(consumer.disabledErrors, [])
+        loop.advanceTime(by: .milliseconds(1))
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        XCTAssertEqual(app.flushRequests.count, 1, "a stop trigger flushes first")
+    }
+
+    func testSyncRunsAfterEverythingSentBefore() {
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.writers.count == 1 })
+        producer.writers.values.first!.writeTestPacket(timestamp: 1, "before sync")
+        producer.writers.values.first!.flush()
+        var chunksAtSync: [UInt64] = []
+        producer.endpoint.sync {
+            self.service.buffers.values.forEach { chunksAtSync.append($0.stats.chunksWritten) }
+        }
+        drive(loop, until: { !chunksAtSync.isEmpty })
+        loop.runUntilIdle()
+        XCTAssertEqual(chunksAtSync, [1], "the commit sent before sync was applied when sync answered")
+    }
+
+    func testUnregisteringADataSourceStopsItsInstances() {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        producer.endpoint.unregisterDataSource(named: "test.source")
+        drive(loop, until: { producer.stopped == [producer.started[0].id] })
+        var state: TracingServiceState?
+        consumer.endpoint.queryServiceState(sessionsOnly: false) { _, result in state = result }
+        drive(loop, until: { state != nil })
+        XCTAssertEqual(state?.dataSources.count, 0)
+    }
+
     func testUnknownConfigFieldsSurviveIntoTheTrace() throws {
         // A config written for a newer Perfetto: field 1234 is unknown to us.
         var config = TracingConfigs.config()
