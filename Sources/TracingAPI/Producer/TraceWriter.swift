@@ -55,8 +55,9 @@ public final class TraceWriter: @unchecked Sendable {
         var startBytes: Int
     }
 
-    /// Packets written (started) and dropped, for diagnostics.
+    /// Packets started, for diagnostics.
     public private(set) var packetsWritten: UInt64 = 0
+    /// Packets thrown away because no chunk was free (``BufferExhaustedPolicy``).
     public private(set) var packetsDropped: UInt64 = 0
 
     init(arbiter: SharedMemoryArbiter, writerID: UInt16, targetBuffer: UInt16, policy: BufferExhaustedPolicy) {

@@ -29,22 +29,22 @@ struct BufferedPacket {
 }
 
 /// Counters of one buffer, named after Perfetto's `TraceStats.BufferStats`.
-public struct TraceBufferStats: Sendable, Hashable {
-    public var bufferSize: UInt64 = 0
-    public var bytesWritten: UInt64 = 0
-    public var bytesOverwritten: UInt64 = 0
-    public var bytesRead: UInt64 = 0
-    public var chunksWritten: UInt64 = 0
-    public var chunksRewritten: UInt64 = 0
-    public var chunksOverwritten: UInt64 = 0
-    public var chunksDiscarded: UInt64 = 0
-    public var chunksRead: UInt64 = 0
-    public var chunksCommittedOutOfOrder: UInt64 = 0
-    public var writeWrapCount: UInt64 = 0
-    public var patchesSucceeded: UInt64 = 0
-    public var patchesFailed: UInt64 = 0
-    public var abiViolations: UInt64 = 0
-    public var traceWriterPacketLoss: UInt64 = 0
+struct TraceBufferStats: Sendable, Hashable {
+    var bufferSize: UInt64 = 0
+    var bytesWritten: UInt64 = 0
+    var bytesOverwritten: UInt64 = 0
+    var bytesRead: UInt64 = 0
+    var chunksWritten: UInt64 = 0
+    var chunksRewritten: UInt64 = 0
+    var chunksOverwritten: UInt64 = 0
+    var chunksDiscarded: UInt64 = 0
+    var chunksRead: UInt64 = 0
+    var chunksCommittedOutOfOrder: UInt64 = 0
+    var writeWrapCount: UInt64 = 0
+    var patchesSucceeded: UInt64 = 0
+    var patchesFailed: UInt64 = 0
+    var abiViolations: UInt64 = 0
+    var traceWriterPacketLoss: UInt64 = 0
 }
 
 final class TraceBuffer {

@@ -35,9 +35,11 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         public var serviceUID: UInt32 = getuid()
         /// Most sessions at once (Perfetto's default limit is 15 concurrent sessions).
         public var maxSessions = 15
+        /// The defaults: Perfetto's sizes, this process's uid, 15 sessions.
         public init() {}
     }
 
+    /// The loop the service, its endpoints and every callback run on.
     public let eventLoop: any IPCEventLoop
     let options: Options
 
@@ -61,6 +63,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     var flushesSucceeded: UInt64 = 0
     var flushesFailed: UInt64 = 0
 
+    /// A service on `eventLoop`. Nothing runs until producers and consumers connect.
     public init(eventLoop: any IPCEventLoop, options: Options = Options()) {
         self.eventLoop = eventLoop
         self.options = options

@@ -19,13 +19,17 @@ public enum SharedMemoryABI {
     public static let maxServicePageSize = 32 * 1024
     /// The default buffer size and page size of Perfetto's service.
     public static let defaultBufferSize = 256 * 1024
+    /// The default page size of Perfetto's service.
     public static let defaultPageSize = 4096
     /// The largest shared-memory buffer the service creates.
     public static let maxBufferSize = 32 * 1024 * 1024
+    /// Bytes of the page header (the atomic bitmap and a reserved word).
     public static let pageHeaderSize = 8
+    /// Bytes of the chunk header (``ChunkHeader``).
     public static let chunkHeaderSize = 8
     /// Bytes reserved in front of every record for its size (a padded varint).
     public static let packetHeaderSize = 4
+    /// The most chunks a page can be divided into.
     public static let maxChunksPerPage = 14
     /// The most records one chunk header can count (10 bits).
     public static let maxPacketsPerChunk = 1023
@@ -44,6 +48,7 @@ public enum SharedMemoryABI {
     }
 
     /// Writes `value` as a 4-byte padded varint (`v|0x80, v>>7|0x80, v>>14|0x80, v>>21`).
+    /// (`destination` must have 4 writable bytes.)
     @inlinable
     public static func writePaddedVarint(_ value: UInt32, to destination: UnsafeMutableRawPointer) {
         destination.storeBytes(of: UInt8(truncatingIfNeeded: value) | 0x80, as: UInt8.self)
@@ -127,8 +132,10 @@ public struct ChunkHeader: Sendable, Hashable {
     public var writerID: UInt16
     /// Records in the chunk (10 bits, at most 1023).
     public var packetCount: UInt16
+    /// Continuation and patching flags.
     public var flags: ChunkFlags
 
+    /// A header with the given fields.
     public init(chunkID: UInt32, writerID: UInt16, packetCount: UInt16 = 0, flags: ChunkFlags = []) {
         self.chunkID = chunkID
         self.writerID = writerID

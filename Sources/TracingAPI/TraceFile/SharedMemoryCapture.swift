@@ -13,6 +13,8 @@ import Foundation
 public struct SharedMemoryCapture: Sendable {
     /// One moved chunk, as it was in the producer's shared memory.
     public struct Chunk: Sendable {
+        /// Where the chunk was: page index, chunk index in the page, the page header then, and
+        /// the chunk's byte offset in the buffer; `bytes` is the whole chunk, header included.
         public var page: Int
         public var chunk: Int
         public var pageHeaderBitmap: UInt32
@@ -22,6 +24,7 @@ public struct SharedMemoryCapture: Sendable {
 
     /// One CommitData request.
     public struct Commit: Sendable {
+        /// 1-based position of this CommitData on the producer's connection.
         public var sequence: Int
         public var chunks: [Chunk] = []
         public var patches: [CommitDataRequest.ChunkToPatch] = []

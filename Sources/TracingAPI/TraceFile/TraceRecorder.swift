@@ -64,11 +64,13 @@ public final class TraceRecorder: Consumer {
 
     // MARK: Consumer
 
+    /// Records the end of the session; a pending ``stop(_:)`` goes on to read the trace.
     public func onTracingDisabled(error: String) {
         disabledError = error
         if pendingStop != nil { readAll() }
     }
 
+    /// Collects packets; the last batch completes a pending ``stop(_:)``.
     public func onTraceData(_ packets: [TracePacketData], hasMore: Bool) {
         self.packets.append(contentsOf: packets)
         if !hasMore, reading {
