@@ -5,11 +5,13 @@
 import CPerfettoIPCLinux
 import IPCInProcess
 import IPCProtocol
-import XCTest
+import Foundation
+import Testing
 
 @testable import TracingAPI
 
-final class HostileSharedMemoryTests: XCTestCase {
+@Suite("Hostile shared memory", .serialized)
+final class HostileSharedMemoryTests {
     var loop: ManualEventLoop!
     var service: TracingServiceCore!
     var producer: RecordingProducer!
@@ -17,7 +19,7 @@ final class HostileSharedMemoryTests: XCTestCase {
     var memory: SharedMemoryBuffer!
     var targetBuffer: UInt32 = 0
 
-    override func setUp() {
+    init() {
         loop = ManualEventLoop()
         service = TracingServiceCore(eventLoop: loop)
         producer = RecordingProducer(
@@ -29,14 +31,6 @@ final class HostileSharedMemoryTests: XCTestCase {
         targetBuffer = producer.started[0].config.targetBuffer
     }
 
-    override func tearDown() {
-        loop.runUntilIdle()
-        producer = nil
-        consumer = nil
-        memory = nil
-        service = nil
-        loop = nil
-    }
 
     /// Writes `bytes` as chunk `index` of `page` (layout `layout`) and marks it complete.
     private func place(_ bytes: [UInt8], page: Int, chunk index: Int = 0, layout: PageLayout = .divideBy1) {
@@ -90,19 +84,18 @@ final class HostileSharedMemoryTests: XCTestCase {
 
     /// The service still works: a packet written the normal way comes through.
     private func assertServiceStillWorks(
-        strict: Bool = true, file: StaticString = #filePath, line: UInt = #line
+        strict: Bool = true, sourceLocation: SourceLocation = #_sourceLocation
     ) -> TraceStats {
         producer.writers.values.first!.writeTestPacket(timestamp: 1, "still alive")
         producer.writers.values.first!.flush()
         consumer.endpoint.disableTracing()
-        drive(loop, until: { self.consumer.disabledErrors == [""] }, file: file, line: line)
-        consumer.read(on: loop, file: file, line: line)
-        XCTAssertTrue(
-            consumer.producerPackets(strict: strict).contains { $0.forTesting.str == "still alive" }, file: file, line: line)
+        drive(loop, until: { self.consumer.disabledErrors == [""] }, sourceLocation: sourceLocation)
+        consumer.read(on: loop, sourceLocation: sourceLocation)
+        #expect(consumer.producerPackets(strict: strict).contains { $0.forTesting.str == "still alive" }, sourceLocation: sourceLocation)
         return consumer.decodedPackets(strict: strict).last!.traceStats
     }
 
-    func testRandomChunkBytesNeverCrashTheService() {
+    @Test func randomChunkBytesNeverCrashTheService() {
         var generator = SystemRandomNumberGenerator()
         for round in 0..<300 {
             var bytes = (0..<4088).map { _ in UInt8.random(in: 0...255, using: &generator) }
@@ -121,10 +114,10 @@ final class HostileSharedMemoryTests: XCTestCase {
             if round % 50 == 0 { consumer.read(on: loop) }
         }
         let stats = assertServiceStillWorks(strict: false)
-        XCTAssertGreaterThan(stats.bufferStats[0].abiViolations + stats.invalidPackets + stats.chunksDiscarded, 0)
+        #expect((stats.bufferStats[0].abiViolations + stats.invalidPackets + stats.chunksDiscarded) > 0)
     }
 
-    func testLyingCommitIndexesAreDiscardedAndCounted() {
+    @Test func lyingCommitIndexesAreDiscardedAndCounted() {
         place(chunk(writer: 3, id: 0, count: 1, records: [record("never committed")]), page: 0)
         commit([
             move(page: 9_999), move(page: -1), move(page: 0, chunk: 20), move(page: 0, chunk: 1),  // out of range
@@ -138,11 +131,11 @@ final class HostileSharedMemoryTests: XCTestCase {
         CPerfettoIPC_atomicStore32(pageStart.assumingMemoryBound(to: UInt32.self), (6 << 28) | 3)
         commit([move(page: 2)])
         let stats = assertServiceStillWorks()
-        XCTAssertEqual(stats.chunksDiscarded, 9)
-        XCTAssertFalse(consumer.producerPackets().contains { $0.forTesting.str == "never committed" })
+        #expect(stats.chunksDiscarded == 9)
+        #expect(!(consumer.producerPackets().contains { $0.forTesting.str == "never committed" }))
     }
 
-    func testBadChunkHeadersAreDroppedAndCounted() {
+    @Test func badChunkHeadersAreDroppedAndCounted() {
         place(chunk(writer: 0, id: 0, count: 1, records: [record("writer zero")]), page: 0)
         // 1023 records announced, one present: the walk stops at the zero padding... the
         // chunk's tail of zeros reads as zero-size records, which are skipped.
@@ -153,15 +146,15 @@ final class HostileSharedMemoryTests: XCTestCase {
         place(chunk(writer: 8, id: 0, count: 1, records: [[UInt8](repeating: 0xFF, count: 4088 - 8)]), page: 3)
         commit([move(page: 0), move(page: 1), move(page: 2), move(page: 3)])
         let stats = assertServiceStillWorks()
-        XCTAssertEqual(stats.chunksDiscarded, 1, "writer id 0")
-        XCTAssertEqual(stats.bufferStats[0].abiViolations, 2, "the size past the end and the endless varint")
+        #expect(stats.chunksDiscarded == 1, "writer id 0")
+        #expect(stats.bufferStats[0].abiViolations == 2, "the size past the end and the endless varint")
         let texts = consumer.producerPackets().map(\.forTesting.str)
-        XCTAssertTrue(texts.contains("counted high"))
-        XCTAssertTrue(texts.contains("before the lie"), "records before the lie are kept")
-        XCTAssertFalse(texts.contains("writer zero"))
+        #expect(texts.contains("counted high"))
+        #expect(texts.contains("before the lie"), "records before the lie are kept")
+        #expect(!texts.contains("writer zero"))
     }
 
-    func testPatchesOutsideTheChunkFail() {
+    @Test func patchesOutsideTheChunkFail() {
         place(chunk(writer: 4, id: 0, count: 1, flags: [.needsPatching], records: [record("patched")]), page: 0)
         commit([move(page: 0)])
         func patch(offset: UInt32, data: [UInt8], chunkID: UInt32 = 0, writer: UInt32 = 4, buffer: UInt32? = nil,
@@ -189,13 +182,13 @@ final class HostileSharedMemoryTests: XCTestCase {
         let rewritten = Array(record("patched").prefix(4))
         commit([], patches: [patch(offset: 0, data: rewritten, more: false)])
         let stats = assertServiceStillWorks()
-        XCTAssertEqual(stats.bufferStats[0].patchesFailed, 4)
-        XCTAssertEqual(stats.bufferStats[0].patchesSucceeded, 1)
-        XCTAssertEqual(stats.patchesDiscarded, 2)
-        XCTAssertTrue(consumer.producerPackets().contains { $0.forTesting.str == "patched" })
+        #expect(stats.bufferStats[0].patchesFailed == 4)
+        #expect(stats.bufferStats[0].patchesSucceeded == 1)
+        #expect(stats.patchesDiscarded == 2)
+        #expect(consumer.producerPackets().contains { $0.forTesting.str == "patched" })
     }
 
-    func testPacketsForgingReservedFieldsAreRejected() {
+    @Test func packetsForgingReservedFieldsAreRejected() {
         var forged: [UInt8] = []
         ProtoEncoding.appendVarintField(3, 0, to: &forged)  // trusted_uid = 0 (root)
         var malformed: [UInt8] = [0x0A, 0x7F]  // a length past the end
@@ -205,13 +198,13 @@ final class HostileSharedMemoryTests: XCTestCase {
         ]), page: 0)
         commit([move(page: 0)])
         let stats = assertServiceStillWorks()
-        XCTAssertEqual(stats.invalidPackets, 2)
+        #expect(stats.invalidPackets == 2)
         let packets = consumer.producerPackets()
-        XCTAssertTrue(packets.contains { $0.forTesting.str == "honest" })
-        XCTAssertFalse(packets.contains { $0.trustedUid == 0 })
+        #expect(packets.contains { $0.forTesting.str == "honest" })
+        #expect(!(packets.contains { $0.trustedUid == 0 }))
     }
 
-    func testFragmentsWithoutTheirHeadAreDropped() {
+    @Test func fragmentsWithoutTheirHeadAreDropped() {
         // Chunk 1 continues a packet from chunk 0, which never arrives; chunk 2 is whole.
         let continued = chunk(writer: 11, id: 1, count: 2, flags: [.firstPacketContinuesFromPreviousChunk],
                               records: [SharedMemoryABI.paddedVarint(3) + [1, 2, 3], record("after the gap")])
@@ -220,11 +213,11 @@ final class HostileSharedMemoryTests: XCTestCase {
         commit([move(page: 0), move(page: 1)])
         _ = assertServiceStillWorks()
         let sequence = consumer.producerPackets().filter { $0.forTesting.str != "still alive" }
-        XCTAssertEqual(sequence.map(\.forTesting.str), ["after the gap", "next chunk"])
-        XCTAssertEqual(sequence.first?.previousPacketDropped, 1)
+        #expect(sequence.map(\.forTesting.str) == ["after the gap", "next chunk"])
+        #expect(sequence.first?.previousPacketDropped == 1)
     }
 
-    func testEmulatedChunksOfBadSizeAreDiscarded() {
+    @Test func emulatedChunksOfBadSizeAreDiscarded() {
         var tooSmall = move(page: 0)
         tooSmall.data = Data([1, 2, 3])
         var tooLarge = move(page: 0)
@@ -233,7 +226,7 @@ final class HostileSharedMemoryTests: XCTestCase {
         good.data = Data(chunk(writer: 12, id: 0, count: 1, records: [record("emulated")]))
         commit([tooSmall, tooLarge, good])
         let stats = assertServiceStillWorks()
-        XCTAssertEqual(stats.chunksDiscarded, 2)
-        XCTAssertTrue(consumer.producerPackets().contains { $0.forTesting.str == "emulated" })
+        #expect(stats.chunksDiscarded == 2)
+        #expect(consumer.producerPackets().contains { $0.forTesting.str == "emulated" })
     }
 }

@@ -4,12 +4,14 @@
 import IPCInProcess
 import IPCProtocol
 import TestSupport
-import XCTest
+import Foundation
+import Testing
 
 @testable import TracingAPI
 
-final class ResourceTests: XCTestCase {
-    func testSessionsLeaveNoFileDescriptorsBehind() {
+@Suite("Tracing resources", .serialized)
+struct ResourceTests {
+    @Test func sessionsLeaveNoFileDescriptorsBehind() {
         let loop = ManualEventLoop()
         let baseline = FileDescriptors.openDescriptors()
         do {
@@ -21,7 +23,7 @@ final class ResourceTests: XCTestCase {
                 let consumer = RecordingConsumer(service: service)
                 consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
                 drive(loop, until: { producer.writers.count == 1 })
-                XCTAssertGreaterThan(FileDescriptors.openDescriptors().count, baseline.count, "the shared memory is open")
+                #expect(FileDescriptors.openDescriptors().count > baseline.count, "the shared memory is open")
                 consumer.endpoint.disableTracing()
                 drive(loop, until: { consumer.disabledErrors == [""] })
                 consumer.read(on: loop)
@@ -33,10 +35,10 @@ final class ResourceTests: XCTestCase {
             loop.runUntilIdle()
         }
         loop.runUntilIdle()
-        XCTAssertEqual(FileDescriptors.openDescriptors(), baseline)
+        #expect(FileDescriptors.openDescriptors() == baseline)
     }
 
-    func testReleasingEndpointsDisconnectsThem() {
+    @Test func releasingEndpointsDisconnectsThem() {
         let loop = ManualEventLoop()
         let service = TracingServiceCore(eventLoop: loop)
         var producer: RecordingProducer? = RecordingProducer(
@@ -44,18 +46,18 @@ final class ResourceTests: XCTestCase {
         var consumer: RecordingConsumer? = RecordingConsumer(service: service)
         consumer!.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer!.started.count == 1 })
-        XCTAssertEqual(service.sessions.count, 1)
+        #expect(service.sessions.count == 1)
         weak let weakProducerEndpoint = producer!.endpoint as AnyObject
         producer!.writers = [:]
         producer = nil
         consumer = nil
         loop.runUntilIdle()
-        XCTAssertNil(weakProducerEndpoint, "no cycle keeps the endpoint (and its shared memory) alive")
-        XCTAssertTrue(service.sessions.isEmpty, "the consumer's session went with it")
-        XCTAssertEqual(service.connectedProducers.count, 0)
+        #expect(weakProducerEndpoint == nil, "no cycle keeps the endpoint (and its shared memory) alive")
+        #expect(service.sessions.isEmpty, "the consumer's session went with it")
+        #expect(service.connectedProducers.count == 0)
     }
 
-    func testReleasingAProducerCompletesItsPendingFlushAndStop() {
+    @Test func releasingAProducerCompletesItsPendingFlushAndStop() {
         let loop = ManualEventLoop()
         let service = TracingServiceCore(eventLoop: loop)
         var producer: RecordingProducer? = RecordingProducer(
@@ -68,16 +70,16 @@ final class ResourceTests: XCTestCase {
         var flushResults: [Bool] = []
         consumer.endpoint.flush(timeoutMs: 10_000, flags: FlushFlags()) { flushResults.append($0) }
         loop.runUntilIdle()
-        XCTAssertEqual(flushResults, [], "waiting for the producer")
+        #expect(flushResults == [], "waiting for the producer")
         producer!.writers = [:]
         producer = nil  // released, not disconnected
         drive(loop, until: { flushResults == [true] }, "a producer that is gone owes no acknowledgement")
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.disabledErrors == [""] })
-        XCTAssertEqual(loop.virtualTime, .zero, "nothing waited for a timeout")
+        #expect(loop.virtualTime == .zero, "nothing waited for a timeout")
     }
 
-    func testTraceRecorderCollectsASession() throws {
+    @Test func traceRecorderCollectsASession() throws {
         let loop = ManualEventLoop()
         let service = TracingServiceCore(eventLoop: loop)
         let producer = RecordingProducer(
@@ -89,14 +91,14 @@ final class ResourceTests: XCTestCase {
         var result: Result<[TracePacketData], TracingError>?
         recorder.stop { result = $0 }
         drive(loop, until: { result != nil })
-        let packets = try XCTUnwrap(result).get()
+        let packets = try #require(result).get()
         let file = recorder.traceFile
         let trace = try Perfetto_Protos_Trace(serializedBytes: file)
-        XCTAssertEqual(trace.packet.count, packets.count)
-        XCTAssertEqual(trace.packet.filter { $0.trustedPacketSequenceID == 2 }.map(\.forTesting.str), ["recorded"])
+        #expect(trace.packet.count == packets.count)
+        #expect((trace.packet.filter { $0.trustedPacketSequenceID == 2 }.map(\.forTesting.str)) == ["recorded"])
     }
 
-    func testTraceRecorderReportsAFailedSession() {
+    @Test func traceRecorderReportsAFailedSession() {
         let loop = ManualEventLoop()
         let service = TracingServiceCore(eventLoop: loop)
         let recorder = TraceRecorder(service: service)
@@ -104,9 +106,12 @@ final class ResourceTests: XCTestCase {
         var result: Result<[TracePacketData], TracingError>?
         recorder.stop { result = $0 }
         drive(loop, until: { result != nil })
-        guard case .failure(let error) = result else { return XCTFail("expected a failure, got \(String(describing: result))") }
-        XCTAssertEqual(error.code, .invalidState)
-        XCTAssertTrue(error.message.contains("no buffers"))
+        guard case .failure(let error) = result else {
+            Issue.record("expected a failure, got \(String(describing: result))")
+            return
+        }
+        #expect(error.code == .invalidState)
+        #expect(error.message.contains("no buffers"))
     }
 }
 

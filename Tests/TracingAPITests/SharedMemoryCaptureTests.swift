@@ -6,13 +6,14 @@
 import Foundation
 import IPCInProcess
 import IPCProtocol
-import XCTest
+import Testing
 
 @testable import TracingAPI
 
-final class SharedMemoryCaptureTests: XCTestCase {
+@Suite("Captured shared memory", .serialized)
+struct SharedMemoryCaptureTests {
     private func fixture(_ name: String) throws -> URL {
-        try XCTUnwrap(Bundle.module.url(forResource: "Fixtures/\(name)", withExtension: nil))
+        try #require(Bundle.module.url(forResource: "Fixtures/\(name)", withExtension: nil))
     }
 
     /// Producer packets of a captured trace (everything not on the service's sequence).
@@ -23,7 +24,7 @@ final class SharedMemoryCaptureTests: XCTestCase {
 
     private func replay(chunks name: String, trace: String, producerProvided: Bool) throws {
         let expected = try producerPackets(ofTrace: trace)
-        XCTAssertFalse(expected.isEmpty)
+        #expect(!expected.isEmpty)
         let first = try expected[0].decode()
         let loop = ManualEventLoop()
         let service = TracingServiceCore(eventLoop: loop)
@@ -37,41 +38,41 @@ final class SharedMemoryCaptureTests: XCTestCase {
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(TracingConfigs.config(dataSources: [("pf.peer", 0)]), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
-        XCTAssertEqual(producer.endpoint.isSharedMemoryProvidedByProducer, producerProvided)
-        let memory = try XCTUnwrap(producer.endpoint.sharedMemory)
+        #expect(producer.endpoint.isSharedMemoryProvidedByProducer == producerProvided)
+        let memory = try #require(producer.endpoint.sharedMemory)
         let targetBuffer = producer.started[0].config.targetBuffer
 
         // Put every chunk where the SDK had it, page header included, and commit as it did.
         let capture = try SharedMemoryCapture(jsonLines: String(contentsOf: fixture(name), encoding: .utf8))
-        XCTAssertFalse(capture.commits.isEmpty)
+        #expect(!capture.commits.isEmpty)
         try capture.replay(into: producer.endpoint, targetBuffer: BufferID(targetBuffer))
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.disabledErrors == [""] })
         consumer.read(on: loop)
 
         let ours = consumer.packets.filter { (try? $0.decode().trustedPacketSequenceID) != 1 }
-        XCTAssertEqual(ours.count, expected.count)
-        XCTAssertEqual(ours, expected, "byte for byte what traced wrote")
+        #expect(ours.count == expected.count)
+        #expect(ours == expected, "byte for byte what traced wrote")
         // The service freed every chunk it moved.
-        for chunk in capture.commits.flatMap(\.chunks) { XCTAssertEqual(memory.headerBitmap(page: chunk.page), 0) }
+        for chunk in capture.commits.flatMap(\.chunks) { #expect(memory.headerBitmap(page: chunk.page) == 0) }
     }
 
-    func testSDKProducerChunksYieldExactlyTheTracedPackets() throws {
+    @Test func sDKProducerChunksYieldExactlyTheTracedPackets() throws {
         try replay(chunks: "chunks.jsonl", trace: "consumer_session.pftrace", producerProvided: false)
     }
 
-    func testStartupTracingChunksInProducerProvidedMemoryYieldExactlyTheTracedPackets() throws {
+    @Test func startupTracingChunksInProducerProvidedMemoryYieldExactlyTheTracedPackets() throws {
         try replay(chunks: "startup_chunks.jsonl", trace: "startup_consumer_session.pftrace", producerProvided: true)
     }
 
-    func testCapturedTraceFilesDecode() throws {
+    @Test func capturedTraceFilesDecode() throws {
         for name in ["consumer_session.pftrace", "startup_consumer_session.pftrace", "write_into_file.pftrace"] {
             let bytes = [UInt8](try Data(contentsOf: fixture(name)))
             let packets = try TraceFile.decodePackets(bytes)
-            XCTAssertFalse(packets.isEmpty)
-            XCTAssertEqual(TraceFile.encode(packets), bytes, "\(name) re-encodes identically")
+            #expect(!packets.isEmpty)
+            #expect(TraceFile.encode(packets) == bytes, "\(name) re-encodes identically")
             let trace = try Perfetto_Protos_Trace(serializedBytes: bytes)
-            XCTAssertEqual(trace.packet.count, packets.count)
+            #expect(trace.packet.count == packets.count)
         }
     }
 }

@@ -3,12 +3,14 @@
 
 import IPCProtocol
 import IPCUnixSocket
-import XCTest
+import Foundation
+import Testing
 
 @testable import TracingAPI
 
-final class ThreadedServiceTests: XCTestCase {
-    func testAsyncConsumerDrivesASessionOnALoopThread() async throws {
+@Suite("Tracing service on a loop thread", .serialized)
+struct ThreadedServiceTests {
+    @Test func asyncConsumerDrivesASessionOnALoopThread() async throws {
         let loop = try EpollEventLoop.startOnNewThread(name: "tracing-test")
         defer { loop.shutdown() }
         let service = TracingServiceCore(eventLoop: loop)
@@ -25,7 +27,7 @@ final class ThreadedServiceTests: XCTestCase {
         let recorder = pair.value.1
         let deadline = ContinuousClock.now + .seconds(30)
         while started.value == nil, ContinuousClock.now < deadline { await Task.yield() }
-        XCTAssertEqual(started.value, true)
+        #expect(started.value == true)
 
         // A writer used off the loop, as application threads use them.
         let writer = await onLoop(loop) { producer.value.writers.values.first! }
@@ -33,18 +35,18 @@ final class ThreadedServiceTests: XCTestCase {
         writer.value.flush()
 
         let flushed = await recorder.endpoint.flush(timeoutMs: 5_000)
-        XCTAssertTrue(flushed)
+        #expect(flushed)
         let capabilities = await recorder.endpoint.queryCapabilities()
-        XCTAssertTrue(capabilities.hasQueryCapabilities_p)
+        #expect(capabilities.hasQueryCapabilities_p)
         let state = await recorder.endpoint.queryServiceState()
-        XCTAssertEqual(state.producers.map { $0.name }, ["app"])
+        #expect(state.producers.map { $0.name } == ["app"])
 
         let packets: [TracePacketData] = try await withCheckedThrowingContinuation { continuation in
             let box = UncheckedSendableBox(recorder)
             loop.execute { box.value.stop { continuation.resume(with: $0) } }
         }
         let texts = try packets.map { try $0.decode() }.filter { $0.trustedPacketSequenceID == 2 }.map(\.forTesting.str)
-        XCTAssertEqual(texts, (0..<100).map { "from a task \($0)" })
+        #expect(texts == ((0..<100).map { "from a task \($0)" }))
         _ = await onLoop(loop) { producer.value.writers = [:] }
     }
 

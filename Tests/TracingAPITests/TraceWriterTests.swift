@@ -5,28 +5,23 @@
 import IPCInProcess
 import IPCProtocol
 import SwiftProtobuf
-import XCTest
+import Foundation
+import Testing
 
 @testable import TracingAPI
 
-final class TraceWriterTests: XCTestCase {
+@Suite("TraceWriter", .serialized)
+final class TraceWriterTests {
     var loop: ManualEventLoop!
     var service: TracingServiceCore!
     /// Producers must stay referenced: releasing one disconnects it.
     var keepAlive: [AnyObject] = []
 
-    override func setUp() {
+    init() {
         loop = ManualEventLoop()
         service = TracingServiceCore(eventLoop: loop)
     }
 
-    override func tearDown() {
-        loop.runUntilIdle()
-        keepAlive = []
-        loop.runUntilIdle()
-        service = nil
-        loop = nil
-    }
 
     /// A started session with one producer; returns its writer.
     private func startSession(
@@ -60,7 +55,7 @@ final class TraceWriterTests: XCTestCase {
         consumer.packets.filter { (try? $0.decode().trustedPacketSequenceID) == 2 }.map(\.bytes)
     }
 
-    func testFieldsWrittenInPlaceComeBackByteIdentical() throws {
+    @Test func fieldsWrittenInPlaceComeBackByteIdentical() throws {
         let (_, consumer, writer) = startSession()
         writer.newTracePacket { packet in
             packet.appendVarint(8, 123_456)
@@ -74,14 +69,14 @@ final class TraceWriterTests: XCTestCase {
         // timestamp, then for_testing with its length padded to 4 bytes as protozero writes it.
         let expected: [UInt8] = [0x40, 0xC0, 0xC4, 0x07, 0xA2, 0x38, 0x86, 0x80, 0x80, 0x00,
                                  0x0A, 0x02, 0x68, 0x69, 0x10, 0x07]
-        XCTAssertEqual(producerPacketBytes(consumer), [expected + trustedSuffix(first: true)])
+        #expect(producerPacketBytes(consumer) == ([expected + trustedSuffix(first: true)]))
         let decoded = try TracePacket(serializedBytes: expected)
-        XCTAssertEqual(decoded.timestamp, 123_456)
-        XCTAssertEqual(decoded.forTesting.str, "hi")
-        XCTAssertEqual(decoded.forTesting.seqValue, 7)
+        #expect(decoded.timestamp == 123_456)
+        #expect(decoded.forTesting.str == "hi")
+        #expect(decoded.forTesting.seqValue == 7)
     }
 
-    func testAPacketFragmentedOverThreeOrMoreChunks() throws {
+    @Test func aPacketFragmentedOverThreeOrMoreChunks() throws {
         let (_, consumer, writer) = startSession()
         var message = TracePacket()
         message.timestamp = 42
@@ -92,14 +87,14 @@ final class TraceWriterTests: XCTestCase {
         writer.flush()
         stopAndRead(consumer)
         let packets = producerPacketBytes(consumer)
-        XCTAssertEqual(packets.count, 2)
-        XCTAssertTrue(packets.first == encoded + trustedSuffix(first: true), "the 12.8 KB packet came back changed")
-        let stats = try XCTUnwrap(consumer.decodedPackets().last?.traceStats.bufferStats.first)
-        XCTAssertGreaterThanOrEqual(stats.chunksWritten, 4, "12.8 KB spans at least four 4 KiB chunks")
-        XCTAssertEqual(try TracePacket(serializedBytes: packets[1]).forTesting.str, "after")
+        #expect(packets.count == 2)
+        #expect(packets.first == encoded + trustedSuffix(first: true), "the 12.8 KB packet came back changed")
+        let stats = try #require(consumer.decodedPackets().last?.traceStats.bufferStats.first)
+        #expect(stats.chunksWritten >= 4, "12.8 KB spans at least four 4 KiB chunks")
+        #expect(try TracePacket(serializedBytes: packets[1]).forTesting.str == "after")
     }
 
-    func testNestedLengthSpanningChunksIsPatchedInALaterCommit() throws {
+    @Test func nestedLengthSpanningChunksIsPatchedInALaterCommit() throws {
         let (_, consumer, writer) = startSession()
         let text = String(repeating: "x", count: 9_000)
         writer.newTracePacket { packet in
@@ -110,23 +105,23 @@ final class TraceWriterTests: XCTestCase {
         // for_testing length is still with the writer.
         loop.runUntilIdle()
         consumer.read(on: loop)
-        XCTAssertEqual(producerPacketBytes(consumer), [], "a chunk waiting for its patch blocks its sequence")
-        XCTAssertEqual(consumer.decodedPackets().last?.traceStats.bufferStats.first?.chunksWritten, 2)
+        #expect(producerPacketBytes(consumer) == [], "a chunk waiting for its patch blocks its sequence")
+        #expect(consumer.decodedPackets().last?.traceStats.bufferStats.first?.chunksWritten == 2)
 
         writer.flush()  // returns the last chunk with the patch
         stopAndRead(consumer)
         let packets = producerPacketBytes(consumer)
-        XCTAssertEqual(packets.count, 1, "\(consumer.decodedPackets().last!.traceStats)")
+        #expect(packets.count == 1, "\(consumer.decodedPackets().last!.traceStats)")
         guard packets.count == 1 else { return }
         let decoded = try TracePacket(serializedBytes: packets[0])
-        XCTAssertEqual(decoded.forTesting.str, text)
-        XCTAssertEqual(decoded.timestamp, 1)
-        let stats = try XCTUnwrap(consumer.decodedPackets().last?.traceStats.bufferStats.first)
-        XCTAssertEqual(stats.patchesSucceeded, 1)
-        XCTAssertEqual(stats.patchesFailed, 0)
+        #expect(decoded.forTesting.str == text)
+        #expect(decoded.timestamp == 1)
+        let stats = try #require(consumer.decodedPackets().last?.traceStats.bufferStats.first)
+        #expect(stats.patchesSucceeded == 1)
+        #expect(stats.patchesFailed == 0)
     }
 
-    func testTwoProducersWithThreeWritersEachKeepPerSequenceOrder() throws {
+    @Test func twoProducersWithThreeWritersEachKeepPerSequenceOrder() throws {
         let consumer = RecordingConsumer(service: service)
         var producers: [RecordingProducer] = []
         for index in 0..<2 {
@@ -154,16 +149,16 @@ final class TraceWriterTests: XCTestCase {
         stopAndRead(consumer)
 
         let packets = consumer.producerPackets()
-        XCTAssertEqual(packets.count, 6 * 200)
+        #expect(packets.count == (6 * 200))
         let bySequence = Dictionary(grouping: packets, by: \.trustedPacketSequenceID)
-        XCTAssertEqual(bySequence.count, 6)
+        #expect(bySequence.count == 6)
         for (_, sequence) in bySequence {
             let writerTag = sequence[0].forTesting.str.split(separator: " ")[0]
-            XCTAssertEqual(sequence.map(\.forTesting.str), (0..<200).map { "\(writerTag) #\($0)" })
+            #expect(sequence.map(\.forTesting.str) == ((0..<200).map { "\(writerTag) #\($0)" }))
             let writerIndex = Int(writerTag.dropFirst())!
             let producer = writers[writerIndex].producer
-            XCTAssertTrue(sequence.allSatisfy { $0.trustedUid == Int32(2000 + producer) })
-            XCTAssertTrue(sequence.allSatisfy { $0.trustedPid == Int32(300 + producer) })
+            #expect(sequence.allSatisfy { $0.trustedUid == Int32(2000 + producer) })
+            #expect(sequence.allSatisfy { $0.trustedPid == Int32(300 + producer) })
         }
     }
 
@@ -177,50 +172,50 @@ final class TraceWriterTests: XCTestCase {
         return (consumer, stats)
     }
 
-    func testRingBufferKeepsTheNewestChunks() {
+    @Test func ringBufferKeepsTheNewestChunks() {
         let (consumer, stats) = fillBuffer(policy: .ringBuffer)
         let indexes = consumer.producerPackets().map { Int($0.forTesting.str.split(separator: " ")[0])! }
-        XCTAssertFalse(indexes.isEmpty)
-        XCTAssertEqual(indexes.last, 39, "the newest packet survives")
-        XCTAssertEqual(indexes, Array(indexes.first!...39), "a contiguous run of the newest packets")
-        XCTAssertGreaterThan(indexes.first!, 0, "the oldest were overwritten")
-        XCTAssertGreaterThan(stats.chunksOverwritten, 0)
-        XCTAssertEqual(stats.chunksDiscarded, 0)
-        XCTAssertEqual(consumer.producerPackets().first?.previousPacketDropped, 1)
+        #expect(!indexes.isEmpty)
+        #expect(indexes.last == 39, "the newest packet survives")
+        #expect(indexes == (Array(indexes.first!...39)), "a contiguous run of the newest packets")
+        #expect(indexes.first! > 0, "the oldest were overwritten")
+        #expect(stats.chunksOverwritten > 0)
+        #expect(stats.chunksDiscarded == 0)
+        #expect(consumer.producerPackets().first?.previousPacketDropped == 1)
     }
 
-    func testDiscardKeepsTheOldestChunks() {
+    @Test func discardKeepsTheOldestChunks() {
         let (consumer, stats) = fillBuffer(policy: .discard)
         let indexes = consumer.producerPackets().map { Int($0.forTesting.str.split(separator: " ")[0])! }
-        XCTAssertEqual(indexes.first, 0, "the oldest packet survives")
-        XCTAssertEqual(indexes, Array(0...indexes.last!))
-        XCTAssertLessThan(indexes.last!, 39, "the newest were discarded")
-        XCTAssertGreaterThan(stats.chunksDiscarded, 0)
-        XCTAssertEqual(stats.chunksOverwritten, 0)
+        #expect(indexes.first == 0, "the oldest packet survives")
+        #expect(indexes == (Array(0...indexes.last!)))
+        #expect(indexes.last! < 39, "the newest were discarded")
+        #expect(stats.chunksDiscarded > 0)
+        #expect(stats.chunksOverwritten == 0)
     }
 
-    func testFullSharedMemoryDropsPacketsAndMarksTheSequence() throws {
+    @Test func fullSharedMemoryDropsPacketsAndMarksTheSequence() throws {
         // Two 4 KiB pages of shared memory: the third chunk finds no room until the service
         // has moved the first two.
         let options = ProducerConnectionOptions(name: "app", sharedMemorySizeHint: 8192, sharedMemoryPageSizeHint: 4096)
         let (producer, consumer, writer) = startSession(options: options)
-        XCTAssertEqual(producer.endpoint.sharedMemory?.size, 8192)
+        #expect(producer.endpoint.sharedMemory?.size == 8192)
         let filler = String(repeating: "=", count: 1500)
         for index in 0..<10 { writer.writeTestPacket(timestamp: UInt64(index), "\(index) \(filler)") }
-        XCTAssertGreaterThan(writer.packetsDropped, 0)
+        #expect(writer.packetsDropped > 0)
         loop.runUntilIdle()  // the service moves the complete chunks and frees them
         writer.writeTestPacket(timestamp: 100, "after the drop")
         writer.flush()
         stopAndRead(consumer)
         let packets = consumer.producerPackets()
-        let last = try XCTUnwrap(packets.last)
-        XCTAssertEqual(last.forTesting.str, "after the drop")
-        XCTAssertEqual(last.previousPacketDropped, 1, "the drop marker reached the service")
-        XCTAssertEqual(consumer.decodedPackets().last?.traceStats.bufferStats.first?.traceWriterPacketLoss, 1)
-        XCTAssertEqual(packets.count, 10 - Int(writer.packetsDropped) + 1)
+        let last = try #require(packets.last)
+        #expect(last.forTesting.str == "after the drop")
+        #expect(last.previousPacketDropped == 1, "the drop marker reached the service")
+        #expect(consumer.decodedPackets().last?.traceStats.bufferStats.first?.traceWriterPacketLoss == 1)
+        #expect(packets.count == (10 - Int(writer.packetsDropped) + 1))
     }
 
-    func testWritersFromOtherThreadsCommitThroughTheLoop() throws {
+    @Test func writersFromOtherThreadsCommitThroughTheLoop() throws {
         let (producer, consumer, _) = startSession()
         let buffer = BufferID(producer.started[0].config.targetBuffer)
         let writers = (0..<2).map { _ in producer.endpoint.createTraceWriter(targetBuffer: buffer, policy: .stall())! }
@@ -237,16 +232,15 @@ final class TraceWriterTests: XCTestCase {
         // The writers stall for free chunks: keep the service's loop turning until they finish.
         let deadline = ContinuousClock.now + .seconds(60)
         while !done.isDone, ContinuousClock.now < deadline { loop.runUntilIdle() }
-        XCTAssertTrue(done.isDone, "writer threads did not finish")
+        #expect(done.isDone, "writer threads did not finish")
         loop.runUntilIdle()
         stopAndRead(consumer)
         let bySequence = Dictionary(grouping: consumer.producerPackets(), by: \.trustedPacketSequenceID)
         // Seen once (in ~30 full runs): one sequence missing. The details help the next person.
         let stats = consumer.decodedPackets().last?.traceStats
-        XCTAssertEqual(
-            bySequence.values.map(\.count).sorted(), [500, 500],
-            "writers \(writers.map(\.writerID)), dropped \(writers.map(\.packetsDropped)), "
-                + "buffer \(String(describing: stats?.bufferStats.first)), discarded \(stats?.chunksDiscarded ?? 0)")
+        let details = "writers \(writers.map(\.writerID)), dropped \(writers.map(\.packetsDropped)), "
+            + "buffer \(String(describing: stats?.bufferStats.first)), discarded \(stats?.chunksDiscarded ?? 0)"
+        #expect(bySequence.values.map(\.count).sorted() == [500, 500], Comment(rawValue: details))
     }
 }
 

@@ -4,7 +4,7 @@
 import Foundation
 import IPCInProcess
 import IPCProtocol
-import XCTest
+import Testing
 
 @testable import TracingAPI
 
@@ -104,19 +104,19 @@ final class RecordingConsumer: Consumer {
     var readsCompleted: Int { batchesHasMore.filter { !$0 }.count }
 
     /// Reads the buffers and drives `loop` until that read has completed.
-    func read(on loop: ManualEventLoop, file: StaticString = #filePath, line: UInt = #line) {
+    func read(on loop: ManualEventLoop, sourceLocation: SourceLocation = #_sourceLocation) {
         let before = readsCompleted
         endpoint.readBuffers()
-        drive(loop, until: { self.readsCompleted == before + 1 }, "the read did not complete", file: file, line: line)
+        drive(loop, until: { self.readsCompleted == before + 1 }, "the read did not complete", sourceLocation: sourceLocation)
     }
 
     /// Packets decoded; fails the test on a packet that does not decode, unless `strict` is
     /// false (garbage from a hostile producer can be well-formed at the top level, which is all
     /// the service checks, as Perfetto's does, and still not decode as a TracePacket).
-    func decodedPackets(strict: Bool = true, file: StaticString = #filePath, line: UInt = #line) -> [TracePacket] {
+    func decodedPackets(strict: Bool = true, sourceLocation: SourceLocation = #_sourceLocation) -> [TracePacket] {
         packets.compactMap { packet in
             do { return try packet.decode() } catch {
-                if strict { XCTFail("packet does not decode: \(error)", file: file, line: line) }
+                if strict { Issue.record("packet does not decode: \(error)", sourceLocation: sourceLocation) }
                 return nil
             }
         }
@@ -189,9 +189,9 @@ extension Array where Element == UInt8 {
 /// Runs the loop until `condition` holds; fails the test if the loop goes idle first.
 func drive(
     _ loop: ManualEventLoop, until condition: () -> Bool, _ message: String = "condition never held",
-    file: StaticString = #filePath, line: UInt = #line
+    sourceLocation: SourceLocation = #_sourceLocation
 ) {
-    if !loop.run(until: condition) { XCTFail(message, file: file, line: line) }
+    if !loop.run(until: condition) { Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation) }
 }
 
 extension TracePacket {

@@ -4,26 +4,23 @@
 import IPCInProcess
 import IPCProtocol
 import SwiftProtobuf
-import XCTest
+import Foundation
+import Testing
 
 @testable import TracingAPI
 
-final class TracingSessionTests: XCTestCase {
+@Suite("Tracing sessions", .serialized)
+final class TracingSessionTests {
     var loop: ManualEventLoop!
     var service: TracingServiceCore!
 
-    override func setUp() {
+    init() {
         loop = ManualEventLoop()
         service = TracingServiceCore(eventLoop: loop)
     }
 
-    override func tearDown() {
-        loop.runUntilIdle()
-        service = nil
-        loop = nil
-    }
 
-    func testFullSessionLifecycle() throws {
+    @Test func fullSessionLifecycle() throws {
         let producer = RecordingProducer(
             service: service, name: "app", uid: 1234, pid: 777,
             dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
@@ -33,74 +30,74 @@ final class TracingSessionTests: XCTestCase {
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
-        XCTAssertEqual(producer.events, ["connect", "setup-tracing", "setup test.source", "start test.source"])
-        XCTAssertEqual(producer.started[0].config.tracingSessionID, 1)
-        XCTAssertNotNil(producer.endpoint.sharedMemory)
-        XCTAssertEqual(producer.endpoint.sharedMemory?.size, 256 * 1024)
+        #expect(producer.events == ["connect", "setup-tracing", "setup test.source", "start test.source"])
+        #expect(producer.started[0].config.tracingSessionID == 1)
+        #expect(producer.endpoint.sharedMemory != nil)
+        #expect(producer.endpoint.sharedMemory?.size == (256 * 1024))
 
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.disabledErrors.count == 1 })
-        XCTAssertEqual(consumer.disabledErrors, [""])
-        XCTAssertEqual(producer.stopped, [producer.started[0].id])
+        #expect(consumer.disabledErrors == [""])
+        #expect(producer.stopped == [producer.started[0].id])
 
         consumer.read(on: loop)
         let packets = consumer.decodedPackets()
         // Service packets first (config, clock snapshot), producer packets, then the stats.
-        XCTAssertTrue(packets.first?.hasTraceConfig ?? false)
-        XCTAssertEqual(packets.first?.traceConfig.buffers.first?.sizeKb, 1024)
-        XCTAssertTrue(packets[1].hasClockSnapshot)
-        XCTAssertTrue(packets.last?.hasTraceStats ?? false)
+        #expect(packets.first?.hasTraceConfig ?? false)
+        #expect(packets.first?.traceConfig.buffers.first?.sizeKb == 1024)
+        #expect(packets[1].hasClockSnapshot)
+        #expect(packets.last?.hasTraceStats ?? false)
         let written = consumer.producerPackets()
-        XCTAssertEqual(written.map(\.forTesting.str), (0..<5).map { "packet \($0)" })
-        XCTAssertEqual(written.map(\.timestamp), [100, 101, 102, 103, 104])
+        #expect(written.map(\.forTesting.str) == ((0..<5).map { "packet \($0)" }))
+        #expect(written.map(\.timestamp) == [100, 101, 102, 103, 104])
         for packet in written {
-            XCTAssertEqual(packet.trustedUid, 1234)
-            XCTAssertEqual(packet.trustedPid, 777)
-            XCTAssertEqual(packet.trustedPacketSequenceID, 2)
+            #expect(packet.trustedUid == 1234)
+            #expect(packet.trustedPid == 777)
+            #expect(packet.trustedPacketSequenceID == 2)
         }
-        XCTAssertEqual(written.map(\.previousPacketDropped), [1, 0, 0, 0, 0], "first packet on a sequence")
+        #expect(written.map(\.previousPacketDropped) == [1, 0, 0, 0, 0], "first packet on a sequence")
         for packet in packets where packet.trustedPacketSequenceID == 1 {
-            XCTAssertEqual(UInt32(bitPattern: packet.trustedUid), getuid())
+            #expect(UInt32(bitPattern: packet.trustedUid) == getuid())
         }
         let stats = packets.last!.traceStats
-        XCTAssertEqual(stats.bufferStats.count, 1)
-        XCTAssertEqual(stats.bufferStats[0].chunksWritten, 1)
-        XCTAssertEqual(stats.bufferStats[0].chunksRead, 1)
-        XCTAssertEqual(stats.invalidPackets, 0)
+        #expect(stats.bufferStats.count == 1)
+        #expect(stats.bufferStats[0].chunksWritten == 1)
+        #expect(stats.bufferStats[0].chunksRead == 1)
+        #expect(stats.invalidPackets == 0)
 
         // A second read returns only service packets: reading consumes.
         let before = consumer.packets.count
         consumer.read(on: loop)
         let secondRead = consumer.packets[before...].compactMap { try? $0.decode() }
-        XCTAssertTrue(secondRead.allSatisfy { $0.trustedPacketSequenceID == 1 })
+        #expect(secondRead.allSatisfy { $0.trustedPacketSequenceID == 1 })
 
         consumer.endpoint.freeBuffers()
         loop.runUntilIdle()
-        XCTAssertTrue(service.buffers.isEmpty)
-        XCTAssertTrue(service.sessions.isEmpty)
+        #expect(service.buffers.isEmpty)
+        #expect(service.sessions.isEmpty)
     }
 
-    func testEnableFailuresAreReportedAsTracingDisabledWithAReason() {
+    @Test func enableFailuresAreReportedAsTracingDisabledWithAReason() {
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(TraceConfig(), outputFile: nil)
         drive(loop, until: { consumer.disabledErrors.count == 1 })
-        XCTAssertTrue(consumer.disabledErrors[0].contains("no buffers"), consumer.disabledErrors[0])
+        #expect(consumer.disabledErrors[0].contains("no buffers"), Comment(rawValue: consumer.disabledErrors[0]))
 
         var badTarget = TracingConfigs.config()
         badTarget.dataSources[0].config.targetBuffer = 3
         consumer.endpoint.enableTracing(badTarget, outputFile: nil)
         drive(loop, until: { consumer.disabledErrors.count == 2 })
-        XCTAssertTrue(consumer.disabledErrors[1].contains("targets buffer 3"), consumer.disabledErrors[1])
+        #expect(consumer.disabledErrors[1].contains("targets buffer 3"), Comment(rawValue: consumer.disabledErrors[1]))
 
         var fileWithoutFD = TracingConfigs.config()
         fileWithoutFD.writeIntoFile = true
         consumer.endpoint.enableTracing(fileWithoutFD, outputFile: nil)
         drive(loop, until: { consumer.disabledErrors.count == 3 })
-        XCTAssertTrue(consumer.disabledErrors[2].contains("no output file"), consumer.disabledErrors[2])
-        XCTAssertTrue(service.sessions.isEmpty)
+        #expect(consumer.disabledErrors[2].contains("no output file"), Comment(rawValue: consumer.disabledErrors[2]))
+        #expect(service.sessions.isEmpty)
     }
 
-    func testUniqueSessionNameIsExclusive() {
+    @Test func uniqueSessionNameIsExclusive() {
         var config = TracingConfigs.config()
         config.uniqueSessionName = "only-one"
         let first = RecordingConsumer(service: service)
@@ -108,12 +105,12 @@ final class TracingSessionTests: XCTestCase {
         first.endpoint.enableTracing(config, outputFile: nil)
         second.endpoint.enableTracing(config, outputFile: nil)
         drive(loop, until: { second.disabledErrors.count == 1 })
-        XCTAssertTrue(second.disabledErrors[0].contains("only-one"))
-        XCTAssertEqual(first.disabledErrors, [])
-        XCTAssertEqual(service.sessions.count, 1)
+        #expect(second.disabledErrors[0].contains("only-one"))
+        #expect(first.disabledErrors == [])
+        #expect(service.sessions.count == 1)
     }
 
-    func testConcurrentSessionsGetTheirOwnInstancesAndBuffers() throws {
+    @Test func concurrentSessionsGetTheirOwnInstancesAndBuffers() throws {
         let producer = RecordingProducer(
             service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         producer.onStart = { id, writer in writer.writeTestPacket(timestamp: id, "for instance \(id)") }
@@ -122,18 +119,18 @@ final class TracingSessionTests: XCTestCase {
         first.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         second.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 2 })
-        XCTAssertNotEqual(producer.started[0].config.targetBuffer, producer.started[1].config.targetBuffer)
-        XCTAssertEqual(producer.tracingSetups, 1, "shared memory is set up once per producer")
+        #expect(producer.started[0].config.targetBuffer != producer.started[1].config.targetBuffer)
+        #expect(producer.tracingSetups == 1, "shared memory is set up once per producer")
         for consumer in [first, second] {
             consumer.endpoint.disableTracing()
         }
         drive(loop, until: { first.disabledErrors.count == 1 && second.disabledErrors.count == 1 })
         for consumer in [first, second] { consumer.read(on: loop) }
-        XCTAssertEqual(first.producerPackets().map(\.forTesting.str), ["for instance \(producer.started[0].id)"])
-        XCTAssertEqual(second.producerPackets().map(\.forTesting.str), ["for instance \(producer.started[1].id)"])
+        #expect(first.producerPackets().map(\.forTesting.str) == ["for instance \(producer.started[0].id)"])
+        #expect(second.producerPackets().map(\.forTesting.str) == ["for instance \(producer.started[1].id)"])
     }
 
-    func testProducerNameFilterSelectsProducers() {
+    @Test func producerNameFilterSelectsProducers() {
         let wanted = RecordingProducer(service: service, name: "wanted", dataSources: [TracingConfigs.descriptor("test.source")])
         let other = RecordingProducer(service: service, name: "other", dataSources: [TracingConfigs.descriptor("test.source")])
         let regexMatched = RecordingProducer(service: service, name: "app-42", dataSources: [TracingConfigs.descriptor("test.source")])
@@ -143,13 +140,13 @@ final class TracingSessionTests: XCTestCase {
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(config, outputFile: nil)
         loop.runUntilIdle()
-        XCTAssertEqual(wanted.started.count, 1)
-        XCTAssertEqual(regexMatched.started.count, 1)
-        XCTAssertEqual(other.started.count, 0)
-        XCTAssertEqual(other.tracingSetups, 0)
+        #expect(wanted.started.count == 1)
+        #expect(regexMatched.started.count == 1)
+        #expect(other.started.count == 0)
+        #expect(other.tracingSetups == 0)
     }
 
-    func testDataSourceRegisteredDuringASessionJoinsIt() {
+    @Test func dataSourceRegisteredDuringASessionJoinsIt() {
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         loop.runUntilIdle()
@@ -157,36 +154,36 @@ final class TracingSessionTests: XCTestCase {
         drive(loop, until: { late.started.count == 1 })
     }
 
-    func testDeferredStartWaitsForStartTracing() {
+    @Test func deferredStartWaitsForStartTracing() {
         let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         var config = TracingConfigs.config()
         config.deferredStart = true
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(config, outputFile: nil)
         loop.runUntilIdle()
-        XCTAssertEqual(producer.events, ["connect", "setup-tracing", "setup test.source"])
+        #expect(producer.events == ["connect", "setup-tracing", "setup test.source"])
         consumer.endpoint.startTracing()
         drive(loop, until: { producer.started.count == 1 })
     }
 
-    func testAutomaticStopAfterDurationFlushesThenDisables() {
+    @Test func automaticStopAfterDurationFlushesThenDisables() {
         let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         producer.onStart = { _, writer in writer.writeTestPacket(timestamp: 1, "before the stop") }
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(TracingConfigs.config(durationMs: 2_000), outputFile: nil)
         loop.runUntilIdle()
-        XCTAssertEqual(producer.started.count, 1)
+        #expect(producer.started.count == 1)
         loop.advanceTime(by: .milliseconds(1_999))
-        XCTAssertEqual(consumer.disabledErrors, [])
+        #expect(consumer.disabledErrors == [])
         loop.advanceTime(by: .milliseconds(1))
         drive(loop, until: { consumer.disabledErrors == [""] })
-        XCTAssertEqual(producer.events.suffix(2), ["flush", "stop"])
-        XCTAssertEqual(producer.started[0].config.traceDurationMs, 2_000)
+        #expect(producer.events.suffix(2) == ["flush", "stop"])
+        #expect(producer.started[0].config.traceDurationMs == 2_000)
         consumer.read(on: loop)
-        XCTAssertEqual(consumer.producerPackets().map(\.forTesting.str), ["before the stop"])
+        #expect(consumer.producerPackets().map(\.forTesting.str) == ["before the stop"])
     }
 
-    func testFlushAcknowledgedSucceeds() {
+    @Test func flushAcknowledgedSucceeds() {
         let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
@@ -195,17 +192,17 @@ final class TracingSessionTests: XCTestCase {
         var results: [Bool] = []
         consumer.endpoint.flush(timeoutMs: 1_000, flags: FlushFlags()) { results.append($0) }
         drive(loop, until: { !results.isEmpty })
-        XCTAssertEqual(results, [true])
-        XCTAssertEqual(producer.flushRequests.count, 1)
-        XCTAssertEqual(producer.flushRequests[0].dataSources, [producer.started[0].id])
+        #expect(results == [true])
+        #expect(producer.flushRequests.count == 1)
+        #expect(producer.flushRequests[0].dataSources == [producer.started[0].id])
         // The flush moved the chunk: it is readable before the session stops.
         consumer.read(on: loop)
-        XCTAssertEqual(consumer.producerPackets().map(\.forTesting.str), ["flushed"])
+        #expect(consumer.producerPackets().map(\.forTesting.str) == ["flushed"])
         loop.advanceTime(by: .seconds(5))
-        XCTAssertEqual(results, [true], "the callback fires exactly once")
+        #expect(results == [true], "the callback fires exactly once")
     }
 
-    func testFlushThatIsNotAcknowledgedTimesOut() {
+    @Test func flushThatIsNotAcknowledgedTimesOut() {
         let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         producer.acknowledgesFlushes = false
         let consumer = RecordingConsumer(service: service)
@@ -214,20 +211,20 @@ final class TracingSessionTests: XCTestCase {
         var results: [Bool] = []
         consumer.endpoint.flush(timeoutMs: 300, flags: FlushFlags()) { results.append($0) }
         loop.advanceTime(by: .milliseconds(299))
-        XCTAssertEqual(results, [])
+        #expect(results == [])
         loop.advanceTime(by: .milliseconds(1))
-        XCTAssertEqual(results, [false])
+        #expect(results == [false])
         // A late acknowledgement changes nothing.
         producer.endpoint.notifyFlushComplete(producer.flushRequests[0].id)
         loop.runUntilIdle()
-        XCTAssertEqual(results, [false])
+        #expect(results == [false])
         consumer.endpoint.getTraceStats()
         drive(loop, until: { consumer.stats.count == 1 })
-        XCTAssertEqual(consumer.stats[0].flushesFailed, 1)
-        XCTAssertEqual(consumer.stats[0].flushesSucceeded, 0)
+        #expect(consumer.stats[0].flushesFailed == 1)
+        #expect(consumer.stats[0].flushesSucceeded == 0)
     }
 
-    func testDisableWaitsForStopAcknowledgementUpToTheTimeout() {
+    @Test func disableWaitsForStopAcknowledgementUpToTheTimeout() {
         let producer = RecordingProducer(
             service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         producer.notifiesStops = false
@@ -238,13 +235,13 @@ final class TracingSessionTests: XCTestCase {
         drive(loop, until: { producer.started.count == 1 })
         consumer.endpoint.disableTracing()
         loop.runUntilIdle()
-        XCTAssertEqual(producer.stopped.count, 1)
-        XCTAssertEqual(consumer.disabledErrors, [], "waits for the producer's acknowledgement")
+        #expect(producer.stopped.count == 1)
+        #expect(consumer.disabledErrors == [], "waits for the producer's acknowledgement")
         loop.advanceTime(by: .milliseconds(1_000))
-        XCTAssertEqual(consumer.disabledErrors, [""])
+        #expect(consumer.disabledErrors == [""])
     }
 
-    func testStopAcknowledgementEndsTheSessionAtOnce() {
+    @Test func stopAcknowledgementEndsTheSessionAtOnce() {
         let producer = RecordingProducer(
             service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         let consumer = RecordingConsumer(service: service)
@@ -252,10 +249,10 @@ final class TracingSessionTests: XCTestCase {
         drive(loop, until: { producer.started.count == 1 })
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.disabledErrors == [""] })
-        XCTAssertEqual(loop.virtualTime, .zero)
+        #expect(loop.virtualTime == .zero)
     }
 
-    func testProducerDisconnectReleasesItsPartOfTheSession() {
+    @Test func producerDisconnectReleasesItsPartOfTheSession() {
         let producer = RecordingProducer(
             service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         producer.notifiesStops = false
@@ -266,26 +263,26 @@ final class TracingSessionTests: XCTestCase {
         loop.runUntilIdle()
         producer.endpoint.disconnect()
         drive(loop, until: { consumer.disabledErrors == [""] })
-        XCTAssertEqual(producer.disconnects, 1)
-        XCTAssertEqual(loop.virtualTime, .zero, "no waiting for a producer that is gone")
+        #expect(producer.disconnects == 1)
+        #expect(loop.virtualTime == .zero, "no waiting for a producer that is gone")
     }
 
-    func testObservableEventsReportInstancesAndAllStarted() {
+    @Test func observableEventsReportInstancesAndAllStarted() {
         let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.observeEvents([.dataSourcesInstances, .allDataSourcesStarted])
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { consumer.observed.count == 2 })
-        XCTAssertEqual(consumer.observed[0].instanceStateChanges.first?.state, .started)
-        XCTAssertEqual(consumer.observed[0].instanceStateChanges.first?.producerName, "app")
-        XCTAssertTrue(consumer.observed[1].allDataSourcesStarted)
+        #expect(consumer.observed[0].instanceStateChanges.first?.state == .started)
+        #expect(consumer.observed[0].instanceStateChanges.first?.producerName == "app")
+        #expect(consumer.observed[1].allDataSourcesStarted)
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.observed.count == 3 })
-        XCTAssertEqual(consumer.observed[2].instanceStateChanges.first?.state, .stopped)
+        #expect(consumer.observed[2].instanceStateChanges.first?.state == .stopped)
         _ = producer
     }
 
-    func testQueryServiceStateAndCapabilities() {
+    @Test func queryServiceStateAndCapabilities() {
         let producer = RecordingProducer(service: service, name: "app", uid: 55, pid: 66, dataSources: [TracingConfigs.descriptor("test.source")])
         let consumer = RecordingConsumer(service: service, uid: 77)
         var config = TracingConfigs.config()
@@ -296,31 +293,31 @@ final class TracingSessionTests: XCTestCase {
         var capabilities: TracingServiceCapabilities?
         consumer.endpoint.queryCapabilities { capabilities = $0 }
         drive(loop, until: { state != nil && capabilities != nil })
-        XCTAssertEqual(state?.producers.map(\.name), ["app"])
-        XCTAssertEqual(state?.producers.first?.uid, 55)
-        XCTAssertEqual(state?.producers.first?.pid, 66)
-        XCTAssertEqual(state?.dataSources.map(\.dsDescriptor.name), ["test.source"])
-        XCTAssertEqual(state?.tracingSessions.first?.consumerUid, 77)
-        XCTAssertEqual(state?.tracingSessions.first?.uniqueSessionName, "named")
-        XCTAssertEqual(state?.tracingSessions.first?.bufferSizeKb, [1024])
-        XCTAssertEqual(state?.numSessionsStarted, 1)
-        XCTAssertEqual(capabilities?.hasQueryCapabilities_p, true)
+        #expect(state?.producers.map(\.name) == ["app"])
+        #expect(state?.producers.first?.uid == 55)
+        #expect(state?.producers.first?.pid == 66)
+        #expect(state?.dataSources.map(\.dsDescriptor.name) == ["test.source"])
+        #expect(state?.tracingSessions.first?.consumerUid == 77)
+        #expect(state?.tracingSessions.first?.uniqueSessionName == "named")
+        #expect(state?.tracingSessions.first?.bufferSizeKb == [1024])
+        #expect(state?.numSessionsStarted == 1)
+        #expect(capabilities?.hasQueryCapabilities_p == true)
         _ = producer
     }
 
-    func testConsumerDisconnectFreesItsSession() {
+    @Test func consumerDisconnectFreesItsSession() {
         let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
         consumer.endpoint.disconnect()
         drive(loop, until: { consumer.disconnects == 1 })
-        XCTAssertTrue(service.sessions.isEmpty)
-        XCTAssertTrue(service.buffers.isEmpty)
-        XCTAssertEqual(producer.stopped.count, 1)
+        #expect(service.sessions.isEmpty)
+        #expect(service.buffers.isEmpty)
+        #expect(producer.stopped.count == 1)
     }
 
-    func testIncrementalStateIsClearedPeriodicallyForDataSourcesThatHandleIt() {
+    @Test func incrementalStateIsClearedPeriodicallyForDataSourcesThatHandleIt() {
         let handles = RecordingProducer(
             service: service, name: "handles",
             dataSources: [TracingConfigs.descriptor("test.source", handlesIncrementalStateClear: true)])
@@ -331,17 +328,17 @@ final class TracingSessionTests: XCTestCase {
         consumer.endpoint.enableTracing(config, outputFile: nil)
         drive(loop, until: { handles.started.count == 1 && ignores.started.count == 1 })
         loop.advanceTime(by: .milliseconds(499))
-        XCTAssertEqual(handles.clearedIncrementalState.count, 0)
+        #expect(handles.clearedIncrementalState.count == 0)
         loop.advanceTime(by: .milliseconds(1_001))
-        XCTAssertEqual(handles.clearedIncrementalState, [[handles.started[0].id], [handles.started[0].id], [handles.started[0].id]])
-        XCTAssertEqual(ignores.clearedIncrementalState.count, 0)
+        #expect(handles.clearedIncrementalState == [[handles.started[0].id], [handles.started[0].id], [handles.started[0].id]])
+        #expect(ignores.clearedIncrementalState.count == 0)
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.disabledErrors == [""] })
         loop.advanceTime(by: .seconds(2))
-        XCTAssertEqual(handles.clearedIncrementalState.count, 3, "not after the session stopped")
+        #expect(handles.clearedIncrementalState.count == 3, "not after the session stopped")
     }
 
-    func testServiceEventsMarkTheSessionInTheTrace() {
+    @Test func serviceEventsMarkTheSessionInTheTrace() {
         let producer = RecordingProducer(
             service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         let consumer = RecordingConsumer(service: service)
@@ -354,13 +351,13 @@ final class TracingSessionTests: XCTestCase {
         drive(loop, until: { consumer.disabledErrors == [""] })
         consumer.read(on: loop)
         let events = consumer.decodedPackets().filter(\.hasServiceEvent).map(\.serviceEvent)
-        XCTAssertEqual(events.map(\.tracingStarted), [true, false, false, false])
-        XCTAssertEqual(events.map(\.allDataSourcesStarted), [false, true, false, false])
-        XCTAssertEqual(events.map(\.allDataSourcesFlushed), [false, false, true, false])
-        XCTAssertEqual(events.map(\.tracingDisabled), [false, false, false, true])
+        #expect(events.map(\.tracingStarted) == [true, false, false, false])
+        #expect(events.map(\.allDataSourcesStarted) == [false, true, false, false])
+        #expect(events.map(\.allDataSourcesFlushed) == [false, false, true, false])
+        #expect(events.map(\.tracingDisabled) == [false, false, false, true])
         let timestamps = consumer.decodedPackets().filter(\.hasServiceEvent).map(\.timestamp)
-        XCTAssertEqual(timestamps, timestamps.sorted())
-        XCTAssertTrue(consumer.decodedPackets().filter(\.hasServiceEvent).allSatisfy { $0.trustedPacketSequenceID == 1 })
+        #expect(timestamps == timestamps.sorted())
+        #expect(consumer.decodedPackets().filter(\.hasServiceEvent).allSatisfy { $0.trustedPacketSequenceID == 1 })
     }
 
     private func triggerConfig(_ mode: TraceConfig.TriggerConfig.TriggerMode, stopDelayMs: UInt32 = 0) -> TraceConfig {
@@ -375,7 +372,7 @@ final class TracingSessionTests: XCTestCase {
         return config
     }
 
-    func testStartTriggerStartsADeferredSession() {
+    @Test func startTriggerStartsADeferredSession() {
         let app = RecordingProducer(service: service, name: "app-1", dataSources: [TracingConfigs.descriptor("test.source")])
         let other = RecordingProducer(service: service, name: "other", dataSources: [])
         let consumer = RecordingConsumer(service: service)
@@ -384,25 +381,25 @@ final class TracingSessionTests: XCTestCase {
         other.endpoint.activateTriggers(["go"])  // the regex does not match this producer
         app.endpoint.activateTriggers(["unrelated"])
         loop.runUntilIdle()
-        XCTAssertEqual(app.started.count, 0)
+        #expect(app.started.count == 0)
         app.endpoint.activateTriggers(["go"])
         drive(loop, until: { app.started.count == 1 })
     }
 
-    func testStopTriggerStopsTheSessionAfterItsDelay() {
+    @Test func stopTriggerStopsTheSessionAfterItsDelay() {
         let app = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(triggerConfig(.stopTracing, stopDelayMs: 250), outputFile: nil)
         drive(loop, until: { app.started.count == 1 })
         app.endpoint.activateTriggers(["go"])
         loop.advanceTime(by: .milliseconds(249))
-        XCTAssertEqual(consumer.disabledErrors, [])
+        #expect(consumer.disabledErrors == [])
         loop.advanceTime(by: .milliseconds(1))
         drive(loop, until: { consumer.disabledErrors == [""] })
-        XCTAssertEqual(app.flushRequests.count, 1, "a stop trigger flushes first")
+        #expect(app.flushRequests.count == 1, "a stop trigger flushes first")
     }
 
-    func testSyncRunsAfterEverythingSentBefore() {
+    @Test func syncRunsAfterEverythingSentBefore() {
         let producer = RecordingProducer(
             service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         let consumer = RecordingConsumer(service: service)
@@ -416,10 +413,10 @@ final class TracingSessionTests: XCTestCase {
         }
         drive(loop, until: { !chunksAtSync.isEmpty })
         loop.runUntilIdle()
-        XCTAssertEqual(chunksAtSync, [1], "the commit sent before sync was applied when sync answered")
+        #expect(chunksAtSync == [1], "the commit sent before sync was applied when sync answered")
     }
 
-    func testUnregisteringADataSourceStopsItsInstances() {
+    @Test func unregisteringADataSourceStopsItsInstances() {
         let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
@@ -429,22 +426,22 @@ final class TracingSessionTests: XCTestCase {
         var state: TracingServiceState?
         consumer.endpoint.queryServiceState(sessionsOnly: false) { _, result in state = result }
         drive(loop, until: { state != nil })
-        XCTAssertEqual(state?.dataSources.count, 0)
+        #expect(state?.dataSources.count == 0)
     }
 
-    func testUnknownConfigFieldsSurviveIntoTheTrace() throws {
+    @Test func unknownConfigFieldsSurviveIntoTheTrace() throws {
         // A config written for a newer Perfetto: field 1234 is unknown to us.
         var config = TracingConfigs.config()
         var unknown: [UInt8] = []
         ProtoEncoding.appendVarintField(1234, 99, to: &unknown)
         let encoded: [UInt8] = try config.serializedBytes() + unknown
         config = try TraceConfig(serializedBytes: encoded)
-        XCTAssertEqual(try config.serializedBytes() as [UInt8], encoded)
+        #expect((try config.serializedBytes() as [UInt8]) == encoded)
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(config, outputFile: nil)
         consumer.endpoint.disableTracing()
         consumer.read(on: loop)
-        let echoed = try XCTUnwrap(consumer.decodedPackets().first { $0.hasTraceConfig })
-        XCTAssertEqual(try echoed.traceConfig.serializedBytes() as [UInt8], encoded)
+        let echoed = try #require(consumer.decodedPackets().first { $0.hasTraceConfig })
+        #expect((try echoed.traceConfig.serializedBytes() as [UInt8]) == encoded)
     }
 }

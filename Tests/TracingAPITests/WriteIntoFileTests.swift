@@ -4,24 +4,21 @@
 import IPCInProcess
 import IPCProtocol
 import TestSupport
-import XCTest
+import Foundation
+import Testing
 
 @testable import TracingAPI
 
-final class WriteIntoFileTests: XCTestCase {
+@Suite("write_into_file", .serialized)
+final class WriteIntoFileTests {
     var loop: ManualEventLoop!
     var service: TracingServiceCore!
 
-    override func setUp() {
+    init() {
         loop = ManualEventLoop()
         service = TracingServiceCore(eventLoop: loop)
     }
 
-    override func tearDown() {
-        loop.runUntilIdle()
-        service = nil
-        loop = nil
-    }
 
     private func fileConfig(periodMs: UInt32, maxSize: UInt64 = 0) -> TraceConfig {
         var config = TracingConfigs.config()
@@ -31,7 +28,7 @@ final class WriteIntoFileTests: XCTestCase {
         return config
     }
 
-    func testPeriodicDrainsIntoAMemfd() throws {
+    @Test func periodicDrainsIntoAMemfd() throws {
         let producer = RecordingProducer(
             service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         let consumer = RecordingConsumer(service: service)
@@ -43,11 +40,11 @@ final class WriteIntoFileTests: XCTestCase {
         writer.writeTestPacket(timestamp: 1, "first period")
         writer.flush()
         loop.runUntilIdle()
-        XCTAssertEqual(FileDescriptors.content(of: file.rawValue), [], "nothing before the first period")
+        #expect(FileDescriptors.content(of: file.rawValue) == [], "nothing before the first period")
         loop.advanceTime(by: .milliseconds(1_000))
         let afterFirst = try TraceFile.decodePackets(FileDescriptors.content(of: file.rawValue)).map { try $0.decode() }
-        XCTAssertEqual(afterFirst.filter { $0.trustedPacketSequenceID == 2 }.map(\.forTesting.str), ["first period"])
-        XCTAssertTrue(afterFirst.first?.hasTraceConfig ?? false)
+        #expect((afterFirst.filter { $0.trustedPacketSequenceID == 2 }.map(\.forTesting.str)) == ["first period"])
+        #expect(afterFirst.first?.hasTraceConfig ?? false)
 
         writer.writeTestPacket(timestamp: 2, "second period")
         writer.flush()
@@ -59,15 +56,15 @@ final class WriteIntoFileTests: XCTestCase {
         let bytes = FileDescriptors.content(of: file.rawValue)
         let trace = try Perfetto_Protos_Trace(serializedBytes: bytes)
         let texts = trace.packet.filter { $0.trustedPacketSequenceID == 2 }.map(\.forTesting.str)
-        XCTAssertEqual(texts, ["first period", "second period", "at the stop"])
-        XCTAssertEqual(trace.packet.filter(\.hasTraceConfig).count, 1, "the config is written once")
+        #expect(texts == ["first period", "second period", "at the stop"])
+        #expect(trace.packet.filter(\.hasTraceConfig).count == 1, "the config is written once")
 
         // Reading a file-backed session returns no producer data: the file has it all.
         consumer.read(on: loop)
-        XCTAssertEqual(consumer.producerPackets(), [])
+        #expect(consumer.producerPackets() == [])
     }
 
-    func testMaximumFileSizeIsHonouredAndEndsTheSession() throws {
+    @Test func maximumFileSizeIsHonouredAndEndsTheSession() throws {
         let producer = RecordingProducer(
             service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         let consumer = RecordingConsumer(service: service)
@@ -84,21 +81,21 @@ final class WriteIntoFileTests: XCTestCase {
         }
         drive(loop, until: { consumer.disabledErrors == [""] }, "reaching the limit ends the session")
         let bytes = FileDescriptors.content(of: file.rawValue)
-        XCTAssertLessThanOrEqual(UInt64(bytes.count), limit)
-        XCTAssertGreaterThan(bytes.count, 1_000)
-        XCTAssertNoThrow(try TraceFile.decodePackets(bytes), "the file ends on a packet boundary")
+        #expect(UInt64(bytes.count) <= limit)
+        #expect(bytes.count > 1_000)
+        #expect(throws: Never.self, "the file ends on a packet boundary") { try TraceFile.decodePackets(bytes) }
     }
 
-    func testFileDescriptorIsClosedWhenTheSessionEnds() throws {
+    @Test func fileDescriptorIsClosedWhenTheSessionEnds() throws {
         let consumer = RecordingConsumer(service: service)
         let file = FileDescriptors.memfd(named: "trace", content: [])
-        let handedOver = try XCTUnwrap(file.duplicate())
+        let handedOver = try #require(file.duplicate())
         let handedOverFD = handedOver.rawValue
         consumer.endpoint.enableTracing(fileConfig(periodMs: 100), outputFile: handedOver)
         loop.runUntilIdle()
-        XCTAssertTrue(FileDescriptors.openDescriptors().contains(handedOverFD))
+        #expect(FileDescriptors.openDescriptors().contains(handedOverFD))
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.disabledErrors == [""] })
-        XCTAssertFalse(FileDescriptors.openDescriptors().contains(handedOverFD))
+        #expect(!FileDescriptors.openDescriptors().contains(handedOverFD))
     }
 }
