@@ -68,8 +68,11 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
     /// Maps a buffer received from a peer (a producer-provided buffer, or the service's buffer
     /// on the producer side). Its size is what `fstat` says.
     ///
-    /// - Parameter requireSeals: demand `F_SEAL_SHRINK` and `F_SEAL_GROW`, so the peer cannot
-    ///   truncate the file under the mapping. The service sets it for producer-provided buffers.
+    /// - Parameters:
+    ///   - fd: the memfd (or file); the buffer takes ownership.
+    ///   - pageSize: the page size agreed on (from `setup_tracing` or the producer's hint).
+    ///   - requireSeals: demand `F_SEAL_SHRINK` and `F_SEAL_GROW`, so the peer cannot truncate the
+    ///     file under the mapping. The service sets it for producer-provided buffers.
     public static func map(
         _ fd: ScopedFD, pageSize: Int, requireSeals: Bool
     ) throws(TracingError) -> SharedMemoryBuffer {
