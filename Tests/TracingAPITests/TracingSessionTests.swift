@@ -392,6 +392,7 @@ final class TracingSessionTests {
         consumer.endpoint.enableTracing(triggerConfig(.stopTracing, stopDelayMs: 250), outputFile: nil)
         drive(loop, until: { app.started.count == 1 })
         app.endpoint.activateTriggers(["go"])
+        app.endpoint.activateTriggers(["go"])  // repeated: still one stop
         loop.advanceTime(by: .milliseconds(249))
         #expect(consumer.disabledErrors == [])
         loop.advanceTime(by: .milliseconds(1))

@@ -66,6 +66,7 @@ extension TracingServiceCore {
 
     func setUpInstance(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, session: TracingSession) {
         guard let descriptor = producer.dataSources[entry.config.name],
+              Int(entry.config.targetBuffer) < session.bufferIDs.count,
               producer.ensureSharedMemory(
                 defaultSize: options.defaultSharedMemorySize, defaultPageSize: options.defaultPageSize) else { return }
         let firstSetup = producer.allowedTargetBuffers.isEmpty && !producer.didSetUpTracing
@@ -112,34 +113,38 @@ extension TracingServiceCore {
         }
         if session.isWritingIntoFile {
             let period = max(session.config.fileWritePeriodMs == 0 ? 5000 : session.config.fileWritePeriodMs, 100)
-            scheduleRepeating(session, every: .milliseconds(Int64(period))) { service, session in
+            scheduleRepeating(session, .fileWrite, every: .milliseconds(Int64(period))) { service, session in
                 service.drainIntoFile(session)
             }
         }
         let clearPeriod = session.config.incrementalStateConfig.clearPeriodMs_p
         if clearPeriod > 0 {
-            scheduleRepeating(session, every: .milliseconds(Int64(clearPeriod))) { service, session in
+            scheduleRepeating(session, .incrementalStateClear, every: .milliseconds(Int64(clearPeriod))) { service, session in
                 service.clearIncrementalState(session)
             }
         }
         if session.config.flushPeriodMs > 0 {
-            scheduleRepeating(session, every: .milliseconds(Int64(session.config.flushPeriodMs))) { service, session in
+            scheduleRepeating(session, .periodicFlush, every: .milliseconds(Int64(session.config.flushPeriodMs))) {
+                service, session in
                 service.flush(session, timeoutMs: session.flushTimeoutMs, flags: FlushFlags()) { _ in }
             }
         }
         maybeNotifyAllDataSourcesStarted(session)
     }
 
+    /// Runs `body` every `period` while the session is started. One timer per purpose: each
+    /// tick replaces the last, so a long session does not pile up timers.
     private func scheduleRepeating(
-        _ session: TracingSession, every period: Duration,
+        _ session: TracingSession, _ purpose: TracingSession.RepeatingTimer, every period: Duration,
         _ body: @escaping (TracingServiceCore, TracingSession) -> Void
     ) {
         let sessionID = session.id
-        session.timers.append(eventLoop.scheduleTask(after: period) { [weak self] in
+        session.repeatingTimers[purpose] = eventLoop.scheduleTask(after: period) { [weak self] in
             guard let self, let session = self.sessions[sessionID], session.state == .started else { return }
             body(self, session)
-            self.scheduleRepeating(session, every: period, body)
-        })
+            guard session.state == .started else { return }
+            self.scheduleRepeating(session, purpose, every: period, body)
+        }
     }
 
     func startInstance(at index: Int, of session: TracingSession) {

@@ -267,7 +267,9 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
                 case .startTracing:
                     if session.state == .configured { startSession(session) }
                 case .stopTracing:
-                    guard session.state == .started else { continue }
+                    // One stop per session: a producer repeating the trigger adds nothing.
+                    guard session.state == .started, !session.stopTriggered else { continue }
+                    session.stopTriggered = true
                     let delay = Duration.milliseconds(Int64(trigger.stopDelayMs))
                     let sessionID = session.id
                     session.timers.append(eventLoop.scheduleTask(after: delay) { [weak self] in

@@ -49,9 +49,14 @@ final class TracingSession {
     var configEmitted = false
     var outputFile: ScopedFD?
     var bytesWrittenIntoFile: UInt64 = 0
+    /// One-shot timers (duration, stop triggers).
     var timers: [any ScheduledTask] = []
+    enum RepeatingTimer { case fileWrite, periodicFlush, incrementalStateClear }
+    var repeatingTimers: [RepeatingTimer: any ScheduledTask] = [:]
     var stopTimeout: (any ScheduledTask)?
     var allDataSourcesStartedNotified = false
+    /// A STOP_TRACING trigger fired; its delayed stop is scheduled.
+    var stopTriggered = false
     var startRealtimeNanoseconds: Int64 = 0
     /// Packets of this session dropped because they set reserved fields or did not parse.
     var invalidPackets: UInt64 = 0
@@ -98,6 +103,8 @@ final class TracingSession {
     func cancelTimers() {
         for timer in timers { timer.cancel() }
         timers = []
+        for timer in repeatingTimers.values { timer.cancel() }
+        repeatingTimers = [:]
         stopTimeout?.cancel()
         stopTimeout = nil
     }
