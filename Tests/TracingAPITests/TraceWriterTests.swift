@@ -215,6 +215,23 @@ final class TraceWriterTests {
         #expect(packets.count == (10 - Int(writer.packetsDropped) + 1))
     }
 
+    @Test func aLongSessionReadAsItGoesKeepsItsBookkeepingSmall() {
+        // Reads remove chunks without touching the ring buffer's eviction order; its stale
+        // entries must not pile up over a long session that is read as it goes.
+        let buffer = TraceBuffer(capacity: 1 << 20, policy: .ringBuffer, pruneThreshold: 64)
+        var packets = 0
+        for chunkID in UInt32(0)..<2_000 {
+            let record = SharedMemoryABI.paddedVarint(2) + [0x08, 0x01]  // timestamp = 1
+            var chunk = [UInt8](repeating: 0, count: 8) + record
+            let header = ChunkHeader(chunkID: chunkID, writerID: 1, packetCount: 1)
+            chunk.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
+            buffer.copyChunk(chunk, header: header, producerID: 1, uid: 0, pid: 0)
+            if chunkID % 10 == 9 { packets += buffer.readPackets().count }
+            #expect(buffer.insertionOrderCount <= 64 + 10 + 1)
+        }
+        #expect(packets == 2_000)
+    }
+
     @Test func writersFromOtherThreadsCommitThroughTheLoop() throws {
         let (producer, consumer, _) = startSession()
         let buffer = BufferID(producer.started[0].config.targetBuffer)

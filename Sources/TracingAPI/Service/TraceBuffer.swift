@@ -99,9 +99,13 @@ final class TraceBuffer {
     private var insertionHead = 0
     private var nextSerial: UInt64 = 0
 
-    init(capacity: Int, policy: FillPolicy) {
+    /// Stale eviction-order entries tolerated before pruning (see pruneInsertionOrder).
+    private let pruneThreshold: Int
+
+    init(capacity: Int, policy: FillPolicy, pruneThreshold: Int = 4096) {
         self.capacity = capacity
         self.policy = policy
+        self.pruneThreshold = pruneThreshold
         stats.bufferSize = UInt64(capacity)
     }
 
@@ -200,6 +204,25 @@ final class TraceBuffer {
         }
     }
 
+    /// Chunks stored now, across sequences.
+    private var storedChunkCount: Int { sequences.values.reduce(0) { $0 + $1.chunks.count } }
+
+    /// Reads remove chunks without touching the eviction order; drop the entries they left
+    /// behind once they outnumber the live ones, so a long session read as it goes stays small.
+    private func pruneInsertionOrder() {
+        let entries = insertionOrder.count - insertionHead
+        guard entries > pruneThreshold else { return }
+        let live = storedChunkCount
+        guard entries > 2 * live else { return }
+        insertionOrder = insertionOrder[insertionHead...].filter { entry in
+            sequences[entry.key]?.chunks[entry.chunkID]?.serial == entry.serial
+        }
+        insertionHead = 0
+    }
+
+    /// Entries kept for eviction order (for tests).
+    var insertionOrderCount: Int { insertionOrder.count - insertionHead }
+
     // MARK: Reading
 
     /// Reads (and removes) every packet that can be read now, in order per sequence.
@@ -211,6 +234,7 @@ final class TraceBuffer {
         for key in keys {
             read(sequences[key]!, into: &packets)
         }
+        pruneInsertionOrder()
         return packets
     }
 
