@@ -65,6 +65,22 @@ struct SharedMemoryCaptureTests {
         try replay(chunks: "startup_chunks.jsonl", trace: "startup_consumer_session.pftrace", producerProvided: true)
     }
 
+    @Test func malformedCapturesAreRefusedWithAReason() throws {
+        #expect(throws: TracingError.self) { try SharedMemoryCapture(jsonLines: "not json") }
+        #expect(throws: TracingError.self) { try SharedMemoryCapture(jsonLines: #"{"kind": "chunk", "page": 0}"#) }
+        #expect(throws: TracingError.self) { try SharedMemoryCapture(jsonLines: #"{"kind": "mystery"}"#) }
+        let outside = #"{"kind": "chunk", "commit_seq": 1, "page": 0, "chunk": -3, "page_header_bitmap": "0x10000003", "#
+            + #""chunk_offset_in_smb": 8, "hex": "0000000001000000"}"#
+        let capture = try SharedMemoryCapture(jsonLines: outside)
+        let loop = ManualEventLoop()
+        let service = TracingServiceCore(eventLoop: loop)
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        #expect(throws: TracingError.self) { try capture.replay(into: producer.endpoint, targetBuffer: 1) }
+    }
+
     @Test func capturedTraceFilesDecode() throws {
         for name in ["consumer_session.pftrace", "startup_consumer_session.pftrace", "write_into_file.pftrace"] {
             let bytes = [UInt8](try Data(contentsOf: fixture(name)))

@@ -93,8 +93,9 @@ public struct SharedMemoryCapture: Sendable {
         for commit in commits {
             var request = CommitDataRequest()
             for chunk in commit.chunks {
-                guard chunk.page >= 0, chunk.page < memory.pageCount, chunk.offsetInBuffer >= 0,
-                      chunk.offsetInBuffer + chunk.bytes.count <= memory.size else {
+                guard chunk.page >= 0, chunk.page < memory.pageCount, chunk.chunk >= 0,
+                      chunk.chunk < SharedMemoryABI.maxChunksPerPage, chunk.offsetInBuffer >= 0,
+                      chunk.bytes.count <= memory.size, chunk.offsetInBuffer <= memory.size - chunk.bytes.count else {
                     throw TracingError(.invalidConfig, "chunk at offset \(chunk.offsetInBuffer) does not fit the buffer")
                 }
                 memory.storeHeaderBitmap(chunk.pageHeaderBitmap, page: chunk.page)
