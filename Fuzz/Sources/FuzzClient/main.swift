@@ -18,6 +18,7 @@ final class RawHost: IPCListenerDelegate, IPCConnectionDelegate {
     func connection(_ connection: any IPCConnection, didDisconnect error: IPCError?) {}
     func receiveSpace(for connection: any IPCConnection) -> UnsafeMutableRawBufferPointer { space }
     func connection(_ connection: any IPCConnection, didReceive byteCount: Int, fileDescriptor: ScopedFD?) {}
+    deinit { space.deallocate() }
 }
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -30,7 +31,7 @@ public func fuzzClient(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     let proxy = Pfpeers_EchoServiceProxy()
     var finalResults = 0
     var unaryResults = 0
-    proxy.onConnect = {
+    proxy.onConnect = { [unowned proxy] in  // not a cycle: one harness per input, 1M inputs
         proxy.echo(Pfpeers_EchoRequest()) { _ in unaryResults += 1 }
         proxy.streamEcho(Pfpeers_EchoRequest()) { result in if !result.hasMore { finalResults += 1 } }
     }
