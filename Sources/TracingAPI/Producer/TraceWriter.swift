@@ -248,32 +248,17 @@ public final class TraceWriter: @unchecked Sendable {
     }
 
     func writeVarint(_ value: UInt64) {
-        // Fast path: straight into the chunk when a 10-byte varint surely fits.
-        if !droppingPacket, let current = chunk, current.size - position >= 10 {
-            let destination = current.start + position
-            var value = value
-            var count = 0
-            while value >= 0x80 {
-                destination.storeBytes(of: UInt8(truncatingIfNeeded: value) | 0x80, toByteOffset: count, as: UInt8.self)
-                value >>= 7
-                count += 1
-            }
-            destination.storeBytes(of: UInt8(value), toByteOffset: count, as: UInt8.self)
-            position += count + 1
-            packetBytes += count + 1
+        // Fast path: straight into the chunk when the longest varint fits.
+        if !droppingPacket, let current = chunk, current.size - position >= ProtoEncoding.maxVarintSize {
+            let count = ProtoEncoding.storeVarint(value, to: current.start + position)
+            position += count
+            packetBytes += count
             return
         }
-        var buffer: (UInt64, UInt64) = (0, 0)
-        withUnsafeMutableBytes(of: &buffer) { raw in
-            var value = value
-            var count = 0
-            while value >= 0x80 {
-                raw[count] = UInt8(truncatingIfNeeded: value) | 0x80
-                value >>= 7
-                count += 1
-            }
-            raw[count] = UInt8(value)
-            write(UnsafeRawBufferPointer(rebasing: raw[0...count]))
+        // Near the end of a chunk: encode aside, then write (which may continue in a new chunk).
+        withUnsafeTemporaryAllocation(byteCount: ProtoEncoding.maxVarintSize, alignment: 1) { scratch in
+            let count = ProtoEncoding.storeVarint(value, to: scratch.baseAddress!)
+            write(UnsafeRawBufferPointer(rebasing: scratch[..<count]))
         }
     }
 

@@ -18,41 +18,28 @@ struct ChunkRecords {
 
     /// Walks `count` records of `chunk` (the whole chunk, header included).
     init(chunk: [UInt8], count: Int) {
-        var position = SharedMemoryABI.chunkHeaderSize
-        let end = chunk.count
         records.reserveCapacity(count)
-        for _ in 0..<count {
-            guard let (size, headerLength) = ChunkRecords.readVarint(chunk, at: position, end: end) else {
-                malformed = true
-                return
+        chunk.withUnsafeBytes { bytes in
+            var position = SharedMemoryABI.chunkHeaderSize
+            let end = bytes.count
+            for _ in 0..<count {
+                // Sizes never need more than 5 bytes; the SDK writes 1 to 4.
+                guard let size = ProtoEncoding.readVarint(bytes, at: &position, maxBytes: 5) else {
+                    malformed = true
+                    return
+                }
+                if size == UInt64(SharedMemoryABI.packetSizeDropPacket) {
+                    records.append(ChunkRecord(range: position..<position, isDropMarker: true))
+                    continue
+                }
+                guard size <= UInt64(end - position) else {
+                    malformed = true
+                    return
+                }
+                let next = position + Int(size)
+                records.append(ChunkRecord(range: position..<next, isDropMarker: false))
+                position = next
             }
-            position += headerLength
-            if size == UInt64(SharedMemoryABI.packetSizeDropPacket) {
-                records.append(ChunkRecord(range: position..<position, isDropMarker: true))
-                continue
-            }
-            guard size <= UInt64(end - position) else {
-                malformed = true
-                return
-            }
-            let next = position + Int(size)
-            records.append(ChunkRecord(range: position..<next, isDropMarker: false))
-            position = next
         }
-    }
-
-    /// A varint of at most 5 bytes (sizes never need more) starting at `position`.
-    static func readVarint(_ bytes: [UInt8], at position: Int, end: Int) -> (UInt64, Int)? {
-        var value: UInt64 = 0
-        var index = position
-        var shift: UInt64 = 0
-        while index < end, shift < 35 {
-            let byte = bytes[index]
-            value |= UInt64(byte & 0x7F) << shift
-            index += 1
-            if byte & 0x80 == 0 { return (value, index - position) }
-            shift += 7
-        }
-        return nil
     }
 }

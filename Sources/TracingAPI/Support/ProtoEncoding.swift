@@ -9,13 +9,47 @@ enum ProtoWireType: UInt8 {
 }
 
 enum ProtoEncoding {
+    /// The most bytes a varint takes.
+    static let maxVarintSize = 10
+
     static func appendVarint(_ value: UInt64, to bytes: inout [UInt8]) {
-        var value = value
-        while value >= 0x80 {
-            bytes.append(UInt8(truncatingIfNeeded: value) | 0x80)
-            value >>= 7
+        withUnsafeTemporaryAllocation(byteCount: maxVarintSize, alignment: 1) { scratch in
+            let count = storeVarint(value, to: scratch.baseAddress!)
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[..<count]))
         }
-        bytes.append(UInt8(value))
+    }
+
+    /// Writes `value` as a varint at `destination` (which has ``maxVarintSize`` bytes of room).
+    /// Returns the bytes written.
+    @inline(__always)
+    static func storeVarint(_ value: UInt64, to destination: UnsafeMutableRawPointer) -> Int {
+        var value = value
+        var count = 0
+        while value >= 0x80 {
+            destination.storeBytes(of: UInt8(truncatingIfNeeded: value) | 0x80, toByteOffset: count, as: UInt8.self)
+            value >>= 7
+            count += 1
+        }
+        destination.storeBytes(of: UInt8(value), toByteOffset: count, as: UInt8.self)
+        return count + 1
+    }
+
+    /// Reads a varint of at most `maxBytes` bytes at `position`, advancing it. Nil (position
+    /// unspecified) if the bytes end first or the varint is longer.
+    static func readVarint(
+        _ bytes: UnsafeRawBufferPointer, at position: inout Int, maxBytes: Int = maxVarintSize
+    ) -> UInt64? {
+        var value: UInt64 = 0
+        var shift: UInt64 = 0
+        let limit = min(bytes.count, position + maxBytes)
+        while position < limit {
+            let byte = bytes[position]
+            position += 1
+            value |= UInt64(byte & 0x7F) << shift
+            if byte & 0x80 == 0 { return value }
+            shift += 7
+        }
+        return nil
     }
 
     static func appendTag(_ field: Int, _ type: ProtoWireType, to bytes: inout [UInt8]) {
@@ -47,18 +81,7 @@ enum ProtoEncoding {
     static func forEachField(in bytes: UnsafeRawBufferPointer, _ visit: (Int) -> Bool) -> Bool {
         var position = 0
         let end = bytes.count
-        func readVarint() -> UInt64? {
-            var value: UInt64 = 0
-            var shift: UInt64 = 0
-            while position < end, shift < 64 {
-                let byte = bytes[position]
-                position += 1
-                value |= UInt64(byte & 0x7F) << shift
-                if byte & 0x80 == 0 { return value }
-                shift += 7
-            }
-            return nil
-        }
+        func readVarint() -> UInt64? { ProtoEncoding.readVarint(bytes, at: &position) }
         while position < end {
             guard let key = readVarint() else { return false }
             let field = key >> 3

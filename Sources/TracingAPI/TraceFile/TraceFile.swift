@@ -40,17 +40,9 @@ public enum TraceFile {
                 throw TracingError(.invalidConfig, "byte \(position): expected the Trace.packet tag 0x0A")
             }
             position += 1
-            var length: UInt64 = 0
-            var shift: UInt64 = 0
-            while true {
-                guard position < bytes.count, shift < 64 else {
-                    throw TracingError(.invalidConfig, "byte \(position): truncated packet length")
-                }
-                let byte = bytes[position]
-                position += 1
-                length |= UInt64(byte & 0x7F) << shift
-                if byte & 0x80 == 0 { break }
-                shift += 7
+            let start = position
+            guard let length = bytes.withUnsafeBytes({ ProtoEncoding.readVarint($0, at: &position) }) else {
+                throw TracingError(.invalidConfig, "byte \(start): truncated packet length")
             }
             guard length <= UInt64(bytes.count - position) else {
                 throw TracingError(.invalidConfig, "byte \(position): packet of \(length) bytes runs past the end")
