@@ -30,17 +30,14 @@ enum PacketValidation {
         }
     }
 
-    /// Appends the service-written fields, in the order Perfetto writes them. As in Perfetto,
-    /// the first packet read from a sequence is marked `previous_packet_dropped`: the service
-    /// cannot know what the writer produced before it.
+    /// Appends the service-written fields, in the order Perfetto writes them.
     static func appendTrustedFields(
-        to packet: inout [UInt8], uid: UInt32, sequenceID: UInt32, pid: Int32?,
-        previousPacketDropped: Bool = false, firstOnSequence: Bool = false
+        to packet: inout [UInt8], uid: UInt32, sequenceID: UInt32, pid: Int32?, previousPacketDropped: Bool = false
     ) {
         ProtoEncoding.appendInt32Field(TracePacketField.trustedUID, Int32(bitPattern: uid), to: &packet)
         ProtoEncoding.appendVarintField(TracePacketField.trustedPacketSequenceID, UInt64(sequenceID), to: &packet)
         if let pid { ProtoEncoding.appendInt32Field(TracePacketField.trustedPID, pid, to: &packet) }
-        if previousPacketDropped || firstOnSequence {
+        if previousPacketDropped {
             ProtoEncoding.appendVarintField(TracePacketField.previousPacketDropped, 1, to: &packet)
         }
     }

@@ -22,10 +22,10 @@ struct BufferedPacket {
     var sequence: SequenceKey
     var producerUID: UInt32
     var producerPID: Int32
-    /// Data was lost on this sequence just before this packet.
+    /// Data may have been lost on this sequence just before this packet: it was, or this is the
+    /// first packet read from the sequence (the service cannot know what came before it; Perfetto
+    /// marks those too).
     var previousPacketDropped: Bool
-    /// The first packet read from this sequence.
-    var firstOnSequence: Bool
 }
 
 /// Counters of one buffer, named after Perfetto's `TraceStats.BufferStats`.
@@ -307,7 +307,7 @@ final class TraceBuffer {
             sequence.reassembly = .none
             packets.append(BufferedPacket(
                 bytes: packet, sequence: sequence.key, producerUID: sequence.uid, producerPID: sequence.pid,
-                previousPacketDropped: sequence.dataLost, firstOnSequence: !sequence.anyPacketRead))
+                previousPacketDropped: sequence.dataLost || !sequence.anyPacketRead))
             sequence.dataLost = false
             sequence.anyPacketRead = true
         }

@@ -159,12 +159,21 @@ extension TracingServiceCore {
     }
 
     func dataSourceStarted(_ id: DataSourceInstanceID, producer: LocalProducerEndpoint) {
+        acknowledge(id, producer: producer, from: .starting, to: .started, then: maybeNotifyAllDataSourcesStarted)
+    }
+
+    /// A producer acknowledged a start or stop of its instance `id`: move the instance on, tell
+    /// observers, then let the session react. Acknowledgements for other states are ignored.
+    private func acknowledge(
+        _ id: DataSourceInstanceID, producer: LocalProducerEndpoint, from: DataSourceInstance.State,
+        to: DataSourceInstance.State, then: (TracingSession) -> Void
+    ) {
         for session in sessions.values {
             guard let index = session.instances.firstIndex(where: { $0.id == id && $0.producerID == producer.id }),
-                  session.instances[index].state == .starting else { continue }
-            session.instances[index].state = .started
+                  session.instances[index].state == from else { continue }
+            session.instances[index].state = to
             notifyInstanceStateChange(session, instance: session.instances[index], producerName: producer.name)
-            maybeNotifyAllDataSourcesStarted(session)
+            then(session)
         }
     }
 
@@ -248,13 +257,7 @@ extension TracingServiceCore {
     }
 
     func dataSourceStopped(_ id: DataSourceInstanceID, producer: LocalProducerEndpoint) {
-        for session in sessions.values {
-            guard let index = session.instances.firstIndex(where: { $0.id == id && $0.producerID == producer.id }),
-                  session.instances[index].state == .stopping else { continue }
-            session.instances[index].state = .stopped
-            notifyInstanceStateChange(session, instance: session.instances[index], producerName: producer.name)
-            maybeFinishDisabling(session)
-        }
+        acknowledge(id, producer: producer, from: .stopping, to: .stopped, then: maybeFinishDisabling)
     }
 
     func maybeFinishDisabling(_ session: TracingSession) {
@@ -382,8 +385,7 @@ extension TracingServiceCore {
                 var bytes = packet.bytes
                 PacketValidation.appendTrustedFields(
                     to: &bytes, uid: packet.producerUID, sequenceID: session.sequenceID(for: packet.sequence),
-                    pid: packet.producerPID, previousPacketDropped: packet.previousPacketDropped,
-                    firstOnSequence: packet.firstOnSequence)
+                    pid: packet.producerPID, previousPacketDropped: packet.previousPacketDropped)
                 packets.append(TracePacketData(bytes: bytes))
             }
         }
