@@ -1,6 +1,6 @@
 // The producer side of a shared-memory buffer (Perfetto's SharedMemoryArbiterImpl): hands
 // free chunks to trace writers, collects the chunks they complete and the patches they owe
-// into one pending CommitDataRequest, and sends it to the service on the next loop turn, so
+// into one pending CommitDataRequest, and has the service's loop take it on its next turn, so
 // many chunks travel in one commit.
 //
 // Thread-safe: writers on any thread take and return chunks; the chunk states themselves move
@@ -26,7 +26,9 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
 
     /// Where commits and writer registrations go (the producer endpoint, on its loop).
     struct Sink: Sendable {
-        var commit: @Sendable (Perfetto_Protos_CommitDataRequest, (@Sendable () -> Void)?) -> Void
+        /// Runs a commit on the loop: everything pending then (``takePendingCommit()``), plus an
+        /// optional flush acknowledgement; `completion` runs once the service applied it.
+        var scheduleCommit: @Sendable (_ flushRequestID: UInt64?, _ completion: (@Sendable () -> Void)?) -> Void
         var registerWriter: @Sendable (_ writerID: UInt16, _ targetBuffer: UInt16) -> Void
         var unregisterWriter: @Sendable (_ writerID: UInt16) -> Void
         /// Whether the caller runs on the thread that frees chunks (stalling there would hang).
@@ -66,18 +68,12 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
         return TraceWriter(arbiter: self, writerID: writerID, targetBuffer: targetBuffer, policy: policy)
     }
 
-    /// Sends whatever is pending now (completed chunks, patches) and an optional flush
+    /// Sends whatever is pending (completed chunks, patches) and an optional flush
     /// acknowledgement; `completion` runs on the service's loop after the service applied it.
     public func flushPendingCommitData(
         flushRequestID: UInt64? = nil, completion: (@Sendable () -> Void)? = nil
     ) {
-        let request: Perfetto_Protos_CommitDataRequest = state.withLock { state in
-            var request = state.pending
-            state.pending = Perfetto_Protos_CommitDataRequest()
-            if let flushRequestID { request.flushRequestID = flushRequestID }
-            return request
-        }
-        sink.commit(request, completion)
+        sink.scheduleCommit(flushRequestID, completion)
     }
 
     // MARK: Writers' side
@@ -176,16 +172,18 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
         }
         guard schedule else { return }
         // One commit per loop turn carries everything queued until then.
-        sink.commit(Perfetto_Protos_CommitDataRequest(), nil)
+        sink.scheduleCommit(nil, nil)
     }
 
-    /// Takes the batch queued so far; called by the endpoint when a scheduled commit runs.
-    func takePendingCommit(into request: inout Perfetto_Protos_CommitDataRequest) {
+    /// Takes the batch queued so far: the one place pending chunks and patches leave the
+    /// arbiter, on the loop, when a scheduled commit runs.
+    func takePendingCommit() -> Perfetto_Protos_CommitDataRequest {
         state.withLock { state in
-            request.chunksToMove.append(contentsOf: state.pending.chunksToMove)
-            request.chunksToPatch.append(contentsOf: state.pending.chunksToPatch)
-            state.pending = Perfetto_Protos_CommitDataRequest()
-            state.commitScheduled = false
+            defer {
+                state.pending = Perfetto_Protos_CommitDataRequest()
+                state.commitScheduled = false
+            }
+            return state.pending
         }
     }
 

@@ -91,8 +91,8 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         // (releasing the endpoint is how a producer disconnects).
         let endpoint = UncheckedSendableBox(Weak(self))
         let sink = SharedMemoryArbiter.Sink(
-            commit: { request, completion in
-                loop.execute { endpoint.value.object?.commitFromArbiter(request, completion: completion) }
+            scheduleCommit: { flushRequestID, completion in
+                loop.execute { endpoint.value.object?.commitFromArbiter(flushRequestID: flushRequestID, completion: completion) }
             },
             registerWriter: { writer, buffer in
                 loop.execute { endpoint.value.object?.registerTraceWriter(writer, targetBuffer: buffer) }
@@ -155,9 +155,9 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     }
 
     /// A commit scheduled by the arbiter: picks up everything batched until now.
-    private func commitFromArbiter(_ request: CommitDataRequest, completion: (@Sendable () -> Void)?) {
-        var request = request
-        sharedMemoryArbiter?.takePendingCommit(into: &request)
+    private func commitFromArbiter(flushRequestID: UInt64?, completion: (@Sendable () -> Void)?) {
+        guard var request = sharedMemoryArbiter?.takePendingCommit() else { return }
+        if let flushRequestID { request.flushRequestID = flushRequestID }
         guard !request.chunksToMove.isEmpty || !request.chunksToPatch.isEmpty || request.hasFlushRequestID
             || completion != nil else { return }
         guard connected, let service else { return }
