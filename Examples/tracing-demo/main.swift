@@ -27,14 +27,13 @@ final class DemoProducer: Producer, @unchecked Sendable {
         guard let writer = endpoint.createTraceWriter(targetBuffer: BufferID(config.targetBuffer), policy: .stall())
         else { return }
         let stop = stopFlag
-        let box = UncheckedWriter(writer)
-        Thread.detachNewThread { DemoProducer.work(box.writer, until: stop) }
+        Thread.detachNewThread { DemoProducer.work(writer, until: stop) }  // TraceWriter moves threads
     }
 
     func stopDataSource(_ id: DataSourceInstanceID) {
         stopFlag.set()
         // will_notify_on_stop: acknowledge once the worker has flushed its last chunk.
-        let endpoint = UncheckedEndpoint(self.endpoint)
+        let endpoint = UncheckedSendableBox(self.endpoint!)
         let loop = endpoint.value.eventLoop
         let flag = stopFlag
         Thread.detachNewThread {
@@ -123,9 +122,26 @@ final class Flag: @unchecked Sendable {
     func waitForWorker() { condition.withLock { while !finished { condition.wait() } } }
 }
 
-struct UncheckedWriter: @unchecked Sendable { let writer: TraceWriter; init(_ w: TraceWriter) { writer = w } }
-struct UncheckedEndpoint: @unchecked Sendable { let value: any ProducerEndpoint; init(_ v: any ProducerEndpoint) { value = v } }
-struct UncheckedRecorder: @unchecked Sendable { let value: TraceRecorder }
+/// A session config: one buffer of `sizeKb`, one data source.
+func demoConfig(dataSource: String, sizeKb: UInt32, durationMs: UInt32 = 0) -> TraceConfig {
+    var config = TraceConfig()
+    var buffer = TraceConfig.BufferConfig()
+    buffer.sizeKb = sizeKb
+    buffer.fillPolicy = .ringBuffer
+    config.buffers = [buffer]
+    var source = TraceConfig.DataSource()
+    source.config.name = dataSource
+    config.dataSources = [source]
+    if durationMs > 0 { config.durationMs = durationMs }
+    return config
+}
+
+func descriptor(_ name: String, willNotifyOnStop: Bool = false) -> DataSourceDescriptor {
+    var descriptor = DataSourceDescriptor()
+    descriptor.name = name
+    descriptor.willNotifyOnStop = willNotifyOnStop
+    return descriptor
+}
 
 if CommandLine.arguments.dropFirst().first == "replay" {
     exit(replay(Array(CommandLine.arguments.dropFirst(2))))
@@ -136,38 +152,27 @@ let loop = try EpollEventLoop.startOnNewThread(name: "tracing")
 let service = TracingServiceCore(eventLoop: loop)
 let producer = DemoProducer()
 let done = DispatchSemaphore(value: 0)
-let result = ResultHolder()
+let result = ThreadLock<(Result<[TracePacketData], TracingError>, [UInt8])?>(nil)
 
 loop.execute {
     producer.endpoint = service.connectProducer(producer, options: ProducerConnectionOptions(name: "tracing-demo"))
-    var descriptor = DataSourceDescriptor()
-    descriptor.name = "demo.work"
-    descriptor.willNotifyOnStop = true
-    producer.endpoint.registerDataSource(descriptor)
-
-    var config = TraceConfig()
-    var buffer = TraceConfig.BufferConfig()
-    buffer.sizeKb = 4096
-    buffer.fillPolicy = .ringBuffer
-    config.buffers = [buffer]
-    var source = TraceConfig.DataSource()
-    source.config.name = "demo.work"
-    config.dataSources = [source]
-    config.durationMs = 200  // the service flushes and stops the session by itself
-
+    producer.endpoint.registerDataSource(descriptor("demo.work", willNotifyOnStop: true))
+    // duration_ms: the service flushes and stops the session by itself.
+    let config = demoConfig(dataSource: "demo.work", sizeKb: 4096, durationMs: 200)
     let recorder = TraceRecorder(service: service)
-    let box = UncheckedRecorder(value: recorder)
+    let box = UncheckedSendableBox(recorder)
     recorder.start(config)
     // Ask for the trace once the session has stopped by itself (duration_ms).
     _ = loop.scheduleTask(after: .milliseconds(400)) {
         box.value.stop { outcome in
-            result.set(outcome, file: box.value.traceFile)
+            let file = box.value.traceFile
+            result.withLock { $0 = (outcome, file) }
             done.signal()
         }
     }
 }
 done.wait()
-let (outcome, file) = result.get()
+let (outcome, file) = result.withLock { $0! }
 switch outcome {
 case .success(let packets):
     try Data(file).write(to: URL(fileURLWithPath: output))
@@ -183,13 +188,6 @@ case .failure(let error):
     exit(1)
 }
 loop.shutdown()
-
-final class ResultHolder: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: (Result<[TracePacketData], TracingError>, [UInt8])?
-    func set(_ outcome: Result<[TracePacketData], TracingError>, file: [UInt8]) { lock.withLock { stored = (outcome, file) } }
-    func get() -> (Result<[TracePacketData], TracingError>, [UInt8]) { lock.withLock { stored! } }
-}
 
 /// Records a session in which one producer commits the chunks of a capture.
 func replay(_ arguments: [String]) -> Int32 {
@@ -228,18 +226,9 @@ func replay(_ arguments: [String]) -> Int32 {
         let producer = ReplayProducer()
         let endpoint = service.connectProducer(
             producer, options: ProducerConnectionOptions(name: "replay", identity: PeerIdentity(uid: uid, pid: pid)))
-        var descriptor = DataSourceDescriptor()
-        descriptor.name = "replay"
-        endpoint.registerDataSource(descriptor)
-        var config = TraceConfig()
-        var buffer = TraceConfig.BufferConfig()
-        buffer.sizeKb = 64 * 1024
-        config.buffers = [buffer]
-        var source = TraceConfig.DataSource()
-        source.config.name = "replay"
-        config.dataSources = [source]
+        endpoint.registerDataSource(descriptor("replay"))
         let recorder = TraceRecorder(service: service)
-        recorder.start(config)
+        recorder.start(demoConfig(dataSource: "replay", sizeKb: 64 * 1024))
         loop.runUntilIdle()
         guard let started = producer.started else { throw TracingError(.invalidState, "the data source did not start") }
         try capture.replay(into: endpoint, targetBuffer: BufferID(started.targetBuffer))

@@ -114,11 +114,3 @@ struct ResourceTests {
         #expect(error.message.contains("no buffers"))
     }
 }
-
-/// A value set on one thread and polled on another.
-final class ResultBox<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: Value?
-    func set(_ value: Value) { lock.withLock { stored = value } }
-    var value: Value? { lock.withLock { stored } }
-}

@@ -14,11 +14,11 @@ struct ThreadedServiceTests {
         let loop = try EpollEventLoop.startOnNewThread(name: "tracing-test")
         defer { loop.shutdown() }
         let service = TracingServiceCore(eventLoop: loop)
-        let started = ResultBox<Bool>()
+        let started = ThreadLock(false)  // set on the loop, polled here
         let pair = await onLoop(loop) { () -> (RecordingProducer, TraceRecorder) in
             let producer = RecordingProducer(
                 service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
-            producer.onStart = { _, _ in started.set(true) }
+            producer.onStart = { _, _ in started.withLock { $0 = true } }
             let recorder = TraceRecorder(service: service)
             recorder.start(TracingConfigs.config())
             return (producer, recorder)
@@ -26,8 +26,8 @@ struct ThreadedServiceTests {
         let producer = UncheckedSendableBox(pair.value.0)
         let recorder = pair.value.1
         let deadline = ContinuousClock.now + .seconds(30)
-        while started.value == nil, ContinuousClock.now < deadline { await Task.yield() }
-        #expect(started.value == true)
+        while !started.withLock({ $0 }), ContinuousClock.now < deadline { await Task.yield() }
+        #expect(started.withLock { $0 })
 
         // A writer used off the loop, as application threads use them.
         let writer = await onLoop(loop) { producer.value.writers.values.first! }

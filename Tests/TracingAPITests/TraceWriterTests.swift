@@ -236,20 +236,20 @@ final class TraceWriterTests {
         let (producer, consumer, _) = startSession()
         let buffer = BufferID(producer.started[0].config.targetBuffer)
         let writers = (0..<2).map { _ in producer.endpoint.createTraceWriter(targetBuffer: buffer, policy: .stall())! }
-        let done = DispatchGroupBox()
+        let running = ThreadLock(0)  // writer threads still writing
         for (index, writer) in writers.enumerated() {
-            done.enter()
+            running.withLock { $0 += 1 }
             let box = UncheckedSendableBox(writer)
             Thread.detachNewThread {
                 for round in 0..<500 { box.value.writeTestPacket(timestamp: UInt64(round), "t\(index) \(round)") }
                 box.value.flush()
-                done.leave()
+                running.withLock { $0 -= 1 }
             }
         }
         // The writers stall for free chunks: keep the service's loop turning until they finish.
         let deadline = ContinuousClock.now + .seconds(60)
-        while !done.isDone, ContinuousClock.now < deadline { loop.runUntilIdle() }
-        #expect(done.isDone, "writer threads did not finish")
+        while running.withLock({ $0 }) > 0, ContinuousClock.now < deadline { loop.runUntilIdle() }
+        #expect(running.withLock { $0 } == 0, "writer threads did not finish")
         loop.runUntilIdle()
         stopAndRead(consumer)
         let bySequence = Dictionary(grouping: consumer.producerPackets(), by: \.trustedPacketSequenceID)
@@ -259,13 +259,4 @@ final class TraceWriterTests {
             + "buffer \(String(describing: stats?.bufferStats.first)), discarded \(stats?.chunksDiscarded ?? 0)"
         #expect(bySequence.values.map(\.count).sorted() == [500, 500], Comment(rawValue: details))
     }
-}
-
-/// A counter threads finish on; the test thread polls it while driving the loop.
-final class DispatchGroupBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var outstanding = 0
-    func enter() { lock.withLock { outstanding += 1 } }
-    func leave() { lock.withLock { outstanding -= 1 } }
-    var isDone: Bool { lock.withLock { outstanding == 0 } }
 }
