@@ -232,6 +232,26 @@ final class TraceWriterTests {
         #expect(packets == 2_000)
     }
 
+    @Test func aRewrittenChunkIsCountedOnceWhenTheRingBufferWraps() {
+        // A chunk committed again (same writer, same id) replaces the stored copy; making room
+        // for the new copy must not count the replaced one a second time.
+        let buffer = TraceBuffer(capacity: 2_000, policy: .ringBuffer)
+        func commit(_ id: UInt32, size: Int) {
+            let header = ChunkHeader(chunkID: id, writerID: 1, packetCount: 0)
+            var bytes = [UInt8](repeating: 0, count: size)
+            bytes.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
+            buffer.copyChunk(bytes, header: header, producerID: 1, uid: 0, pid: 0)
+        }
+        commit(0, size: 1_000)
+        commit(1, size: 1_000)
+        commit(0, size: 1_500)  // bigger: chunk 1 has to go
+        #expect(buffer.usedBytes == 1_500)
+        #expect(buffer.stats.chunksRewritten == 1)
+        #expect(buffer.stats.chunksOverwritten == 1)
+        _ = buffer.readPackets()
+        #expect(buffer.stats.chunksRead == 1, "only the new copy of chunk 0 is left")
+    }
+
     @Test func writersFromOtherThreadsCommitThroughTheLoop() throws {
         let (producer, consumer, _) = startSession()
         let buffer = BufferID(producer.started[0].config.targetBuffer)

@@ -92,6 +92,8 @@ final class TraceBuffer {
     let policy: FillPolicy
     private(set) var stats = TraceBufferStats()
     private(set) var usedBytes = 0
+    /// Chunks stored now, across sequences.
+    private var storedChunkCount = 0
     private var bytesEverWritten = 0
     private var sequences: [SequenceKey: Sequence] = [:]
     /// Chunks in insertion order, for ring-buffer eviction (entries may be stale).
@@ -126,8 +128,10 @@ final class TraceBuffer {
             stats.chunksCommittedOutOfOrder += 1
             return
         }
-        if let old = sequence.chunks[header.chunkID] {
+        if let old = sequence.chunks.removeValue(forKey: header.chunkID) {
+            // Out of the buffer now, so eviction below cannot count it a second time.
             usedBytes -= old.bytes.count
+            storedChunkCount -= 1
             stats.chunksRewritten += 1
         } else {
             stats.chunksWritten += 1
@@ -142,6 +146,7 @@ final class TraceBuffer {
             needsPatching: header.flags.contains(.needsPatching), serial: serial)
         insertionOrder.append((key, header.chunkID, serial))
         usedBytes += size
+        storedChunkCount += 1
         bytesEverWritten += size
         stats.bytesWritten += UInt64(size)
     }
@@ -187,6 +192,7 @@ final class TraceBuffer {
                   chunk.serial == entry.serial else { continue }
             sequence.chunks[entry.chunkID] = nil
             usedBytes -= chunk.bytes.count
+            storedChunkCount -= 1
             stats.chunksOverwritten += 1
             stats.bytesOverwritten += UInt64(chunk.bytes.count)
             stats.writeWrapCount += 1
@@ -203,9 +209,6 @@ final class TraceBuffer {
             insertionHead = 0
         }
     }
-
-    /// Chunks stored now, across sequences.
-    private var storedChunkCount: Int { sequences.values.reduce(0) { $0 + $1.chunks.count } }
 
     /// Reads remove chunks without touching the eviction order; drop the entries they left
     /// behind once they outnumber the live ones, so a long session read as it goes stays small.
@@ -244,7 +247,7 @@ final class TraceBuffer {
             guard let chunk = sequence.chunks[expected] else {
                 // A gap: the chunk was overwritten, discarded or never committed. Wait if
                 // nothing newer exists; otherwise skip to the next chunk we have.
-                guard let later = sequence.chunks.keys.filter({ $0 > expected }).min() else { return }
+                guard let later = sequence.chunks.keys.lazy.filter({ $0 > expected }).min() else { return }
                 loseReassembly(sequence)
                 sequence.dataLost = true
                 sequence.nextChunkID = later
@@ -254,6 +257,7 @@ final class TraceBuffer {
             consume(chunk, of: sequence, into: &packets)
             sequence.chunks[expected] = nil
             usedBytes -= chunk.bytes.count
+            storedChunkCount -= 1
             stats.chunksRead += 1
             stats.bytesRead += UInt64(chunk.bytes.count)
             sequence.nextChunkID = expected &+ 1

@@ -416,10 +416,9 @@ extension TracingServiceCore {
         session.pendingFlushes = [:]
         session.outputFile?.close()
         session.outputFile = nil
-        for id in session.bufferIDs {
-            buffers[id] = nil
-            for producer in connectedProducers { producer.allowedTargetBuffers.remove(id) }
-        }
+        let freed = Set(session.bufferIDs)
+        for id in freed { buffers[id] = nil }
+        for producer in connectedProducers { producer.allowedTargetBuffers.subtract(freed) }
         sessions[session.id] = nil
         consumer(session.consumerID)?.sessionID = nil
     }
