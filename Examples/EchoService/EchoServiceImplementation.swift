@@ -4,7 +4,7 @@
 //   received_fd_size = the size of the fd sent with the request (-1 without one);
 // * want_fd attaches a memfd holding "fd-payload:" + data to the reply;
 // * StreamEcho sends `count` replies (at least one) with index 0..count-1, the last with
-//   has_more = false.
+//   has_more = false; a count over `maxStreamCount` is rejected (invalidArgument).
 
 import CPerfettoIPCLinux
 import Foundation
@@ -42,8 +42,15 @@ public final class EchoServiceImplementation: Pfpeers_EchoServiceHandler {
         }
     }
 
+    /// The most replies one StreamEcho sends: a client cannot make the service loop for ever.
+    public static let maxStreamCount: UInt32 = 100_000
+
     public func streamEcho(_ request: Pfpeers_EchoRequest, context: IPCCallContext, reply: Deferred<Pfpeers_EchoReply>) {
         streamEchoCount += 1
+        guard request.count <= Self.maxStreamCount else {
+            reply.reject(IPCError(.invalidArgument, "count \(request.count) is over the limit of \(Self.maxStreamCount)"))
+            return
+        }
         let count = max(1, Int(request.count))
         for index in 0..<count {
             var response = Pfpeers_EchoReply()

@@ -1,6 +1,8 @@
 // One end of an in-memory connection. Sending copies the bytes (and dups the fd) into the
 // peer's inbox and asks the loop to deliver them; delivery writes them into the peer's
 // receive space, as much as fits per call, with the fd on the first piece of its message.
+// Like the socket transports, a sender whose undelivered bytes would pass
+// `ConnectionOptions.maxQueuedSendBytes` is dropped (sendQueueFull) rather than queue forever.
 
 import IPCProtocol
 
@@ -17,7 +19,11 @@ final class InMemoryConnection: IPCConnection {
     private weak var other: InMemoryConnection?
     private var inbox: [Message] = []
     private var inboxHead = 0
+    /// Bytes in the inbox not delivered yet (what the sending side has queued).
+    private var undeliveredBytes = 0
     private var deliveryScheduled = false
+    /// The most bytes this end may have waiting undelivered at its peer.
+    let maxQueuedSendBytes: Int
 
     private struct Message {
         var bytes: [UInt8]
@@ -25,9 +31,10 @@ final class InMemoryConnection: IPCConnection {
         var fd: ScopedFD?
     }
 
-    init(loop: any IPCEventLoop, address: String) {
+    init(loop: any IPCEventLoop, address: String, maxQueuedSendBytes: Int) {
         self.loop = loop
         self.address = address
+        self.maxQueuedSendBytes = maxQueuedSendBytes
         // Same process: the kernel would report exactly these credentials.
         peer = PeerIdentity(uid: getuid(), pid: getpid(), gid: getgid())
     }
@@ -61,6 +68,10 @@ final class InMemoryConnection: IPCConnection {
     func send(_ bytes: UnsafeRawBufferPointer, fd: Int32?) -> Bool {
         loop.preconditionInEventLoop()
         guard state == .connected, let other else { return false }
+        guard other.undeliveredBytes + bytes.count <= maxQueuedSendBytes else {
+            dropForFullQueue(queued: other.undeliveredBytes + bytes.count)
+            return false
+        }
         var duplicate: ScopedFD?
         if let fd {
             let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
@@ -82,9 +93,27 @@ final class InMemoryConnection: IPCConnection {
         other = nil
     }
 
+    /// The peer is not taking what we send: close, and report it on a later loop turn, as the
+    /// socket transports do.
+    private func dropForFullQueue(queued: Int) {
+        let error = IPCError(
+            .sendQueueFull,
+            "peer is not reading: \(queued) bytes would be queued, the limit is \(maxQueuedSendBytes)",
+            address: address)
+        let delegate = self.delegate  // close() forgets it
+        close()
+        let report: () -> Void = { [weak self, weak delegate] in
+            guard let self, let delegate else { return }
+            delegate.connection(self, didDisconnect: error)
+        }
+        let unchecked = UncheckedSendableBox(report)
+        loop.execute { unchecked.value() }
+    }
+
     // MARK: Delivery
 
     private func enqueue(_ message: Message) {
+        undeliveredBytes += message.bytes.count
         inbox.append(message)
         scheduleDelivery()
     }
@@ -110,6 +139,7 @@ final class InMemoryConnection: IPCConnection {
             let fd = message.fd
             message.fd = nil
             message.offset += count
+            undeliveredBytes -= count
             if message.offset == message.bytes.count {
                 inboxHead += 1
             } else {
@@ -140,6 +170,7 @@ final class InMemoryConnection: IPCConnection {
     private func dropInbox() {
         inbox.removeAll()
         inboxHead = 0
+        undeliveredBytes = 0
     }
 }
 

@@ -29,7 +29,9 @@ public final class InProcessTransport: IPCTransport, @unchecked Sendable {
         at address: String, options: ConnectionOptions = .default, delegate: any IPCListenerDelegate
     ) throws(IPCError) -> any IPCListener {
         eventLoop.preconditionInEventLoop()
-        let listener = InProcessListener(name: address, loop: eventLoop, network: network, delegate: delegate)
+        let listener = InProcessListener(
+            name: address, loop: eventLoop, network: network, delegate: delegate,
+            maxQueuedSendBytes: options.maxQueuedSendBytes)
         try network.register(listener)
         return listener
     }
@@ -38,7 +40,7 @@ public final class InProcessTransport: IPCTransport, @unchecked Sendable {
         to address: String, options: ConnectionOptions = .default, delegate: any IPCConnectionDelegate
     ) -> any IPCConnection {
         eventLoop.preconditionInEventLoop()
-        let client = InMemoryConnection(loop: eventLoop, address: address)
+        let client = InMemoryConnection(loop: eventLoop, address: address, maxQueuedSendBytes: options.maxQueuedSendBytes)
         client.delegate = delegate
         let listener = network.listener(named: address)
         // Two boxes, not one box of a tuple: Swift 6.3.1 over-releases when a tuple is
@@ -100,12 +102,18 @@ final class InProcessListener: IPCListener {
     private weak var delegate: (any IPCListenerDelegate)?
     private let network: InProcessNetwork
     private var closed = false
+    /// Applied to every accepted connection (from the listen options).
+    private let maxQueuedSendBytes: Int
 
-    init(name: String, loop: any IPCEventLoop, network: InProcessNetwork, delegate: any IPCListenerDelegate) {
+    init(
+        name: String, loop: any IPCEventLoop, network: InProcessNetwork, delegate: any IPCListenerDelegate,
+        maxQueuedSendBytes: Int
+    ) {
         self.name = name
         self.loop = loop
         self.network = network
         self.delegate = delegate
+        self.maxQueuedSendBytes = maxQueuedSendBytes
     }
 
     deinit { network.unregister(self) }
@@ -122,7 +130,7 @@ final class InProcessListener: IPCListener {
     /// closed, on another loop, or nobody accepts).
     func accept(for client: InMemoryConnection) -> InMemoryConnection? {
         guard !closed, let delegate, loop === client.loop else { return nil }
-        let server = InMemoryConnection(loop: loop, address: name)
+        let server = InMemoryConnection(loop: loop, address: name, maxQueuedSendBytes: maxQueuedSendBytes)
         server.pair(with: client)
         delegate.listener(self, didAccept: server)
         return server

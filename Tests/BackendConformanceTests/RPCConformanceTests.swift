@@ -53,6 +53,19 @@ struct RPCConformanceTests {
     }
 
     @Test(arguments: BackendUnderTest.all)
+    func aStreamLongerThanTheServiceAllowsIsRejected(_ backend: BackendUnderTest) throws {
+        let world = try World(backend)
+        defer { world.fixture.tearDown() }
+        var replies: [AsyncResult<Pfpeers_EchoReply>] = []
+        let tooMany = EchoServiceImplementation.maxStreamCount + 1
+        world.proxy.streamEcho(echoRequest("s", count: tooMany), reply: { replies.append($0) })
+        #expect(world.fixture.run(until: { !replies.isEmpty }))
+        #expect(replies.count == 1)
+        #expect(replies.first?.isSuccess == false)
+        #expect(replies.first?.hasMore == false, "one final rejection, no stream")
+    }
+
+    @Test(arguments: BackendUnderTest.all)
     func fileDescriptorsTravelBothWays(_ backend: BackendUnderTest) throws {
         let world = try World(backend)
         defer { world.fixture.tearDown() }
