@@ -22,6 +22,8 @@ final class InMemoryConnection: IPCConnection {
     /// Bytes in the inbox not delivered yet (what the sending side has queued).
     private var undeliveredBytes = 0
     private var deliveryScheduled = false
+    /// Posted to deliver the inbox; made once, so a send allocates no task of its own.
+    private var deliveryTask: (@Sendable () -> Void)?
     /// The most bytes this end may have waiting undelivered at its peer.
     let maxQueuedSendBytes: Int
 
@@ -121,8 +123,11 @@ final class InMemoryConnection: IPCConnection {
     private func scheduleDelivery() {
         guard !deliveryScheduled else { return }
         deliveryScheduled = true
-        let box = UncheckedSendableBox(Weak(self))
-        loop.execute { box.value.object?.deliver() }
+        if deliveryTask == nil {
+            let box = WeakBox(self)
+            deliveryTask = { box.object?.deliver() }
+        }
+        loop.execute(deliveryTask!)
     }
 
     private func deliver() {

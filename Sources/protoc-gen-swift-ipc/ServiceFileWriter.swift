@@ -78,8 +78,8 @@ struct ServiceFileWriter {
             }
         }
         p.print("}", "")
-        writeDispatch(service, protocolName: name + "Handler", into: &p) { method in
-            ["\(function(method))(request, context: context, reply: reply.makeDeferred(of: \(output(method)).self))"]
+        writeDispatch(service, protocolName: name + "Handler", into: &p) { method, deferred in
+            ["\(function(method))(request, context: context, reply: \(deferred))"]
         }
     }
 
@@ -101,46 +101,55 @@ struct ServiceFileWriter {
             }
         }
         p.print("}", "")
-        writeDispatch(service, protocolName: name + "AsyncHandler", into: &p) { method in
+        writeDispatch(service, protocolName: name + "AsyncHandler", into: &p) { method, deferred in
             method.serverStreaming
-                ? ["IPCAsyncDispatch.serverStreaming(context: context, reply: reply.makeDeferred(of: \(output(method)).self)) { context, writer in",
+                ? ["IPCAsyncDispatch.serverStreaming(context: context, reply: \(deferred)) { context, writer in",
                    "    try await self.\(function(method))(request, context: context, replies: writer)",
                    "}"]
-                : ["IPCAsyncDispatch.unary(context: context, reply: reply.makeDeferred(of: \(output(method)).self)) { context in",
+                : ["IPCAsyncDispatch.unary(context: context, reply: \(deferred)) { context in",
                    "    try await self.\(function(method))(request, context: context)",
                    "}"]
         }
     }
 
     /// The protocol extension that maps method indexes to methods, for encoded arguments (the
-    /// wire) and for request values (the direct in-process path).
+    /// wire: the host's reply sink is wrapped in a Deferred) and for request values (the
+    /// direct in-process path: the caller's own Deferred is handed over).
     private func writeDispatch(
         _ service: ServiceDescriptor, protocolName: String, into p: inout CodePrinter,
-        call: (MethodDescriptor) -> [String]
+        call: (MethodDescriptor, _ deferred: String) -> [String]
     ) {
         p.print("extension \(protocolName) {")
         p.withIndentation { p in
             p.print("\(access)var serviceDescriptor: ServiceDescriptor { \(swiftName(service)).descriptor }")
             for direct in [false, true] {
-                let signature = direct
-                    ? "invoke<Request: SwiftProtobuf.Message>(methodIndex: Int, request: Request,"
-                    : "invoke(methodIndex: Int, arguments: Data,"
-                p.print("", "\(access)func \(signature) context: IPCCallContext, reply: any IPCReplySink) -> Bool {")
+                if direct {
+                    p.print(
+                        "",
+                        "\(access)func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(",
+                        "    methodIndex: Int, request: Request, context: IPCCallContext, reply: Deferred<Reply>",
+                        ") -> Bool {")
+                } else {
+                    p.print("", "\(access)func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: IPCReplySink) -> Bool {")
+                }
                 p.withIndentation { p in
                     p.print("switch methodIndex {")
                     for (index, method) in service.methods.enumerated() {
                         p.print("case \(index):")
                         p.withIndentation { p in
+                            let deferred: String
                             if direct {
-                                // A metatype comparison instead of a dynamic cast: the direct
+                                // Metatype comparisons instead of dynamic casts: the direct
                                 // path is measured in nanoseconds.
                                 p.print(
-                                    "guard Request.self == \(self.input(method)).self else { return false }",
+                                    "guard Request.self == \(self.input(method)).self, Reply.self == \(self.output(method)).self else { return false }",
                                     "let request = unsafeBitCast(request, to: \(self.input(method)).self)")
+                                deferred = "unsafeDowncast(reply, to: Deferred<\(self.output(method))>.self)"
                             } else {
                                 p.print("guard let request = try? \(self.input(method))(serializedBytes: arguments) else { return false }")
+                                deferred = "Deferred<\(self.output(method))>(replyingTo: reply)"
                             }
-                            for line in call(method) { p.print(line) }
+                            for line in call(method, deferred) { p.print(line) }
                             p.print("return true")
                         }
                     }
@@ -163,14 +172,14 @@ struct ServiceFileWriter {
             "\(access)final class \(name)Proxy: ServiceProxy, @unchecked Sendable {")
         p.withIndentation { p in
             p.print("\(access)init() { super.init(descriptor: \(name).descriptor) }")
-            for method in service.methods {
+            for (index, method) in service.methods.enumerated() {
                 let fn = function(method), req = input(method), rep = output(method)
                 p.print(
                     "",
                     "/// Calls `\(method.name)`; `reply` nil sends it with drop_reply (no reply comes back).",
                     "/// `fd` travels with the request. Loop-only.",
                     "\(access)func \(fn)(_ request: \(req), fd: Int32? = nil, reply: ((AsyncResult<\(rep)>) -> Void)?) {")
-                p.printIndented("invoke(\"\(method.name)\", request, fd: fd, reply: reply)")
+                p.printIndented("invoke(methodAt: \(index), request, fd: fd, reply: reply)")
                 p.print("}")
                 if method.serverStreaming {
                     p.print(

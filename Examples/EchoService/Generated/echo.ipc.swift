@@ -31,32 +31,34 @@ public protocol Pfpeers_EchoServiceHandler: IPCService {
 extension Pfpeers_EchoServiceHandler {
     public var serviceDescriptor: ServiceDescriptor { Pfpeers_EchoService.descriptor }
 
-    public func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: any IPCReplySink) -> Bool {
+    public func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: IPCReplySink) -> Bool {
         switch methodIndex {
         case 0:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }
-            echo(request, context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self))
+            echo(request, context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply))
             return true
         case 1:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }
-            streamEcho(request, context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self))
+            streamEcho(request, context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply))
             return true
         default:
             return false
         }
     }
 
-    public func invoke<Request: SwiftProtobuf.Message>(methodIndex: Int, request: Request, context: IPCCallContext, reply: any IPCReplySink) -> Bool {
+    public func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
+        methodIndex: Int, request: Request, context: IPCCallContext, reply: Deferred<Reply>
+    ) -> Bool {
         switch methodIndex {
         case 0:
-            guard Request.self == Pfpeers_EchoRequest.self else { return false }
+            guard Request.self == Pfpeers_EchoRequest.self, Reply.self == Pfpeers_EchoReply.self else { return false }
             let request = unsafeBitCast(request, to: Pfpeers_EchoRequest.self)
-            echo(request, context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self))
+            echo(request, context: context, reply: unsafeDowncast(reply, to: Deferred<Pfpeers_EchoReply>.self))
             return true
         case 1:
-            guard Request.self == Pfpeers_EchoRequest.self else { return false }
+            guard Request.self == Pfpeers_EchoRequest.self, Reply.self == Pfpeers_EchoReply.self else { return false }
             let request = unsafeBitCast(request, to: Pfpeers_EchoRequest.self)
-            streamEcho(request, context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self))
+            streamEcho(request, context: context, reply: unsafeDowncast(reply, to: Deferred<Pfpeers_EchoReply>.self))
             return true
         default:
             return false
@@ -76,17 +78,17 @@ public protocol Pfpeers_EchoServiceAsyncHandler: IPCService, Sendable {
 extension Pfpeers_EchoServiceAsyncHandler {
     public var serviceDescriptor: ServiceDescriptor { Pfpeers_EchoService.descriptor }
 
-    public func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: any IPCReplySink) -> Bool {
+    public func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: IPCReplySink) -> Bool {
         switch methodIndex {
         case 0:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }
-            IPCAsyncDispatch.unary(context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self)) { context in
+            IPCAsyncDispatch.unary(context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply)) { context in
                 try await self.echo(request, context: context)
             }
             return true
         case 1:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }
-            IPCAsyncDispatch.serverStreaming(context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self)) { context, writer in
+            IPCAsyncDispatch.serverStreaming(context: context, reply: Deferred<Pfpeers_EchoReply>(replyingTo: reply)) { context, writer in
                 try await self.streamEcho(request, context: context, replies: writer)
             }
             return true
@@ -95,19 +97,21 @@ extension Pfpeers_EchoServiceAsyncHandler {
         }
     }
 
-    public func invoke<Request: SwiftProtobuf.Message>(methodIndex: Int, request: Request, context: IPCCallContext, reply: any IPCReplySink) -> Bool {
+    public func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
+        methodIndex: Int, request: Request, context: IPCCallContext, reply: Deferred<Reply>
+    ) -> Bool {
         switch methodIndex {
         case 0:
-            guard Request.self == Pfpeers_EchoRequest.self else { return false }
+            guard Request.self == Pfpeers_EchoRequest.self, Reply.self == Pfpeers_EchoReply.self else { return false }
             let request = unsafeBitCast(request, to: Pfpeers_EchoRequest.self)
-            IPCAsyncDispatch.unary(context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self)) { context in
+            IPCAsyncDispatch.unary(context: context, reply: unsafeDowncast(reply, to: Deferred<Pfpeers_EchoReply>.self)) { context in
                 try await self.echo(request, context: context)
             }
             return true
         case 1:
-            guard Request.self == Pfpeers_EchoRequest.self else { return false }
+            guard Request.self == Pfpeers_EchoRequest.self, Reply.self == Pfpeers_EchoReply.self else { return false }
             let request = unsafeBitCast(request, to: Pfpeers_EchoRequest.self)
-            IPCAsyncDispatch.serverStreaming(context: context, reply: reply.makeDeferred(of: Pfpeers_EchoReply.self)) { context, writer in
+            IPCAsyncDispatch.serverStreaming(context: context, reply: unsafeDowncast(reply, to: Deferred<Pfpeers_EchoReply>.self)) { context, writer in
                 try await self.streamEcho(request, context: context, replies: writer)
             }
             return true
@@ -126,7 +130,7 @@ public final class Pfpeers_EchoServiceProxy: ServiceProxy, @unchecked Sendable {
     /// Calls `Echo`; `reply` nil sends it with drop_reply (no reply comes back).
     /// `fd` travels with the request. Loop-only.
     public func echo(_ request: Pfpeers_EchoRequest, fd: Int32? = nil, reply: ((AsyncResult<Pfpeers_EchoReply>) -> Void)?) {
-        invoke("Echo", request, fd: fd, reply: reply)
+        invoke(methodAt: 0, request, fd: fd, reply: reply)
     }
 
     /// Calls `Echo` and waits for its reply.
@@ -142,7 +146,7 @@ public final class Pfpeers_EchoServiceProxy: ServiceProxy, @unchecked Sendable {
     /// Calls `StreamEcho`; `reply` nil sends it with drop_reply (no reply comes back).
     /// `fd` travels with the request. Loop-only.
     public func streamEcho(_ request: Pfpeers_EchoRequest, fd: Int32? = nil, reply: ((AsyncResult<Pfpeers_EchoReply>) -> Void)?) {
-        invoke("StreamEcho", request, fd: fd, reply: reply)
+        invoke(methodAt: 1, request, fd: fd, reply: reply)
     }
 
     /// Calls `StreamEcho` and returns its replies as they arrive.

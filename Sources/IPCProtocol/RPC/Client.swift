@@ -43,7 +43,8 @@ public final class IPCClient: IPCConnectionDelegate {
     private var ended = false
     /// For a client made from a `.direct` backend: where to find the host.
     private var direct: (registry: any IPCDirectRegistry, name: String)?
-    private var directBindings: [Weak<DirectServiceBinding>] = []
+    /// Direct bindings of this client's proxies, held strongly until their proxy goes.
+    private var directBindings: [DirectServiceBinding] = []
 
     private enum PendingRequest {
         case bind(Weak<ServiceProxy>)
@@ -134,7 +135,7 @@ public final class IPCClient: IPCConnectionDelegate {
 
     deinit {
         connection?.close()
-        let bindings = directBindings.compactMap(\.object)
+        let bindings = directBindings
         if !bindings.isEmpty {
             let box = UncheckedSendableBox(bindings)
             if eventLoop.inEventLoop { bindings.forEach { $0.abandon() } } else { eventLoop.execute { box.value.forEach { $0.abandon() } } }
@@ -171,7 +172,7 @@ public final class IPCClient: IPCConnectionDelegate {
         eventLoop.preconditionInEventLoop()
         connection?.close()
         let error = IPCError(.disconnected, "the client was closed")
-        let bindings = directBindings.compactMap(\.object)
+        let bindings = directBindings
         directBindings.removeAll()
         for binding in bindings { binding.closeFromClient(error) }
         end(error)
@@ -187,7 +188,8 @@ public final class IPCClient: IPCConnectionDelegate {
             return
         }
         let name = proxy.descriptor.name
-        if directBindings.contains(where: { $0.object.map { !$0.ended && $0.serviceName == name } ?? false }) {
+        directBindings.removeAll { $0.ended }
+        if directBindings.contains(where: { $0.serviceName == name }) {
             proxy.bindingFailed(IPCError(.alreadyBound, "service \(name) is already bound on this client"))
             return
         }
@@ -201,8 +203,7 @@ public final class IPCClient: IPCConnectionDelegate {
         }
         do {
             let binding = try host.makeDirectBinding(for: proxy)
-            directBindings.removeAll { $0.object == nil }
-            directBindings.append(Weak(binding))
+            directBindings.append(binding)
             proxy.didBindDirectly(binding)
         } catch {
             proxy.bindingFailed(error)
@@ -215,7 +216,7 @@ public final class IPCClient: IPCConnectionDelegate {
     /// the request could not be sent (the callback was then rejected).
     @discardableResult
     func invoke(
-        serviceID: UInt32, methodID: UInt32, arguments: Data, fd: Int32?, proxy: ServiceProxy,
+        serviceID: UInt32, methodID: UInt32, arguments: consuming OutgoingFrame.Payload, fd: Int32?, proxy: ServiceProxy,
         callback: ((AsyncResult<Data>) -> Void)?
     ) -> UInt64? {
         guard isConnected, let connection else {
@@ -223,16 +224,18 @@ public final class IPCClient: IPCConnectionDelegate {
             return nil
         }
         let requestID = takeRequestID()
-        var frame = IPCFrame()
-        frame.requestID = requestID
-        frame.msgInvokeMethod.serviceID = serviceID
-        frame.msgInvokeMethod.methodID = methodID
-        frame.msgInvokeMethod.argsProto = arguments
-        frame.msgInvokeMethod.dropReply = callback == nil
+        let frame = OutgoingFrame.invokeMethod(
+            requestID: requestID, serviceID: serviceID, methodID: methodID, arguments: arguments, dropReply: callback == nil)
+        guard frame.payloadSize <= maxPayloadSize else {
+            proxy.rejectLater(
+                callback,
+                IPCError(.frameTooLarge, "request of \(frame.payloadSize) bytes exceeds the frame limit of \(maxPayloadSize)"))
+            return nil
+        }
         if let callback {
             pending[requestID] = .invoke(proxy: ObjectIdentifier(proxy), callback: callback)
         }
-        guard connection.sendFrame(frame, fd: fd, maxPayloadSize: maxPayloadSize, logger: logger) else {
+        guard frame.withUnsafeBytes({ connection.send($0, fd: fd) }) else {
             if let callback, pending.removeValue(forKey: requestID) != nil {
                 proxy.rejectLater(callback, IPCError(.disconnected, "the request could not be sent"))
             }
@@ -248,6 +251,7 @@ public final class IPCClient: IPCConnectionDelegate {
 
     /// A proxy is going away: release its callbacks and let its name be bound again.
     func forgetProxy(_ id: ObjectIdentifier) {
+        directBindings.removeAll { $0.proxyID == id }
         boundProxies[id] = nil
         queuedBinds.removeAll { ObjectIdentifier($0) == id }
         pending = pending.filter { _, request in

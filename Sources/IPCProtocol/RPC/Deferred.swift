@@ -6,18 +6,29 @@
 // * if the last reference to an unresolved, bound Deferred goes away, it rejects itself, so
 //   the caller always hears back (the host then replies success = false);
 // * it may be kept past the handler that received it and resolved later, on the same loop.
+//
+// Why it looks the way it does: a Deferred is made for every call, so it is the one object a
+// call allocates on the service side. Hosts and direct bindings attach their bookkeeping as a
+// target case (no closure, no sink object, no generic protocol), and the hot methods are
+// `@inlinable` so that generated code, which knows `Message`, runs them specialized: no
+// generic-metadata lookups per call.
 
 /// A reply to be sent later, resolved exactly once (or streamed until `hasMore` is false).
 ///
 /// Loop-bound: use it on the loop of the host or client it came from.
 public final class Deferred<Message> {
-    /// Where results go: a callback, or (for replies a host or direct binding sends, the hot
-    /// path) a sink, which saves allocating a closure per call.
-    private enum Target {
+    /// Where results go.
+    @usableFromInline
+    enum Target {
+        /// A callback bound by the user (or the async façade).
         case callback((AsyncResult<Message>) -> Void)
-        case sink(any DeferredSink<Message>)
+        /// The caller's callback, through a direct binding that keeps the call's bookkeeping.
+        /// Unmanaged: the binding detaches every Deferred it tracks before it goes away.
+        case direct((AsyncResult<Message>) -> Void, Unmanaged<DirectServiceBinding>, requestID: UInt64)
+        /// An IPC host's reply channel: results are encoded and sent as InvokeMethodReply.
+        case wire(IPCReplySink, encode: (Message) throws -> OutgoingFrame.Payload)
     }
-    private var target: Target?
+    @usableFromInline var target: Target?
 
     /// An unbound Deferred: resolving it does nothing until ``bind(_:)``.
     public init() {}
@@ -27,8 +38,9 @@ public final class Deferred<Message> {
         target = .callback(callback)
     }
 
-    package init(sink: any DeferredSink<Message>) {
-        target = .sink(sink)
+    @inlinable
+    init(target: Target?) {
+        self.target = target
     }
 
     deinit {
@@ -47,32 +59,54 @@ public final class Deferred<Message> {
     }
 
     /// Resolves with `message`. With `hasMore`, the Deferred stays open for more replies.
+    @inlinable
     public func resolve(_ message: Message, hasMore: Bool = false, fileDescriptor: ScopedFD? = nil) {
         deliver(AsyncResult(message, hasMore: hasMore, fileDescriptor: fileDescriptor))
     }
 
     /// Delivers `result` (a reply or a rejection).
+    @inlinable
     public func resolve(_ result: AsyncResult<Message>) {
         deliver(result)
     }
 
     /// Rejects: the caller sees a failure. Ends a stream.
+    @inlinable
     public func reject(_ error: IPCError = IPCError(.remoteFailure, "the call was rejected")) {
         deliver(.rejected(error))
     }
 
-    private func deliver(_ result: AsyncResult<Message>) {
+    @inlinable
+    func deliver(_ result: AsyncResult<Message>) {
         guard let target else { return }
-        if !result.hasMore || !result.isSuccess { self.target = nil }
+        let final = !result.hasMore || !result.isSuccess
+        if final { self.target = nil }
         switch target {
-        case .callback(let callback): callback(result)
-        case .sink(let sink): sink.receive(result)
+        case .callback(let callback):
+            callback(result)
+        case .direct(let callback, let binding, let requestID):
+            guard binding.takeUnretainedValue().admitReply(to: requestID, final: final) else { return }
+            callback(result)
+        case .wire(let sink, let encode):
+            sink.send(result, encode: encode)
         }
+    }
+
+    /// A direct binding lets go of this call: with `error`, the caller is told; without, the
+    /// callback is released uncalled.
+    @usableFromInline
+    func detachFromBinding(rejecting error: IPCError?) {
+        guard case .direct(let callback, _, _) = target else { return }
+        target = nil
+        if let error { callback(.rejected(error)) }
     }
 }
 
-/// A typed receiver of a Deferred's results (the host's and direct binding's reply paths).
-package protocol DeferredSink<Message>: AnyObject {
-    associatedtype Message
-    func receive(_ result: AsyncResult<Message>)
+/// What a direct binding keeps of each call it tracks: the Deferred, unretained, so that a
+/// service dropping it still rejects the call.
+@usableFromInline
+protocol DirectlyTrackedReply: AnyObject {
+    func detachFromBinding(rejecting error: IPCError?)
 }
+
+extension Deferred: DirectlyTrackedReply {}

@@ -7,6 +7,11 @@
 // * closing the host (or the client) rejects every outstanding call and tells the proxy;
 // * a released proxy or client is never called back;
 // * a file descriptor sent with a call is duplicated for the service, as SCM_RIGHTS would.
+//
+// What a call costs: the Deferred the service receives (it carries the caller's callback, so
+// the reply goes straight to it) and the queued closure that holds the request until the
+// next loop turn. Calls queued in one turn share one posted task. The hot path is
+// `@inlinable`, so generated proxies run it specialized for their message types.
 
 import SwiftProtobuf
 
@@ -17,85 +22,154 @@ import Darwin
 #endif
 
 /// One proxy's direct connection to one service of a host. Loop-bound.
+@usableFromInline
 final class DirectServiceBinding {
     private weak var host: IPCHost?
+    /// Told when the binding ends; never read per call.
     private weak var proxy: ServiceProxy?
-    private let service: any IPCService
+    @usableFromInline let service: any IPCService
     let clientInfo: IPCClientInfo
-    let loop: any IPCEventLoop
+    @usableFromInline let loop: any IPCEventLoop
+    /// The context every call of this binding runs with (built once).
+    @usableFromInline let context: IPCCallContext
     private let receivedFD = ReceivedFDSlot()
-    /// Method name -> index in the service's descriptor, looked up once per binding.
-    private let methodIndexes: [String: Int]
-    private var pending: [UInt64: any DirectCallProtocol] = [:]
-    private var nextRequestID: UInt64 = 1
-    private(set) var ended = false
+    /// The proxy's method index -> the service's method index (-1: the service lacks it).
+    @usableFromInline let methodMap: [Int]
+    /// Calls waiting for a final reply, by request id. Unretained: each removes itself when it
+    /// is resolved or released, and the binding detaches the rest before it goes.
+    private var pending: [UInt64: TrackedReply] = [:]
+    @usableFromInline var nextRequestID: UInt64 = 1
+    @usableFromInline private(set) var ended = false
+    /// Set by the host's deinit, before the posted `end` runs: no call may reach the service.
+    var hostIsGone = false
+    /// Calls made since the last drain, run in order on the next loop turn.
+    private var queue: [(DirectServiceBinding) -> Void] = []
+    private var running: [(DirectServiceBinding) -> Void] = []
+    private var drainScheduled = false
+    /// Posted to run the queue; made once so that a call allocates no task of its own. It
+    /// holds the binding strongly (a weak reference would give the binding a side table and
+    /// slow every retain of it); ending the binding releases it, which breaks the cycle.
+    private var drainTask: (@Sendable () -> Void)?
+    /// The proxy's identity, for the client's table.
+    let proxyID: ObjectIdentifier
+
+    private struct TrackedReply {
+        unowned(unsafe) let reply: any DirectlyTrackedReply
+    }
 
     init(host: IPCHost, service: any IPCService, proxy: ServiceProxy, clientInfo: IPCClientInfo) {
         self.host = host
-        self.service = service
         self.proxy = proxy
+        proxyID = ObjectIdentifier(proxy)
+        self.service = service
         self.clientInfo = clientInfo
         loop = host.eventLoop
-        methodIndexes = Dictionary(
+        context = IPCCallContext(client: clientInfo, eventLoop: loop, fileDescriptorSlot: receivedFD)
+        let indexes = Dictionary(
             service.serviceDescriptor.methods.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
+        methodMap = proxy.descriptor.methods.map { indexes[$0.name] ?? -1 }
+        let unchecked = UncheckedSendableBox(self)
+        drainTask = { unchecked.value.drain() }
     }
 
-    /// Calls method `methodIndex` with `request`; `reply` nil means nobody wants the reply.
-    /// Returns the request id (for cancellation), or nil if the call could not be made.
-    func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
-        methodIndex: Int, request: Request, fd: Int32?, reply: ((AsyncResult<Reply>) -> Void)?
+    deinit {
+        // Nothing may keep pointing at a binding that is gone.
+        for tracked in pending.values { tracked.reply.detachFromBinding(rejecting: nil) }
+    }
+
+    /// Calls the proxy's method `proxyIndex` with `request`; `reply` nil means nobody wants
+    /// the reply. Returns the request id (for cancellation), or nil if the call could not be
+    /// made (`reply` is then rejected on a later turn).
+    @inlinable
+    func call<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
+        methodAt proxyIndex: Int, _ request: Request, fd: Int32?, reply: ((AsyncResult<Reply>) -> Void)?,
+        from proxy: ServiceProxy
     ) -> UInt64? {
         guard !ended else {
-            proxy?.rejectLater(reply, IPCError(.disconnected, "the host is gone"))
+            proxy.rejectLater(reply, IPCError(.disconnected, "the host is gone"))
             return nil
         }
-        let requestID = nextRequestID
-        nextRequestID += 1
-        let call = DirectCall<Reply>(binding: self, requestID: requestID, callback: reply)
-        if reply != nil { pending[requestID] = call }
-        var duplicate: ScopedFD?
-        if let fd {
-            let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
-            if copy >= 0 { duplicate = ScopedFD(copy) }
+        guard proxyIndex >= 0, proxyIndex < methodMap.count, methodMap[proxyIndex] >= 0 else {
+            proxy.rejectLater(reply, proxy.missingMethodError(at: proxyIndex))
+            return nil
         }
-        let box = UncheckedSendableBox((call, request, duplicate))
-        loop.execute {
-            // Member access, not `let (a, b, c) = box.value`: see UncheckedSendableBox.
-            let call = box.value.0
-            call.binding?.dispatch(methodIndex: methodIndex, request: box.value.1, fd: box.value.2, call: call)
+        let methodIndex = methodMap[proxyIndex]
+        let requestID = nextRequestID
+        nextRequestID &+= 1
+        let deferred: Deferred<Reply>
+        if let reply {
+            deferred = Deferred(target: .direct(reply, Unmanaged.passUnretained(self), requestID: requestID))
+            track(deferred, requestID: requestID)
+        } else {
+            deferred = Deferred()
+        }
+        let descriptor = fd.flatMap(Self.duplicate)
+        enqueue { binding in
+            if let descriptor { binding.receive(descriptor) }
+            if !binding.service.invoke(methodIndex: methodIndex, request: request, context: binding.context, reply: deferred) {
+                deferred.reject(binding.rejectedRequestError)
+            }
         }
         return requestID
     }
 
-    private func dispatch<Reply>(methodIndex: Int, request: some SwiftProtobuf.Message, fd: ScopedFD?, call: DirectCall<Reply>) {
-        guard !ended, host != nil else {
-            call.fail(IPCError(.disconnected, "the host is gone"))
-            return
-        }
-        if let fd { receivedFD.store(fd) }
-        let context = IPCCallContext(client: clientInfo, eventLoop: loop, fileDescriptorSlot: receivedFD)
-        if !service.invoke(methodIndex: methodIndex, request: request, context: context, reply: call) {
-            call.fail(IPCError(.remoteFailure, "\(service.serviceDescriptor.name) rejected the request"))
+    /// A close-on-exec duplicate of `fd` for the service, as SCM_RIGHTS would give it.
+    @usableFromInline
+    static func duplicate(_ fd: Int32) -> ScopedFD? {
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        return copy >= 0 ? ScopedFD(copy) : nil
+    }
+
+    /// The fd sent with the call about to run: the service takes it from its context.
+    @usableFromInline
+    func receive(_ descriptor: ScopedFD) {
+        receivedFD.store(descriptor)
+    }
+
+    @usableFromInline
+    var rejectedRequestError: IPCError {
+        IPCError(.remoteFailure, "\(service.serviceDescriptor.name) rejected the request")
+    }
+
+    @usableFromInline
+    func track(_ reply: any DirectlyTrackedReply, requestID: UInt64) {
+        pending[requestID] = TrackedReply(reply: reply)
+    }
+
+    @usableFromInline
+    func enqueue(_ work: @escaping (DirectServiceBinding) -> Void) {
+        queue.append(work)
+        guard !drainScheduled, let drainTask else { return }
+        drainScheduled = true
+        loop.execute(drainTask)
+    }
+
+    /// Runs the calls queued so far. Calls made meanwhile wait for the next turn.
+    private func drain() {
+        drainScheduled = false
+        swap(&queue, &running)
+        defer { running.removeAll(keepingCapacity: true) }
+        guard !ended, !hostIsGone else { return }  // their Deferreds reject themselves
+        for work in running {
+            guard !ended else { return }
+            work(self)
         }
     }
 
-    /// A call is over: forget it. Returns whether it was still pending (and its proxy alive).
-    fileprivate func finish(_ requestID: UInt64, final: Bool) -> Bool {
-        let known = final ? pending.removeValue(forKey: requestID) != nil : pending[requestID] != nil
-        return known && proxy != nil  // a gone proxy is never called back
+    /// A reply is about to reach the caller: forget the call if it is the last. Returns
+    /// whether the caller may still be called back.
+    @usableFromInline
+    func admitReply(to requestID: UInt64, final: Bool) -> Bool {
+        if final { pending.removeValue(forKey: requestID) }
+        return !ended
     }
 
     /// The name of the bound service.
     var serviceName: String { service.serviceDescriptor.name }
 
-    /// The index of the method called `name` in the service, if it has one.
-    func methodIndex(named name: String) -> Int? {
-        methodIndexes[name]
-    }
-
     /// Forgets a call: its callback is released and never called.
     func cancel(_ requestID: UInt64) {
-        pending[requestID] = nil
+        pending.removeValue(forKey: requestID)?.reply.detachFromBinding(rejecting: nil)
     }
 
     /// The host or client went away: reject what is outstanding, once, and tell the proxy.
@@ -105,8 +179,24 @@ final class DirectServiceBinding {
         let outstanding = pending.sorted { $0.key < $1.key }.map(\.value)
         pending.removeAll()
         receivedFD.take()?.close()
-        for call in outstanding { call.reject(error) }
+        for tracked in outstanding { tracked.reply.detachFromBinding(rejecting: error) }
+        queue.removeAll()
+        drainTask = nil
         if notifyProxy { proxy?.connectionEnded(error) }
+    }
+
+    /// The client or proxy was destroyed: release callbacks without calling them, and let
+    /// the host tell its services.
+    func abandon() {
+        guard !ended else { return }
+        ended = true
+        let outstanding = pending.values
+        pending = [:]
+        for tracked in outstanding { tracked.reply.detachFromBinding(rejecting: nil) }
+        queue.removeAll()
+        drainTask = nil
+        receivedFD.take()?.close()
+        host?.directBindingEnded(self)
     }
 
     /// The client side closed: reject what is outstanding, tell the proxy, and let the
@@ -116,66 +206,4 @@ final class DirectServiceBinding {
         end(error, notifyProxy: true)
         host?.directBindingEnded(self)
     }
-
-    /// The client or proxy was destroyed: release callbacks without calling them, and let
-    /// the host tell its services.
-    func abandon() {
-        guard !ended else { return }
-        ended = true
-        pending.removeAll()
-        receivedFD.take()?.close()
-        host?.directBindingEnded(self)
-    }
-}
-
-/// A call of a direct binding, typed by its reply: it is both the caller's pending entry and
-/// the service's reply sink, so a reply goes from the service's Deferred to the caller's
-/// callback with no encoding, no boxing and no dynamic cast.
-final class DirectCall<Reply>: IPCReplySink, DeferredSink, DirectCallProtocol {
-    fileprivate weak var binding: DirectServiceBinding?
-    private let requestID: UInt64
-    private var callback: ((AsyncResult<Reply>) -> Void)?
-
-    init(binding: DirectServiceBinding, requestID: UInt64, callback: ((AsyncResult<Reply>) -> Void)?) {
-        self.binding = binding
-        self.requestID = requestID
-        self.callback = callback
-    }
-
-    /// From a `Deferred<Reply>` made with `Deferred(replyingTo:)`.
-    func receive(_ result: AsyncResult<Reply>) {
-        guard let callback else { return }
-        let final = !result.hasMore || !result.isSuccess
-        if final { self.callback = nil }
-        guard binding?.finish(requestID, final: final) ?? false else { return }
-        callback(result)
-    }
-
-    /// The generated handlers' Deferred: delivers straight to ``receive(_:)``.
-    func makeDeferred<Message: SwiftProtobuf.Message>(of type: Message.Type) -> Deferred<Message> {
-        guard Message.self == Reply.self else { return Deferred { [self] in send($0) } }
-        return unsafeDowncast(Deferred<Reply>(sink: self), to: Deferred<Message>.self)
-    }
-
-    /// From a Deferred of another shape (hand-written services): same type, or a mismatch.
-    func send<Message: SwiftProtobuf.Message>(_ result: AsyncResult<Message>) {
-        if Message.self == Reply.self {
-            receive(unsafeBitCast(result, to: AsyncResult<Reply>.self))
-        } else {
-            fail(IPCError(.protocolViolation, "the service replied with \(Message.self), expected \(Reply.self)"))
-        }
-    }
-
-    func fail(_ error: IPCError) { receive(.rejected(error)) }
-
-    /// Rejected by the binding itself (host gone): the callback runs without bookkeeping.
-    func reject(_ error: IPCError) {
-        guard let callback else { return }
-        self.callback = nil
-        callback(.rejected(error))
-    }
-}
-
-protocol DirectCallProtocol: AnyObject {
-    func reject(_ error: IPCError)
 }

@@ -47,7 +47,7 @@ extension IPCHost {
     }
 
     private func answerInvoke(_ invoke: IPCFrame.InvokeMethod, requestID: UInt64, client: HostClient) {
-        let sink = HostReplySink(host: self, clientID: client.id, requestID: requestID, dropReply: invoke.dropReply)
+        let sink = IPCReplySink(client: client, requestID: requestID, dropReply: invoke.dropReply)
         guard let service = service(withID: invoke.serviceID),
             invoke.methodID >= 1, Int(invoke.methodID) <= service.serviceDescriptor.methods.count
         else {
@@ -55,9 +55,8 @@ extension IPCHost {
             sink.sendFailure()
             return
         }
-        let context = IPCCallContext(client: client.info, eventLoop: eventLoop, fileDescriptorSlot: client.receivedFD)
         let accepted = service.invoke(
-            methodIndex: Int(invoke.methodID) - 1, arguments: invoke.argsProto, context: context, reply: sink)
+            methodIndex: Int(invoke.methodID) - 1, arguments: invoke.argsProto, context: client.callContext, reply: sink)
         if !accepted {
             logger.info("client \(client.id) sent undecodable arguments to \(service.serviceDescriptor.name)")
             sink.sendFailure()
@@ -75,63 +74,5 @@ extension IPCHost {
         if identity.hasMachineIDHint, !identity.machineIDHint.isEmpty {
             client.info.machineID = machineID(hint: identity.machineIDHint)
         }
-    }
-
-    func sendReply(_ frame: IPCFrame, fd: Int32?, toClient clientID: UInt64) {
-        guard let client = client(withID: clientID) else { return }  // client gone: drop
-        client.connection.sendFrame(frame, fd: fd, maxPayloadSize: maxPayloadSize, logger: logger)
-    }
-}
-
-/// Turns a service's replies for one call into InvokeMethodReply frames.
-final class HostReplySink: IPCReplySink {
-    private weak var host: IPCHost?
-    private let clientID: UInt64
-    private let requestID: UInt64
-    private let dropReply: Bool
-    private var finished = false
-
-    init(host: IPCHost, clientID: UInt64, requestID: UInt64, dropReply: Bool) {
-        self.host = host
-        self.clientID = clientID
-        self.requestID = requestID
-        self.dropReply = dropReply
-    }
-
-    func send<Message: SwiftProtobuf.Message>(_ result: AsyncResult<Message>) {
-        guard !finished else { return }
-        var payload = Data()
-        if let message = result.message {
-            do {
-                payload = try message.serializedBytes()
-            } catch {
-                host?.logger.error("cannot encode reply to request \(requestID): \(error)")
-                sendFailure()
-                return
-            }
-        }
-        sendFrame(success: result.isSuccess, hasMore: result.isSuccess && result.hasMore, payload: payload, fd: result.fileDescriptor)
-    }
-
-    /// success = false, has_more = false: sent even when drop_reply was set.
-    func sendFailure() {
-        guard !finished else { return }
-        finished = true
-        host?.sendReply(Self.frame(requestID: requestID, success: false, hasMore: false, payload: Data()), fd: nil, toClient: clientID)
-    }
-
-    private func sendFrame(success: Bool, hasMore: Bool, payload: Data, fd: ScopedFD?) {
-        if !hasMore { finished = true }
-        guard !dropReply else { return }
-        host?.sendReply(Self.frame(requestID: requestID, success: success, hasMore: hasMore, payload: payload), fd: fd?.rawValue, toClient: clientID)
-    }
-
-    private static func frame(requestID: UInt64, success: Bool, hasMore: Bool, payload: Data) -> IPCFrame {
-        var frame = IPCFrame()
-        frame.requestID = requestID
-        frame.msgInvokeMethodReply.success = success
-        frame.msgInvokeMethodReply.hasMore = hasMore
-        if success { frame.msgInvokeMethodReply.replyProto = payload }
-        return frame
     }
 }

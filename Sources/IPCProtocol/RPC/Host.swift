@@ -36,7 +36,8 @@ public final class IPCHost: IPCListenerDelegate {
     private var clients: [UInt64: HostClient] = [:]
     private var nextClientID: UInt64 = 1
     private var directRegistration: (registry: any IPCDirectRegistry, name: String)?
-    private var directBindings: [Weak<DirectServiceBinding>] = []
+    /// Direct clients until they end (held strongly: a weak reference would slow every call).
+    private var directBindings: [DirectServiceBinding] = []
 
     /// Creates a host serving at `backend`'s address. Loop-only (the backend's loop).
     ///
@@ -86,7 +87,8 @@ public final class IPCHost: IPCListenerDelegate {
         for client in clients.values { client.connection.close() }
         if let (registry, name) = directRegistration { registry.unregisterDirectHost(self, name: name) }
         // Direct clients learn of it like of a closed socket: on a later loop turn.
-        let bindings = directBindings.compactMap(\.object)
+        let bindings = directBindings
+        for binding in bindings { binding.hostIsGone = true }
         if !bindings.isEmpty {
             let box = UncheckedSendableBox(bindings)
             eventLoop.execute {
@@ -99,7 +101,7 @@ public final class IPCHost: IPCListenerDelegate {
     public var address: String? { listener?.address ?? directRegistration?.name }
 
     /// Clients currently connected (direct bindings included).
-    public var clientCount: Int { clients.count + directBindings.filter { $0.object.map { !$0.ended } ?? false }.count }
+    public var clientCount: Int { clients.count + directBindings.filter { !$0.ended }.count }
 
     /// Exposes `service` under its unqualified name. Service ids are assigned in exposure order
     /// (1, 2, …). Returns `false` (and exposes nothing) if a service of that name is already
@@ -136,7 +138,7 @@ public final class IPCHost: IPCListenerDelegate {
             client.connection.close()
             clientDidDisconnect(client, reason: nil)
         }
-        let bindings = directBindings.compactMap(\.object)
+        let bindings = directBindings
         directBindings.removeAll()
         for binding in bindings where !binding.ended {
             binding.end(IPCError(.disconnected, "the host was closed"), notifyProxy: true)
@@ -196,14 +198,13 @@ public final class IPCHost: IPCListenerDelegate {
         }
         let info = IPCClientInfo(clientID: takeClientID(), uid: getuid(), pid: getpid(), machineID: 0)
         let binding = DirectServiceBinding(host: self, service: service, proxy: proxy, clientInfo: info)
-        directBindings.removeAll { $0.object == nil }
-        directBindings.append(Weak(binding))
+        directBindings.append(binding)
         return binding
     }
 
     /// A direct client let go of `binding`: tell the services, as for a disconnect.
     func directBindingEnded(_ binding: DirectServiceBinding) {
-        directBindings.removeAll { $0.object == nil || $0.object === binding }
+        directBindings.removeAll { $0 === binding }
         for service in services { service.clientDidDisconnect(binding.clientInfo) }
     }
 }

@@ -4,31 +4,53 @@
 import Logging
 
 /// One client connection of a ``IPCHost``. Loop-bound.
+///
+/// Replies are sent through it, not through the host (``IPCReplySink`` keeps it), so a service
+/// may resolve a Deferred after the host is gone: the frame then goes nowhere.
 final class HostClient: IPCConnectionDelegate {
     let id: UInt64
     let connection: any IPCConnection
     let deserializer: FrameDeserializer
     let receivedFD = ReceivedFDSlot()
-    var info: IPCClientInfo
+    var info: IPCClientInfo {
+        didSet { callContext = IPCCallContext(client: info, eventLoop: eventLoop, fileDescriptorSlot: receivedFD) }
+    }
+    /// What each call of this client runs with (rebuilt only when the identity changes).
+    private(set) var callContext: IPCCallContext
     var hasPeerIdentity: Bool
+    let maxPayloadSize: Int
+    let logger: Logger
+    let eventLoop: any IPCEventLoop
     /// Fires if a frame stays incomplete for too long (a peer that sends half a frame and
     /// stalls would otherwise pin its buffer forever).
     private var partialFrameDeadline: (any ScheduledTask)?
-    /// Called with each decoded frame, and once when the connection ends.
+    /// Called with each decoded frame, and once when the connection ends. Only touched while
+    /// the connection is open: the host closes every connection before it goes.
     unowned let host: IPCHost
 
     init(id: UInt64, connection: any IPCConnection, host: IPCHost) throws(IPCError) {
         self.id = id
         self.connection = connection
         self.host = host
+        maxPayloadSize = host.maxPayloadSize
+        logger = host.logger
+        eventLoop = host.eventLoop
         deserializer = try FrameDeserializer(capacity: host.receiveCapacity)
         let peer = connection.peer
-        info = IPCClientInfo(clientID: id, uid: peer.uid, pid: peer.pid, machineID: 0, remoteAddress: peer.remoteAddress)
+        var info = IPCClientInfo(clientID: id, uid: peer.uid, pid: peer.pid, machineID: 0, remoteAddress: peer.remoteAddress)
         hasPeerIdentity = peer.isLocal
         if !peer.isLocal {
             // Until the peer says who it is, identify its machine by its address's host part.
             info.machineID = machineID(hint: peer.remoteAddress.map(hostPart) ?? "remote")
         }
+        self.info = info
+        callContext = IPCCallContext(client: info, eventLoop: eventLoop, fileDescriptorSlot: receivedFD)
+    }
+
+    /// Sends a frame to this client (nothing if it has gone).
+    func send(_ frame: OutgoingFrame, fd: Int32?) {
+        guard connection.state == .connected else { return }
+        frame.withUnsafeBytes { _ = connection.send($0, fd: fd) }
     }
 
     func connectionDidConnect(_ connection: any IPCConnection) {}
@@ -74,7 +96,9 @@ final class HostClient: IPCConnectionDelegate {
         let timeout = host.partialFrameTimeout
         let box = UncheckedSendableBox(Weak(self))
         partialFrameDeadline = host.eventLoop.scheduleTask(after: timeout) {
-            guard let client = box.value.object, client.deserializer.bufferedByteCount > 0 else { return }
+            guard let client = box.value.object, client.connection.state == .connected,
+                client.deserializer.bufferedByteCount > 0
+            else { return }
             client.host.logger.warning("closing client \(client.id) (\(client.connection.peer)): a frame stayed incomplete for \(timeout)")
             client.drop(IPCError(.protocolViolation, "a frame stayed incomplete for \(timeout)"))
         }

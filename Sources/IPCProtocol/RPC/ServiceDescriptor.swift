@@ -101,9 +101,12 @@ public protocol IPCService: AnyObject {
     /// `reply`. Returns `false` if the arguments do not decode; the host then rejects the call.
     func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: IPCReplySink) -> Bool
 
-    /// Calls the method at `methodIndex` with a request value (the direct, in-process path:
-    /// no encoding). Returns `false` if `request` is not the method's request type.
-    func invoke<Request: SwiftProtobuf.Message>(methodIndex: Int, request: Request, context: IPCCallContext, reply: IPCReplySink) -> Bool
+    /// Calls the method at `methodIndex` with a request value and the caller's own Deferred
+    /// (the direct, in-process path: no encoding, no sink). Returns `false` if `Request` or
+    /// `Reply` are not the method's types; the call is then rejected.
+    func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
+        methodIndex: Int, request: Request, context: IPCCallContext, reply: Deferred<Reply>
+    ) -> Bool
 
     /// A client went away: release what you keep for it. Its pending Deferreds are rejected.
     func clientDidDisconnect(_ client: IPCClientInfo)
@@ -112,33 +115,14 @@ public protocol IPCService: AnyObject {
 extension IPCService {
     public func clientDidDisconnect(_ client: IPCClientInfo) {}
 
-    /// Fallback for hand-written services: encodes the request and takes the wire path.
-    public func invoke<Request: SwiftProtobuf.Message>(methodIndex: Int, request: Request, context: IPCCallContext, reply: IPCReplySink) -> Bool {
+    /// Fallback for hand-written services: encodes the request and takes the wire path; the
+    /// replies are handed to `reply` if they are of its type.
+    public func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
+        methodIndex: Int, request: Request, context: IPCCallContext, reply: Deferred<Reply>
+    ) -> Bool {
         guard let arguments: Data = try? request.serializedBytes() else { return false }
-        return invoke(methodIndex: methodIndex, arguments: arguments, context: context, reply: reply)
-    }
-}
-
-/// Where a service's replies go: the host turns them into frames, the direct binding hands
-/// them over as values. Generated code asks it for a typed ``Deferred``.
-public protocol IPCReplySink: AnyObject {
-    /// Sends one reply (or a rejection when `result.message` is nil).
-    func send<Message: SwiftProtobuf.Message>(_ result: AsyncResult<Message>)
-
-    /// A Deferred whose results go to this sink.
-    func makeDeferred<Message: SwiftProtobuf.Message>(of type: Message.Type) -> Deferred<Message>
-}
-
-extension IPCReplySink {
-    public func makeDeferred<Message: SwiftProtobuf.Message>(of type: Message.Type) -> Deferred<Message> {
-        Deferred { [self] result in send(result) }
-    }
-}
-
-extension Deferred where Message: SwiftProtobuf.Message {
-    /// A Deferred whose outcome goes to `sink`.
-    public convenience init(replyingTo sink: IPCReplySink) {
-        self.init { result in sink.send(result) }
+        let sink = IPCReplySink(forwardingTo: DeferredForwarder(reply))
+        return invoke(methodIndex: methodIndex, arguments: arguments, context: context, reply: sink)
     }
 }
 

@@ -34,7 +34,7 @@ extension ServiceProxy {
                 try await withCheckedThrowingContinuation { continuation in
                     guard call.start(continuation) else { return }
                     loop.execute {
-                        let requestID = proxy.value.send(method, request, fd: fd) { (result: AsyncResult<Reply>) in
+                        let requestID = proxy.value.send(methodAt: proxy.value.methodIndex(named: method), request, fd: fd) { (result: AsyncResult<Reply>) in
                             if let message = result.message {
                                 call.finish(.success(IPCResponse(message: message, fileDescriptor: result.fileDescriptor)))
                             } else {
@@ -74,7 +74,7 @@ extension ServiceProxy {
             loop.execute { proxy.value.cancelRequest(requestID) }
         }
         loop.execute {
-            let requestID = proxy.value.send(method, request, fd: fd) { (result: AsyncResult<Reply>) in
+            let requestID = proxy.value.send(methodAt: proxy.value.methodIndex(named: method), request, fd: fd) { (result: AsyncResult<Reply>) in
                 guard let message = result.message else {
                     continuation.finish(throwing: result.error ?? IPCError(.remoteFailure, "the call was rejected"))
                     return

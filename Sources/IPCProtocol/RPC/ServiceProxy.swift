@@ -37,12 +37,13 @@ open class ServiceProxy: @unchecked Sendable {
 
     weak var client: IPCClient?
     /// Set when bound through the direct short circuit instead of frames.
-    private(set) var directBinding: DirectServiceBinding?
+    @usableFromInline var directBinding: DirectServiceBinding?
     private let loop = ThreadLock<(any IPCEventLoop)?>(nil)
     /// The loop of the client this proxy was bound to, once bound. Thread-safe.
     public var eventLoop: (any IPCEventLoop)? { loop.withLock { $0 } }
     private var serviceID: UInt32 = 0
-    private var methodIDs: [String: UInt32] = [:]
+    /// The host's method id for each method of ``descriptor``, by index (0: the host lacks it).
+    private var methodIDs: [UInt32] = []
     private var bindWaiters: [(Result<Void, IPCError>) -> Void] = []
 
     public init(descriptor: ServiceDescriptor) {
@@ -70,54 +71,81 @@ open class ServiceProxy: @unchecked Sendable {
 
     /// Sends a call of `method` (by name); `reply` nil means the host sends no reply
     /// (drop_reply). Without a binding, or for a method the host does not have, `reply` is
-    /// rejected at once. Loop-only.
+    /// rejected on a later loop turn. Loop-only.
     public func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
         _ method: String, _ request: Request, fd: Int32? = nil, reply: ((AsyncResult<Reply>) -> Void)?
     ) {
-        send(method, request, fd: fd, reply: reply)
+        send(methodAt: methodIndex(named: method), request, fd: fd, reply: reply)
     }
 
-    /// The core of ``invoke(_:_:fd:reply:)``; returns the request id when sent, for
-    /// cancellation.
+    /// Sends a call of the method at `index` in ``descriptor`` (what generated proxies use:
+    /// no name lookup per call). Otherwise like ``invoke(_:_:fd:reply:)``. Loop-only.
+    @inlinable
+    public final func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
+        methodAt index: Int, _ request: Request, fd: Int32? = nil, reply: ((AsyncResult<Reply>) -> Void)?
+    ) {
+        send(methodAt: index, request, fd: fd, reply: reply)
+    }
+
+    /// The core of the invoke methods; returns the request id when sent, for cancellation.
+    @inlinable
     @discardableResult
-    func send<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
-        _ method: String, _ request: Request, fd: Int32?, reply: ((AsyncResult<Reply>) -> Void)?
+    final func send<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
+        methodAt index: Int, _ request: Request, fd: Int32?, reply: ((AsyncResult<Reply>) -> Void)?
     ) -> UInt64? {
-        (directBinding?.loop ?? client?.eventLoop)?.preconditionInEventLoop()
-        guard state == .bound else {
-            rejectLater(reply, lastError ?? IPCError(.disconnected, "\(descriptor.name) is not bound"))
+        if let binding = directBinding, state == .bound {
+            binding.loop.preconditionInEventLoop()
+            return binding.call(methodAt: index, request, fd: fd, reply: reply, from: self)
+        }
+        if let error = frameCallError(methodAt: index) {
+            rejectLater(reply, error)
             return nil
         }
-        if let directBinding {
-            guard let index = directBinding.methodIndex(named: method) else {
-                rejectLater(reply, IPCError(.methodNotFound, "\(descriptor.name) on the host has no method \(method)"))
-                return nil
-            }
-            return directBinding.invoke(methodIndex: index, request: request, fd: fd, reply: reply)
-        }
-        guard let client else {
-            rejectLater(reply, IPCError(.disconnected, "the client of \(descriptor.name) is gone"))
-            return nil
-        }
-        guard let methodID = methodIDs[method] else {
-            rejectLater(reply, IPCError(.methodNotFound, "\(descriptor.name) on the host has no method \(method)"))
-            return nil
-        }
-        let arguments: Data
+        let arguments: OutgoingFrame.Payload
         do {
             arguments = try request.serializedBytes()
         } catch {
-            rejectLater(reply, IPCError(.invalidArgument, "cannot encode \(method) request: \(error)"))
+            rejectLater(reply, IPCError(.invalidArgument, "cannot encode \(Request.protoMessageName): \(error)"))
             return nil
         }
+        return sendInvoke(methodAt: index, arguments: arguments, fd: fd, callback: reply.map(Self.decoding))
+    }
+
+    /// Why a call over frames cannot be sent now, if it cannot. Traps off the loop.
+    @usableFromInline
+    final func frameCallError(methodAt index: Int) -> IPCError? {
+        (directBinding?.loop ?? client?.eventLoop)?.preconditionInEventLoop()
+        guard state == .bound else { return lastError ?? IPCError(.disconnected, "\(descriptor.name) is not bound") }
+        guard client != nil else { return IPCError(.disconnected, "the client of \(descriptor.name) is gone") }
+        guard index >= 0, index < methodIDs.count, methodIDs[index] != 0 else { return missingMethodError(at: index) }
+        return nil
+    }
+
+    @usableFromInline
+    final func sendInvoke(
+        methodAt index: Int, arguments: consuming OutgoingFrame.Payload, fd: Int32?,
+        callback: ((AsyncResult<Data>) -> Void)?
+    ) -> UInt64? {
+        guard let client else { return nil }  // checked by frameCallError
         return client.invoke(
-            serviceID: serviceID, methodID: methodID, arguments: arguments, fd: fd, proxy: self,
-            callback: reply.map(Self.decoding))
+            serviceID: serviceID, methodID: methodIDs[index], arguments: arguments, fd: fd, proxy: self, callback: callback)
+    }
+
+    /// The index in ``descriptor`` of the method called `name`, or -1.
+    final func methodIndex(named name: String) -> Int {
+        descriptor.methods.firstIndex { $0.name == name } ?? -1
+    }
+
+    @usableFromInline
+    final func missingMethodError(at index: Int) -> IPCError {
+        let name = descriptor.methods.indices.contains(index) ? descriptor.methods[index].name : "#\(index)"
+        return IPCError(.methodNotFound, "\(descriptor.name) on the host has no method \(name)")
     }
 
     /// Rejects a call that could not even be sent, on a later loop turn: never inside the
     /// caller's own `invoke`, so a callback that issues the next call cannot recurse without
     /// bound; and never once the proxy is gone.
+    @usableFromInline
     func rejectLater<Reply>(_ reply: ((AsyncResult<Reply>) -> Void)?, _ error: IPCError) {
         guard let reply else { return }
         guard let loop = directBinding?.loop ?? client?.eventLoop ?? eventLoop else {
@@ -140,6 +168,7 @@ open class ServiceProxy: @unchecked Sendable {
         }
     }
 
+    @inlinable
     static func decoding<Reply: SwiftProtobuf.Message>(
         _ reply: @escaping (AsyncResult<Reply>) -> Void
     ) -> (AsyncResult<Data>) -> Void {
@@ -173,7 +202,8 @@ open class ServiceProxy: @unchecked Sendable {
 
     func didBind(serviceID: UInt32, methods: [IPCFrame.BindServiceReply.MethodInfo]) {
         self.serviceID = serviceID
-        methodIDs = Dictionary(methods.map { ($0.name, $0.id) }, uniquingKeysWith: { first, _ in first })
+        let ids = Dictionary(methods.map { ($0.name, $0.id) }, uniquingKeysWith: { first, _ in first })
+        methodIDs = descriptor.methods.map { ids[$0.name] ?? 0 }
         state = .bound
         finishBindWaiters(.success(()))
         onConnect?()
