@@ -78,6 +78,7 @@ let package = Package(
                 .product(name: "IPCUnixSocket", package: "swift-perfetto-ipc"),
                 .product(name: "IPCLibuv", package: "swift-perfetto-ipc"),
                 .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
+                .product(name: "IPCProtocol", package: "swift-perfetto-ipc"),
             ],
             path: "Benchmarks/EchoRoundTrip",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]

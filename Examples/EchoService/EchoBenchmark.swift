@@ -53,25 +53,15 @@ public enum EchoBenchmark {
     /// The floor: `iterations` blocking ping-pongs of `payloadSize` bytes each way over a
     /// unix socketpair, echoed by a second thread.
     public static func measureRawPingPong(payloadSize: Int, iterations: Int, warmup: Int = 200) -> LatencySummary {
-        var fds: [Int32] = [-1, -1]
-        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
-        let (mine, theirs) = (fds[0], fds[1])
-        let size = max(1, payloadSize)
-        let echoer = Thread {
-            var buffer = [UInt8](repeating: 0, count: size)
-            while readFully(theirs, &buffer), writeFully(theirs, buffer) {}
-            close(theirs)
-        }
-        echoer.start()
-        var buffer = [UInt8](repeating: 0x61, count: size)
+        let pingPong = RawPingPong(payloadSize: payloadSize)
+        defer { pingPong.close() }
         var samples: [Double] = []
         samples.reserveCapacity(iterations)
         for index in 0..<(warmup + iterations) {
             let start = monotonicMicroseconds()
-            guard writeFully(mine, buffer), readFully(mine, &buffer) else { break }
+            guard pingPong.roundTrip() else { break }
             if index >= warmup { samples.append(monotonicMicroseconds() - start) }
         }
-        close(mine)
         return LatencySummary(samples: samples)
     }
 
@@ -79,7 +69,7 @@ public enum EchoBenchmark {
         Double(monotonicNanoseconds()) / 1000
     }
 
-    private static func readFully(_ fd: Int32, _ buffer: inout [UInt8]) -> Bool {
+    static func readFully(_ fd: Int32, _ buffer: inout [UInt8]) -> Bool {
         var offset = 0
         while offset < buffer.count {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + offset, $0.count - offset) }
@@ -89,7 +79,7 @@ public enum EchoBenchmark {
         return true
     }
 
-    private static func writeFully(_ fd: Int32, _ buffer: [UInt8]) -> Bool {
+    static func writeFully(_ fd: Int32, _ buffer: [UInt8]) -> Bool {
         var offset = 0
         while offset < buffer.count {
             let n = buffer.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
@@ -97,6 +87,47 @@ public enum EchoBenchmark {
             offset += n
         }
         return true
+    }
+}
+
+/// The floor's fixture: a unix socketpair with a thread that echoes every byte back, blocking
+/// reads and writes on both ends. Made once and reused, so round trips are timed warm (no
+/// thread start, no first-touch page faults inside a measurement).
+public final class RawPingPong: @unchecked Sendable {
+    // @unchecked Sendable: `mine` and `buffer` are used by one thread at a time (the caller);
+    // the echo thread only touches its own descriptor and buffer.
+    private var mine: Int32
+    private var buffer: [UInt8]
+    private let echoer: Thread
+
+    /// Starts the echo thread for payloads of `payloadSize` bytes.
+    public init(payloadSize: Int) {
+        var fds: [Int32] = [-1, -1]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
+        mine = fds[0]
+        let theirs = fds[1]
+        let size = max(1, payloadSize)
+        buffer = [UInt8](repeating: 0x61, count: size)
+        echoer = Thread {
+            var echoed = [UInt8](repeating: 0, count: size)
+            while EchoBenchmark.readFully(theirs, &echoed), EchoBenchmark.writeFully(theirs, echoed) {}
+            Glibc.close(theirs)
+        }
+        echoer.start()
+    }
+
+    /// Sends the payload and waits until all of it has come back. False once closed.
+    @discardableResult
+    public func roundTrip() -> Bool {
+        EchoBenchmark.writeFully(mine, buffer) && EchoBenchmark.readFully(mine, &buffer)
+    }
+
+    /// Ends the echo thread (it sees end of stream) and closes the socket. Idempotent.
+    public func close() {
+        guard mine >= 0 else { return }
+        shutdown(mine, Int32(SHUT_RDWR))
+        Glibc.close(mine)
+        mine = -1
     }
 }
 
@@ -147,5 +178,28 @@ private final class UncheckedBenchmarkBox: @unchecked Sendable {
             if index >= run.warmup { run.samples.append(elapsed) }
             next(run)
         }
+    }
+}
+
+/// A benchmark fixture made on first use and kept across samples, so samples time warm
+/// round trips rather than set-up (package-benchmark runs the closure once per sample).
+/// The benchmark closure and the teardown hook are its only users, one after the other.
+public final class ReusedFixture<Value>: @unchecked Sendable {
+    private var value: Value?
+
+    public init() {}
+
+    /// The fixture, made with `make` the first time.
+    public func get(_ make: () throws -> Value) rethrows -> Value {
+        if let value { return value }
+        let made = try make()
+        value = made
+        return made
+    }
+
+    /// Hands the fixture over (for teardown) and forgets it.
+    public func take() -> Value? {
+        defer { value = nil }
+        return value
     }
 }

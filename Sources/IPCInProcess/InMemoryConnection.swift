@@ -17,11 +17,12 @@ final class InMemoryConnection: IPCConnection {
     let loop: any IPCEventLoop
     let address: String
     private weak var other: InMemoryConnection?
-    private var inbox: [Message] = []
-    private var inboxHead = 0
+    // Per-message state: unchecked exclusivity (loop-confined; Threading.md, "Costs").
+    @exclusivity(unchecked) private var inbox: [Message] = []
+    @exclusivity(unchecked) private var inboxHead = 0
     /// Bytes in the inbox not delivered yet (what the sending side has queued).
-    private var undeliveredBytes = 0
-    private var deliveryScheduled = false
+    @exclusivity(unchecked) private var undeliveredBytes = 0
+    @exclusivity(unchecked) private var deliveryScheduled = false
     /// Posted to deliver the inbox; made once, so a send allocates no task of its own.
     private var deliveryTask: (@Sendable () -> Void)?
     /// The most bytes this end may have waiting undelivered at its peer.

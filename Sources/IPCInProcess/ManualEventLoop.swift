@@ -21,13 +21,14 @@ import Glibc
 public final class ManualEventLoop: IPCEventLoop, @unchecked Sendable {
     // @unchecked Sendable: `pending` is a ThreadLock; everything else is touched only on the owner
     // thread (checked by preconditionInEventLoop at the loop-only entry points).
-    private let pending = ThreadLock<[@Sendable () -> Void]>([])
+    private let pending = ThreadLock<[PostedTask]>([])
     /// The batch being run; swapped with `pending` so neither array is reallocated.
-    private var running: [@Sendable () -> Void] = []
+    // Loop-confined state below: unchecked exclusivity (see Threading.md, "Costs").
+    @exclusivity(unchecked) private var running: [PostedTask] = []
     private let owner: Int32
-    private var timers = TimerQueue()
+    @exclusivity(unchecked) private var timers = TimerQueue()
     private var now: UInt64 = 0
-    private var watches: [UInt64: ManualWatch] = [:]
+    @exclusivity(unchecked) private var watches: [UInt64: ManualWatch] = [:]
     private var nextWatchID: UInt64 = 1
 
     /// Creates a loop owned by the calling thread, at virtual time zero.
@@ -41,7 +42,7 @@ public final class ManualEventLoop: IPCEventLoop, @unchecked Sendable {
     // MARK: IPCEventLoop
 
     public func execute(_ task: @escaping @Sendable () -> Void) {
-        pending.withLock { $0.append(task) }
+        pending.withLock { $0.append(PostedTask(task)) }
     }
 
     public var inEventLoop: Bool { CPerfettoIPC_gettid() == owner }
@@ -107,7 +108,7 @@ public final class ManualEventLoop: IPCEventLoop, @unchecked Sendable {
     private func runOnePass() -> Int {
         pending.withLock { swap(&$0, &running) }
         let taskCount = running.count
-        for task in running { task() }
+        for task in running { task.run() }
         running.removeAll(keepingCapacity: true)
         var timerCount = 0
         if !timers.isEmpty {

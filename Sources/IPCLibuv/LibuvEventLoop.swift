@@ -28,8 +28,9 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
     private let timer: UnsafeMutablePointer<uv_timer_t>
     /// Posted tasks, and whether the wake-up handle still accepts sends (false once closed:
     /// a task posted after shutdown is dropped instead of poking a freed handle).
-    private let pending = ThreadLock<(tasks: [@Sendable () -> Void], open: Bool)>(([], true))
-    private var running: [@Sendable () -> Void] = []
+    private let pending = ThreadLock<(tasks: [PostedTask], open: Bool)>(([], true))
+    // Unchecked exclusivity: loop-confined (see Threading.md, "Costs").
+    @exclusivity(unchecked) private var running: [PostedTask] = []
     private let owner: Atomic<Int32>
     private let thread = ThreadLock<pthread_t?>(nil)
     private var timers = TimerQueue()
@@ -111,7 +112,7 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
     public func execute(_ task: @escaping @Sendable () -> Void) {
         pending.withLock { state in
             guard state.open else { return }
-            state.tasks.append(task)
+            state.tasks.append(PostedTask(task))
             // Sent under the lock so that closing the handle cannot slip in between.
             if state.tasks.count == 1 { uv_async_send(wakeup) }
         }
@@ -183,7 +184,7 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
 
     private func runPendingTasks() {
         pending.withLock { swap(&$0.tasks, &running) }
-        for task in running { task() }
+        for task in running { task.run() }
         running.removeAll(keepingCapacity: true)
     }
 

@@ -25,7 +25,9 @@ final class SocketConnection: IPCConnection {
     private let isUnixDomain: Bool
     private var fd: Int32
     private var watch: (any FileDescriptorWatch)?
-    private var sendQueue = SendQueue()
+    // Unchecked exclusivity: loop-confined, and `drain` calls only the kernel while it holds
+    // the queue (Threading.md, "Costs").
+    @exclusivity(unchecked) private var sendQueue = SendQueue()
     private var sendDeadline: (any ScheduledTask)?
     /// Fallback receive space when no delegate is set: the bytes are discarded.
     private var discardBuffer: UnsafeMutableRawBufferPointer?

@@ -21,17 +21,22 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     // immutable, atomics or ThreadLocks.
     private let epollFD: Int32
     private let wakeFD: Int32
-    private let pendingTasks = ThreadLock<[@Sendable () -> Void]>([])
+    private let pendingTasks = ThreadLock<[PostedTask]>([])
     private let ownerThread: Atomic<Int32>
     private let stopRequested = Atomic<Bool>(false)
     private let isRunning = Atomic<Bool>(false)
     private let thread = ThreadLock<pthread_t?>(nil)
 
     // -- loop-confined --
-    private var timers = TimerQueue()
-    private var watches: [UInt64: EpollWatch] = [:]
+    // Unchecked exclusivity: loop-confined, never accessed across a call into user code
+    // (see Threading.md, "Costs").
+    @exclusivity(unchecked) private var timers = TimerQueue()
+    @exclusivity(unchecked) private var watches: [UInt64: EpollWatch] = [:]
     private var nextWatchID: UInt64 = 1
-    private var events = [epoll_event](repeating: epoll_event(), count: 64)
+    @exclusivity(unchecked) private var events = [epoll_event](repeating: epoll_event(), count: 64)
+    /// The batch of posted tasks being run; swapped with `pendingTasks` so neither array is
+    /// reallocated per batch.
+    @exclusivity(unchecked) private var runningTasks: [PostedTask] = []
     private static let wakeWatchID: UInt64 = 0
 
     /// Creates a loop owned by the calling thread. Run it with ``run()`` or
@@ -76,7 +81,7 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
 
     public func execute(_ task: @escaping @Sendable () -> Void) {
         let wasEmpty = pendingTasks.withLock { tasks in
-            tasks.append(task)
+            tasks.append(PostedTask(task))
             return tasks.count == 1
         }
         if wasEmpty { wake() }
@@ -172,11 +177,9 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     }
 
     private func runPendingTasks() {
-        let tasks = pendingTasks.withLock { tasks in
-            defer { tasks.removeAll(keepingCapacity: true) }
-            return tasks
-        }
-        for task in tasks { task() }
+        pendingTasks.withLock { swap(&$0, &runningTasks) }
+        for task in runningTasks { task.run() }
+        runningTasks.removeAll(keepingCapacity: true)
     }
 
     private func wake() {

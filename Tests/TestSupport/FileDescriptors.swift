@@ -133,3 +133,13 @@ public struct TemporaryDirectory {
         try? FileManager.default.removeItem(atPath: path)
     }
 }
+
+/// Pages of `[address, address + byteCount)` currently resident in memory (mincore).
+public func residentPages(_ address: UnsafeRawPointer, byteCount: Int) -> Int {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let count = (byteCount + page - 1) / page
+    var vector = [UInt8](repeating: 0, count: count)
+    let rc = mincore(UnsafeMutableRawPointer(mutating: address), byteCount, &vector)
+    precondition(rc == 0, "mincore failed")
+    return vector.filter { $0 & 1 != 0 }.count
+}

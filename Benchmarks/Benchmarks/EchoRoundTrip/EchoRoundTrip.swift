@@ -1,6 +1,10 @@
 // Echo round trips through the whole IPC stack over a unix socket (host on one loop thread,
 // client driven by the benchmark thread) beside the plain socket ping-pong floor, same sizes,
-// same run; on the epoll backend and on the libuv backend.
+// same run; on the epoll backend and on the libuv backend. Fixtures are made once per
+// benchmark and reused by every sample, so samples time warm round trips.
+//
+// "mallocs client side" and "mallocs host side" put a raw peer that allocates nothing on the
+// other end, so the malloc count is that of one side alone.
 import Benchmark
 import Foundation
 import IPCEchoService
@@ -13,21 +17,55 @@ let benchmarks: @Sendable () -> Void = {
         metrics: [.wallClock, .mallocCountTotal], timeUnits: .microseconds, maxDuration: .seconds(3))
 
     for size in [16, 4096, 65536] {
-        Benchmark("plain socket ping-pong \(size) B (floor)") { benchmark in
-            blackHole(EchoBenchmark.measureRawPingPong(payloadSize: size, iterations: benchmark.scaledIterations.count, warmup: 0))
-        }
+        let floor = ReusedFixture<RawPingPong>()
+        Benchmark(
+            "plain socket ping-pong \(size) B (floor)",
+            closure: { benchmark in
+                let pingPong = floor.get { RawPingPong(payloadSize: size) }
+                benchmark.startMeasurement()
+                for _ in benchmark.scaledIterations { pingPong.roundTrip() }
+                benchmark.stopMeasurement()
+            },
+            teardown: { floor.take()?.close() })
         for backend in ["epoll", "libuv"] {
             for withFD in [false, true] where backend == "epoll" || !withFD {
-                Benchmark("echo \(size) B \(backend)\(withFD ? " + fd" : "")") { benchmark in
-                    let fixture = try EchoFixture(libuv: backend == "libuv")
-                    let call = fixture.makeCall(payloadSize: size, withFD: withFD)
-                    benchmark.startMeasurement()
-                    for _ in benchmark.scaledIterations { call() }
-                    benchmark.stopMeasurement()
-                    fixture.close()
-                }
+                let fixture = ReusedFixture<EchoFixture>()
+                Benchmark(
+                    "echo \(size) B \(backend)\(withFD ? " + fd" : "")",
+                    closure: { benchmark in
+                        let echo = try fixture.get { try EchoFixture(libuv: backend == "libuv", payloadSize: size, withFD: withFD) }
+                        benchmark.startMeasurement()
+                        for _ in benchmark.scaledIterations { echo.call() }
+                        benchmark.stopMeasurement()
+                    },
+                    teardown: { fixture.take()?.close() })
             }
         }
+    }
+
+    for size in [16, 4096] {
+        let clientSide = ReusedFixture<ClientSideFixture>()
+        Benchmark(
+            "mallocs client side, echo \(size) B",
+            configuration: .init(metrics: [.mallocCountTotal, .wallClock], timeUnits: .microseconds, maxDuration: .seconds(2)),
+            closure: { benchmark in
+                let echo = try clientSide.get { try ClientSideFixture(payloadSize: size) }
+                benchmark.startMeasurement()
+                for _ in benchmark.scaledIterations { echo.call() }
+                benchmark.stopMeasurement()
+            },
+            teardown: { clientSide.take()?.close() })
+        let hostSide = ReusedFixture<HostSideFixture>()
+        Benchmark(
+            "mallocs host side, echo \(size) B",
+            configuration: .init(metrics: [.mallocCountTotal, .wallClock], timeUnits: .microseconds, maxDuration: .seconds(2)),
+            closure: { benchmark in
+                let echo = try hostSide.get { try HostSideFixture(payloadSize: size) }
+                benchmark.startMeasurement()
+                for _ in benchmark.scaledIterations { echo.client.roundTrip() }
+                benchmark.stopMeasurement()
+            },
+            teardown: { hostSide.take()?.close() })
     }
 }
 
@@ -40,8 +78,10 @@ final class EchoFixture {
     let proxy = Pfpeers_EchoServiceProxy()
     let directory: String
     let runClient: (() -> Bool) -> Void
+    let request: Pfpeers_EchoRequest
+    let fd: ScopedFD?
 
-    init(libuv: Bool) throws {
+    init(libuv: Bool, payloadSize: Int, withFD: Bool) throws {
         directory = NSTemporaryDirectory() + "echo-bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let path = directory + "/echo.sock"
@@ -76,21 +116,23 @@ final class EchoFixture {
         client.bind(proxy)
         let proxy = self.proxy
         runClient { proxy.isBound }
-    }
-
-    /// A closure performing one round trip.
-    func makeCall(payloadSize: Int, withFD: Bool) -> () -> Void {
         var request = Pfpeers_EchoRequest()
         request.data = Data(repeating: 0x61, count: payloadSize)
-        let fd = withFD ? EchoServiceImplementation.memfd(holding: [1, 2, 3]) : nil
-        return { [proxy, runClient] in
-            var done = false
-            proxy.echo(request, fd: fd?.rawValue) { _ in done = true }
-            runClient { done }
-        }
+        self.request = request
+        fd = withFD ? EchoServiceImplementation.memfd(holding: [1, 2, 3]) : nil
     }
 
+    /// One round trip.
+    func call() {
+        var done = false
+        proxy.echo(request, fd: fd?.rawValue) { _ in done = true }
+        runClient { done }
+    }
+
+    /// Closes the client (claiming its loop for the calling thread first: teardown may run
+    /// on another thread than the samples) and the host.
     func close() {
+        runClient { true }
         client.close()
         let hostBox = self.hostBox
         hostLoop.execute { hostBox.host?.close(); hostBox.host = nil }
@@ -101,4 +143,71 @@ final class EchoFixture {
 
 final class HostBox: @unchecked Sendable {
     var host: IPCHost?
+}
+
+/// The real client on an epoll loop run by the caller, served by a raw host thread.
+final class ClientSideFixture {
+    let loop: EpollEventLoop
+    let client: IPCClient
+    let proxy = Pfpeers_EchoServiceProxy()
+    let request: Pfpeers_EchoRequest
+    let host: RawEchoHost
+
+    init(payloadSize: Int) throws {
+        var fds: [Int32] = [-1, -1]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
+        host = RawEchoHost(fd: fds[1], payloadSize: payloadSize)
+        loop = try EpollEventLoop()
+        let connection = try UnixSocketTransport(loop: loop).adoptConnection(fd: fds[0])
+        client = IPCClient(connection: connection, eventLoop: loop)
+        client.bind(proxy)
+        let proxy = self.proxy
+        loop.run(until: { proxy.isBound }, timeout: .seconds(5))
+        var request = Pfpeers_EchoRequest()
+        request.data = Data(repeating: 0x61, count: payloadSize)
+        self.request = request
+    }
+
+    func call() {
+        var done = false
+        proxy.echo(request) { _ in done = true }
+        loop.run(until: { done }, timeout: .seconds(5))
+    }
+
+    func close() {
+        loop.run(until: { true }, timeout: .zero)
+        client.close()
+    }
+}
+
+/// The real host on an epoll loop thread, driven by a raw client on the caller's thread.
+final class HostSideFixture {
+    let loop: EpollEventLoop
+    let hostBox = HostBox()
+    let client: RawEchoClient
+
+    init(payloadSize: Int) throws {
+        var fds: [Int32] = [-1, -1]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
+        loop = try EpollEventLoop.startOnNewThread(name: "echo-host")
+        let loop = self.loop, hostBox = self.hostBox, theirs = fds[1]
+        let ready = DispatchSemaphore(value: 0)
+        loop.execute {
+            let transport = UnixSocketTransport(loop: loop)
+            let host = IPCHost(transport: transport)
+            host.expose(EchoServiceImplementation())
+            if let connection = try? transport.adoptConnection(fd: theirs) { host.adopt(connection) }
+            hostBox.host = host
+            ready.signal()
+        }
+        ready.wait()
+        client = RawEchoClient(fd: fds[0], payloadSize: payloadSize)
+    }
+
+    func close() {
+        client.close()
+        let hostBox = self.hostBox
+        loop.execute { hostBox.host?.close(); hostBox.host = nil }
+        loop.shutdown()
+    }
 }

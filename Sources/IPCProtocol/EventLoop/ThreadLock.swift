@@ -15,7 +15,9 @@ import Darwin
 package final class ThreadLock<Value>: @unchecked Sendable {
     // @unchecked Sendable: `value` is only touched while `mutex` is held.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private var value: Value
+    // Unchecked exclusivity: the mutex already serializes every access (a nested withLock
+    // would deadlock first), and the dynamic check cost more than the lock on hot paths.
+    @exclusivity(unchecked) private var value: Value
 
     package init(_ value: Value) {
         self.value = value

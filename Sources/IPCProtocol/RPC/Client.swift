@@ -34,10 +34,12 @@ public final class IPCClient: IPCConnectionDelegate {
     /// Nil for a direct client (no frames) or if the receive buffer could not be mapped (the
     /// client then fails at once, through ``onDisconnect`` and its proxies).
     private let deserializer: FrameDeserializer?
+    private let trimmer: IdleBufferTrimmer?
     private let maxPayloadSize: Int
     private let receivedFD = ReceivedFDSlot()
-    private var nextRequestID: UInt64 = 1
-    private var pending: [UInt64: PendingRequest] = [:]
+    // Per-call state: unchecked exclusivity (loop-confined; Threading.md, "Costs").
+    @exclusivity(unchecked) private var nextRequestID: UInt64 = 1
+    @exclusivity(unchecked) private var pending: [UInt64: PendingRequest] = [:]
     private var queuedBinds: [ServiceProxy] = []
     private var boundProxies: [ObjectIdentifier: Weak<ServiceProxy>] = [:]
     private var ended = false
@@ -73,6 +75,7 @@ public final class IPCClient: IPCConnectionDelegate {
         self.logger = logger
         loop.preconditionInEventLoop()
         deserializer = nil
+        trimmer = nil
         maxPayloadSize = 0
         direct = (directRegistry, name)
         let box = UncheckedSendableBox(Weak(self))
@@ -93,9 +96,12 @@ public final class IPCClient: IPCConnectionDelegate {
         eventLoop.preconditionInEventLoop()
         maxPayloadSize = receiveCapacity - WireLimits.frameHeaderSize
         do {
-            deserializer = try FrameDeserializer(capacity: receiveCapacity)
+            let frames = try FrameDeserializer(capacity: receiveCapacity)
+            deserializer = frames
+            trimmer = IdleBufferTrimmer(deserializer: frames, loop: eventLoop)
         } catch {
             deserializer = nil
+            trimmer = nil
             failLater(error)
             return
         }
@@ -112,9 +118,12 @@ public final class IPCClient: IPCConnectionDelegate {
         eventLoop.preconditionInEventLoop()
         maxPayloadSize = receiveCapacity - WireLimits.frameHeaderSize
         do {
-            deserializer = try FrameDeserializer(capacity: receiveCapacity)
+            let frames = try FrameDeserializer(capacity: receiveCapacity)
+            deserializer = frames
+            trimmer = IdleBufferTrimmer(deserializer: frames, loop: eventLoop)
         } catch {
             deserializer = nil
+            trimmer = nil
             connection.close()
             failLater(error)
             return
@@ -177,6 +186,9 @@ public final class IPCClient: IPCConnectionDelegate {
         for binding in bindings { binding.closeFromClient(error) }
         end(error)
     }
+
+    /// The connection's receive buffer (test hook).
+    package var receiveBufferForTesting: FrameDeserializer? { deserializer }
 
     /// Calls waiting for a reply (test hook).
     package var pendingRequestCountForTesting: Int { pending.count }
@@ -298,6 +310,7 @@ public final class IPCClient: IPCConnectionDelegate {
             if let fd { receivedFD.store(fd) }
             handle(frame)
         }
+        if !ended { trimmer?.bytesReceived() }
         if let framingError, !ended {
             logger.warning("closing connection to host: \(framingError)")
             connection.close()
@@ -387,6 +400,7 @@ public final class IPCClient: IPCConnectionDelegate {
     private func end(_ error: IPCError) {
         guard !ended else { return }
         ended = true
+        trimmer?.cancel()
         let outstanding = pending.sorted { $0.key < $1.key }.map(\.value)
         pending.removeAll()
         let queued = queuedBinds

@@ -28,7 +28,8 @@ public final class Deferred<Message> {
         /// An IPC host's reply channel: results are encoded and sent as InvokeMethodReply.
         case wire(IPCReplySink, encode: (Message) throws -> OutgoingFrame.Payload)
     }
-    @usableFromInline var target: Target?
+    /// Unchecked exclusivity: read and cleared before any callback runs, never across one.
+    @exclusivity(unchecked) @usableFromInline var target: Target?
 
     /// An unbound Deferred: resolving it does nothing until ``bind(_:)``.
     public init() {}

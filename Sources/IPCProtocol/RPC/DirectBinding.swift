@@ -37,15 +37,23 @@ final class DirectServiceBinding {
     @usableFromInline let methodMap: [Int]
     /// Calls waiting for a final reply, by request id. Unretained: each removes itself when it
     /// is resolved or released, and the binding detaches the rest before it goes.
-    private var pending: [UInt64: TrackedReply] = [:]
-    @usableFromInline var nextRequestID: UInt64 = 1
-    @usableFromInline private(set) var ended = false
+    ///
+    /// This and the other per-call state below skip dynamic exclusivity checks: it is
+    /// loop-confined and never accessed across a call into user code (Threading.md, "Costs").
+    @exclusivity(unchecked) private var pending: [UInt64: TrackedReply] = [:]
+    @exclusivity(unchecked) @usableFromInline var nextRequestID: UInt64 = 1
+    @exclusivity(unchecked) @usableFromInline private(set) var ended = false
     /// Set by the host's deinit, before the posted `end` runs: no call may reach the service.
     var hostIsGone = false
-    /// Calls made since the last drain, run in order on the next loop turn.
-    private var queue: [(DirectServiceBinding) -> Void] = []
-    private var running: [(DirectServiceBinding) -> Void] = []
-    private var drainScheduled = false
+    /// Calls made since the last drain, run in order on the next loop turn. (In a struct: an
+    /// array of bare closures would wrap each in a reabstraction thunk, one allocation more.)
+    @exclusivity(unchecked) private var queue: [QueuedCall] = []
+    @exclusivity(unchecked) private var running: [QueuedCall] = []
+
+    private struct QueuedCall {
+        let run: (DirectServiceBinding) -> Void
+    }
+    @exclusivity(unchecked) private var drainScheduled = false
     /// Posted to run the queue; made once so that a call allocates no task of its own. It
     /// holds the binding strongly (a weak reference would give the binding a side table and
     /// slow every retain of it); ending the binding releases it, which breaks the cycle.
@@ -138,7 +146,7 @@ final class DirectServiceBinding {
 
     @usableFromInline
     func enqueue(_ work: @escaping (DirectServiceBinding) -> Void) {
-        queue.append(work)
+        queue.append(QueuedCall(run: work))
         guard !drainScheduled, let drainTask else { return }
         drainScheduled = true
         loop.execute(drainTask)
@@ -152,7 +160,7 @@ final class DirectServiceBinding {
         guard !ended, !hostIsGone else { return }  // their Deferreds reject themselves
         for work in running {
             guard !ended else { return }
-            work(self)
+            work.run(self)
         }
     }
 

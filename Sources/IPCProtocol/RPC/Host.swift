@@ -167,6 +167,11 @@ public final class IPCHost: IPCListenerDelegate {
         return nextClientID
     }
 
+    /// The receive buffers of the connected clients, in client-id order (test hook).
+    package var receiveBuffersForTesting: [FrameDeserializer] {
+        clients.sorted { $0.key < $1.key }.map(\.value.deserializer)
+    }
+
     /// The exposed services, in service-id order (test hook).
     package var exposedServicesForTesting: [any IPCService] { services }
 

@@ -11,6 +11,7 @@ final class HostClient: IPCConnectionDelegate {
     let id: UInt64
     let connection: any IPCConnection
     let deserializer: FrameDeserializer
+    private let trimmer: IdleBufferTrimmer
     let receivedFD = ReceivedFDSlot()
     var info: IPCClientInfo {
         didSet { callContext = IPCCallContext(client: info, eventLoop: eventLoop, fileDescriptorSlot: receivedFD) }
@@ -36,6 +37,7 @@ final class HostClient: IPCConnectionDelegate {
         logger = host.logger
         eventLoop = host.eventLoop
         deserializer = try FrameDeserializer(capacity: host.receiveCapacity)
+        trimmer = IdleBufferTrimmer(deserializer: deserializer, loop: eventLoop)
         let peer = connection.peer
         var info = IPCClientInfo(clientID: id, uid: peer.uid, pid: peer.pid, machineID: 0, remoteAddress: peer.remoteAddress)
         hasPeerIdentity = peer.isLocal
@@ -58,6 +60,7 @@ final class HostClient: IPCConnectionDelegate {
 
     func connection(_ connection: any IPCConnection, didDisconnect error: IPCError?) {
         partialFrameDeadline?.cancel()
+        trimmer.cancel()
         host.clientDidDisconnect(self, reason: error)
     }
 
@@ -76,12 +79,14 @@ final class HostClient: IPCConnectionDelegate {
         }
         dispatchDecodedFrames()
         watchForStalledFrame()
+        trimmer.bytesReceived()
     }
 
     /// Closes the connection and tells the host, as for a disconnect.
     func drop(_ reason: IPCError) {
         partialFrameDeadline?.cancel()
         partialFrameDeadline = nil
+        trimmer.cancel()
         connection.close()
         host.clientDidDisconnect(self, reason: reason)
     }

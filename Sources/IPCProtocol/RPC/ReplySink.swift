@@ -25,7 +25,7 @@ public final class IPCReplySink {
     private let route: Route
     /// Replies go to a Deferred rather than onto the wire.
     @usableFromInline let isForwarding: Bool
-    @usableFromInline var finished = false
+    @exclusivity(unchecked) @usableFromInline var finished = false
 
     init(client: HostClient, requestID: UInt64, dropReply: Bool) {
         route = .host(client, requestID: requestID, dropReply: dropReply)

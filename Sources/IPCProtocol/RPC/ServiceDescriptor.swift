@@ -82,7 +82,7 @@ public struct IPCCallContext {
 /// The single "received fd" slot of a connection: a new fd replaces (and closes) an untaken
 /// older one; the next call that asks takes it.
 package final class ReceivedFDSlot {
-    private var fd: ScopedFD?
+    @exclusivity(unchecked) private var fd: ScopedFD?
     package init() {}
     package func store(_ fd: ScopedFD) { self.fd = fd }
     package func take() -> ScopedFD? {

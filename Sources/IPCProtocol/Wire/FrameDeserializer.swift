@@ -14,8 +14,11 @@
 //   goes on with the next frame;
 // * a header announcing more than `capacity - 4` bytes is an error: the owner must close the
 //   connection (the stream cannot be resynchronised);
-// * when the buffer drains after holding more than a page, pages past the first go back to
-//   the OS; a partial frame left at the end of a read is moved to the front.
+// * a partial frame left at the end of a read is moved to the front;
+// * pages past the first go back to the OS only when the owner asks, with the buffer drained
+//   (`releaseIdlePages()`): hosts and clients do it once a connection has been quiet for a
+//   while (IdleBufferTrimmer). Perfetto releases after every large frame; on this kind of
+//   machine that makes each 64 KiB frame fault 16 pages in again (~30 µs per frame).
 //
 // * a file descriptor that arrived with a read belongs to the last frame that starts in that
 //   read: senders attach an fd to the first bytes of its frame, and the kernel ends a read
@@ -32,13 +35,15 @@ import SwiftProtobuf
 public final class FrameDeserializer {
     private let buffer: GuardedReceiveBuffer
     /// Bytes currently held (a partial frame, between calls).
-    private var size = 0
-    /// High-water mark since the last release, to decide when to `madvise`.
-    private var highWaterMark = 0
-    private var decoded: [(frame: IPCFrame, start: UInt64)] = []
-    private var nextDecoded = 0
+    // Unchecked exclusivity on the per-read state: one owner, one loop, and no call out to
+    // other code while it is being changed (Threading.md, "Costs").
+    @exclusivity(unchecked) private var size = 0
+    /// High-water mark since the pages were last released, to decide whether to `madvise`.
+    @exclusivity(unchecked) private var highWaterMark = 0
+    @exclusivity(unchecked) private var decoded: [(frame: IPCFrame, start: UInt64)] = []
+    @exclusivity(unchecked) private var nextDecoded = 0
     /// Stream position of the first byte in the buffer.
-    private var bufferStart: UInt64 = 0
+    @exclusivity(unchecked) private var bufferStart: UInt64 = 0
     /// A received fd and the stream position of the frame it belongs to.
     private var pendingFD: (fd: ScopedFD, owner: UInt64)?
     /// Payloads dropped because they did not parse (for diagnostics and tests).
@@ -140,6 +145,18 @@ public final class FrameDeserializer {
         pendingFD = (fd, owner)
     }
 
+    /// Whether pages past the first were touched since they were last released: what
+    /// ``releaseIdlePages()`` would give back.
+    public var holdsReleasablePages: Bool { highWaterMark > GuardedReceiveBuffer.pageSize }
+
+    /// Returns the pages past the first to the OS (they read back as zeros), if no frame is
+    /// buffered. Call it once the connection has gone quiet.
+    public func releaseIdlePages() {
+        guard size == 0, holdsReleasablePages else { return }
+        buffer.releasePagesAfterFirst()
+        highWaterMark = 0
+    }
+
     /// Number of decoded frames not yet popped.
     public var pendingFrameCount: Int { decoded.count - nextDecoded }
 
@@ -156,8 +173,7 @@ public final class FrameDeserializer {
         }
     }
 
-    /// Drops the `consumed` bytes at the front: moves a partial frame to the front, and when
-    /// the buffer drains after use beyond its first page, returns those pages to the OS.
+    /// Drops the `consumed` bytes at the front, moving a partial frame to the front.
     private func compact(consumed: Int) {
         guard consumed > 0 else { return }
         bufferStart += UInt64(consumed)
@@ -168,9 +184,5 @@ public final class FrameDeserializer {
             return
         }
         size = 0
-        if highWaterMark > GuardedReceiveBuffer.pageSize {
-            buffer.releasePagesAfterFirst()
-        }
-        highWaterMark = 0
     }
 }

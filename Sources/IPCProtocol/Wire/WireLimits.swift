@@ -9,6 +9,10 @@ public enum WireLimits {
     public static let defaultReceiveCapacity = 128 * 1024
     /// Largest payload a default-sized receiver accepts.
     public static var defaultMaxPayloadSize: Int { defaultReceiveCapacity - frameHeaderSize }
+    /// How long a connection must stay quiet before its receive buffer's pages past the first
+    /// go back to the OS. Not part of Perfetto's wire: our memory policy (idle connections
+    /// hold one page; busy ones keep their pages warm).
+    public static let idleReceiveBufferReleaseDelay: Duration = .milliseconds(500)
 }
 
 /// Perfetto's frame message, generated from `Protos/perfetto/ipc/wire_protocol.proto`.
