@@ -237,7 +237,8 @@ public final class IPCClient: IPCConnectionDelegate {
         }
         let requestID = takeRequestID()
         let frame = OutgoingFrame.invokeMethod(
-            requestID: requestID, serviceID: serviceID, methodID: methodID, arguments: arguments, dropReply: callback == nil)
+            requestID: requestID, serviceID: serviceID, methodID: methodID, arguments: consume arguments,
+            dropReply: callback == nil)
         guard frame.payloadSize <= maxPayloadSize else {
             proxy.rejectLater(
                 callback,

@@ -63,7 +63,7 @@ public final class IPCReplySink {
             }
         }
         sendEncoded(
-            success: result.isSuccess, hasMore: result.isSuccess && result.hasMore, payload: payload,
+            success: result.isSuccess, hasMore: result.isSuccess && result.hasMore, payload: consume payload,
             fd: result.fileDescriptor)
     }
 
@@ -75,12 +75,12 @@ public final class IPCReplySink {
     }
 
     @usableFromInline
-    func sendEncoded(success: Bool, hasMore: Bool, payload: OutgoingFrame.Payload?, fd: ScopedFD?) {
+    func sendEncoded(success: Bool, hasMore: Bool, payload: consuming OutgoingFrame.Payload?, fd: ScopedFD?) {
         guard case .host(let client, let requestID, let dropReply) = route else { return }
         if !hasMore { finished = true }
         guard !dropReply else { return }
         let frame = OutgoingFrame.invokeMethodReply(
-            requestID: requestID, success: success, hasMore: hasMore, reply: payload ?? .empty)
+            requestID: requestID, success: success, hasMore: hasMore, reply: payload.take() ?? .empty)
         guard frame.payloadSize <= client.maxPayloadSize else {
             client.logger.error(
                 "reply to request \(requestID) is \(frame.payloadSize) bytes, over the frame limit of \(client.maxPayloadSize): sending a failure instead")

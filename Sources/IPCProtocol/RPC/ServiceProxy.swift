@@ -108,7 +108,13 @@ open class ServiceProxy: @unchecked Sendable {
             rejectLater(reply, IPCError(.invalidArgument, "cannot encode \(Request.protoMessageName): \(error)"))
             return nil
         }
-        return sendInvoke(methodAt: index, arguments: arguments, fd: fd, callback: reply.map(Self.decoding))
+        // Not `reply.map(Self.decoding)`: a closure through generic `map` costs two
+        // reabstraction thunks, two allocations per call.
+        var callback: ((AsyncResult<Data>) -> Void)?
+        if let reply { callback = Self.decoding(reply) }
+        // `consume` all the way down: the frame is finished in the payload's own storage, which
+        // must stay uniquely referenced (a copy here would cost a copy-on-write of the frame).
+        return sendInvoke(methodAt: index, arguments: consume arguments, fd: fd, callback: callback)
     }
 
     /// Why a call over frames cannot be sent now, if it cannot. Traps off the loop.
@@ -128,7 +134,8 @@ open class ServiceProxy: @unchecked Sendable {
     ) -> UInt64? {
         guard let client else { return nil }  // checked by frameCallError
         return client.invoke(
-            serviceID: serviceID, methodID: methodIDs[index], arguments: arguments, fd: fd, proxy: self, callback: callback)
+            serviceID: serviceID, methodID: methodIDs[index], arguments: consume arguments, fd: fd, proxy: self,
+            callback: callback)
     }
 
     /// The index in ``descriptor`` of the method called `name`, or -1.
