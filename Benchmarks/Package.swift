@@ -12,6 +12,15 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", exact: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
+        // Benchmarks with fixtures that outlive a sample, and the plain socket floor.
+        .target(
+            name: "BenchmarkSupport",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
+            ],
+            path: "Sources/BenchmarkSupport"
+        ),
         .executableTarget(
             name: "FrameCodec",
             dependencies: [
@@ -24,6 +33,7 @@ let package = Package(
         .executableTarget(
             name: "TransportPingPong",
             dependencies: [
+                "BenchmarkSupport",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "IPCUnixSocket", package: "swift-perfetto-ipc"),
                 .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
@@ -34,6 +44,7 @@ let package = Package(
         .executableTarget(
             name: "InProcessEcho",
             dependencies: [
+                "BenchmarkSupport",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "IPCInProcess", package: "swift-perfetto-ipc"),
                 .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
@@ -74,6 +85,7 @@ let package = Package(
         .executableTarget(
             name: "EchoRoundTrip",
             dependencies: [
+                "BenchmarkSupport",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "IPCUnixSocket", package: "swift-perfetto-ipc"),
                 .product(name: "IPCLibuv", package: "swift-perfetto-ipc"),

@@ -180,26 +180,3 @@ private final class UncheckedBenchmarkBox: @unchecked Sendable {
         }
     }
 }
-
-/// A benchmark fixture made on first use and kept across samples, so samples time warm
-/// round trips rather than set-up (package-benchmark runs the closure once per sample).
-/// The benchmark closure and the teardown hook are its only users, one after the other.
-public final class ReusedFixture<Value>: @unchecked Sendable {
-    private var value: Value?
-
-    public init() {}
-
-    /// The fixture, made with `make` the first time.
-    public func get(_ make: () throws -> Value) rethrows -> Value {
-        if let value { return value }
-        let made = try make()
-        value = made
-        return made
-    }
-
-    /// Hands the fixture over (for teardown) and forgets it.
-    public func take() -> Value? {
-        defer { value = nil }
-        return value
-    }
-}

@@ -30,7 +30,9 @@ final class InMemoryConnection: IPCConnection {
 
     private struct Message {
         var bytes: [UInt8]
+        /// The undelivered part is `bytes[offset..<end]`.
         var offset = 0
+        var end: Int
         var fd: ScopedFD?
     }
 
@@ -69,10 +71,16 @@ final class InMemoryConnection: IPCConnection {
 
     @discardableResult
     func send(_ bytes: UnsafeRawBufferPointer, fd: Int32?) -> Bool {
+        send(owning: Array(bytes), range: 0..<bytes.count, fd: fd)
+    }
+
+    /// Keeps the sender's array as the message: no copy until delivery.
+    @discardableResult
+    func send(owning bytes: consuming [UInt8], range: Range<Int>, fd: Int32?) -> Bool {
         loop.preconditionInEventLoop()
         guard state == .connected, let other else { return false }
-        guard other.undeliveredBytes + bytes.count <= maxQueuedSendBytes else {
-            dropForFullQueue(queued: other.undeliveredBytes + bytes.count)
+        guard other.undeliveredBytes + range.count <= maxQueuedSendBytes else {
+            dropForFullQueue(queued: other.undeliveredBytes + range.count)
             return false
         }
         var duplicate: ScopedFD?
@@ -81,7 +89,7 @@ final class InMemoryConnection: IPCConnection {
             guard copy >= 0 else { return false }
             duplicate = ScopedFD(copy)
         }
-        other.enqueue(Message(bytes: Array(bytes), fd: duplicate))
+        other.enqueue(Message(bytes: bytes, offset: range.lowerBound, end: range.upperBound, fd: duplicate))
         return true
     }
 
@@ -116,7 +124,7 @@ final class InMemoryConnection: IPCConnection {
     // MARK: Delivery
 
     private func enqueue(_ message: Message) {
-        undeliveredBytes += message.bytes.count
+        undeliveredBytes += message.end - message.offset
         inbox.append(message)
         scheduleDelivery()
     }
@@ -138,7 +146,7 @@ final class InMemoryConnection: IPCConnection {
             let space = delegate.receiveSpace(for: self)
             precondition(space.count > 0, "receive space must not be empty")
             var message = inbox[inboxHead]
-            let count = min(space.count, message.bytes.count - message.offset)
+            let count = min(space.count, message.end - message.offset)
             message.bytes.withUnsafeBytes { bytes in
                 space.baseAddress!.copyMemory(from: bytes.baseAddress! + message.offset, byteCount: count)
             }
@@ -146,7 +154,7 @@ final class InMemoryConnection: IPCConnection {
             message.fd = nil
             message.offset += count
             undeliveredBytes -= count
-            if message.offset == message.bytes.count {
+            if message.offset == message.end {
                 inboxHead += 1
             } else {
                 inbox[inboxHead] = message

@@ -6,6 +6,7 @@
 // "mallocs client side" and "mallocs host side" put a raw peer that allocates nothing on the
 // other end, so the malloc count is that of one side alone.
 import Benchmark
+import BenchmarkSupport
 import Foundation
 import IPCEchoService
 import IPCLibuv
@@ -17,60 +18,30 @@ let benchmarks: @Sendable () -> Void = {
         metrics: [.wallClock, .mallocCountTotal], timeUnits: .microseconds, maxDuration: .seconds(3))
 
     for size in [16, 4096, 65536] {
-        let floor = ReusedFixture<RawPingPong>()
-        Benchmark(
-            "plain socket ping-pong \(size) B (floor)",
-            closure: { benchmark in
-                let pingPong = floor.get { RawPingPong(payloadSize: size) }
-                benchmark.startMeasurement()
-                for _ in benchmark.scaledIterations { pingPong.roundTrip() }
-                benchmark.stopMeasurement()
-            },
-            teardown: { floor.take()?.close() })
+        benchmarkPlainSocketFloor(payloadSize: size)
         for backend in ["epoll", "libuv"] {
             for withFD in [false, true] where backend == "epoll" || !withFD {
-                let fixture = ReusedFixture<EchoFixture>()
-                Benchmark(
+                benchmarkWithFixture(
                     "echo \(size) B \(backend)\(withFD ? " + fd" : "")",
-                    closure: { benchmark in
-                        let echo = try fixture.get { try EchoFixture(libuv: backend == "libuv", payloadSize: size, withFD: withFD) }
-                        benchmark.startMeasurement()
-                        for _ in benchmark.scaledIterations { echo.call() }
-                        benchmark.stopMeasurement()
-                    },
-                    teardown: { fixture.take()?.close() })
+                    make: { try EchoFixture(libuv: backend == "libuv", payloadSize: size, withFD: withFD) },
+                    close: { $0.close() }, iteration: { $0.call() })
             }
         }
     }
 
+    let mallocs = Benchmark.Configuration(metrics: [.mallocCountTotal, .wallClock], timeUnits: .microseconds, maxDuration: .seconds(2))
     for size in [16, 4096] {
-        let clientSide = ReusedFixture<ClientSideFixture>()
-        Benchmark(
-            "mallocs client side, echo \(size) B",
-            configuration: .init(metrics: [.mallocCountTotal, .wallClock], timeUnits: .microseconds, maxDuration: .seconds(2)),
-            closure: { benchmark in
-                let echo = try clientSide.get { try ClientSideFixture(payloadSize: size) }
-                benchmark.startMeasurement()
-                for _ in benchmark.scaledIterations { echo.call() }
-                benchmark.stopMeasurement()
-            },
-            teardown: { clientSide.take()?.close() })
-        let hostSide = ReusedFixture<HostSideFixture>()
-        Benchmark(
-            "mallocs host side, echo \(size) B",
-            configuration: .init(metrics: [.mallocCountTotal, .wallClock], timeUnits: .microseconds, maxDuration: .seconds(2)),
-            closure: { benchmark in
-                let echo = try hostSide.get { try HostSideFixture(payloadSize: size) }
-                benchmark.startMeasurement()
-                for _ in benchmark.scaledIterations { echo.client.roundTrip() }
-                benchmark.stopMeasurement()
-            },
-            teardown: { hostSide.take()?.close() })
+        benchmarkWithFixture(
+            "mallocs client side, echo \(size) B", configuration: mallocs,
+            make: { try ClientSideFixture(payloadSize: size) }, close: { $0.close() }, iteration: { $0.call() })
+        benchmarkWithFixture(
+            "mallocs host side, echo \(size) B", configuration: mallocs,
+            make: { try HostSideFixture(payloadSize: size) }, close: { $0.close() }, iteration: { $0.client.roundTrip() })
     }
 }
 
 /// An echo host on its own loop thread and a bound client on a loop run by the caller.
-final class EchoFixture {
+final class EchoFixture: @unchecked Sendable {
     let hostLoop: any IPCEventLoop
     let stopHost: () -> Void
     let hostBox = HostBox()
@@ -146,7 +117,7 @@ final class HostBox: @unchecked Sendable {
 }
 
 /// The real client on an epoll loop run by the caller, served by a raw host thread.
-final class ClientSideFixture {
+final class ClientSideFixture: @unchecked Sendable {
     let loop: EpollEventLoop
     let client: IPCClient
     let proxy = Pfpeers_EchoServiceProxy()
@@ -181,7 +152,7 @@ final class ClientSideFixture {
 }
 
 /// The real host on an epoll loop thread, driven by a raw client on the caller's thread.
-final class HostSideFixture {
+final class HostSideFixture: @unchecked Sendable {
     let loop: EpollEventLoop
     let hostBox = HostBox()
     let client: RawEchoClient

@@ -5,6 +5,7 @@
 //   in-memory: real frames through the in-memory transport (encode, frame, deserialize, decode)
 //   direct:    the request value handed to the service, the reply value handed back
 import Benchmark
+import BenchmarkSupport
 import Foundation
 import IPCEchoService
 import IPCInProcess
@@ -28,32 +29,23 @@ let benchmarks: @Sendable () -> Void = {
         for _ in benchmark.scaledIterations { blackHole(callee(request)) }
     }
 
+    let echoRequest = request
     for (name, direct) in [("in-memory echo", false), ("direct echo", true)] {
-        let fixture = ReusedFixture<InProcessFixture>()
-        Benchmark(
-            name,
-            closure: { benchmark in
-                let echo = try fixture.get { try InProcessFixture(direct: direct) }
-                let before = echo.replies
-                benchmark.startMeasurement()
-                for _ in benchmark.scaledIterations {
-                    echo.proxy.echo(request, reply: echo.onReply)
-                    echo.loop.runUntilIdle()
-                }
-                benchmark.stopMeasurement()
-                precondition(echo.replies - before == benchmark.scaledIterations.count)
-            },
-            teardown: { _ = fixture.take() })
+        benchmarkWithFixture(
+            name, make: { try InProcessFixture(direct: direct) },
+            close: { precondition($0.replies == $0.calls, "every call answered") },
+            iteration: { $0.call(echoRequest) })
     }
 }
 
 /// A host and a bound client on one manual loop.
-final class InProcessFixture {
+final class InProcessFixture: @unchecked Sendable {
     let loop = ManualEventLoop()
     let host: IPCHost
     let client: IPCClient
     let proxy = Pfpeers_EchoServiceProxy()
     var replies = 0
+    private(set) var calls = 0
     private(set) var onReply: (AsyncResult<Pfpeers_EchoReply>) -> Void = { _ in }
 
     init(direct: Bool) throws {
@@ -66,6 +58,13 @@ final class InProcessFixture {
         loop.runUntilIdle()
         precondition(proxy.isBound)
         onReply = { [unowned self] _ in replies += 1 }
+    }
+
+    /// One complete call: issued, the loop run until idle, the reply received.
+    func call(_ request: Pfpeers_EchoRequest) {
+        calls += 1
+        proxy.echo(request, reply: onReply)
+        loop.runUntilIdle()
     }
 }
 

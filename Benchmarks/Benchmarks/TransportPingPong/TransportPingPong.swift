@@ -4,6 +4,7 @@
 // Fixtures are made once per benchmark and reused by every sample (a fixture per sample timed
 // first-touch page faults of fresh buffers: 7.9x the floor at 64 KiB, none of it the transport).
 import Benchmark
+import BenchmarkSupport
 import Foundation
 import IPCEchoService
 import IPCProtocol
@@ -14,33 +15,16 @@ let benchmarks: @Sendable () -> Void = {
         metrics: [.wallClock, .mallocCountTotal], timeUnits: .microseconds, maxDuration: .seconds(3))
 
     for size in [16, 4096, 65536] {
-        let floor = ReusedFixture<RawPingPong>()
-        Benchmark(
-            "plain socket ping-pong \(size) B (floor)",
-            closure: { benchmark in
-                let pingPong = floor.get { RawPingPong(payloadSize: size) }
-                benchmark.startMeasurement()
-                for _ in benchmark.scaledIterations { pingPong.roundTrip() }
-                benchmark.stopMeasurement()
-            },
-            teardown: { floor.take()?.close() })
-
-        let transport = ReusedFixture<TransportFixture>()
-        Benchmark(
-            "transport ping-pong \(size) B",
-            closure: { benchmark in
-                let fixture = try transport.get { try TransportFixture(payloadSize: size) }
-                benchmark.startMeasurement()
-                for _ in benchmark.scaledIterations { fixture.roundTrip() }
-                benchmark.stopMeasurement()
-            },
-            teardown: { transport.take()?.close() })
+        benchmarkPlainSocketFloor(payloadSize: size)
+        benchmarkWithFixture(
+            "transport ping-pong \(size) B", make: { try TransportFixture(payloadSize: size) }, close: { $0.close() },
+            iteration: { $0.roundTrip() })
     }
 }
 
 /// A connection on a loop driven by the benchmark thread, echoed by a transport on a second
 /// loop thread.
-final class TransportFixture {
+final class TransportFixture: @unchecked Sendable {
     let clientLoop: EpollEventLoop
     let echoLoop: EpollEventLoop
     let echoer: RawEchoer

@@ -248,7 +248,7 @@ public final class IPCClient: IPCConnectionDelegate {
         if let callback {
             pending[requestID] = .invoke(proxy: ObjectIdentifier(proxy), callback: callback)
         }
-        guard frame.withUnsafeBytes({ connection.send($0, fd: fd) }) else {
+        guard frame.send(on: connection, fd: fd) else {
             if let callback, pending.removeValue(forKey: requestID) != nil {
                 proxy.rejectLater(callback, IPCError(.disconnected, "the request could not be sent"))
             }

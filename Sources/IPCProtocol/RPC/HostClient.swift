@@ -50,9 +50,9 @@ final class HostClient: IPCConnectionDelegate {
     }
 
     /// Sends a frame to this client (nothing if it has gone).
-    func send(_ frame: OutgoingFrame, fd: Int32?) {
+    func send(_ frame: consuming OutgoingFrame, fd: Int32?) {
         guard connection.state == .connected else { return }
-        frame.withUnsafeBytes { _ = connection.send($0, fd: fd) }
+        frame.send(on: connection, fd: fd)
     }
 
     func connectionDidConnect(_ connection: any IPCConnection) {}

@@ -70,11 +70,22 @@ public protocol IPCConnection: AnyObject {
     @discardableResult
     func send(_ bytes: UnsafeRawBufferPointer, fd: Int32?) -> Bool
 
+    /// Like ``send(_:fd:)`` for `bytes[range]`, handing the array over: a transport that keeps
+    /// what it sends (the in-memory one) keeps the array instead of copying it. The default
+    /// sends the bytes with ``send(_:fd:)``.
+    @discardableResult
+    func send(owning bytes: consuming [UInt8], range: Range<Int>, fd: Int32?) -> Bool
+
     /// Closes the connection now. The delegate is not called back. Loop-only; idempotent.
     func close()
 }
 
 extension IPCConnection {
+    @discardableResult
+    public func send(owning bytes: consuming [UInt8], range: Range<Int>, fd: Int32?) -> Bool {
+        bytes.withUnsafeBytes { send(UnsafeRawBufferPointer(rebasing: $0[range]), fd: fd) }
+    }
+
     /// Sends `bytes` with no file descriptor.
     @discardableResult
     public func send(_ bytes: [UInt8]) -> Bool {

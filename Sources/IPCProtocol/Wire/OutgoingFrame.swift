@@ -27,9 +27,18 @@ struct OutgoingFrame {
     struct Payload: SwiftProtobufContiguousBytes {
         @usableFromInline var storage: [UInt8]
 
+        /// What SwiftProtobuf calls with the message's exact size before writing every byte of
+        /// it. The storage is not zero-filled first (a 64 KiB memset per frame for nothing): the
+        /// message range is written by SwiftProtobuf, and of the headroom and tailroom only the
+        /// bytes the frame writer fills are ever sent.
         @usableFromInline
         init(repeating: UInt8, count: Int) {
-            storage = [UInt8](repeating: repeating, count: OutgoingFrame.headroom + count + OutgoingFrame.tailroom)
+            let total = OutgoingFrame.headroom + count + OutgoingFrame.tailroom
+            if repeating != 0 || total <= 256 {
+                storage = [UInt8](repeating: repeating, count: total)
+            } else {
+                storage = [UInt8](unsafeUninitializedCapacity: total) { _, initialized in initialized = total }
+            }
         }
 
         @usableFromInline
@@ -62,6 +71,13 @@ struct OutgoingFrame {
     @usableFromInline var storage: [UInt8]
     @usableFromInline var start: Int
     @usableFromInline var end: Int
+
+    /// Sends the frame on `connection`, handing its storage over (no copy on transports that
+    /// keep what they send).
+    @discardableResult
+    consuming func send(on connection: any IPCConnection, fd: Int32?) -> Bool {
+        connection.send(owning: storage, range: start..<end, fd: fd)
+    }
 
     /// The frame's bytes, header included.
     @usableFromInline
