@@ -130,7 +130,7 @@ struct ServiceFileWriter {
                         "    methodIndex: Int, request: Request, context: IPCCallContext, reply: Deferred<Reply>",
                         ") -> Bool {")
                 } else {
-                    p.print("", "\(access)func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: IPCReplySink) -> Bool {")
+                    p.print("", "\(access)func invoke(methodIndex: Int, arguments: RawSpan, context: IPCCallContext, reply: IPCReplySink) -> Bool {")
                 }
                 p.withIndentation { p in
                     p.print("switch methodIndex {")

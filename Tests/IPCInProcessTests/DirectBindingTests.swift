@@ -192,7 +192,7 @@ final class ValueRecorder: Pfpeers_EchoServiceHandler {
     func streamEcho(_ request: Pfpeers_EchoRequest, context: IPCCallContext, reply: Deferred<Pfpeers_EchoReply>) {
         reply.resolve(Pfpeers_EchoReply())
     }
-    func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: IPCReplySink) -> Bool {
+    func invoke(methodIndex: Int, arguments: RawSpan, context: IPCCallContext, reply: IPCReplySink) -> Bool {
         sawEncodedArguments = true
         return false
     }

@@ -31,7 +31,7 @@ public protocol Pfpeers_EchoServiceHandler: IPCService {
 extension Pfpeers_EchoServiceHandler {
     public var serviceDescriptor: ServiceDescriptor { Pfpeers_EchoService.descriptor }
 
-    public func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: IPCReplySink) -> Bool {
+    public func invoke(methodIndex: Int, arguments: RawSpan, context: IPCCallContext, reply: IPCReplySink) -> Bool {
         switch methodIndex {
         case 0:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }
@@ -78,7 +78,7 @@ public protocol Pfpeers_EchoServiceAsyncHandler: IPCService, Sendable {
 extension Pfpeers_EchoServiceAsyncHandler {
     public var serviceDescriptor: ServiceDescriptor { Pfpeers_EchoService.descriptor }
 
-    public func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: IPCReplySink) -> Bool {
+    public func invoke(methodIndex: Int, arguments: RawSpan, context: IPCCallContext, reply: IPCReplySink) -> Bool {
         switch methodIndex {
         case 0:
             guard let request = try? Pfpeers_EchoRequest(serializedBytes: arguments) else { return false }

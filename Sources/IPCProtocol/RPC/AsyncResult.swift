@@ -45,3 +45,28 @@ public struct AsyncResult<Message> {
         throw error ?? IPCError(.remoteFailure, "the call was rejected")
     }
 }
+
+/// A reply as a client hands it to the decoder of a pending call: the reply's bytes, borrowed
+/// from the receive buffer (valid only during the call), or why the call was rejected.
+@usableFromInline
+struct RawReply {
+    /// The encoded reply, or nil when rejected.
+    @usableFromInline let bytes: UnsafeRawBufferPointer?
+    @usableFromInline let hasMore: Bool
+    @usableFromInline let fileDescriptor: ScopedFD?
+    @usableFromInline let error: IPCError?
+
+    init(bytes: UnsafeRawBufferPointer, hasMore: Bool, fileDescriptor: ScopedFD?) {
+        self.bytes = bytes
+        self.hasMore = hasMore
+        self.fileDescriptor = fileDescriptor
+        error = nil
+    }
+
+    init(rejectedWith error: IPCError) {
+        bytes = nil
+        hasMore = false
+        fileDescriptor = nil
+        self.error = error
+    }
+}

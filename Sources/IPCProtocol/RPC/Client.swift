@@ -50,7 +50,7 @@ public final class IPCClient: IPCConnectionDelegate {
 
     private enum PendingRequest {
         case bind(Weak<ServiceProxy>)
-        case invoke(proxy: ObjectIdentifier, callback: (AsyncResult<Data>) -> Void)
+        case invoke(proxy: ObjectIdentifier, callback: (RawReply) -> Void)
     }
 
     /// Connects to the host at `backend`'s address (or, for `.direct`, finds it by name).
@@ -229,7 +229,7 @@ public final class IPCClient: IPCConnectionDelegate {
     @discardableResult
     func invoke(
         serviceID: UInt32, methodID: UInt32, arguments: consuming OutgoingFrame.Payload, fd: Int32?, proxy: ServiceProxy,
-        callback: ((AsyncResult<Data>) -> Void)?
+        callback: ((RawReply) -> Void)?
     ) -> UInt64? {
         guard isConnected, let connection else {
             proxy.rejectLater(callback, IPCError(.disconnected, "not connected"))
@@ -303,13 +303,16 @@ public final class IPCClient: IPCConnectionDelegate {
         guard let deserializer else { return }  // never: connections exist only with one
         var framingError: IPCError?
         do {
-            try deserializer.endReceive(byteCount: byteCount, fileDescriptor: fileDescriptor)
+            // Replies are handed over while they still lie in the receive buffer: the proxy
+            // decodes them from there.
+            try deserializer.endReceive(byteCount: byteCount, fileDescriptor: fileDescriptor) { frame, fd in
+                guard !ended else { return false }
+                if let fd { receivedFD.store(fd) }
+                handle(frame)
+                return true
+            }
         } catch {
             framingError = error
-        }
-        while !ended, let (frame, fd) = deserializer.popNextReceivedFrame() {
-            if let fd { receivedFD.store(fd) }
-            handle(frame)
         }
         if !ended { trimmer?.bytesReceived() }
         if let framingError, !ended {
@@ -356,6 +359,33 @@ public final class IPCClient: IPCConnectionDelegate {
         connection?.sendFrame(frame, maxPayloadSize: maxPayloadSize, logger: logger)
     }
 
+    private func handle(_ frame: ReceivedFrame) {
+        switch frame {
+        case .invokeMethodReply(let requestID, let success, let hasMore, let reply):
+            handleReply(requestID: requestID, success: success, hasMore: hasMore, bytes: reply)
+        case .invokeMethod(let requestID, _, _, _, _):
+            logger.info("ignoring unexpected frame from host (request \(requestID))")
+        case .other(let frame):
+            handle(frame)
+        }
+    }
+
+    /// An InvokeMethodReply; `bytes` (the reply) is valid only during the call.
+    private func handleReply(requestID: UInt64, success: Bool, hasMore: Bool, bytes: UnsafeRawBufferPointer) {
+        let hasMore = success && hasMore
+        guard case .invoke(let proxyID, let callback)? = hasMore ? pending[requestID] : pending.removeValue(forKey: requestID) else {
+            logger.debug("reply for unknown or cancelled request \(requestID)")
+            return
+        }
+        guard boundProxies[proxyID]?.object != nil else { return }
+        let fd = receivedFD.take()
+        if success {
+            callback(RawReply(bytes: bytes, hasMore: hasMore, fileDescriptor: fd))
+        } else {
+            callback(RawReply(rejectedWith: IPCError(.remoteFailure, "the host rejected the call")))
+        }
+    }
+
     private func handle(_ frame: IPCFrame) {
         switch frame.msg {
         case .msgBindServiceReply(let reply):
@@ -371,24 +401,15 @@ public final class IPCClient: IPCConnectionDelegate {
                 proxy.bindingFailed(IPCError(.serviceNotFound, "the host does not expose \(proxy.descriptor.name)"))
             }
         case .msgInvokeMethodReply(let reply):
-            let hasMore = reply.success && reply.hasMore
-            guard case .invoke(let proxyID, let callback)? = hasMore ? pending[frame.requestID] : pending.removeValue(forKey: frame.requestID) else {
-                logger.debug("reply for unknown or cancelled request \(frame.requestID)")
-                return
-            }
-            guard boundProxies[proxyID]?.object != nil else { return }
-            let fd = receivedFD.take()
-            if reply.success {
-                callback(AsyncResult(reply.replyProto, hasMore: hasMore, fileDescriptor: fd))
-            } else {
-                callback(.rejected(IPCError(.remoteFailure, "the host rejected the call")))
+            reply.replyProto.withUnsafeBytes { bytes in
+                handleReply(requestID: frame.requestID, success: reply.success, hasMore: reply.hasMore, bytes: bytes)
             }
         case .msgRequestError(let error):
             switch pending.removeValue(forKey: frame.requestID) {
             case .bind(let weakProxy)?:
                 weakProxy.object?.bindingFailed(IPCError(.protocolViolation, "host error: \(error.error)"))
             case .invoke(_, let callback)?:
-                callback(.rejected(IPCError(.protocolViolation, "host error: \(error.error)")))
+                callback(RawReply(rejectedWith: IPCError(.protocolViolation, "host error: \(error.error)")))
             case nil:
                 logger.info("host reported \"\(error.error)\" for request \(frame.requestID)")
             }
@@ -412,7 +433,7 @@ public final class IPCClient: IPCConnectionDelegate {
 
         for request in outstanding {
             switch request {
-            case .invoke(_, let callback): callback(.rejected(error))
+            case .invoke(_, let callback): callback(RawReply(rejectedWith: error))
             case .bind: break  // its proxy is in `bound` and is told below
             }
         }

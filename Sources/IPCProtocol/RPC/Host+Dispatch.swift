@@ -11,20 +11,43 @@ import Logging
 import SwiftProtobuf
 
 extension IPCHost {
+    /// A frame as the deserializer hands it over: the hot kind, InvokeMethod, with its
+    /// arguments still in the receive buffer.
+    func dispatch(_ frame: ReceivedFrame, from client: HostClient) {
+        switch frame {
+        case .invokeMethod(let requestID, let serviceID, let methodID, let dropReply, let arguments):
+            answerInvoke(
+                requestID: requestID, serviceID: serviceID, methodID: methodID, dropReply: dropReply,
+                arguments: RawSpan(_unsafeBytes: arguments), client: client)
+        case .invokeMethodReply(let requestID, _, _, _):
+            answerUnknownRequest(requestID, client: client)
+        case .other(let frame):
+            dispatch(frame, from: client)
+        }
+    }
+
     func dispatch(_ frame: IPCFrame, from client: HostClient) {
         switch frame.msg {
         case .msgBindService(let bind):
             answerBind(bind, requestID: frame.requestID, client: client)
         case .msgInvokeMethod(let invoke):
-            answerInvoke(invoke, requestID: frame.requestID, client: client)
+            invoke.argsProto.withUnsafeBytes { arguments in
+                answerInvoke(
+                    requestID: frame.requestID, serviceID: invoke.serviceID, methodID: invoke.methodID,
+                    dropReply: invoke.dropReply, arguments: RawSpan(_unsafeBytes: arguments), client: client)
+            }
         case .setPeerIdentity(let identity):
             acceptPeerIdentity(identity, client: client)
         default:
-            var reply = IPCFrame()
-            reply.requestID = frame.requestID
-            reply.msgRequestError.error = "unknown request"
-            client.connection.sendFrame(reply, maxPayloadSize: maxPayloadSize, logger: logger)
+            answerUnknownRequest(frame.requestID, client: client)
         }
+    }
+
+    private func answerUnknownRequest(_ requestID: UInt64, client: HostClient) {
+        var reply = IPCFrame()
+        reply.requestID = requestID
+        reply.msgRequestError.error = "unknown request"
+        client.connection.sendFrame(reply, maxPayloadSize: maxPayloadSize, logger: logger)
     }
 
     private func answerBind(_ bind: IPCFrame.BindService, requestID: UInt64, client: HostClient) {
@@ -46,17 +69,19 @@ extension IPCHost {
         client.connection.sendFrame(reply, maxPayloadSize: maxPayloadSize, logger: logger)
     }
 
-    private func answerInvoke(_ invoke: IPCFrame.InvokeMethod, requestID: UInt64, client: HostClient) {
-        let sink = IPCReplySink(client: client, requestID: requestID, dropReply: invoke.dropReply)
-        guard let service = service(withID: invoke.serviceID),
-            invoke.methodID >= 1, Int(invoke.methodID) <= service.serviceDescriptor.methods.count
+    private func answerInvoke(
+        requestID: UInt64, serviceID: UInt32, methodID: UInt32, dropReply: Bool, arguments: RawSpan, client: HostClient
+    ) {
+        let sink = IPCReplySink(client: client, requestID: requestID, dropReply: dropReply)
+        guard let service = service(withID: serviceID),
+            methodID >= 1, Int(methodID) <= service.serviceDescriptor.methods.count
         else {
-            logger.info("client \(client.id) invoked unknown method \(invoke.serviceID):\(invoke.methodID)")
+            logger.info("client \(client.id) invoked unknown method \(serviceID):\(methodID)")
             sink.sendFailure()
             return
         }
         let accepted = service.invoke(
-            methodIndex: Int(invoke.methodID) - 1, arguments: invoke.argsProto, context: client.callContext, reply: sink)
+            methodIndex: Int(methodID) - 1, arguments: arguments, context: client.callContext, reply: sink)
         if !accepted {
             logger.info("client \(client.id) sent undecodable arguments to \(service.serviceDescriptor.name)")
             sink.sendFailure()

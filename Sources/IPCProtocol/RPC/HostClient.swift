@@ -70,14 +70,19 @@ final class HostClient: IPCConnectionDelegate {
 
     func connection(_ connection: any IPCConnection, didReceive byteCount: Int, fileDescriptor: ScopedFD?) {
         do {
-            try deserializer.endReceive(byteCount: byteCount, fileDescriptor: fileDescriptor)
+            // Frames are dispatched while they still lie in the receive buffer (arguments are
+            // decoded from there); frames before a bad header are dispatched before it throws.
+            try deserializer.endReceive(byteCount: byteCount, fileDescriptor: fileDescriptor) { frame, fd in
+                guard connection.state == .connected else { return false }
+                if let fd { receivedFD.store(fd) }
+                host.dispatch(frame, from: self)
+                return true
+            }
         } catch {
             host.logger.warning("closing client \(id) (\(connection.peer)): \(error)")
-            dispatchDecodedFrames()
             drop(error)
             return
         }
-        dispatchDecodedFrames()
         watchForStalledFrame()
         trimmer.bytesReceived()
     }
@@ -109,12 +114,6 @@ final class HostClient: IPCConnectionDelegate {
         }
     }
 
-    private func dispatchDecodedFrames() {
-        while connection.state == .connected, let (frame, fd) = deserializer.popNextReceivedFrame() {
-            if let fd { receivedFD.store(fd) }
-            host.dispatch(frame, from: self)
-        }
-    }
 }
 
 /// A stable, non-zero 32-bit id for a remote machine (FNV-1a of its hint).

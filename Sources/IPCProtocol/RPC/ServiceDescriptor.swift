@@ -99,7 +99,10 @@ public protocol IPCService: AnyObject {
 
     /// Decodes `arguments` for the method at `methodIndex` (0-based) and calls it, handing it
     /// `reply`. Returns `false` if the arguments do not decode; the host then rejects the call.
-    func invoke(methodIndex: Int, arguments: Data, context: IPCCallContext, reply: IPCReplySink) -> Bool
+    ///
+    /// `arguments` is borrowed from the connection's receive buffer (no copy): decode it
+    /// during the call, e.g. `try Request(serializedBytes: arguments)`; it cannot be kept.
+    func invoke(methodIndex: Int, arguments: RawSpan, context: IPCCallContext, reply: IPCReplySink) -> Bool
 
     /// Calls the method at `methodIndex` with a request value and the caller's own Deferred
     /// (the direct, in-process path: no encoding, no sink). Returns `false` if `Request` or
@@ -120,9 +123,11 @@ extension IPCService {
     public func invoke<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
         methodIndex: Int, request: Request, context: IPCCallContext, reply: Deferred<Reply>
     ) -> Bool {
-        guard let arguments: Data = try? request.serializedBytes() else { return false }
+        guard let arguments: [UInt8] = try? request.serializedBytes() else { return false }
         let sink = IPCReplySink(forwardingTo: DeferredForwarder(reply))
-        return invoke(methodIndex: methodIndex, arguments: arguments, context: context, reply: sink)
+        return arguments.withUnsafeBytes { bytes in
+            invoke(methodIndex: methodIndex, arguments: RawSpan(_unsafeBytes: bytes), context: context, reply: sink)
+        }
     }
 }
 

@@ -110,7 +110,7 @@ open class ServiceProxy: @unchecked Sendable {
         }
         // Not `reply.map(Self.decoding)`: a closure through generic `map` costs two
         // reabstraction thunks, two allocations per call.
-        var callback: ((AsyncResult<Data>) -> Void)?
+        var callback: ((RawReply) -> Void)?
         if let reply { callback = Self.decoding(reply) }
         // `consume` all the way down: the frame is finished in the payload's own storage, which
         // must stay uniquely referenced (a copy here would cost a copy-on-write of the frame).
@@ -130,7 +130,7 @@ open class ServiceProxy: @unchecked Sendable {
     @usableFromInline
     final func sendInvoke(
         methodAt index: Int, arguments: consuming OutgoingFrame.Payload, fd: Int32?,
-        callback: ((AsyncResult<Data>) -> Void)?
+        callback: ((RawReply) -> Void)?
     ) -> UInt64? {
         guard let client else { return nil }  // checked by frameCallError
         return client.invoke(
@@ -155,14 +155,24 @@ open class ServiceProxy: @unchecked Sendable {
     @usableFromInline
     func rejectLater<Reply>(_ reply: ((AsyncResult<Reply>) -> Void)?, _ error: IPCError) {
         guard let reply else { return }
+        callLater { reply(.rejected(error)) }
+    }
+
+    /// ``rejectLater(_:_:)`` for a reply callback of the frame path.
+    func rejectLater(_ reply: ((RawReply) -> Void)?, _ error: IPCError) {
+        guard let reply else { return }
+        callLater { reply(RawReply(rejectedWith: error)) }
+    }
+
+    private func callLater(_ body: @escaping () -> Void) {
         guard let loop = directBinding?.loop ?? client?.eventLoop ?? eventLoop else {
-            reply(.rejected(error))  // never bound to any loop: nothing to defer to
+            body()  // never bound to any loop: nothing to defer to
             return
         }
-        let box = UncheckedSendableBox((Weak(self), reply))
+        let box = UncheckedSendableBox((Weak(self), body))
         loop.execute {
             guard box.value.0.object != nil else { return }
-            box.value.1(.rejected(error))
+            box.value.1()
         }
     }
 
@@ -178,14 +188,16 @@ open class ServiceProxy: @unchecked Sendable {
     @inlinable
     static func decoding<Reply: SwiftProtobuf.Message>(
         _ reply: @escaping (AsyncResult<Reply>) -> Void
-    ) -> (AsyncResult<Data>) -> Void {
+    ) -> (RawReply) -> Void {
         { raw in
-            guard let bytes = raw.message else {
+            guard let bytes = raw.bytes else {
                 reply(.rejected(raw.error ?? IPCError(.remoteFailure, "the call was rejected")))
                 return
             }
             do {
-                reply(AsyncResult(try Reply(serializedBytes: bytes), hasMore: raw.hasMore, fileDescriptor: raw.fileDescriptor))
+                // Decoded straight from the client's receive buffer.
+                let message = try Reply(serializedBytes: RawSpan(_unsafeBytes: bytes))
+                reply(AsyncResult(message, hasMore: raw.hasMore, fileDescriptor: raw.fileDescriptor))
             } catch {
                 reply(.rejected(IPCError(.protocolViolation, "undecodable \(Reply.protoMessageName) in reply: \(error)")))
             }

@@ -25,6 +25,13 @@
 //   right after the bytes that carried fds, so earlier frames may share the read but later
 //   ones never do. It is handed out with that frame, not with whatever frame comes first.
 //
+// * the two frames every call brings, InvokeMethod and InvokeMethodReply, are read in place:
+//   hosts and clients get them through `endReceive(byteCount:fileDescriptor:visit:)` while
+//   their payload still lies in the buffer, so the arguments or the reply are decoded straight
+//   from it (no copy, no allocation). Anything unusual in them (unknown fields, several
+//   messages, no request id) takes SwiftProtobuf's decoder, as every other frame does.
+//   `popNextFrame()` users get the same frames copied into `IPCFrame`s.
+//
 // The deserializer is pure: no sockets, no loop, no threads. It is fuzzed on its own.
 
 import SwiftProtobuf
@@ -40,7 +47,7 @@ public final class FrameDeserializer {
     @exclusivity(unchecked) private var size = 0
     /// High-water mark since the pages were last released, to decide whether to `madvise`.
     @exclusivity(unchecked) private var highWaterMark = 0
-    @exclusivity(unchecked) private var decoded: [(frame: IPCFrame, start: UInt64)] = []
+    @exclusivity(unchecked) private var decoded: [(frame: ParsedFrame, start: UInt64)] = []
     @exclusivity(unchecked) private var nextDecoded = 0
     /// Stream position of the first byte in the buffer.
     @exclusivity(unchecked) private var bufferStart: UInt64 = 0
@@ -82,17 +89,72 @@ public final class FrameDeserializer {
     /// Like ``endReceive(byteCount:)``, for a read that also carried `fileDescriptor`; it is
     /// returned by ``popNextReceivedFrame()`` with the frame it belongs to.
     public func endReceive(byteCount: Int, fileDescriptor: ScopedFD?) throws(IPCError) {
+        var consumed = 0
+        // Frames read in place are copied out before the buffer compacts.
+        defer {
+            materializeInPlaceFrames()
+            compact(consumed: consumed)
+        }
+        try parse(byteCount: byteCount, fileDescriptor: fileDescriptor, consumed: &consumed)
+    }
+
+    /// Accounts for `byteCount` bytes (and the fd that came with them) and hands every
+    /// complete frame to `visit`, in order, with the fd that belongs to it; `visit` returns
+    /// false to stop (the connection was closed: the rest are dropped). The buffers in a
+    /// ``ReceivedFrame`` are valid only during its visit.
+    ///
+    /// - Throws: as ``endReceive(byteCount:)``, after visiting the frames before the bad header.
+    func endReceive(
+        byteCount: Int, fileDescriptor: ScopedFD?, visit: (ReceivedFrame, ScopedFD?) -> Bool
+    ) throws(IPCError) {
+        var failure: IPCError?
+        var consumed = 0
+        do {
+            try parse(byteCount: byteCount, fileDescriptor: fileDescriptor, consumed: &consumed)
+        } catch {
+            failure = error
+        }
+        while nextDecoded < decoded.count {
+            let (parsed, start) = decoded[nextDecoded]
+            nextDecoded += 1
+            let frame: ReceivedFrame
+            switch parsed {
+            case .decoded(let decodedFrame):
+                frame = .other(decodedFrame)
+            case .invokeMethod(let requestID, let serviceID, let methodID, let dropReply, let arguments, _):
+                frame = .invokeMethod(
+                    requestID: requestID, serviceID: serviceID, methodID: methodID, dropReply: dropReply,
+                    arguments: bytes(in: arguments))
+            case .invokeMethodReply(let requestID, let success, let hasMore, let reply, _):
+                frame = .invokeMethodReply(requestID: requestID, success: success, hasMore: hasMore, reply: bytes(in: reply))
+            }
+            if !visit(frame, takeFileDescriptor(forFrameAt: start)) { break }
+        }
+        decoded.removeAll(keepingCapacity: true)
+        nextDecoded = 0
+        compact(consumed: consumed)
+        if let failure { throw failure }
+    }
+
+    /// Parses every complete frame into `decoded` and attaches `fileDescriptor` to its frame.
+    /// Sets `consumed` to the bytes of complete frames: the caller drops them from the buffer
+    /// (``compact(consumed:)``) once it is done with frames read in place.
+    private func parse(byteCount: Int, fileDescriptor: ScopedFD?, consumed: inout Int) throws(IPCError) {
         precondition(byteCount >= 0 && byteCount <= buffer.capacity - size, "byteCount out of range")
         let readStart = bufferStart + UInt64(size)
         let decodedBefore = decoded.count
-        defer {
-            if let fileDescriptor { assign(fileDescriptor, readStart: readStart, decodedBefore: decodedBefore) }
-        }
         size += byteCount
         highWaterMark = max(highWaterMark, size)
 
         var offset = 0
-        defer { compact(consumed: offset) }
+        defer {
+            // The buffer is as parsed (not compacted): a partial frame left over starts at `offset`.
+            if let fileDescriptor {
+                let partialStart = size > offset ? bufferStart + UInt64(offset) : nil
+                assign(fileDescriptor, readStart: readStart, decodedBefore: decodedBefore, partialStart: partialStart)
+            }
+            consumed = offset
+        }
         while size - offset >= WireLimits.frameHeaderSize {
             let payloadSize = readLittleEndianUInt32(at: offset)
             guard payloadSize <= UInt32(maxPayloadSize) else {
@@ -118,26 +180,59 @@ public final class FrameDeserializer {
     /// Returns the next decoded frame with the file descriptor that came with it, if any.
     public func popNextReceivedFrame() -> (frame: IPCFrame, fileDescriptor: ScopedFD?)? {
         guard nextDecoded < decoded.count else { return nil }
-        let (frame, start) = decoded[nextDecoded]
+        let (parsed, start) = decoded[nextDecoded]
         nextDecoded += 1
         if nextDecoded == decoded.count {
             decoded.removeAll(keepingCapacity: true)
             nextDecoded = 0
         }
-        var fd: ScopedFD?
-        if let pending = pendingFD, pending.owner <= start {
-            fd = pending.fd
-            pendingFD = nil
+        guard case .decoded(let frame) = parsed else {
+            preconditionFailure("frames read in place are copied out before endReceive returns")
         }
-        return (frame, fd)
+        return (frame, takeFileDescriptor(forFrameAt: start))
+    }
+
+    /// The pending fd, if it belongs to the frame starting at stream position `start`.
+    private func takeFileDescriptor(forFrameAt start: UInt64) -> ScopedFD? {
+        guard let pending = pendingFD, pending.owner <= start else { return nil }
+        pendingFD = nil
+        return pending.fd
+    }
+
+    /// Turns frames read in place into `IPCFrame`s, decoding them the usual way (so they are
+    /// exactly what SwiftProtobuf makes of their bytes, field presence included).
+    private func materializeInPlaceFrames() {
+        var index = nextDecoded
+        while index < decoded.count {
+            let payload: Range<Int>
+            switch decoded[index].frame {
+            case .decoded:
+                index += 1
+                continue
+            case .invokeMethod(_, _, _, _, _, let range), .invokeMethodReply(_, _, _, _, let range):
+                payload = range
+            }
+            if let frame = try? IPCFrame(serializedBytes: RawSpan(_unsafeBytes: bytes(in: payload))) {
+                decoded[index].frame = .decoded(frame)
+                index += 1
+            } else {
+                decoded.remove(at: index)
+                droppedFrameCount += 1
+            }
+        }
+    }
+
+    private func bytes(in range: Range<Int>?) -> UnsafeRawBufferPointer {
+        guard let range else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(start: buffer.base + range.lowerBound, count: range.count)
     }
 
     /// Attaches `fd` to the last frame that starts at or after `readStart`: a decoded one, or
     /// the partial one now at the front of the buffer. A still-unclaimed older fd is closed.
-    private func assign(_ fd: ScopedFD, readStart: UInt64, decodedBefore: Int) {
+    private func assign(_ fd: ScopedFD, readStart: UInt64, decodedBefore: Int, partialStart: UInt64?) {
         var owner = readStart
-        if size > 0, bufferStart >= readStart {
-            owner = bufferStart  // the partial frame that starts in this read
+        if let partialStart, partialStart >= readStart {
+            owner = partialStart  // the partial frame that starts in this read
         } else if let last = decoded.last, decoded.count > decodedBefore, last.start >= readStart {
             owner = last.start
         }
@@ -165,9 +260,13 @@ public final class FrameDeserializer {
     }
 
     private func decodePayload(at offset: Int, count: Int, start: UInt64) {
+        if let frame = InPlaceFrameParser.parse(buffer.base, from: offset, to: offset + count) {
+            decoded.append((frame, start))
+            return
+        }
         let bytes = UnsafeRawBufferPointer(start: buffer.base + offset, count: count)
         do {
-            decoded.append((try IPCFrame(serializedBytes: RawSpan(_unsafeBytes: bytes)), start))
+            decoded.append((.decoded(try IPCFrame(serializedBytes: RawSpan(_unsafeBytes: bytes))), start))
         } catch {
             droppedFrameCount += 1
         }
