@@ -96,6 +96,9 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
         return timers.schedule(deadline: monotonicNanoseconds() &+ nanoseconds(delay), task)
     }
 
+    /// epoll honours ``FileDescriptorEvents/edgeTriggered`` (`EPOLLET`).
+    public var supportsEdgeTriggeredWatches: Bool { true }
+
     public func watch(
         _ fd: Int32, for events: FileDescriptorEvents, handler: @escaping (FileDescriptorEvents) -> Void
     ) throws(IPCError) -> any FileDescriptorWatch {
@@ -218,6 +221,7 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
         var mask: UInt32 = EPOLLRDHUP.rawValue
         if events.contains(.readable) { mask |= EPOLLIN.rawValue }
         if events.contains(.writable) { mask |= EPOLLOUT.rawValue }
+        if events.contains(.edgeTriggered) { mask |= EPOLLET.rawValue }
         return mask
     }
 

@@ -179,6 +179,35 @@ struct UnixSocketTransportTests {
         #expect(clientEvents.received == Array("yo".utf8))
     }
 
+    /// epoll watches connections edge-triggered: one readiness event must still deliver a burst
+    /// that takes far more reads than the per-event bound (16), without new bytes arriving.
+    @Test func aBurstLongerThanOneEventsReadsArrivesWhole() throws {
+        let harness = try SocketHarness()
+        let (mine, theirs) = FileDescriptors.socketPair()
+        let events = RecordingConnectionDelegate(receiveSpace: 64)
+        let connection = try harness.transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        let burst = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        #expect(burst.withUnsafeBytes { write(mine.rawValue, $0.baseAddress, $0.count) } == burst.count)
+        harness.run(until: { events.received.count == burst.count })  // 157 reads of 64 bytes
+        #expect(events.received.count == burst.count)
+        #expect(events.received.elementsEqual(burst), "the bytes arrive in order")
+        #expect(connection.state == .connected)
+    }
+
+    /// An end of stream queued behind data brings no readiness event of its own.
+    @Test func anEndOfStreamRightBehindDataIsReported() throws {
+        let harness = try SocketHarness()
+        let (mine, theirs) = FileDescriptors.socketPair()
+        let events = RecordingConnectionDelegate()
+        let connection = try harness.transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        #expect([UInt8](repeating: 5, count: 100).withUnsafeBytes { write(mine.rawValue, $0.baseAddress, $0.count) } == 100)
+        mine.close()
+        harness.run(until: { events.isDisconnected })
+        #expect(events.received.count == 100)
+        #expect(events.events.last == .disconnected(nil))
+        #expect(connection.state == .disconnected)
+    }
+
     @Test func extraFileDescriptorsInOneMessageAreClosed() throws {
         let harness = try SocketHarness()
         let (mine, theirs) = FileDescriptors.socketPair()

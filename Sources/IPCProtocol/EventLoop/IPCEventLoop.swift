@@ -30,6 +30,10 @@ public protocol IPCEventLoop: SerialExecutor, AnyObject, Sendable {
     func watch(
         _ fd: Int32, for events: FileDescriptorEvents, handler: @escaping (FileDescriptorEvents) -> Void
     ) throws(IPCError) -> any FileDescriptorWatch
+
+    /// Whether ``watch(_:for:handler:)`` honours ``FileDescriptorEvents/edgeTriggered``.
+    /// Ask before requesting it: a loop that does not honour it reports level-triggered.
+    var supportsEdgeTriggeredWatches: Bool { get }
 }
 
 /// A delayed task that may still be cancelled.
@@ -56,9 +60,15 @@ public struct FileDescriptorEvents: OptionSet, Sendable, Hashable {
     public static let writable = FileDescriptorEvents(rawValue: 1 << 1)
     /// The peer hung up or the descriptor is in error. Always reported, never requested.
     public static let hangup = FileDescriptorEvents(rawValue: 1 << 2)
+    /// Requested with the others: report each change of readiness once (epoll's `EPOLLET`)
+    /// instead of for as long as it lasts. Only where the loop supports it.
+    public static let edgeTriggered = FileDescriptorEvents(rawValue: 1 << 3)
 }
 
 extension IPCEventLoop {
+    /// Level-triggered only, unless a loop says otherwise.
+    public var supportsEdgeTriggeredWatches: Bool { false }
+
     /// Runs jobs of actors isolated to this loop, on the loop.
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
