@@ -42,8 +42,10 @@ import SwiftProtobuf
 public final class FrameDeserializer {
     private let buffer: GuardedReceiveBuffer
     /// Bytes currently held (a partial frame, between calls).
-    // Unchecked exclusivity on the per-read state: one owner, one loop, and no call out to
-    // other code while it is being changed (Threading.md, "Costs").
+    // Unchecked exclusivity on the per-read state: one owner, one loop; the visitor of
+    // `endReceive(byteCount:fileDescriptor:visit:)` runs between accesses, never inside one, and
+    // nothing it can reach re-enters the deserializer (received bytes arrive on a later loop
+    // turn) (Threading.md, "Costs").
     @exclusivity(unchecked) private var size = 0
     /// High-water mark since the pages were last released, to decide whether to `madvise`.
     @exclusivity(unchecked) private var highWaterMark = 0
