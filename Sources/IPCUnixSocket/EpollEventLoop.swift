@@ -42,7 +42,7 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     /// Creates a loop owned by the calling thread. Run it with ``run()`` or
     /// ``run(until:timeout:)``, or use ``startOnNewThread(name:)`` instead.
     ///
-    /// - Throws: ``IPCError`` if epoll or eventfd cannot be created.
+    /// - Throws: `IPCError` if epoll or eventfd cannot be created.
     public init() throws(IPCError) {
         epollFD = try Syscall.retrying("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
         do {
@@ -96,7 +96,7 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
         return timers.schedule(deadline: monotonicNanoseconds() &+ nanoseconds(delay), task)
     }
 
-    /// epoll honours ``FileDescriptorEvents/edgeTriggered`` (`EPOLLET`).
+    /// epoll honours `FileDescriptorEvents.edgeTriggered` (`EPOLLET`).
     public var supportsEdgeTriggeredWatches: Bool { true }
 
     public func watch(
