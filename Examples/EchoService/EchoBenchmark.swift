@@ -69,20 +69,25 @@ public enum EchoBenchmark {
         Double(monotonicNanoseconds()) / 1000
     }
 
-    static func readFully(_ fd: Int32, _ buffer: inout [UInt8]) -> Bool {
+    /// Reads exactly `count` bytes (all of `buffer` by default) into `buffer`; false at end of
+    /// stream or on error.
+    public static func readFully(_ fd: Int32, _ buffer: inout [UInt8], count: Int? = nil) -> Bool {
+        let count = count ?? buffer.count
         var offset = 0
-        while offset < buffer.count {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + offset, $0.count - offset) }
+        while offset < count {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + offset, count - offset) }
             if n <= 0 { if n < 0 && errno == EINTR { continue }; return false }
             offset += n
         }
         return true
     }
 
-    static func writeFully(_ fd: Int32, _ buffer: [UInt8]) -> Bool {
+    /// Writes the first `count` bytes (all of `buffer` by default); false on error.
+    public static func writeFully(_ fd: Int32, _ buffer: [UInt8], count: Int? = nil) -> Bool {
+        let count = count ?? buffer.count
         var offset = 0
-        while offset < buffer.count {
-            let n = buffer.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+        while offset < count {
+            let n = buffer.withUnsafeBytes { send(fd, $0.baseAddress! + offset, count - offset, Int32(MSG_NOSIGNAL)) }
             if n <= 0 { if n < 0 && errno == EINTR { continue }; return false }
             offset += n
         }

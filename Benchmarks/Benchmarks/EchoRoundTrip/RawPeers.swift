@@ -20,30 +20,10 @@ enum RawWire {
 
     /// Reads one frame's payload into `buffer` (capacity preallocated); returns its size.
     static func readFrame(_ fd: Int32, into buffer: inout [UInt8]) -> Int? {
-        guard readFully(fd, &buffer, count: 4) else { return nil }
+        guard EchoBenchmark.readFully(fd, &buffer, count: 4) else { return nil }
         let size = Int(UInt32(buffer[0]) | UInt32(buffer[1]) << 8 | UInt32(buffer[2]) << 16 | UInt32(buffer[3]) << 24)
-        guard size <= buffer.count, readFully(fd, &buffer, count: size) else { return nil }
+        guard size <= buffer.count, EchoBenchmark.readFully(fd, &buffer, count: size) else { return nil }
         return size
-    }
-
-    static func readFully(_ fd: Int32, _ buffer: inout [UInt8], count: Int) -> Bool {
-        var offset = 0
-        while offset < count {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + offset, count - offset) }
-            if n <= 0 { if n < 0 && errno == EINTR { continue }; return false }
-            offset += n
-        }
-        return true
-    }
-
-    static func writeFully(_ fd: Int32, _ buffer: [UInt8], count: Int) -> Bool {
-        var offset = 0
-        while offset < count {
-            let n = buffer.withUnsafeBytes { send(fd, $0.baseAddress! + offset, count - offset, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { if n < 0 && errno == EINTR { continue }; return false }
-            offset += n
-        }
-        return true
     }
 
     static func echoReply(payloadSize: Int) -> Pfpeers_EchoReply {
@@ -92,7 +72,7 @@ final class RawEchoHost: @unchecked Sendable {
                     var bound = bindTemplate
                     bound.requestID = requestID
                     let bytes = RawWire.frame(bound)
-                    guard RawWire.writeFully(fd, bytes, count: bytes.count) else { break }
+                    guard EchoBenchmark.writeFully(fd, bytes, count: bytes.count) else { break }
                     continue
                 }
                 // [len][0x10 varint(id)][suffix]
@@ -115,7 +95,7 @@ final class RawEchoHost: @unchecked Sendable {
                 output[1] = UInt8(truncatingIfNeeded: payload >> 8)
                 output[2] = UInt8(truncatingIfNeeded: payload >> 16)
                 output[3] = UInt8(truncatingIfNeeded: payload >> 24)
-                guard RawWire.writeFully(fd, output, count: length) else { break }
+                guard EchoBenchmark.writeFully(fd, output, count: length) else { break }
             }
             close(fd)
         }
@@ -136,7 +116,7 @@ final class RawEchoClient {
         bind.requestID = 1
         bind.msgBindService.serviceName = "EchoService"
         let bindBytes = RawWire.frame(bind)
-        precondition(RawWire.writeFully(fd, bindBytes, count: bindBytes.count))
+        precondition(EchoBenchmark.writeFully(fd, bindBytes, count: bindBytes.count))
         _ = RawWire.readFrame(fd, into: &input)
         var echo = Pfpeers_EchoRequest()
         echo.data = Data(repeating: 0x61, count: payloadSize)
@@ -151,7 +131,7 @@ final class RawEchoClient {
 
     /// One Echo call, answered.
     func roundTrip() {
-        precondition(RawWire.writeFully(fd, request, count: request.count))
+        precondition(EchoBenchmark.writeFully(fd, request, count: request.count))
         precondition(RawWire.readFrame(fd, into: &input) != nil)
     }
 

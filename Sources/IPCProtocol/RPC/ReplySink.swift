@@ -77,16 +77,18 @@ public final class IPCReplySink {
     @usableFromInline
     func sendEncoded(success: Bool, hasMore: Bool, payload: consuming OutgoingFrame.Payload?, fd: ScopedFD?) {
         guard case .host(let client, let requestID, let dropReply) = route else { return }
-        if !hasMore { finished = true }
-        guard !dropReply else { return }
+        guard !dropReply else {
+            if !hasMore { finished = true }
+            return
+        }
         let frame = OutgoingFrame.invokeMethodReply(
             requestID: requestID, success: success, hasMore: hasMore, reply: payload.take() ?? .empty)
         guard frame.payloadSize <= client.maxPayloadSize else {
             client.logger.error(
                 "reply to request \(requestID) is \(frame.payloadSize) bytes, over the frame limit of \(client.maxPayloadSize): sending a failure instead")
-            finished = false
             return sendFailure()
         }
+        if !hasMore { finished = true }
         client.send(frame, fd: fd?.rawValue)
     }
 

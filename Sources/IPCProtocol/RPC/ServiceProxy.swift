@@ -97,7 +97,10 @@ open class ServiceProxy: @unchecked Sendable {
             binding.loop.preconditionInEventLoop()
             return binding.call(methodAt: index, request, fd: fd, reply: reply, from: self)
         }
-        if let error = frameCallError(methodAt: index) {
+        let client: IPCClient
+        switch frameCallTarget(methodAt: index) {
+        case .success(let target): client = target
+        case .failure(let error):
             rejectLater(reply, error)
             return nil
         }
@@ -114,26 +117,27 @@ open class ServiceProxy: @unchecked Sendable {
         if let reply { callback = Self.decoding(reply) }
         // `consume` all the way down: the frame is finished in the payload's own storage, which
         // must stay uniquely referenced (a copy here would cost a copy-on-write of the frame).
-        return sendInvoke(methodAt: index, arguments: consume arguments, fd: fd, callback: callback)
+        return sendInvoke(on: client, methodAt: index, arguments: consume arguments, fd: fd, callback: callback)
     }
 
-    /// Why a call over frames cannot be sent now, if it cannot. Traps off the loop.
+    /// The client to send a call over frames on, or why it cannot be sent now (the weak
+    /// client is loaded once per call). Traps off the loop.
     @usableFromInline
-    final func frameCallError(methodAt index: Int) -> IPCError? {
+    final func frameCallTarget(methodAt index: Int) -> Result<IPCClient, IPCError> {
+        let client = self.client
         (directBinding?.loop ?? client?.eventLoop)?.preconditionInEventLoop()
-        guard state == .bound else { return lastError ?? IPCError(.disconnected, "\(descriptor.name) is not bound") }
-        guard client != nil else { return IPCError(.disconnected, "the client of \(descriptor.name) is gone") }
-        guard index >= 0, index < methodIDs.count, methodIDs[index] != 0 else { return missingMethodError(at: index) }
-        return nil
+        guard state == .bound else { return .failure(lastError ?? IPCError(.disconnected, "\(descriptor.name) is not bound")) }
+        guard let client else { return .failure(IPCError(.disconnected, "the client of \(descriptor.name) is gone")) }
+        guard index >= 0, index < methodIDs.count, methodIDs[index] != 0 else { return .failure(missingMethodError(at: index)) }
+        return .success(client)
     }
 
     @usableFromInline
     final func sendInvoke(
-        methodAt index: Int, arguments: consuming OutgoingFrame.Payload, fd: Int32?,
+        on client: IPCClient, methodAt index: Int, arguments: consuming OutgoingFrame.Payload, fd: Int32?,
         callback: ((RawReply) -> Void)?
     ) -> UInt64? {
-        guard let client else { return nil }  // checked by frameCallError
-        return client.invoke(
+        client.invoke(
             serviceID: serviceID, methodID: methodIDs[index], arguments: consume arguments, fd: fd, proxy: self,
             callback: callback)
     }

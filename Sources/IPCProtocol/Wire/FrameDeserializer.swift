@@ -30,7 +30,7 @@
 //   their payload still lies in the buffer, so the arguments or the reply are decoded straight
 //   from it (no copy, no allocation). Anything unusual in them (unknown fields, several
 //   messages, no request id) takes SwiftProtobuf's decoder, as every other frame does.
-//   `popNextFrame()` users get the same frames copied into `IPCFrame`s.
+//   `endReceive(byteCount:)` + `popNextFrame()` decode every frame with SwiftProtobuf.
 //
 // The deserializer is pure: no sockets, no loop, no threads. It is fuzzed on its own.
 
@@ -92,12 +92,8 @@ public final class FrameDeserializer {
     /// returned by ``popNextReceivedFrame()`` with the frame it belongs to.
     public func endReceive(byteCount: Int, fileDescriptor: ScopedFD?) throws(IPCError) {
         var consumed = 0
-        // Frames read in place are copied out before the buffer compacts.
-        defer {
-            materializeInPlaceFrames()
-            compact(consumed: consumed)
-        }
-        try parse(byteCount: byteCount, fileDescriptor: fileDescriptor, consumed: &consumed)
+        defer { compact(consumed: consumed) }
+        try parse(byteCount: byteCount, fileDescriptor: fileDescriptor, inPlace: false, consumed: &consumed)
     }
 
     /// Accounts for `byteCount` bytes (and the fd that came with them) and hands every
@@ -112,7 +108,7 @@ public final class FrameDeserializer {
         var failure: IPCError?
         var consumed = 0
         do {
-            try parse(byteCount: byteCount, fileDescriptor: fileDescriptor, consumed: &consumed)
+            try parse(byteCount: byteCount, fileDescriptor: fileDescriptor, inPlace: true, consumed: &consumed)
         } catch {
             failure = error
         }
@@ -123,11 +119,11 @@ public final class FrameDeserializer {
             switch parsed {
             case .decoded(let decodedFrame):
                 frame = .other(decodedFrame)
-            case .invokeMethod(let requestID, let serviceID, let methodID, let dropReply, let arguments, _):
+            case .invokeMethod(let requestID, let serviceID, let methodID, let dropReply, let arguments):
                 frame = .invokeMethod(
                     requestID: requestID, serviceID: serviceID, methodID: methodID, dropReply: dropReply,
                     arguments: bytes(in: arguments))
-            case .invokeMethodReply(let requestID, let success, let hasMore, let reply, _):
+            case .invokeMethodReply(let requestID, let success, let hasMore, let reply):
                 frame = .invokeMethodReply(requestID: requestID, success: success, hasMore: hasMore, reply: bytes(in: reply))
             }
             if !visit(frame, takeFileDescriptor(forFrameAt: start)) { break }
@@ -138,10 +134,11 @@ public final class FrameDeserializer {
         if let failure { throw failure }
     }
 
-    /// Parses every complete frame into `decoded` and attaches `fileDescriptor` to its frame.
-    /// Sets `consumed` to the bytes of complete frames: the caller drops them from the buffer
-    /// (``compact(consumed:)``) once it is done with frames read in place.
-    private func parse(byteCount: Int, fileDescriptor: ScopedFD?, consumed: inout Int) throws(IPCError) {
+    /// Parses every complete frame into `decoded` (with `inPlace`, the hot kinds as ranges of
+    /// the buffer) and attaches `fileDescriptor` to its frame. Sets `consumed` to the bytes of
+    /// complete frames: the caller drops them from the buffer (``compact(consumed:)``) once it
+    /// is done with frames read in place.
+    private func parse(byteCount: Int, fileDescriptor: ScopedFD?, inPlace: Bool, consumed: inout Int) throws(IPCError) {
         precondition(byteCount >= 0 && byteCount <= buffer.capacity - size, "byteCount out of range")
         let readStart = bufferStart + UInt64(size)
         let decodedBefore = decoded.count
@@ -167,7 +164,9 @@ public final class FrameDeserializer {
             let frameEnd = offset + WireLimits.frameHeaderSize + Int(payloadSize)
             guard frameEnd <= size else { break }  // partial frame: wait for more bytes
             if payloadSize > 0 {
-                decodePayload(at: offset + WireLimits.frameHeaderSize, count: Int(payloadSize), start: bufferStart + UInt64(offset))
+                decodePayload(
+                    at: offset + WireLimits.frameHeaderSize, count: Int(payloadSize), start: bufferStart + UInt64(offset),
+                    inPlace: inPlace)
             }
             offset = frameEnd
         }
@@ -189,7 +188,7 @@ public final class FrameDeserializer {
             nextDecoded = 0
         }
         guard case .decoded(let frame) = parsed else {
-            preconditionFailure("frames read in place are copied out before endReceive returns")
+            preconditionFailure("only endReceive(byteCount:fileDescriptor:visit:) reads frames in place")
         }
         return (frame, takeFileDescriptor(forFrameAt: start))
     }
@@ -199,29 +198,6 @@ public final class FrameDeserializer {
         guard let pending = pendingFD, pending.owner <= start else { return nil }
         pendingFD = nil
         return pending.fd
-    }
-
-    /// Turns frames read in place into `IPCFrame`s, decoding them the usual way (so they are
-    /// exactly what SwiftProtobuf makes of their bytes, field presence included).
-    private func materializeInPlaceFrames() {
-        var index = nextDecoded
-        while index < decoded.count {
-            let payload: Range<Int>
-            switch decoded[index].frame {
-            case .decoded:
-                index += 1
-                continue
-            case .invokeMethod(_, _, _, _, _, let range), .invokeMethodReply(_, _, _, _, let range):
-                payload = range
-            }
-            if let frame = try? IPCFrame(serializedBytes: RawSpan(_unsafeBytes: bytes(in: payload))) {
-                decoded[index].frame = .decoded(frame)
-                index += 1
-            } else {
-                decoded.remove(at: index)
-                droppedFrameCount += 1
-            }
-        }
     }
 
     private func bytes(in range: Range<Int>?) -> UnsafeRawBufferPointer {
@@ -261,8 +237,8 @@ public final class FrameDeserializer {
         UInt32(littleEndian: UnsafeRawPointer(buffer.base + offset).loadUnaligned(as: UInt32.self))
     }
 
-    private func decodePayload(at offset: Int, count: Int, start: UInt64) {
-        if let frame = InPlaceFrameParser.parse(buffer.base, from: offset, to: offset + count) {
+    private func decodePayload(at offset: Int, count: Int, start: UInt64, inPlace: Bool) {
+        if inPlace, let frame = InPlaceFrameParser.parse(buffer.base, from: offset, to: offset + count) {
             decoded.append((frame, start))
             return
         }

@@ -9,13 +9,11 @@
 // past the end) returns nil and the frame takes SwiftProtobuf's decoder, which then decides
 // whether it parses at all. So the result is always what SwiftProtobuf would have decoded.
 
-/// A frame as parsed; the in-place kinds hold byte ranges of the receive buffer (`payload`:
-/// the whole IPCFrame, for decoding it the usual way when it must outlive the buffer).
+/// A frame as parsed; the in-place kinds hold byte ranges of the receive buffer.
 enum ParsedFrame {
     case decoded(IPCFrame)
-    case invokeMethod(
-        requestID: UInt64, serviceID: UInt32, methodID: UInt32, dropReply: Bool, arguments: Range<Int>?, payload: Range<Int>)
-    case invokeMethodReply(requestID: UInt64, success: Bool, hasMore: Bool, reply: Range<Int>?, payload: Range<Int>)
+    case invokeMethod(requestID: UInt64, serviceID: UInt32, methodID: UInt32, dropReply: Bool, arguments: Range<Int>?)
+    case invokeMethodReply(requestID: UInt64, success: Bool, hasMore: Bool, reply: Range<Int>?)
 }
 
 /// A frame handed to a host or client; the buffers of the in-place kinds are valid only
@@ -49,13 +47,12 @@ enum InPlaceFrameParser {
             }
         }
         guard let requestID, let message else { return nil }
-        let payload = start..<end
         return message.field == 5
-            ? invokeMethod(requestID: requestID, reader: Reader(base: reader.base, range: message.range), payload: payload)
-            : invokeMethodReply(requestID: requestID, reader: Reader(base: reader.base, range: message.range), payload: payload)
+            ? invokeMethod(requestID: requestID, reader: Reader(base: reader.base, range: message.range))
+            : invokeMethodReply(requestID: requestID, reader: Reader(base: reader.base, range: message.range))
     }
 
-    private static func invokeMethod(requestID: UInt64, reader: Reader, payload: Range<Int>) -> ParsedFrame? {
+    private static func invokeMethod(requestID: UInt64, reader: Reader) -> ParsedFrame? {
         var reader = reader
         var serviceID: UInt32 = 0, methodID: UInt32 = 0, dropReply = false
         var arguments: Range<Int>?
@@ -79,11 +76,10 @@ enum InPlaceFrameParser {
             }
         }
         return .invokeMethod(
-            requestID: requestID, serviceID: serviceID, methodID: methodID, dropReply: dropReply, arguments: arguments,
-            payload: payload)
+            requestID: requestID, serviceID: serviceID, methodID: methodID, dropReply: dropReply, arguments: arguments)
     }
 
-    private static func invokeMethodReply(requestID: UInt64, reader: Reader, payload: Range<Int>) -> ParsedFrame? {
+    private static func invokeMethodReply(requestID: UInt64, reader: Reader) -> ParsedFrame? {
         var reader = reader
         var success = false, hasMore = false
         var reply: Range<Int>?
@@ -103,7 +99,7 @@ enum InPlaceFrameParser {
                 return nil
             }
         }
-        return .invokeMethodReply(requestID: requestID, success: success, hasMore: hasMore, reply: reply, payload: payload)
+        return .invokeMethodReply(requestID: requestID, success: success, hasMore: hasMore, reply: reply)
     }
 
     /// Protobuf primitives over `base[position..<end]`; every read checks the bounds.

@@ -34,7 +34,7 @@ struct OutgoingFrame {
         @usableFromInline
         init(repeating: UInt8, count: Int) {
             let total = OutgoingFrame.headroom + count + OutgoingFrame.tailroom
-            if repeating != 0 || total <= 256 {
+            if repeating != 0 {
                 storage = [UInt8](repeating: repeating, count: total)
             } else {
                 storage = [UInt8](unsafeUninitializedCapacity: total) { _, initialized in initialized = total }
