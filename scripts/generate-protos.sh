@@ -54,8 +54,11 @@ generate_messages Examples/EchoService/Generated Public pfpeers/echo.proto
 generate_services Examples/EchoService/Generated Public pfpeers/echo.proto
 # Perfetto tracing messages (config, common, trace) used by the TracingAPI module.
 tracing_protos=$(cd Protos && find perfetto/common perfetto/config perfetto/trace -name '*.proto' | LC_ALL=C sort)
+# The ports (ProducerPort, ConsumerPort, RelayPort): their messages and their IPC services.
+port_protos=(perfetto/ipc/producer_port.proto perfetto/ipc/consumer_port.proto perfetto/ipc/relay_port.proto)
 # shellcheck disable=SC2086 # one word per file
-generate_messages Sources/TracingAPI/Generated Public $tracing_protos
+generate_messages Sources/TracingAPI/Generated Public $tracing_protos "${port_protos[@]}"
+generate_services Sources/TracingAPI/Generated Public "${port_protos[@]}"
 
 if [ $check = 1 ]; then
   stale=0

@@ -36,6 +36,14 @@ public struct ProducerConnectionOptions: Sendable {
     public var producerProvidedSharedMemory: SharedMemoryBuffer?
     /// The producer's SDK version string, for the service state.
     public var sdkVersion: String
+    /// The producer lives in another process and is served over ProducerPort: the service
+    /// keeps the only mapping of the shared memory and sends its fd instead of mapping it a
+    /// second time for the producer.
+    var isRemote = false
+    /// The machine the producer runs on (0: this one), from the connection.
+    var machineID: UInt32 = 0
+    /// Whether the producer asked the service to read chunks it has not committed yet.
+    var scrapesSharedMemory = true
 
     public init(
         name: String, identity: PeerIdentity = PeerIdentity(), sharedMemorySizeHint: Int = 0,
@@ -111,7 +119,17 @@ public protocol ConsumerEndpoint: AnyObject {
     /// The service's producers, data sources and sessions.
     func queryServiceState(sessionsOnly: Bool, _ callback: @escaping (Bool, TracingServiceState) -> Void)
     func queryCapabilities(_ callback: @escaping (TracingServiceCapabilities) -> Void)
-    /// Disconnects; the session is freed.
+    /// Detaches from the session under `key`: it goes on without this consumer, survives its
+    /// disconnection, and a consumer of the same uid can ``attach(key:_:)`` to it later.
+    /// `callback(false)` when there is no session or the key is taken.
+    func detach(key: String, _ callback: @escaping (Bool) -> Void)
+    /// Attaches to the session this uid detached under `key`; the callback gets its config, or
+    /// nil when there is no such session or this consumer has one already.
+    func attach(key: String, _ callback: @escaping (TraceConfig?) -> Void)
+    /// Applies the producer filters of `config`'s data sources to the running session (the only
+    /// change a running session takes, as in Perfetto).
+    func changeTraceConfig(_ config: TraceConfig)
+    /// Disconnects; the session is freed unless detached.
     func disconnect()
 }
 

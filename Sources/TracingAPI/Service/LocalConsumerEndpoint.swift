@@ -88,6 +88,22 @@ final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
         service.post { callback(capabilities) }
     }
 
+    func detach(key: String, _ callback: @escaping (Bool) -> Void) {
+        let detached = liveService?.detach(consumer: self, key: key) ?? false
+        eventLoop.execute { [callback = UncheckedSendableBox(callback)] in callback.value(detached) }
+    }
+
+    func attach(key: String, _ callback: @escaping (TraceConfig?) -> Void) {
+        let config = liveService?.attach(consumer: self, key: key)
+        eventLoop.execute { [callback = UncheckedSendableBox(callback), config = UncheckedSendableBox(config)] in
+            callback.value(config.value)
+        }
+    }
+
+    func changeTraceConfig(_ config: TraceConfig) {
+        liveService?.changeTraceConfig(consumer: self, config)
+    }
+
     func disconnect() {
         guard let service = liveService else { return }
         service.consumerDisconnected(connectionID)

@@ -31,6 +31,8 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     private(set) var connected = true
     /// onTracingSetup was sent (once per producer).
     var didSetUpTracing = false
+    /// Served over ProducerPort: the producer maps the shared memory in its own process.
+    let isRemote: Bool
 
     init(
         id: ProducerID, options: ProducerConnectionOptions, producer: any Producer,
@@ -46,7 +48,13 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         self.producer = producer
         self.service = service
         self.eventLoop = service.eventLoop
-        if let provided = options.producerProvidedSharedMemory,
+        self.isRemote = options.isRemote
+        if isRemote, let provided = options.producerProvidedSharedMemory,
+           SharedMemoryBuffer.isValid(size: provided.size, pageSize: provided.pageSize) {
+            // Mapped (and its seals checked) by the port from the fd the producer sent.
+            isSharedMemoryProvidedByProducer = true
+            serviceMapping = provided
+        } else if let provided = options.producerProvidedSharedMemory,
            SharedMemoryBuffer.isValid(size: provided.size, pageSize: provided.pageSize),
            let duplicate = provided.fileDescriptor.duplicate(),
            let mapping = try? SharedMemoryBuffer.map(duplicate, pageSize: provided.pageSize, requireSeals: true) {
@@ -73,6 +81,11 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         if !SharedMemoryBuffer.isValid(size: size, pageSize: pageSize) {
             pageSize = defaultPageSize
             size = defaultSize
+        }
+        if isRemote {
+            guard let created = try? SharedMemoryBuffer.create(size: size, pageSize: pageSize) else { return false }
+            serviceMapping = created
+            return true
         }
         guard let created = try? SharedMemoryBuffer.create(size: size, pageSize: pageSize),
               let duplicate = created.fileDescriptor.duplicate(),

@@ -77,6 +77,16 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     // MARK: Connecting
 
     public func connectProducer(_ producer: any Producer, options: ProducerConnectionOptions) -> any ProducerEndpoint {
+        connectLocalProducer(producer, options: options)
+    }
+
+    /// Connects a producer served over ProducerPort; nil when every producer id is taken.
+    func connectRemoteProducer(_ producer: any Producer, options: ProducerConnectionOptions) -> LocalProducerEndpoint? {
+        let endpoint = connectLocalProducer(producer, options: options)
+        return endpoint.id == 0 ? nil : endpoint
+    }
+
+    private func connectLocalProducer(_ producer: any Producer, options: ProducerConnectionOptions) -> LocalProducerEndpoint {
         eventLoop.preconditionInEventLoop()
         guard let id = allocateProducerID() else {
             // All 65,535 producer ids are in use: the producer is told it is disconnected.
@@ -93,6 +103,10 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     }
 
     public func connectConsumer(_ consumer: any Consumer, uid: UInt32) -> any ConsumerEndpoint {
+        connectLocalConsumer(consumer, uid: uid)
+    }
+
+    func connectLocalConsumer(_ consumer: any Consumer, uid: UInt32) -> LocalConsumerEndpoint {
         eventLoop.preconditionInEventLoop()
         let id = nextConsumerID
         nextConsumerID += 1

@@ -37,9 +37,12 @@ final class TracingSession {
     }
 
     let id: TracingSessionID
-    let consumerID: UInt64
+    /// The consumer connection driving the session; 0 while it is detached.
+    var consumerID: UInt64
     let consumerUID: UInt32
-    let config: TraceConfig
+    /// Set while detached: the key a consumer of the same uid attaches with.
+    var detachKey: String?
+    var config: TraceConfig
     var state = State.configured
     let bufferIDs: [BufferID]
     var instances: [DataSourceInstance] = []

@@ -1,0 +1,281 @@
+// ProducerPort, the daemon side (Perfetto's ProducerIPCService): serves producers in other
+// processes in front of a TracingServiceCore.
+//
+// Contract, as traced keeps it:
+// * InitializeConnection comes first; every other method before it is rejected, and so is a
+//   second InitializeConnection on the same connection;
+// * who the producer is (uid, pid) comes from the connection (SO_PEERCRED on unix sockets),
+//   never from the producer's words;
+// * a producer-provided shared memory (startup tracing) arrives as the fd of
+//   InitializeConnection and is adopted only if it is sealed and its layout is valid;
+//   otherwise the service creates its own when the first session needs it;
+// * the service's commands travel on the GetAsyncCommand stream (has_more = true), the shared
+//   memory's fd with `setup_tracing`; a newer GetAsyncCommand replaces the older one;
+// * a producer that disconnects has its instances stopped and its shared memory released.
+
+import IPCProtocol
+
+/// Serves `ProducerPort` for a ``TracingServiceCore``: expose it on every producer address.
+///
+/// ```swift
+/// let host = try IPCHost(backend: .unixSocket("/tmp/perfetto-producer", loop: loop))
+/// host.expose(ProducerPortService(service: core))
+/// ```
+///
+/// Loop-bound: the service's loop must be the host's.
+public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
+    /// The service the producers are connected to.
+    public let service: TracingServiceCore
+    private var producers: [UInt64: ProducerPortConnection] = [:]
+
+    /// A port in front of `service`; expose it on an ``IPCHost`` that runs on the service's loop.
+    public init(service: TracingServiceCore) {
+        self.service = service
+    }
+
+    /// Producers connected through this port (initialized connections).
+    public var connectedProducerCount: Int { producers.count }
+
+    private func producer(
+        for context: IPCCallContext, _ method: String, rejecting reply: Deferred<some Any>
+    ) -> ProducerPortConnection? {
+        if let producer = producers[context.client.clientID] { return producer }
+        reply.reject(IPCError(.protocolViolation, "\(method) before InitializeConnection"))
+        return nil
+    }
+
+    // MARK: ProducerPort
+
+    public func initializeConnection(
+        _ request: Perfetto_Protos_InitializeConnectionRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_InitializeConnectionResponse>
+    ) {
+        let client = context.client
+        let receivedFD = context.takeReceivedFileDescriptor()
+        guard producers[client.clientID] == nil else {
+            reply.reject(IPCError(.protocolViolation, "InitializeConnection was already called"))
+            return
+        }
+        var options = ProducerConnectionOptions(
+            name: request.producerName,
+            identity: PeerIdentity(uid: client.uid, pid: client.pid, remoteAddress: client.remoteAddress),
+            sharedMemorySizeHint: Int(request.sharedMemorySizeHintBytes),
+            sharedMemoryPageSizeHint: Int(request.sharedMemoryPageSizeHintBytes),
+            sdkVersion: request.sdkVersion)
+        options.isRemote = true
+        options.machineID = client.machineID
+        options.scrapesSharedMemory = request.smbScrapingMode != .smbScrapingDisabled
+        if request.producerProvidedShmem, let receivedFD {
+            // Perfetto falls back to a buffer of its own when the producer's cannot be used.
+            options.producerProvidedSharedMemory = try? SharedMemoryBuffer.map(
+                receivedFD, pageSize: Int(request.sharedMemoryPageSizeHintBytes), requireSeals: true)
+        }
+        let connection = ProducerPortConnection(clientID: client.clientID)
+        guard let endpoint = service.connectRemoteProducer(connection, options: options) else {
+            reply.reject(IPCError(.remoteFailure, "the service has too many producers"))
+            return
+        }
+        connection.endpoint = endpoint
+        producers[client.clientID] = connection
+        var response = Perfetto_Protos_InitializeConnectionResponse()
+        response.usingShmemProvidedByProducer = endpoint.isSharedMemoryProvidedByProducer
+        response.directSmbPatchingSupported = true
+        response.useShmemEmulation = false
+        reply.resolve(response)
+    }
+
+    public func registerDataSource(
+        _ request: Perfetto_Protos_RegisterDataSourceRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_RegisterDataSourceResponse>
+    ) {
+        guard let producer = producer(for: context, "RegisterDataSource", rejecting: reply) else { return }
+        producer.endpoint.registerDataSource(request.dataSourceDescriptor)
+        reply.resolve(.init())
+    }
+
+    public func unregisterDataSource(
+        _ request: Perfetto_Protos_UnregisterDataSourceRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_UnregisterDataSourceResponse>
+    ) {
+        guard let producer = producer(for: context, "UnregisterDataSource", rejecting: reply) else { return }
+        producer.endpoint.unregisterDataSource(named: request.dataSourceName)
+        reply.resolve(.init())
+    }
+
+    public func commitData(
+        _ request: Perfetto_Protos_CommitDataRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_CommitDataResponse>
+    ) {
+        guard let producer = producer(for: context, "CommitData", rejecting: reply) else { return }
+        // Only a caller that bound a callback gets a reply (drop_reply otherwise): no wake-up
+        // of the producer for nothing.
+        guard reply.isBound else {
+            producer.endpoint.commitData(request, completion: nil)
+            return
+        }
+        producer.endpoint.commitData(request) { reply.resolve(.init()) }
+    }
+
+    public func getAsyncCommand(
+        _ request: Perfetto_Protos_GetAsyncCommandRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_GetAsyncCommandResponse>
+    ) {
+        guard let producer = producer(for: context, "GetAsyncCommand", rejecting: reply) else { return }
+        producer.bindCommands(reply)
+    }
+
+    public func registerTraceWriter(
+        _ request: Perfetto_Protos_RegisterTraceWriterRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_RegisterTraceWriterResponse>
+    ) {
+        guard let producer = producer(for: context, "RegisterTraceWriter", rejecting: reply) else { return }
+        if let writer = WriterID(exactly: request.traceWriterID), let buffer = BufferID(exactly: request.targetBuffer) {
+            producer.endpoint.registerTraceWriter(writer, targetBuffer: buffer)
+        }
+        reply.resolve(.init())
+    }
+
+    public func unregisterTraceWriter(
+        _ request: Perfetto_Protos_UnregisterTraceWriterRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_UnregisterTraceWriterResponse>
+    ) {
+        guard let producer = producer(for: context, "UnregisterTraceWriter", rejecting: reply) else { return }
+        if let writer = WriterID(exactly: request.traceWriterID) { producer.endpoint.unregisterTraceWriter(writer) }
+        reply.resolve(.init())
+    }
+
+    public func notifyDataSourceStarted(
+        _ request: Perfetto_Protos_NotifyDataSourceStartedRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_NotifyDataSourceStartedResponse>
+    ) {
+        guard let producer = producer(for: context, "NotifyDataSourceStarted", rejecting: reply) else { return }
+        producer.endpoint.notifyDataSourceStarted(request.dataSourceID)
+        reply.resolve(.init())
+    }
+
+    public func notifyDataSourceStopped(
+        _ request: Perfetto_Protos_NotifyDataSourceStoppedRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_NotifyDataSourceStoppedResponse>
+    ) {
+        guard let producer = producer(for: context, "NotifyDataSourceStopped", rejecting: reply) else { return }
+        producer.endpoint.notifyDataSourceStopped(request.dataSourceID)
+        reply.resolve(.init())
+    }
+
+    public func activateTriggers(
+        _ request: Perfetto_Protos_ActivateTriggersRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_ActivateTriggersResponse>
+    ) {
+        guard let producer = producer(for: context, "ActivateTriggers", rejecting: reply) else { return }
+        producer.endpoint.activateTriggers(request.triggerNames)
+        reply.resolve(.init())
+    }
+
+    public func sync(
+        _ request: Perfetto_Protos_SyncRequest, context: IPCCallContext, reply: Deferred<Perfetto_Protos_SyncResponse>
+    ) {
+        guard let producer = producer(for: context, "Sync", rejecting: reply) else { return }
+        producer.endpoint.sync { reply.resolve(.init()) }
+    }
+
+    public func updateDataSource(
+        _ request: Perfetto_Protos_UpdateDataSourceRequest, context: IPCCallContext,
+        reply: Deferred<Perfetto_Protos_UpdateDataSourceResponse>
+    ) {
+        guard let producer = producer(for: context, "UpdateDataSource", rejecting: reply) else { return }
+        producer.endpoint.updateDataSource(request.dataSourceDescriptor)
+        reply.resolve(.init())
+    }
+
+    public func clientDidDisconnect(_ client: IPCClientInfo) {
+        guard let producer = producers.removeValue(forKey: client.clientID) else { return }
+        producer.endpoint.disconnect()
+        producer.closeCommands()
+    }
+}
+
+/// One producer served over ProducerPort: the service's callbacks become commands on its
+/// GetAsyncCommand stream.
+final class ProducerPortConnection: Producer {
+    typealias Command = Perfetto_Protos_GetAsyncCommandResponse
+
+    let clientID: UInt64
+    /// The service's side of this producer (set right after connecting).
+    var endpoint: LocalProducerEndpoint!
+    private var commands: Deferred<Command>?
+    /// Commands produced before the producer asked for the stream, in order.
+    private var queued: [(command: Command, fd: ScopedFD?)] = []
+
+    init(clientID: UInt64) {
+        self.clientID = clientID
+    }
+
+    func bindCommands(_ stream: Deferred<Command>) {
+        // A newer stream replaces the older one (which is rejected as it is released).
+        commands = stream
+        let backlog = queued
+        queued = []
+        for entry in backlog { send(entry.command, fd: entry.fd) }
+    }
+
+    func closeCommands() {
+        commands = nil
+        queued = []
+    }
+
+    private func send(_ command: Command, fd: ScopedFD? = nil) {
+        guard let commands, commands.isBound else {
+            queued.append((command, fd))
+            return
+        }
+        commands.resolve(command, hasMore: true, fileDescriptor: fd)
+    }
+
+    // MARK: Producer (the service's callbacks)
+
+    func onTracingSetup() {
+        var command = Command()
+        var setup = Command.SetupTracing()
+        var fd: ScopedFD?
+        if !endpoint.isSharedMemoryProvidedByProducer, let memory = endpoint.readableSharedMemory {
+            setup.sharedBufferPageSizeKb = UInt32(memory.pageSize / 1024)
+            fd = memory.fileDescriptor.duplicate()
+        }
+        command.setupTracing = setup
+        send(command, fd: fd)
+    }
+
+    func setupDataSource(_ id: DataSourceInstanceID, config: DataSourceConfig) {
+        var command = Command()
+        command.setupDataSource.newInstanceID = id
+        command.setupDataSource.config = config
+        send(command)
+    }
+
+    func startDataSource(_ id: DataSourceInstanceID, config: DataSourceConfig) {
+        var command = Command()
+        command.startDataSource.newInstanceID = id
+        command.startDataSource.config = config
+        send(command)
+    }
+
+    func stopDataSource(_ id: DataSourceInstanceID) {
+        var command = Command()
+        command.stopDataSource.instanceID = id
+        send(command)
+    }
+
+    func flush(_ id: FlushRequestID, dataSources: [DataSourceInstanceID], flags: FlushFlags) {
+        var command = Command()
+        command.flush.dataSourceIds = dataSources
+        command.flush.requestID = id
+        command.flush.flags = flags.rawValue
+        send(command)
+    }
+
+    func clearIncrementalState(_ dataSources: [DataSourceInstanceID]) {
+        var command = Command()
+        command.clearIncrementalState_p.dataSourceIds = dataSources
+        send(command)
+    }
+}

@@ -1,0 +1,63 @@
+// A TracingServiceCore served over IPC, as traced serves itself: ProducerPort on every producer
+// address, ConsumerPort on the consumer address, all on the service's loop.
+
+import IPCProtocol
+
+/// Serves a ``TracingServiceCore`` to producers and consumers in other processes.
+///
+/// ```swift
+/// let service = TracingServiceCore(eventLoop: loop)
+/// let host = try TracingServiceHost(
+///     service: service,
+///     producerBackends: [.unixSocket("/tmp/perfetto-producer", loop: loop)],
+///     consumerBackend: .unixSocket("/tmp/perfetto-consumer", loop: loop))
+/// ```
+///
+/// Loop-bound: create and close it on the service's loop.
+public final class TracingServiceHost {
+    /// The service being served.
+    public let service: TracingServiceCore
+    /// One host per producer address, each exposing ``ProducerPortService``.
+    public let producerHosts: [IPCHost]
+    /// The host exposing ``ConsumerPortService``.
+    public let consumerHost: IPCHost
+    /// The ProducerPort shared by every producer address.
+    public let producerPort: ProducerPortService
+    /// The ConsumerPort.
+    public let consumerPort: ConsumerPortService
+
+    /// Listens at every producer backend and at the consumer backend. Loop-only.
+    ///
+    /// - Throws: ``IPCError`` if an address cannot be listened on; nothing stays listening then.
+    public init(service: TracingServiceCore, producerBackends: [IPCBackend], consumerBackend: IPCBackend) throws(IPCError) {
+        self.service = service
+        producerPort = ProducerPortService(service: service)
+        consumerPort = ConsumerPortService(service: service)
+        var hosts: [IPCHost] = []
+        do {
+            for backend in producerBackends {
+                let host = try IPCHost(backend: backend)
+                host.expose(producerPort)
+                hosts.append(host)
+            }
+            consumerHost = try IPCHost(backend: consumerBackend)
+        } catch {
+            for host in hosts { host.close() }
+            throw error
+        }
+        consumerHost.expose(consumerPort)
+        producerHosts = hosts
+    }
+
+    /// The addresses producers connect to (TCP port 0 resolved).
+    public var producerAddresses: [String] { producerHosts.compactMap(\.address) }
+    /// The address consumers connect to.
+    public var consumerAddress: String? { consumerHost.address }
+
+    /// Stops listening and drops every producer and consumer (their sessions end unless
+    /// detached). Loop-only; idempotent.
+    public func close() {
+        for host in producerHosts { host.close() }
+        consumerHost.close()
+    }
+}
