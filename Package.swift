@@ -108,7 +108,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TracingAPITests",
-            dependencies: ["TracingAPI", "IPCProtocol", "IPCInProcess", "IPCUnixSocket", "TestSupport", "CPerfettoIPCLinux"],
+            dependencies: ["TracingAPI", "IPCProtocol", "IPCInProcess", "IPCUnixSocket", "IPCLibuv", "TestSupport", "CPerfettoIPCLinux"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(

@@ -28,7 +28,7 @@ final class RecordingProducer: Producer {
     var onStart: ((DataSourceInstanceID, TraceWriter) -> Void)?
 
     init(
-        service: TracingServiceCore, name: String, uid: UInt32 = 1000, pid: Int32 = 4242,
+        service: any TracingService, name: String, uid: UInt32 = 1000, pid: Int32 = 4242,
         dataSources: [DataSourceDescriptor], options: ProducerConnectionOptions? = nil
     ) {
         var connectOptions = options ?? ProducerConnectionOptions(name: name)
@@ -86,7 +86,7 @@ final class RecordingConsumer: Consumer {
     private(set) var connects = 0
     private(set) var disconnects = 0
 
-    init(service: TracingServiceCore, uid: UInt32 = 1000) {
+    init(service: any TracingService, uid: UInt32 = 1000) {
         endpoint = service.connectConsumer(self, uid: uid)
     }
 

@@ -1,0 +1,334 @@
+// The same tracing scenarios on every binding: producers and consumers connected directly to
+// the service, and through ProducerPort / ConsumerPort on the in-memory, epoll and libuv
+// backends. Application code (RecordingProducer, RecordingConsumer) is the same in each.
+
+import Foundation
+import IPCInProcess
+import IPCLibuv
+import IPCProtocol
+import IPCUnixSocket
+import Testing
+import TestSupport
+
+@testable import TracingAPI
+
+/// A service, and what producers and consumers connect through.
+final class TracingWorld {
+    let loop: any IPCEventLoop
+    let core: TracingServiceCore
+    /// The service as applications see it: the core itself, or a SystemTracingService.
+    let clients: any TracingService
+    /// The service served over IPC (nil for the direct binding).
+    let host: TracingServiceHost?
+    /// Whether producer identity comes from the connection rather than the options.
+    let identityFromConnection: Bool
+    private let runLoop: (() -> Bool) -> Bool
+    private let cleanUp: () -> Void
+
+    init(
+        loop: any IPCEventLoop, core: TracingServiceCore, clients: any TracingService, host: TracingServiceHost?,
+        run: @escaping (() -> Bool) -> Bool, cleanUp: @escaping () -> Void = {}
+    ) {
+        self.loop = loop
+        self.core = core
+        self.clients = clients
+        self.host = host
+        self.identityFromConnection = host != nil
+        self.runLoop = run
+        self.cleanUp = cleanUp
+    }
+
+    /// Drives the loop until `condition` holds (real loops: at most 5 s); records a failure if not.
+    @discardableResult
+    func run(
+        until condition: () -> Bool, _ message: String = "condition never held",
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) -> Bool {
+        let held = runLoop(condition)
+        if !held { Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation) }
+        return held
+    }
+
+    /// Lets the work already queued, and what it causes a few hops later, happen: a task that
+    /// posts itself again 20 times runs last (posted tasks run in order on every loop).
+    func settle() {
+        let hopper = Hopper(loop: loop)
+        loop.execute { hopper.hop() }
+        _ = runLoop { hopper.count >= 20 }
+    }
+
+    func tearDown() {
+        host?.close()
+        cleanUp()
+    }
+}
+
+/// Runs a manual loop until `condition` holds, moving virtual time on (up to 10 s) while it
+/// is idle, so timers (flush timeouts, reconnect backoff) fire as on a real loop.
+func runVirtually(_ loop: ManualEventLoop, until condition: () -> Bool) -> Bool {
+    for _ in 0..<1000 {
+        if loop.run(until: condition) { return true }
+        loop.advanceTime(by: .milliseconds(10))
+    }
+    return condition()
+}
+
+/// One way of binding producers and consumers to the service.
+struct TracingBinding: Sendable, CustomTestStringConvertible {
+    let name: String
+    let make: @Sendable () throws -> TracingWorld
+    var testDescription: String { name }
+
+    static let direct = TracingBinding(name: "direct") {
+        let loop = ManualEventLoop()
+        let core = TracingServiceCore(eventLoop: loop)
+        return TracingWorld(loop: loop, core: core, clients: core, host: nil, run: { runVirtually(loop, until: $0) })
+    }
+
+    static let inMemory = TracingBinding(name: "ports, in-memory") {
+        let loop = ManualEventLoop()
+        let transport = InProcessTransport(loop: loop)
+        return try served(loop: loop, transport: transport, producer: "producer", consumer: "consumer") {
+            runVirtually(loop, until: $0)
+        }
+    }
+
+    static let epoll = TracingBinding(name: "ports, epoll unix socket") {
+        let loop = try EpollEventLoop()
+        let directory = TemporaryDirectory()
+        return try served(
+            loop: loop, transport: UnixSocketTransport(loop: loop), producer: directory.path + "/p.sock",
+            consumer: directory.path + "/c.sock", run: { loop.run(until: $0, timeout: .seconds(5)) },
+            cleanUp: { directory.remove() })
+    }
+
+    static let libuv = TracingBinding(name: "ports, libuv unix socket") {
+        let loop = try LibuvEventLoop()
+        let directory = TemporaryDirectory()
+        return try served(
+            loop: loop, transport: LibuvTransport(loop: loop), producer: directory.path + "/p.sock",
+            consumer: directory.path + "/c.sock", run: { loop.run(until: $0, timeout: .seconds(5)) },
+            cleanUp: {
+                loop.shutdown()
+                directory.remove()
+            })
+    }
+
+    static let all = [direct, inMemory, epoll, libuv]
+    static let overIPC = [inMemory, epoll, libuv]
+
+    private static func served(
+        loop: any IPCEventLoop, transport: any IPCTransport, producer: String, consumer: String,
+        run: @escaping (() -> Bool) -> Bool, cleanUp: @escaping () -> Void = {}
+    ) throws -> TracingWorld {
+        let core = TracingServiceCore(eventLoop: loop)
+        let host = try TracingServiceHost(
+            service: core, producerBackends: [.transport(transport, address: producer)],
+            consumerBackend: .transport(transport, address: consumer))
+        let clients = SystemTracingService(
+            transport: transport, producerAddress: producer, consumerAddress: consumer,
+            reconnectPolicy: ReconnectPolicy(initialDelay: .milliseconds(10), maximumDelay: .milliseconds(40)))
+        return TracingWorld(loop: loop, core: core, clients: clients, host: host, run: run, cleanUp: cleanUp)
+    }
+}
+
+/// Posts itself again until it has run 20 times (loop-confined, hence unchecked).
+final class Hopper: @unchecked Sendable {
+    let loop: any IPCEventLoop
+    var count = 0
+    init(loop: any IPCEventLoop) { self.loop = loop }
+    func hop() {
+        count += 1
+        if count < 20 { loop.execute { self.hop() } }
+    }
+}
+
+@Suite("Tracing over every binding", .serialized)
+struct TracingOverIPCTests {
+    private func connectedProducer(
+        _ world: TracingWorld, name: String = "app", dataSources: [DataSourceDescriptor]
+    ) -> RecordingProducer {
+        let producer = RecordingProducer(service: world.clients, name: name, dataSources: dataSources)
+        world.run(until: { producer.connects == 1 }, "the producer did not connect")
+        // Registrations travel after the handshake: wait until the service has them.
+        world.run(until: { world.core.connectedProducers.contains { $0.name == name && $0.dataSources.count == dataSources.count } })
+        return producer
+    }
+
+    private func connectedConsumer(_ world: TracingWorld) -> RecordingConsumer {
+        let consumer = RecordingConsumer(service: world.clients)
+        world.run(until: { consumer.connects == 1 }, "the consumer did not connect")
+        return consumer
+    }
+
+    private func read(_ consumer: RecordingConsumer, _ world: TracingWorld) {
+        let before = consumer.readsCompleted
+        consumer.endpoint.readBuffers()
+        world.run(until: { consumer.readsCompleted == before + 1 }, "the read did not complete")
+    }
+
+    @Test(arguments: TracingBinding.all)
+    func aSessionDeliversEveryPacketWithTheTrustedIdentity(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer.onStart = { _, writer in
+            for index in 0..<5 { writer.writeTestPacket(timestamp: UInt64(100 + index), "packet \(index)") }
+        }
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        world.run(until: { producer.started.count == 1 })
+        #expect(producer.events == ["connect", "setup-tracing", "setup test.source", "start test.source"])
+        #expect(producer.endpoint.sharedMemory?.size == 256 * 1024)
+
+        consumer.endpoint.disableTracing()
+        world.run(until: { consumer.disabledErrors.count == 1 })
+        #expect(consumer.disabledErrors == [""])
+        #expect(producer.stopped == [producer.started[0].id])
+
+        read(consumer, world)
+        let written = consumer.producerPackets()
+        #expect(written.map(\.forTesting.str) == (0..<5).map { "packet \($0)" })
+        #expect(written.map(\.timestamp) == [100, 101, 102, 103, 104])
+        let uid = world.identityFromConnection ? getuid() : 1000
+        let pid = world.identityFromConnection ? getpid() : 4242
+        for packet in written {
+            #expect(UInt32(bitPattern: packet.trustedUid) == uid)
+            #expect(packet.trustedPid == pid)
+        }
+        #expect(consumer.decodedPackets().last?.hasTraceStats ?? false)
+    }
+
+    @Test(arguments: TracingBinding.all)
+    func aReadLargerThanAFrameArrivesWholeAndInOrder(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source")])
+        let payload = String(repeating: "x", count: 3000)
+        producer.onStart = { _, writer in
+            // ~180 KiB: more than a frame holds, within the shared memory the writer has.
+            for index in 0..<60 { writer.writeTestPacket(timestamp: UInt64(index), "\(index) \(payload)") }
+            writer.flush()
+        }
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(buffers: [(4096, .ringBuffer)]), outputFile: nil)
+        world.run(until: { producer.started.count == 1 })
+        var flushed: Bool?
+        consumer.endpoint.flush(timeoutMs: 2000, flags: FlushFlags()) { flushed = $0 }
+        world.run(until: { flushed != nil })
+        #expect(flushed == true)
+        read(consumer, world)
+        let written = consumer.producerPackets()
+        #expect(written.count == 60)
+        #expect(written.map(\.timestamp) == (0..<60).map(UInt64.init))
+        #expect(written.allSatisfy { $0.forTesting.str.hasSuffix(payload) })
+    }
+
+    @Test(arguments: TracingBinding.all)
+    func aDetachedSessionOutlivesItsConsumerAndIsAttachedFromANewConnection(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer.onStart = { _, writer in writer.writeTestPacket(timestamp: 7, "kept across attach") }
+        var first: RecordingConsumer? = connectedConsumer(world)
+        var config = TracingConfigs.config()
+        config.uniqueSessionName = "detached"
+        first!.endpoint.enableTracing(config, outputFile: nil)
+        world.run(until: { producer.started.count == 1 })
+        var detached: Bool?
+        first!.endpoint.detach(key: "my-key") { detached = $0 }
+        world.run(until: { detached != nil })
+        #expect(detached == true)
+        first!.endpoint.disconnect()
+        first = nil
+        world.settle()
+        #expect(world.core.sessions.count == 1, "a detached session survives its consumer")
+        #expect(producer.stopped.isEmpty)
+
+        let second = connectedConsumer(world)
+        var attached: TraceConfig??
+        second.endpoint.attach(key: "other-key") { attached = .some($0) }
+        world.run(until: { attached != nil })
+        #expect(attached! == nil, "an unknown key attaches nothing")
+        attached = nil
+        second.endpoint.attach(key: "my-key") { attached = .some($0) }
+        world.run(until: { attached != nil })
+        #expect(attached??.uniqueSessionName == "detached")
+
+        second.endpoint.disableTracing()
+        world.run(until: { second.disabledErrors.count == 1 }, "the attached consumer is told when tracing stops")
+        read(second, world)
+        #expect(second.producerPackets().map(\.forTesting.str) == ["kept across attach"])
+    }
+
+    @Test(arguments: TracingBinding.all)
+    func theServiceStateNamesProducersDataSourcesAndSessions(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let first = connectedProducer(world, name: "first", dataSources: [TracingConfigs.descriptor("a"), TracingConfigs.descriptor("b")])
+        let second = connectedProducer(world, name: "second", dataSources: [TracingConfigs.descriptor("c")])
+        defer { withExtendedLifetime((first, second)) {} }
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(dataSources: [("a", 0)]), outputFile: nil)
+        var state: TracingServiceState?
+        consumer.endpoint.queryServiceState(sessionsOnly: false) { success, value in
+            #expect(success)
+            state = value
+        }
+        world.run(until: { state != nil })
+        #expect(state?.producers.map(\.name) == ["first", "second"])
+        #expect(state?.dataSources.map(\.dsDescriptor.name) == ["a", "b", "c"])
+        #expect(state?.tracingSessions.count == 1)
+        if world.identityFromConnection {
+            #expect(state?.producers.allSatisfy { $0.pid == getpid() && UInt32(bitPattern: $0.uid) == getuid() } ?? false)
+        }
+        var capabilities: TracingServiceCapabilities?
+        consumer.endpoint.queryCapabilities { capabilities = $0 }
+        world.run(until: { capabilities != nil })
+        #expect(capabilities?.hasQueryCapabilities_p == true)
+    }
+
+    @Test(arguments: TracingBinding.all)
+    func aConsumerThatGoesAwayFreesItsSessionAndAProducerThatGoesAwayIsStopped(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        world.run(until: { producer.started.count == 1 })
+        consumer.endpoint.disconnect()
+        world.run(until: { world.core.sessions.isEmpty }, "the session was not freed")
+        world.run(until: { producer.stopped.count == 1 }, "the producer's instance was not stopped")
+        #expect(consumer.disconnects == 1)
+
+        producer.endpoint.disconnect()
+        world.run(until: { world.core.connectedProducers.isEmpty }, "the service still has the producer")
+        world.run(until: { producer.disconnects == 1 })
+        world.settle()
+        #expect(producer.disconnects == 1, "told once")
+        #expect(producer.connects == 1, "a producer that disconnects itself does not come back")
+    }
+
+    @Test(arguments: TracingBinding.overIPC)
+    func aProducerReconnectsWhenTheServiceComesBackAndRegistersItsDataSourcesAgain(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source")])
+        var synced = 0
+        let host = try #require(world.host)
+        host.close()
+        world.run(until: { producer.disconnects == 1 }, "the producer was not told the service went away")
+        producer.endpoint.sync { synced += 1 }
+        world.run(until: { synced == 1 }, "a sync without a service still calls back")
+
+        // A new service on the same addresses: the producer finds it by itself.
+        let core = TracingServiceCore(eventLoop: world.loop)
+        let producerBackend = (world.clients as! SystemTracingService).producerBackend
+        let consumerBackend = (world.clients as! SystemTracingService).consumerBackend
+        let revived = try TracingServiceHost(service: core, producerBackends: [producerBackend], consumerBackend: consumerBackend)
+        defer { revived.close() }
+        world.run(until: { producer.connects == 2 }, "the producer did not reconnect")
+        world.run(until: { core.connectedProducers.first?.dataSources.keys.sorted() == ["test.source"] })
+        #expect(producer.disconnects == 1)
+    }
+}
