@@ -74,9 +74,12 @@ extension TracingServiceCore {
         producer.allowedTargetBuffers.insert(globalBuffer)
         var config = entry.config
         config.targetBuffer = UInt32(globalBuffer)
+        // What traced fills in for every instance, each field written even when zero.
         config.tracingSessionID = session.id
-        if session.config.durationMs != 0 { config.traceDurationMs = session.config.durationMs }
-        if session.config.dataSourceStopTimeoutMs != 0 { config.stopTimeoutMs = session.config.dataSourceStopTimeoutMs }
+        config.traceDurationMs = session.config.durationMs
+        config.stopTimeoutMs = session.stopTimeoutMs
+        config.enableExtraGuardrails = session.config.enableExtraGuardrails
+        config.sessionInitiator = .unspecified
         let instance = DataSourceInstance(
             id: nextInstanceID, producerID: producer.id, name: entry.config.name, config: config,
             willNotifyOnStart: descriptor.willNotifyOnStart, willNotifyOnStop: descriptor.willNotifyOnStop,
