@@ -151,3 +151,19 @@ public enum TestFrames {
         return frame
     }
 }
+
+/// A raw listening unix socket that accepts without blocking.
+public final class RawListener {
+    public let fd: ScopedFD
+    public init(path: String) {
+        fd = FileDescriptors.boundUnixSocket(path: path)
+        precondition(listen(fd.rawValue, 8) == 0)
+        _ = fcntl(fd.rawValue, F_SETFL, fcntl(fd.rawValue, F_GETFL) | O_NONBLOCK)
+    }
+
+    /// The next waiting connection as a raw peer, or nil if none is waiting.
+    public func accept() -> RawFramePeer? {
+        let accepted = Glibc.accept(fd.rawValue, nil, nil)
+        return accepted >= 0 ? RawFramePeer(socket: ScopedFD(accepted)) : nil
+    }
+}

@@ -294,18 +294,3 @@ final class CallbackOwner {
     init(_ body: @escaping () -> Void) { self.body = body }
     func fire() { body() }
 }
-
-/// A raw listening unix socket that accepts without blocking.
-final class RawListener {
-    let fd: ScopedFD
-    init(path: String) {
-        fd = FileDescriptors.boundUnixSocket(path: path)
-        precondition(listen(fd.rawValue, 8) == 0)
-        _ = fcntl(fd.rawValue, F_SETFL, fcntl(fd.rawValue, F_GETFL) | O_NONBLOCK)
-    }
-
-    func accept() -> RawFramePeer? {
-        let accepted = Glibc.accept(fd.rawValue, nil, nil)
-        return accepted >= 0 ? RawFramePeer(socket: ScopedFD(accepted)) : nil
-    }
-}
