@@ -309,6 +309,68 @@ struct TracingOverIPCTests {
         #expect(producer.connects == 1, "a producer that disconnects itself does not come back")
     }
 
+    @Test(arguments: TracingBinding.all)
+    func writeIntoFileGetsTheOutputFileFromTheConsumer(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer.onStart = { _, writer in writer.writeTestPacket(timestamp: 1, "into the file") }
+        let consumer = connectedConsumer(world)
+        let file = FileDescriptors.memfd(named: "trace", content: [])
+        var config = TracingConfigs.config()
+        config.writeIntoFile = true
+        // The fd crosses the socket with EnableTracing; ours is closed at once, as a CLI would.
+        consumer.endpoint.enableTracing(config, outputFile: file.duplicate())
+        world.run(until: { producer.started.count == 1 })
+        consumer.endpoint.disableTracing()
+        world.run(until: { consumer.disabledErrors == [""] })
+        let trace = try Perfetto_Protos_Trace(serializedBytes: FileDescriptors.content(of: file.rawValue))
+        #expect(trace.packet.filter { $0.trustedPacketSequenceID >= 2 }.map(\.forTesting.str) == ["into the file"])
+        #expect(trace.packet.first?.hasTraceConfig ?? false)
+    }
+
+    @Test(arguments: TracingBinding.all)
+    func startupTracingMemoryIsAdoptedWhenSealedAndValid(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let memory = try SharedMemoryBuffer.create(size: 64 * 1024, pageSize: 4096)
+        let options = ProducerConnectionOptions(name: "early", producerProvidedSharedMemory: memory)
+        let producer = RecordingProducer(
+            service: world.clients, name: "early", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)],
+            options: options)
+        world.run(until: { producer.connects == 1 })
+        #expect(producer.endpoint.isSharedMemoryProvidedByProducer)
+        producer.onStart = { _, writer in writer.writeTestPacket(timestamp: 5, "from startup memory") }
+        world.run(until: { world.core.connectedProducers.first?.dataSources.isEmpty == false })
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        world.run(until: { producer.started.count == 1 })
+        #expect(producer.endpoint.sharedMemory?.size == 64 * 1024, "the producer's own buffer, not a new one")
+        consumer.endpoint.disableTracing()
+        world.run(until: { consumer.disabledErrors.count == 1 })
+        read(consumer, world)
+        #expect(consumer.producerPackets().map(\.forTesting.str) == ["from startup memory"])
+    }
+
+    @Test(arguments: TracingBinding.overIPC)
+    func startupTracingMemoryThatIsNotSealedIsRefusedAndTheServiceMakesItsOwn(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        // A memfd the producer could still shrink under the service's mapping.
+        let unsealed = FileDescriptors.memfd(named: "unsealed", content: [UInt8](repeating: 0, count: 64 * 1024))
+        let memory = try SharedMemoryBuffer.map(unsealed, pageSize: 4096, requireSeals: false)
+        let options = ProducerConnectionOptions(name: "early", producerProvidedSharedMemory: memory)
+        let producer = RecordingProducer(
+            service: world.clients, name: "early", dataSources: [TracingConfigs.descriptor("test.source")], options: options)
+        world.run(until: { producer.connects == 1 })
+        #expect(!producer.endpoint.isSharedMemoryProvidedByProducer)
+        world.run(until: { world.core.connectedProducers.first?.dataSources.isEmpty == false })
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        world.run(until: { producer.started.count == 1 })
+        #expect(producer.endpoint.sharedMemory?.size == 256 * 1024, "the service's own buffer")
+    }
+
     @Test(arguments: TracingBinding.overIPC)
     func aProducerReconnectsWhenTheServiceComesBackAndRegistersItsDataSourcesAgain(_ binding: TracingBinding) throws {
         let world = try binding.make()
