@@ -42,8 +42,10 @@ public struct ProducerConnectionOptions: Sendable {
     var isRemote = false
     /// The machine the producer runs on (0: this one), from the connection.
     var machineID: UInt32 = 0
-    /// Whether the producer asked the service to read chunks it has not committed yet.
-    var scrapesSharedMemory = true
+    /// Whether the service may read chunks the producer has not committed yet, on flush, stop
+    /// and disconnect (Perfetto's `smb_scraping_mode`), so a producer that dies loses nothing it
+    /// finished writing. On by default, as Perfetto's SDK asks for it.
+    public var scrapesSharedMemory = true
 
     public init(
         name: String, identity: PeerIdentity = PeerIdentity(), sharedMemorySizeHint: Int = 0,

@@ -144,6 +144,9 @@ public final class TraceWriter: @unchecked Sendable {
         fragmentHeader = position
         position += SharedMemoryABI.packetHeaderSize
         header.packetCount += 1
+        // Published as each record starts (a release store), as Perfetto's writer does: a
+        // service scraping the chunk then knows every record before this one is whole.
+        if let chunk { header.publishPacketsWord(at: chunk.start) }
     }
 
     private func finishFragment() {

@@ -33,6 +33,8 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     var didSetUpTracing = false
     /// Served over ProducerPort: the producer maps the shared memory in its own process.
     let isRemote: Bool
+    /// Chunks it has not committed are read on flush, stop and disconnect.
+    let scrapesSharedMemory: Bool
 
     init(
         id: ProducerID, options: ProducerConnectionOptions, producer: any Producer,
@@ -49,6 +51,7 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         self.service = service
         self.eventLoop = service.eventLoop
         self.isRemote = options.isRemote
+        self.scrapesSharedMemory = options.scrapesSharedMemory
         if isRemote, let provided = options.producerProvidedSharedMemory,
            SharedMemoryBuffer.isValid(size: provided.size, pageSize: provided.pageSize) {
             // Mapped (and its seals checked) by the port from the fd the producer sent.

@@ -57,6 +57,11 @@ final class TraceBuffer {
         var needsPatching: Bool
         /// Position in `insertionOrder`, so stale order entries can be told apart.
         var serial: UInt64
+        /// False for a chunk scraped while being written: its packets so far can be read, but
+        /// the sequence cannot go past it until its committed copy arrives.
+        var isComplete = true
+        /// Records already read from it (scraped chunks are read in parts).
+        var recordsRead = 0
     }
 
     /// A packet being glued from fragments.
@@ -114,9 +119,21 @@ final class TraceBuffer {
     // MARK: Writing
 
     /// Stores a chunk copied out of shared memory (header included in `bytes`).
+    ///
+    /// `isComplete` false marks a chunk scraped while its writer was still in it: its last
+    /// record may be half written, so it is left out, and its packets carry on no further.
+    /// A later copy of the same chunk (another scrape, or its commit) replaces it, and reading
+    /// resumes after the records already read: nothing is read twice.
     func copyChunk(
-        _ bytes: [UInt8], header: ChunkHeader, producerID: UInt16, uid: UInt32, pid: Int32
+        _ bytes: [UInt8], header: ChunkHeader, producerID: UInt16, uid: UInt32, pid: Int32, isComplete: Bool = true
     ) {
+        var header = header
+        if !isComplete {
+            guard header.packetCount > 0 else { return }
+            header.packetCount -= 1
+            header.flags.remove(.lastPacketContinuesOnNextChunk)
+            header.flags.remove(.needsPatching)
+        }
         let size = bytes.count
         let key = SequenceKey(producerID: producerID, writerID: header.writerID)
         if size > capacity || (policy == .discard && bytesEverWritten + size > capacity) {
@@ -127,6 +144,17 @@ final class TraceBuffer {
         if let next = sequence.nextChunkID, header.chunkID < next {
             stats.chunksCommittedOutOfOrder += 1
             return
+        }
+        var recordsRead = 0
+        if let old = sequence.chunks[header.chunkID] {
+            // A copy that says less than the one held (fewer records, or incomplete after
+            // complete) is stale or a lie: keep what we have.
+            if Int(header.packetCount) < old.recordsRead || Int(header.packetCount) < old.packetCount
+                || (old.isComplete && !isComplete) {
+                if Int(header.packetCount) < old.recordsRead { stats.abiViolations += 1 }
+                return
+            }
+            recordsRead = old.recordsRead
         }
         if let old = sequence.chunks.removeValue(forKey: header.chunkID) {
             // Out of the buffer now, so eviction below cannot count it a second time.
@@ -143,7 +171,8 @@ final class TraceBuffer {
         nextSerial += 1
         sequence.chunks[header.chunkID] = StoredChunk(
             bytes: bytes, packetCount: Int(header.packetCount), flags: header.flags,
-            needsPatching: header.flags.contains(.needsPatching), serial: serial)
+            needsPatching: header.flags.contains(.needsPatching), serial: serial, isComplete: isComplete,
+            recordsRead: recordsRead)
         insertionOrder.append((key, header.chunkID, serial))
         usedBytes += size
         storedChunkCount += 1
@@ -255,6 +284,12 @@ final class TraceBuffer {
             }
             if chunk.needsPatching { return }
             consume(chunk, of: sequence, into: &packets)
+            if !chunk.isComplete {
+                // Its writer may add more: wait here for the next copy of it.
+                sequence.chunks[expected]?.recordsRead = chunk.packetCount
+                sequence.nextChunkID = expected
+                return
+            }
             sequence.chunks[expected] = nil
             usedBytes -= chunk.bytes.count
             storedChunkCount -= 1
@@ -267,7 +302,7 @@ final class TraceBuffer {
     private func consume(_ chunk: StoredChunk, of sequence: Sequence, into packets: inout [BufferedPacket]) {
         let walk = ChunkRecords(chunk: chunk.bytes, count: chunk.packetCount)
         let last = chunk.packetCount - 1
-        for (index, record) in walk.records.enumerated() {
+        for (index, record) in walk.records.enumerated() where index >= chunk.recordsRead {
             if record.isDropMarker {
                 loseReassembly(sequence)
                 sequence.dataLost = true

@@ -269,6 +269,7 @@ extension TracingServiceCore {
         session.stopTimeout?.cancel()
         session.stopTimeout = nil
         session.state = .disabled
+        scrapeSharedMemory(for: session)
         session.recordServiceEvent { $0.tracingDisabled = true }
         var error = ""
         if session.isWritingIntoFile {
@@ -301,6 +302,7 @@ extension TracingServiceCore {
         }
         let targets = perProducer.filter { producer($0.key) != nil }
         guard !targets.isEmpty else {
+            scrapeSharedMemory(for: session)
             flushesSucceeded += 1
             post { callback(true) }
             return
@@ -309,6 +311,7 @@ extension TracingServiceCore {
         let timeout = eventLoop.scheduleTask(after: .milliseconds(Int64(timeoutMs))) { [weak self] in
             guard let self, let session = self.sessions[sessionID],
                   let pending = session.pendingFlushes.removeValue(forKey: id) else { return }
+            self.scrapeSharedMemory(for: session)
             self.flushesFailed += 1
             pending.callback(false)
         }
@@ -325,6 +328,7 @@ extension TracingServiceCore {
             guard var pending = session.pendingFlushes[id], pending.waitingFor.remove(producer) != nil else { continue }
             if pending.waitingFor.isEmpty {
                 session.pendingFlushes[id] = nil
+                scrapeSharedMemory(for: session)
                 session.recordServiceEvent { $0.allDataSourcesFlushed = true }
                 pending.timeout?.cancel()
                 flushesSucceeded += 1

@@ -240,6 +240,8 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     /// A producer is gone: by `disconnect()`, or (posted from its deinit) because its endpoint
     /// was released. Either way its instances stop counting: no flush or stop is waited for.
     func producerDisconnected(_ id: ProducerID) {
+        // What it finished writing but never committed is read before it goes.
+        if let endpoint = producers[id]?.object { scrapeSharedMemory(of: endpoint) }
         let endpoint = producers.removeValue(forKey: id)?.object
         endpoint?.markDisconnected()
         for session in sessions.values {

@@ -195,6 +195,40 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
         return (UnsafeRawPointer(chunkAddress(page: page, chunk: chunk, layout: layout)), chunkSize(layout: layout))
     }
 
+    /// A chunk copied in place by ``scrapeChunks()``.
+    struct ScrapedChunk {
+        /// The chunk's bytes, header included, copied before anything parses them.
+        var bytes: [UInt8]
+        var header: ChunkHeader
+        /// Complete but not committed (all its packets are whole), rather than being written.
+        var isComplete: Bool
+    }
+
+    /// Copies every chunk that holds data the producer has not committed: complete chunks, and
+    /// chunks being written that hold at least one finished packet (the last one of those may
+    /// still be growing). States are left as they are: the producer still owns the chunks.
+    func scrapeChunks() -> [ScrapedChunk] {
+        var scraped: [ScrapedChunk] = []
+        for page in 0..<pageCount {
+            let bitmap = headerBitmap(page: page)
+            guard let layout = PageLayout(bitmap: bitmap), layout != .notPartitioned else { continue }
+            let size = chunkSize(layout: layout)
+            for chunk in 0..<layout.chunkCount {
+                let state = ChunkState.of(chunk: chunk, in: bitmap)
+                guard state == .beingWritten || state == .complete else { continue }
+                let start = UnsafeRawPointer(chunkAddress(page: page, chunk: chunk, layout: layout))
+                // The header first: packets counted now were started before the copy below.
+                guard let header = ChunkHeader(bytes: UnsafeRawBufferPointer(start: start, count: SharedMemoryABI.chunkHeaderSize)),
+                      header.writerID != 0, state == .complete || header.packetCount >= 2 else { continue }
+                var bytes = [UInt8](UnsafeRawBufferPointer(start: start, count: size))
+                // The copy carries the header that was read, not one a writer changed since.
+                bytes.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
+                scraped.append(ScrapedChunk(bytes: bytes, header: header, isComplete: state == .complete))
+            }
+        }
+        return scraped
+    }
+
     /// Frees a chunk taken for reading: clears its header, marks it free, and when the whole
     /// page is free, resets the page to unpartitioned so the producer can re-lay it out.
     func releaseChunkAsFree(page: Int, chunk: Int) {

@@ -1,0 +1,107 @@
+// Shared-memory scraping: what a producer wrote but did not commit reaches the trace on flush,
+// stop and disconnect, each packet once, and never the packet its writer is still in.
+
+import Foundation
+import IPCInProcess
+import IPCProtocol
+import Testing
+
+@testable import TracingAPI
+
+@Suite("Shared-memory scraping", .serialized)
+final class ScrapingTests {
+    let loop = ManualEventLoop()
+    let service: TracingServiceCore
+
+    init() {
+        service = TracingServiceCore(eventLoop: loop)
+    }
+
+    private func texts(_ consumer: RecordingConsumer) -> [String] {
+        consumer.producerPackets().map(\.forTesting.str)
+    }
+
+    @Test func aProducerThatDisconnectsWithoutCommittingLosesOnlyThePacketItWasIn() throws {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        producer.onStart = { _, writer in
+            for index in 0..<3 { writer.writeTestPacket(timestamp: UInt64(index), "uncommitted \(index)") }
+        }
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        loop.runUntilIdle()  // the writer's registration reaches the service
+        #expect(service.connectedProducers.first?.readableSharedMemory.map { $0.scrapeChunks().count } == 1)
+
+        producer.endpoint.disconnect()
+        loop.runUntilIdle()
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors.count == 1 })
+        consumer.read(on: loop)
+        // The writer is still in its chunk: the last packet counted may be half written.
+        #expect(texts(consumer) == ["uncommitted 0", "uncommitted 1"])
+    }
+
+    @Test func aFlushThatTimesOutScrapesAndTheLaterCommitAddsOnlyWhatIsNew() throws {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        producer.acknowledgesFlushes = false
+        let consumer = RecordingConsumer(service: service)
+        var config = TracingConfigs.config()
+        config.flushTimeoutMs = 100
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        drive(loop, until: { producer.writers.count == 1 })
+        let writer = try #require(producer.writers.values.first)
+        for index in 0..<3 { writer.writeTestPacket(timestamp: UInt64(index), "packet \(index)") }
+
+        var flushed: Bool?
+        consumer.endpoint.flush(timeoutMs: 100, flags: FlushFlags()) { flushed = $0 }
+        loop.advanceTime(by: .milliseconds(100))
+        drive(loop, until: { flushed != nil })
+        #expect(flushed == false)
+        consumer.read(on: loop)
+        #expect(texts(consumer) == ["packet 0", "packet 1"], "scraped while the writer was still in the chunk")
+
+        for index in 3..<5 { writer.writeTestPacket(timestamp: UInt64(index), "packet \(index)") }
+        writer.flush()
+        loop.runUntilIdle()
+        consumer.read(on: loop)
+        #expect(texts(consumer) == (0..<5).map { "packet \($0)" }, "the committed chunk adds only the rest")
+    }
+
+    @Test func aProducerThatAsksForNoScrapingIsNotScraped() throws {
+        var options = ProducerConnectionOptions(name: "app")
+        options.scrapesSharedMemory = false
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")], options: options)
+        producer.onStart = { _, writer in
+            for index in 0..<3 { writer.writeTestPacket(timestamp: UInt64(index), "uncommitted \(index)") }
+        }
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        loop.runUntilIdle()
+        producer.endpoint.disconnect()
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors.count == 1 })
+        consumer.read(on: loop)
+        #expect(texts(consumer).isEmpty)
+    }
+
+    @Test func scrapingFollowsOnlyRegisteredWritersIntoTheirOwnBuffers() throws {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        producer.onStart = { _, writer in
+            for index in 0..<3 { writer.writeTestPacket(timestamp: UInt64(index), "registered \(index)") }
+        }
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.started.count == 1 })
+        loop.runUntilIdle()
+        // The service forgets the writer (as after UnregisterTraceWriter): its chunks are not taken.
+        let endpoint = try #require(service.connectedProducers.first)
+        endpoint.writers.removeAll()
+        producer.endpoint.disconnect()
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors.count == 1 })
+        consumer.read(on: loop)
+        #expect(texts(consumer).isEmpty)
+    }
+}
