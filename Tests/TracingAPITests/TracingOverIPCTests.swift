@@ -310,6 +310,50 @@ struct TracingOverIPCTests {
     }
 
     @Test(arguments: TracingBinding.all)
+    func aCloneIsReadWhileTheOriginalGoesOnRecording(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer.onStart = { _, writer in writer.writeTestPacket(timestamp: 1, "before the clone") }
+        let owner = connectedConsumer(world)
+        var config = TracingConfigs.config()
+        config.uniqueSessionName = "original"
+        owner.endpoint.enableTracing(config, outputFile: nil)
+        world.run(until: { producer.started.count == 1 })
+
+        let reader = connectedConsumer(world)
+        var request = CloneSessionRequest()
+        request.uniqueSessionName = "original"
+        var cloned: CloneSessionResponse?
+        reader.endpoint.cloneSession(request) { cloned = $0 }
+        world.run(until: { cloned != nil })
+        #expect(cloned?.success == true, Comment(rawValue: cloned?.error ?? ""))
+        read(reader, world)
+        #expect(reader.producerPackets().map(\.forTesting.str) == ["before the clone"], "the clone holds what was flushed")
+
+        producer.writers.values.first?.writeTestPacket(timestamp: 2, "after the clone")
+        owner.endpoint.disableTracing()
+        world.run(until: { owner.disabledErrors.count == 1 })
+        read(owner, world)
+        #expect(owner.producerPackets().map(\.forTesting.str) == ["before the clone", "after the clone"],
+                "reading the clone took nothing from the original")
+
+        // A consumer that has a session cannot clone into it; an unknown session is not found.
+        var again: CloneSessionResponse?
+        reader.endpoint.cloneSession(request) { again = $0 }
+        world.run(until: { again != nil })
+        #expect(again?.success == false)
+        let third = connectedConsumer(world)
+        var unknown = CloneSessionRequest()
+        unknown.sessionID = 999
+        var missing: CloneSessionResponse?
+        third.endpoint.cloneSession(unknown) { missing = $0 }
+        world.run(until: { missing != nil })
+        #expect(missing?.success == false)
+        #expect(missing?.error == "Tracing session not found")
+    }
+
+    @Test(arguments: TracingBinding.all)
     func writeIntoFileGetsTheOutputFileFromTheConsumer(_ binding: TracingBinding) throws {
         let world = try binding.make()
         defer { world.tearDown() }

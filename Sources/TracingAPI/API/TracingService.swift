@@ -128,6 +128,11 @@ public protocol ConsumerEndpoint: AnyObject {
     /// Attaches to the session this uid detached under `key`; the callback gets its config, or
     /// nil when there is no such session or this consumer has one already.
     func attach(key: String, _ callback: @escaping (TraceConfig?) -> Void)
+    /// Makes this consumer's session a read-only copy of another session's buffers (by id or
+    /// unique name), after flushing it; the original goes on recording. Read the copy with
+    /// ``readBuffers()``. Refused (success false, with an error) for a session of another uid,
+    /// or when this consumer has a session already.
+    func cloneSession(_ request: CloneSessionRequest, _ callback: @escaping (CloneSessionResponse) -> Void)
     /// Applies the producer filters of `config`'s data sources to the running session (the only
     /// change a running session takes, as in Perfetto).
     func changeTraceConfig(_ config: TraceConfig)

@@ -18,6 +18,10 @@ public typealias TracingServiceState = Perfetto_Protos_TracingServiceState
 public typealias TracingServiceCapabilities = Perfetto_Protos_TracingServiceCapabilities
 /// `perfetto.protos.ObservableEvents`.
 public typealias ObservableEvents = Perfetto_Protos_ObservableEvents
+/// `perfetto.protos.CloneSessionRequest`: which session to clone.
+public typealias CloneSessionRequest = Perfetto_Protos_CloneSessionRequest
+/// `perfetto.protos.CloneSessionResponse`: whether the clone was made, and its id.
+public typealias CloneSessionResponse = Perfetto_Protos_CloneSessionResponse
 /// `perfetto.protos.TracePacket`.
 public typealias TracePacket = Perfetto_Protos_TracePacket
 

@@ -251,6 +251,23 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
         }
     }
 
+    public func cloneSession(_ request: CloneSessionRequest, _ callback: @escaping (CloneSessionResponse) -> Void) {
+        let failed: (String) -> Void = { error in
+            var response = CloneSessionResponse()
+            response.success = false
+            response.error = error
+            callback(response)
+        }
+        guard !ended else { return failLater { failed("the tracing service is not connected") } }
+        let settle = expectReply { failed("the tracing service went away") }
+        whenBound { port in
+            port.cloneSession(request) { result in
+                guard settle() else { return }
+                if let response = result.message { callback(response) } else { failed("CloneSession was rejected") }
+            }
+        }
+    }
+
     public func changeTraceConfig(_ config: TraceConfig) {
         whenBound { port in
             var request = Perfetto_Protos_ChangeTraceConfigRequest()

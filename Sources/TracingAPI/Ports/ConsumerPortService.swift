@@ -198,13 +198,10 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
         _ request: Perfetto_Protos_CloneSessionRequest, context: IPCCallContext,
         reply: Deferred<Perfetto_Protos_CloneSessionResponse>
     ) {
-        _ = consumer(context)
+        // A clone of a write_into_file session is read back, not written into a new file: the
+        // fd Perfetto's CLI may send is not used.
         _ = context.takeReceivedFileDescriptor()
-        // Reported as Perfetto reports a clone it cannot make: success = false with a reason.
-        var response = Perfetto_Protos_CloneSessionResponse()
-        response.success = false
-        response.error = "this service does not clone sessions yet"
-        reply.resolve(response)
+        consumer(context).endpoint.cloneSession(request) { response in reply.resolve(response) }
     }
 
     public func clientDidDisconnect(_ client: IPCClientInfo) {

@@ -84,7 +84,7 @@ final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
         capabilities.hasQueryCapabilities_p = true
         capabilities.observableEvents = [.dataSourcesInstances, .allDataSourcesStarted]
         capabilities.hasTraceConfigOutputPath_p = false
-        capabilities.hasCloneSession_p = false
+        capabilities.hasCloneSession_p = true
         service.post { callback(capabilities) }
     }
 
@@ -98,6 +98,17 @@ final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
         eventLoop.execute { [callback = UncheckedSendableBox(callback), config = UncheckedSendableBox(config)] in
             callback.value(config.value)
         }
+    }
+
+    func cloneSession(_ request: CloneSessionRequest, _ callback: @escaping (CloneSessionResponse) -> Void) {
+        guard let service = liveService else {
+            var response = CloneSessionResponse()
+            response.success = false
+            response.error = "the consumer is disconnected"
+            eventLoop.execute { [callback = UncheckedSendableBox(callback), response] in callback.value(response) }
+            return
+        }
+        service.cloneSession(consumer: self, request, callback)
     }
 
     func changeTraceConfig(_ config: TraceConfig) {

@@ -116,6 +116,28 @@ final class TraceBuffer {
         stats.bufferSize = UInt64(capacity)
     }
 
+    /// A copy of everything stored now, read independently of this buffer (CloneSession).
+    func clone() -> TraceBuffer {
+        let copy = TraceBuffer(capacity: capacity, policy: policy, pruneThreshold: pruneThreshold)
+        copy.stats = stats
+        copy.usedBytes = usedBytes
+        copy.storedChunkCount = storedChunkCount
+        copy.bytesEverWritten = bytesEverWritten
+        copy.insertionOrder = insertionOrder
+        copy.insertionHead = insertionHead
+        copy.nextSerial = nextSerial
+        for (key, sequence) in sequences {
+            let duplicate = Sequence(key: key, uid: sequence.uid, pid: sequence.pid)
+            duplicate.chunks = sequence.chunks
+            duplicate.nextChunkID = sequence.nextChunkID
+            duplicate.reassembly = sequence.reassembly
+            duplicate.dataLost = sequence.dataLost
+            duplicate.anyPacketRead = sequence.anyPacketRead
+            copy.sequences[key] = duplicate
+        }
+        return copy
+    }
+
     // MARK: Writing
 
     /// Stores a chunk copied out of shared memory (header included in `bytes`).

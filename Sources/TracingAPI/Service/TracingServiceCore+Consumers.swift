@@ -53,3 +53,68 @@ extension TracingServiceCore {
         }
     }
 }
+
+extension TracingServiceCore {
+    /// CloneSession: flushes the source session, then gives `consumer` a read-only session
+    /// holding a copy of its buffers. The source goes on recording.
+    func cloneSession(
+        consumer: LocalConsumerEndpoint, _ request: CloneSessionRequest, _ callback: @escaping (CloneSessionResponse) -> Void
+    ) {
+        func fail(_ error: String) {
+            var response = CloneSessionResponse()
+            response.success = false
+            response.error = error
+            post { callback(response) }
+        }
+        guard consumer.sessionID == nil else { return fail("the consumer already has a tracing session") }
+        let source: TracingSession?
+        switch request.selector {
+        case .sessionID(let id)?: source = sessions[id]
+        case .uniqueSessionName(let name)?:
+            source = name.isEmpty ? nil : sessions.values.first { $0.config.uniqueSessionName == name }
+        case nil: source = nil
+        }
+        guard let source, source.state != .clonedReadOnly else { return fail("Tracing session not found") }
+        // Only the uid that started a session (or root) may copy what it recorded.
+        guard source.consumerUID == consumer.uid || consumer.uid == 0 else {
+            return fail("the session belongs to another user")
+        }
+        let sourceID = source.id
+        let finish: (Bool) -> Void = { [weak self, weak consumer] _ in
+            guard let self, let consumer else { return }
+            guard let source = self.sessions[sourceID] else { return fail("the session ended while it was cloned") }
+            guard consumer.sessionID == nil else { return fail("the consumer already has a tracing session") }
+            callback(self.snapshot(source, for: consumer))
+        }
+        if source.state == .started {
+            flush(source, timeoutMs: source.flushTimeoutMs, flags: FlushFlags(), finish)
+        } else {
+            post { finish(true) }
+        }
+    }
+
+    private func snapshot(_ source: TracingSession, for consumer: LocalConsumerEndpoint) -> CloneSessionResponse {
+        var response = CloneSessionResponse()
+        var bufferIDs: [BufferID] = []
+        for id in source.bufferIDs {
+            guard let buffer = buffers[id], let cloneID = allocateBufferID() else { continue }
+            buffers[cloneID] = buffer.clone()
+            bufferIDs.append(cloneID)
+        }
+        var config = source.config
+        // The copy is read through ReadBuffers, whatever the original did with its data.
+        config.writeIntoFile = false
+        let clone = TracingSession(
+            id: nextSessionID, consumerID: consumer.connectionID, consumerUID: consumer.uid, config: config,
+            bufferIDs: bufferIDs)
+        nextSessionID += 1
+        clone.state = .clonedReadOnly
+        sessions[clone.id] = clone
+        consumer.sessionID = clone.id
+        response.success = true
+        response.uuidMsb = Int64.random(in: .min ... .max)
+        response.uuidLsb = Int64.random(in: .min ... .max)
+        response.wasWriteIntoFile = source.config.writeIntoFile
+        return response
+    }
+}

@@ -28,6 +28,8 @@ final class TracingSession {
         case started = "STARTED"
         case disablingWaitingStopAcks = "DISABLING_WAITING_STOP_ACKS"
         case disabled = "DISABLED"
+        /// A read-only copy of another session's buffers (CloneSession).
+        case clonedReadOnly = "CLONED_READ_ONLY"
     }
 
     struct PendingFlush {
