@@ -17,6 +17,7 @@ let package = Package(
         .executable(name: "protoc-gen-swift-ipc", targets: ["protoc-gen-swift-ipc"]),
         .executable(name: "ipc-echo", targets: ["ipc-echo"]),
         .executable(name: "tracing-demo", targets: ["tracing-demo"]),
+        .executable(name: "tracebox", targets: ["tracebox"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
@@ -82,6 +83,14 @@ let package = Package(
             name: "tracing-demo",
             dependencies: ["TracingAPI", "IPCProtocol", "IPCUnixSocket", "IPCInProcess", "CPerfettoIPCLinux"],
             path: "Examples/tracing-demo"
+        ),
+        // Perfetto's programs (traced, perfetto) and a test producer, as one executable.
+        .executableTarget(
+            name: "tracebox",
+            dependencies: [
+                "TracingAPI", "IPCProtocol", "IPCUnixSocket", "IPCLibuv", "CPerfettoIPCLinux",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         // Helpers shared by the test targets (recording delegates, fd accounting, memfds).
         .target(

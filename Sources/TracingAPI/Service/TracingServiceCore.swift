@@ -299,6 +299,27 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         }
     }
 
+    /// Ends every session now, as a service that is going away must: what producers wrote is
+    /// read from shared memory, sessions writing into a file get their last data written and
+    /// their file closed, and buffers are freed. Consumers are told tracing is disabled.
+    /// Loop-only.
+    public func shutDown() {
+        eventLoop.preconditionInEventLoop()
+        for session in sessions.values.sorted(by: { $0.id < $1.id }) {
+            if session.state == .configured || session.state == .started || session.state == .disablingWaitingStopAcks {
+                session.cancelTimers()
+                scrapeSharedMemory(for: session)
+                session.state = .disabled
+                if session.isWritingIntoFile { drainIntoFile(session) }
+                if let endpoint = consumer(session.consumerID) {
+                    let error = session.fileError ?? "the tracing service shut down"
+                    post { [weak client = endpoint.consumer] in client?.onTracingDisabled(error: error) }
+                }
+            }
+            destroySession(session)
+        }
+    }
+
     // MARK: Queries
 
     func serviceState(sessionsOnly: Bool) -> TracingServiceState {

@@ -1,0 +1,96 @@
+// The event loop a tracebox command runs on, on the backend the user picked, and the signals
+// (SIGINT, SIGTERM) that end it cleanly: they are turned into a task on the loop.
+
+import ArgumentParser
+import Dispatch
+import IPCLibuv
+import IPCProtocol
+import IPCUnixSocket
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Which IPC backend carries the command's connections.
+enum BackendChoice: String, ExpressibleByArgument, CaseIterable {
+    case unix, libuv
+}
+
+/// A loop on the calling thread and a transport on it.
+final class CommandLoop {
+    let loop: any IPCEventLoop
+    let transport: any IPCTransport
+    private let epoll: EpollEventLoop?
+    private let uv: LibuvEventLoop?
+    private var signalSources: [any DispatchSourceSignal] = []
+    private var signalHandler: SignalHandlerBox?
+
+    init(backend: BackendChoice) throws {
+        switch backend {
+        case .unix:
+            let loop = try EpollEventLoop()
+            epoll = loop
+            uv = nil
+            self.loop = loop
+            transport = UnixSocketTransport(loop: loop)
+        case .libuv:
+            let loop = try LibuvEventLoop()
+            uv = loop
+            epoll = nil
+            self.loop = loop
+            transport = LibuvTransport(loop: loop)
+        }
+    }
+
+    /// Runs the loop until `condition` holds or `timeout` passes; returns whether it held.
+    @discardableResult
+    func run(until condition: () -> Bool, timeout: Duration = .seconds(365 * 24 * 3600)) -> Bool {
+        if let epoll { return epoll.run(until: condition, timeout: timeout) }
+        return uv!.run(until: condition, timeout: timeout)
+    }
+
+    /// Calls `handler` on the loop when SIGINT or SIGTERM arrives (instead of dying).
+    ///
+    /// The handler stays owned here, on the loop's thread: the signal sources only hold it
+    /// weakly, so nothing it captures is ever released on a dispatch thread.
+    func onTerminationSignal(_ handler: @escaping () -> Void) {
+        let box = SignalHandlerBox(handler)
+        signalHandler = box
+        let loop = self.loop
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { [weak box] in
+                guard let box else { return }
+                loop.execute { [weak box] in box?.handler() }
+            }
+            source.resume()
+            signalSources.append(source)
+        }
+    }
+
+    deinit {
+        for source in signalSources { source.cancel() }
+    }
+}
+
+/// A loop-confined closure; signal sources reach it weakly and only to post it to the loop.
+private final class SignalHandlerBox: @unchecked Sendable {
+    let handler: () -> Void
+    init(_ handler: @escaping () -> Void) { self.handler = handler }
+}
+
+/// Prints one line to standard error.
+func printError(_ line: String) {
+    writeError(line + "\n")
+}
+
+/// Writes `text` to standard error as it is (no newline added).
+func writeError(_ text: String) {
+    try? writeAll(Array(text.utf8), to: STDERR_FILENO)
+}
+
+/// Prints one line to standard output, at once.
+func say(_ line: String) {
+    try? writeAll(Array((line + "\n").utf8), to: STDOUT_FILENO)
+}

@@ -1,0 +1,315 @@
+// tracebox perfetto: records a trace through ConsumerPort (Perfetto's `perfetto` command), or
+// prints the service's state. With write_into_file the output file's fd goes to the service
+// with EnableTracing and the service writes into it; otherwise the trace is read back with
+// ReadBuffers when tracing stops. Ctrl-C stops early and keeps what was recorded.
+
+import ArgumentParser
+import IPCProtocol
+import TracingAPI
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct PerfettoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "perfetto",
+        abstract: "Record a trace, or query the tracing service (Perfetto's perfetto command).")
+
+    @Option(name: [.customShort("c"), .customLong("config")], help: "Trace config file (- for stdin): a binary TraceConfig, or text with --txt.")
+    var config: String?
+
+    @Flag(help: "The config is in Perfetto's text format.")
+    var txt = false
+
+    @Option(name: [.customShort("o"), .customLong("out")], help: "Where the trace goes (- for stdout).")
+    var out: String?
+
+    @Option(name: [.customShort("t"), .customLong("time")], help: "Duration (10s, 500ms, 1m): overrides duration_ms.")
+    var time: String?
+
+    @Option(name: [.customShort("b"), .customLong("buffer")], help: "Size of the first buffer (64mb, 512kb): overrides its size_kb.")
+    var buffer: String?
+
+    @Flag(help: "Print the service's producers, data sources and sessions.")
+    var query = false
+
+    @Flag(name: .customLong("query-raw"), help: "Write the TracingServiceState message, binary, to stdout.")
+    var queryRaw = false
+
+    @Option(help: "IPC backend: unix (epoll) or libuv.")
+    var backend: BackendChoice = .unix
+
+    func validate() throws {
+        if !query && !queryRaw {
+            guard config != nil else { throw ValidationError("a recording needs -c CONFIG (or use --query)") }
+            guard out != nil else { throw ValidationError("a recording needs -o FILE (- for stdout)") }
+        }
+    }
+
+    func run() throws {
+        let runner = try CommandLoop(backend: backend)
+        let address = TracingSocketNames.consumer
+        let service = SystemTracingService(
+            producerBackend: .transport(runner.transport, address: TracingSocketNames.producer),
+            consumerBackend: .transport(runner.transport, address: address))
+        let session = ConsumerSession()
+        session.endpoint = service.connectConsumer(session, uid: getuid())
+        runner.run(until: { session.connected || session.disconnected })
+        guard session.connected else {
+            printError("tracebox perfetto: no tracing service is listening at \(address); start one with `tracebox traced`")
+            throw ExitCode.failure
+        }
+        if query || queryRaw {
+            try runQuery(session, runner)
+        } else {
+            try record(session, runner)
+        }
+    }
+
+    // MARK: Query
+
+    private func runQuery(_ session: ConsumerSession, _ runner: CommandLoop) throws {
+        var state: TracingServiceState?
+        session.endpoint.queryServiceState(sessionsOnly: false) { success, value in state = success ? value : TracingServiceState() }
+        runner.run(until: { state != nil || session.disconnected })
+        guard let state else {
+            printError("tracebox perfetto: the service went away")
+            throw ExitCode.failure
+        }
+        if queryRaw {
+            let bytes: [UInt8] = try state.serializedBytes()
+            try writeAll(bytes, to: STDOUT_FILENO)
+        } else {
+            say(ServiceStateReport(state).text)
+        }
+    }
+
+    // MARK: Recording
+
+    private func record(_ session: ConsumerSession, _ runner: CommandLoop) throws {
+        var traceConfig = try loadConfig()
+        let outputFD = try openOutput()
+        defer { if outputFD != STDOUT_FILENO { close(outputFD) } }
+        let duration = traceConfig.durationMs
+        let fileFD = traceConfig.writeIntoFile ? ScopedFD(fcntl(outputFD, F_DUPFD_CLOEXEC, 0)) : nil
+        if traceConfig.writeIntoFile && traceConfig.fileWritePeriodMs == 0 { traceConfig.fileWritePeriodMs = 1000 }
+        session.endpoint.enableTracing(traceConfig, outputFile: fileFD)
+        fileFD?.close()
+
+        var interrupted = false
+        runner.onTerminationSignal {
+            guard !interrupted else { return }
+            interrupted = true
+            session.endpoint.disableTracing()
+        }
+        let progress = isatty(STDERR_FILENO) == 1 ? Progress(durationMs: duration, outputFD: traceConfig.writeIntoFile ? outputFD : nil) : nil
+        progress?.start(on: runner.loop, session: session)
+        runner.run(until: { session.disabledError != nil || session.disconnected })
+        progress?.stop()
+        if session.disconnected && session.disabledError == nil {
+            printError("tracebox perfetto: the tracing service went away during the recording")
+            throw ExitCode.failure
+        }
+        if let error = session.disabledError, !error.isEmpty {
+            printError("tracebox perfetto: tracing stopped with an error: \(error)")
+        }
+
+        var packets = 0
+        var bytes = 0
+        var stats: TraceStats?
+        if traceConfig.writeIntoFile {
+            session.endpoint.getTraceStats()
+            runner.run(until: { session.stats != nil || session.disconnected }, timeout: .seconds(5))
+            stats = session.stats
+            let written = try readBack(outputFD)
+            packets = written.packets
+            bytes = written.bytes
+        } else {
+            session.endpoint.readBuffers()
+            runner.run(until: { session.readFinished || session.disconnected })
+            let output = TraceFile.encode(session.packets)
+            try writeAll(output, to: outputFD)
+            packets = session.packets.count
+            bytes = output.count
+            stats = lastTraceStats(in: session.packets)
+        }
+        session.endpoint.freeBuffers()
+        runner.run(until: { false }, timeout: .milliseconds(50))  // lets FreeBuffers leave
+        let target = out == "-" ? "stdout" : out!
+        printError("tracebox perfetto: \(packets) packets, \(bytes) bytes written to \(target)" + Losses(stats).summary)
+        guard session.disabledError?.isEmpty ?? false else { throw ExitCode.failure }
+    }
+
+    private func loadConfig() throws -> TraceConfig {
+        let path = config!
+        let bytes: [UInt8]
+        do {
+            bytes = path == "-" ? try readAll(STDIN_FILENO) : try readFile(path)
+        } catch {
+            printError("tracebox perfetto: cannot read \(path): \(error)")
+            throw ExitCode.failure
+        }
+        var traceConfig: TraceConfig
+        if txt {
+            do {
+                traceConfig = try TraceConfig(textFormat: String(decoding: bytes, as: UTF8.self))
+            } catch {
+                printError("tracebox perfetto: \(path): \(error)")
+                throw ExitCode.failure
+            }
+        } else {
+            do {
+                traceConfig = try TraceConfig(serializedBytes: bytes)
+            } catch {
+                printError("tracebox perfetto: \(path) is not a binary TraceConfig (text configs need --txt)")
+                throw ExitCode.failure
+            }
+        }
+        if let time {
+            guard let ms = Quantities.milliseconds(time) else { throw ValidationError("-t takes a duration like 10s, 500ms or 1m") }
+            traceConfig.durationMs = ms
+        }
+        if let buffer {
+            guard let kb = Quantities.kilobytes(buffer) else { throw ValidationError("-b takes a size like 64mb or 512kb") }
+            if traceConfig.buffers.isEmpty { traceConfig.buffers.append(TraceConfig.BufferConfig()) }
+            traceConfig.buffers[0].sizeKb = kb
+        }
+        return traceConfig
+    }
+
+    private func openOutput() throws -> Int32 {
+        guard let out, out != "-" else { return STDOUT_FILENO }
+        let fd = open(out, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            printError("tracebox perfetto: cannot open \(out): \(String(cString: strerror(errno)))")
+            throw ExitCode.failure
+        }
+        return fd
+    }
+
+    /// Counts what the service wrote into the file.
+    private func readBack(_ fd: Int32) throws -> (packets: Int, bytes: Int) {
+        guard fd != STDOUT_FILENO else { return (0, 0) }
+        _ = lseek(fd, 0, SEEK_SET)
+        let bytes = try readAll(fd)
+        return ((try? TraceFile.decodePackets(bytes).count) ?? 0, bytes.count)
+    }
+}
+
+/// The consumer a command drives: remembers what the service said.
+final class ConsumerSession: Consumer {
+    var endpoint: (any ConsumerEndpoint)!
+    private(set) var connected = false
+    private(set) var disconnected = false
+    private(set) var disabledError: String?
+    private(set) var packets: [TracePacketData] = []
+    private(set) var readFinished = false
+    private(set) var stats: TraceStats?
+
+    func onConnect() { connected = true }
+    func onDisconnect() { disconnected = true }
+    func onTracingDisabled(error: String) { disabledError = error }
+    func onTraceData(_ packets: [TracePacketData], hasMore: Bool) {
+        self.packets.append(contentsOf: packets)
+        if !hasMore { readFinished = true }
+    }
+    func onTraceStats(success: Bool, _ stats: TraceStats) { self.stats = stats }
+}
+
+/// The trace stats the service appends at the end of a read.
+func lastTraceStats(in packets: [TracePacketData]) -> TraceStats? {
+    for packet in packets.reversed() {
+        if case .traceStats(let stats)? = (try? packet.decode())?.data { return stats }
+    }
+    return nil
+}
+
+/// Losses a recording had, from the trace stats.
+struct Losses {
+    let overwritten: UInt64
+    let discarded: UInt64
+    let dropped: UInt64
+
+    init(_ stats: TraceStats?) {
+        let buffers = stats?.bufferStats ?? []
+        overwritten = buffers.reduce(0) { $0 + $1.chunksOverwritten }
+        discarded = buffers.reduce(0) { $0 + $1.chunksDiscarded } + (stats?.chunksDiscarded ?? 0)
+        dropped = buffers.reduce(0) { $0 + $1.traceWriterPacketLoss }
+    }
+
+    var summary: String {
+        var parts: [String] = []
+        if overwritten > 0 { parts.append("\(overwritten) chunks overwritten") }
+        if discarded > 0 { parts.append("\(discarded) chunks discarded") }
+        if dropped > 0 { parts.append("\(dropped) packets dropped by writers") }
+        return parts.isEmpty ? ", nothing lost" : "; lost: " + parts.joined(separator: ", ")
+    }
+}
+
+/// The progress line on a terminal: elapsed / duration, and what has been written so far.
+final class Progress {
+    private let durationMs: UInt32
+    private let outputFD: Int32?
+    private var timer: (any ScheduledTask)?
+    private var started: UInt64 = 0
+
+    init(durationMs: UInt32, outputFD: Int32?) {
+        self.durationMs = durationMs
+        self.outputFD = outputFD
+    }
+
+    func start(on loop: any IPCEventLoop, session: ConsumerSession) {
+        started = monotonicMilliseconds()
+        timer = loop.scheduleTask(after: .milliseconds(250)) { [weak self] in self?.tick(loop, session) }
+    }
+
+    private func tick(_ loop: any IPCEventLoop, _ session: ConsumerSession) {
+        session.endpoint.getTraceStats()
+        let elapsed = Double(monotonicMilliseconds() - started) / 1000
+        let total = durationMs == 0 ? "until Ctrl-C" : String(format1(Double(durationMs) / 1000)) + "s"
+        let buffers = session.stats?.bufferStats ?? []
+        var line = "\r\u{1B}[K  recording \(format1(elapsed))s / \(total): "
+        line += "\(Quantities.bytes(buffers.reduce(0) { $0 + Int($1.bytesWritten) })) in \(buffers.reduce(0) { $0 + $1.chunksWritten }) chunks"
+        if let outputFD {
+            var info = stat()
+            if fstat(outputFD, &info) == 0 { line += ", \(Quantities.bytes(Int(info.st_size))) in the file" }
+        }
+        writeError(line)
+        timer = loop.scheduleTask(after: .milliseconds(250)) { [weak self] in self?.tick(loop, session) }
+    }
+
+    func stop() {
+        timer?.cancel()
+        writeError("\r\u{1B}[K")
+    }
+}
+
+/// What `perfetto --query` prints: producers, data sources by producer, sessions.
+struct ServiceStateReport {
+    let text: String
+
+    init(_ state: TracingServiceState) {
+        var lines: [String] = []
+        lines.append("Service: \(state.tracingServiceVersion.isEmpty ? "unknown version" : state.tracingServiceVersion)")
+        lines.append("Producers (\(state.producers.count)):")
+        for producer in state.producers {
+            var line = "  \(producer.id): \(producer.name)  uid=\(producer.uid) pid=\(producer.pid)"
+            if !producer.sdkVersion.isEmpty { line += "  sdk=\(producer.sdkVersion)" }
+            lines.append(line)
+            for source in state.dataSources where source.producerID == producer.id {
+                lines.append("      data source \(source.dsDescriptor.name)")
+            }
+        }
+        lines.append("Tracing sessions (\(state.tracingSessions.count)):")
+        for session in state.tracingSessions {
+            var line = "  \(session.id): \(session.state)  uid=\(session.consumerUid)"
+            line += "  buffers=\(session.bufferSizeKb.map { "\($0)kb" }.joined(separator: ","))"
+            line += "  data sources=\(session.numDataSources)"
+            if session.durationMs > 0 { line += "  duration=\(session.durationMs)ms" }
+            if !session.uniqueSessionName.isEmpty { line += "  name=\(session.uniqueSessionName)" }
+            lines.append(line)
+        }
+        text = lines.joined(separator: "\n")
+    }
+}
