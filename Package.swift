@@ -95,7 +95,10 @@ let package = Package(
         // Helpers shared by the test targets (recording delegates, fd accounting, memfds).
         .target(
             name: "TestSupport",
-            dependencies: ["IPCProtocol", "IPCEchoService", "CPerfettoIPCLinux"],
+            dependencies: [
+                "IPCProtocol", "IPCEchoService", "CPerfettoIPCLinux",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/TestSupport"
         ),
         .testTarget(
@@ -119,6 +122,11 @@ let package = Package(
             name: "TracingAPITests",
             dependencies: ["TracingAPI", "IPCProtocol", "IPCInProcess", "IPCUnixSocket", "IPCLibuv", "TestSupport", "CPerfettoIPCLinux"],
             resources: [.copy("Fixtures")]
+        ),
+        // The tracebox programs as separate processes on real sockets.
+        .testTarget(
+            name: "TraceboxTests",
+            dependencies: ["tracebox", "TracingAPI", "TestSupport"]
         ),
         .testTarget(
             name: "IPCProtocolTests",

@@ -41,13 +41,20 @@ struct ProducerCommand: ParsableCommand {
     @Option(help: .hidden)
     var name = "tracebox.producer"
 
+    /// For tests of shared-memory scraping: write the packets, commit nothing, and stop the
+    /// process (SIGSTOP) so it can be killed with finished chunks never committed.
+    @Flag(help: .hidden)
+    var stopBeforeCommit = false
+
     func run() throws {
         let runner = try CommandLoop(backend: backend)
         let service = SystemTracingService(
             producerBackend: .transport(runner.transport, address: TracingSocketNames.producer),
             consumerBackend: .transport(runner.transport, address: TracingSocketNames.consumer))
         let producer = TestProducer(
-            settings: .init(dataSource: dataSource, count: count, payload: payload, threads: max(threads, 1)))
+            settings: .init(
+                dataSource: dataSource, count: count, payload: payload, threads: max(threads, 1),
+                stopBeforeCommit: stopBeforeCommit))
         producer.endpoint = service.connectProducer(producer, options: ProducerConnectionOptions(name: name))
         producer.endpoint.registerDataSource(producer.testDescriptor)
         producer.endpoint.registerDataSource(producer.trackEventDescriptor)
@@ -79,6 +86,7 @@ final class TestProducer: Producer {
         var count: Int
         var payload: Int
         var threads: Int
+        var stopBeforeCommit = false
     }
 
     static let category = "tracebox"
@@ -123,6 +131,15 @@ final class TestProducer: Producer {
             testInstance = id
             guard let writer = endpoint.createTraceWriter(targetBuffer: buffer, policy: .stall()) else { return }
             writers[id] = [writer]
+            if settings.stopBeforeCommit {
+                // After the writer's registration (posted before this) has gone out.
+                let work = UncheckedSendableBox((self, writer))
+                endpoint.eventLoop.execute {
+                    work.value.0.writeTestPackets(work.value.1)
+                    raise(SIGSTOP)
+                }
+                return
+            }
             writeTestPackets(writer)
             writer.flush()
             startedTestSource = true

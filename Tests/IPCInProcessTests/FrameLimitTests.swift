@@ -30,7 +30,7 @@ struct FrameLimitTests {
 
         init(service: any IPCService) throws {
             let backend = IPCBackend.inProcess("limits", loop: loop, network: InProcessNetwork())
-            host = try IPCHost(backend: backend)
+            host = try IPCHost(backend: backend, logger: .quiet)
             host.expose(service)
             client = IPCClient(backend: backend)
             client.bind(proxy)

@@ -29,7 +29,7 @@ struct CapturedPortConversation {
         var offset = 0
         while offset + 4 <= bytes.count {
             let length = Int(bytes[offset]) | Int(bytes[offset + 1]) << 8 | Int(bytes[offset + 2]) << 16 | Int(bytes[offset + 3]) << 24
-            frames.append(try IPCFrame(serializedBytes: bytes[(offset + 4)..<(offset + 4 + length)]))
+            frames.append(try IPCFrame(serializedBytes: Array(bytes[(offset + 4)..<(offset + 4 + length)])))
             offset += 4 + length
         }
         return frames

@@ -63,7 +63,9 @@ extension IPCHost {
                 return info
             }
         } else {
-            logger.info("client \(client.id) asked for unknown service \"\(bind.serviceName)\"")
+            // Per request and caused by the peer, which is told: debug, so that a peer cannot
+            // flood the log (Perfetto logs these in debug builds only).
+            logger.debug("client \(client.id) asked for unknown service \"\(bind.serviceName)\"")
             reply.msgBindServiceReply.success = false
         }
         client.connection.sendFrame(reply, maxPayloadSize: maxPayloadSize, logger: logger)
@@ -76,21 +78,21 @@ extension IPCHost {
         guard let service = service(withID: serviceID),
             methodID >= 1, Int(methodID) <= service.serviceDescriptor.methods.count
         else {
-            logger.info("client \(client.id) invoked unknown method \(serviceID):\(methodID)")
+            logger.debug("client \(client.id) invoked unknown method \(serviceID):\(methodID)")
             sink.sendFailure()
             return
         }
         let accepted = service.invoke(
             methodIndex: Int(methodID) - 1, arguments: arguments, context: client.callContext, reply: sink)
         if !accepted {
-            logger.info("client \(client.id) sent undecodable arguments to \(service.serviceDescriptor.name)")
+            logger.debug("client \(client.id) sent undecodable arguments to \(service.serviceDescriptor.name)")
             sink.sendFailure()
         }
     }
 
     private func acceptPeerIdentity(_ identity: IPCFrame.SetPeerIdentity, client: HostClient) {
         guard !client.hasPeerIdentity else {
-            logger.info("ignoring SetPeerIdentity from client \(client.id): identity already known")
+            logger.debug("ignoring SetPeerIdentity from client \(client.id): identity already known")
             return
         }
         client.hasPeerIdentity = true

@@ -206,7 +206,7 @@ struct HostTests {
     @Test func setPeerIdentityIsTakenOnceFromTCPPeers() throws {
         let harness = try RPCHarness()
         let recorder = RecordingService()
-        let host = try IPCHost(transport: harness.transport, listeningAt: "127.0.0.1:0")
+        let host = try IPCHost(transport: harness.transport, listeningAt: "127.0.0.1:0", logger: .quiet)
         host.expose(recorder)
         let raw = RawTCPClient.connect(to: try #require(host.address))
         var identity = IPCFrame()
@@ -242,7 +242,7 @@ struct HostTests {
     @Test func releasingTheHostDisconnectsItsClientsSafely() throws {
         let harness = try RPCHarness()
         let service = EchoServiceImplementation()
-        var host: IPCHost? = IPCHost(transport: harness.transport)
+        var host: IPCHost? = IPCHost(transport: harness.transport, logger: .quiet)
         host?.expose(service)
         let (client, other) = RawFramePeer.pair()
         host?.adopt(try harness.transport.adoptConnection(fd: other.release()))
@@ -255,7 +255,7 @@ struct HostTests {
 
     @Test func exposingTheSameServiceNameTwiceIsRefused() throws {
         let harness = try RPCHarness()
-        let host = IPCHost(transport: harness.transport)
+        let host = IPCHost(transport: harness.transport, logger: .quiet)
         #expect(host.expose(EchoServiceImplementation()))
         #expect(!host.expose(EchoServiceImplementation()))
     }

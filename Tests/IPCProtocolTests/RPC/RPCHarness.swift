@@ -41,7 +41,7 @@ final class RPCHarness {
 
     /// A host with the echo service, and a raw client peer connected to it.
     func hostWithRawClient(service: any IPCService = EchoServiceImplementation()) throws -> (IPCHost, RawFramePeer) {
-        let host = IPCHost(transport: transport)
+        let host = IPCHost(transport: transport, logger: .quiet)
         host.expose(service)
         let (peer, other) = RawFramePeer.pair()
         host.adopt(try transport.adoptConnection(fd: other.release()))

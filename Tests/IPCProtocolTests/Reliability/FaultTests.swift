@@ -50,7 +50,7 @@ struct FaultTests {
     @Test func clientKilledMidStreamIsCleanedUpOnTheHost() throws {
         let harness = try RPCHarness()
         let parking = StreamParkingService()
-        let host = try IPCHost(backend: .unixSocket(harness.socketPath, loop: harness.loop))
+        let host = try IPCHost(backend: .unixSocket(harness.socketPath, loop: harness.loop), logger: .quiet)
         host.expose(parking)
         try warmUpProcessSpawning()
         let baseline = FileDescriptors.openDescriptors()
@@ -102,7 +102,7 @@ struct FaultTests {
         let harness = try RPCHarness()
         var options = ConnectionOptions()
         options.socketSendBufferSize = 4096
-        let host = try IPCHost(backend: .unixSocket(harness.socketPath, loop: harness.loop, options: options))
+        let host = try IPCHost(backend: .unixSocket(harness.socketPath, loop: harness.loop, options: options), logger: .quiet)
         let service = EchoServiceImplementation()
         host.expose(service)
         let baseline = FileDescriptors.openDescriptors()

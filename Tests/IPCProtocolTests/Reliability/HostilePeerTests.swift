@@ -21,7 +21,7 @@ final class HostileHarness {
 
     init(options: ConnectionOptions = .default, partialFrameTimeout: Duration = .seconds(10)) throws {
         harness = try RPCHarness()
-        host = try IPCHost(backend: .unixSocket(harness.socketPath, loop: harness.loop, options: options))
+        host = try IPCHost(backend: .unixSocket(harness.socketPath, loop: harness.loop, options: options), logger: .quiet)
         host.partialFrameTimeout = partialFrameTimeout
         host.expose(service)
         client = IPCClient(backend: .unixSocket(harness.socketPath, loop: harness.loop))

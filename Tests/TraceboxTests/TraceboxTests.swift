@@ -1,0 +1,193 @@
+// tracebox as users run it: `traced`, `producer` and `perfetto` as separate processes on real
+// unix sockets, every packet accounted for; the error paths a person meets; and the faults
+// the tracing system must survive (a producer killed mid-write, a service killed under a
+// producer).
+
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+import TracingAPI
+
+@Suite("tracebox programs", .serialized)
+final class TraceboxTests {
+    let directory = TemporaryDirectory()
+    let environment: [String: String]
+
+    init() {
+        environment = [
+            "PERFETTO_PRODUCER_SOCK_NAME": directory.path + "/producer.sock",
+            "PERFETTO_CONSUMER_SOCK_NAME": directory.path + "/consumer.sock",
+        ]
+    }
+
+    deinit { directory.remove() }
+
+    private func start(_ arguments: [String], name: String) throws -> Subprocess {
+        try Subprocess(arguments, environment: environment, directory: directory.path, name: name)
+    }
+
+    /// `tracebox traced`, once it says where it listens.
+    private func startService(name: String = "traced") throws -> Subprocess {
+        let service = try start(["traced"], name: name)
+        let up = poll(seconds: 20) { service.standardOutput.contains("tracebox traced: producers at") }
+        try #require(up, "traced did not start: \(service.standardError)")
+        return service
+    }
+
+    /// A text config file.
+    private func config(_ text: String, name: String = "config.txt") throws -> String {
+        let path = directory.path + "/" + name
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    private func trace(_ path: String) throws -> [TracePacket] {
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        return try TraceFile.decodePackets(bytes).map { try $0.decode() }
+    }
+
+    private static let recordingConfig = """
+        buffers { size_kb: 4096 }
+        data_sources { config { name: "tracebox.test" } }
+        data_sources { config { name: "track_event" track_event_config { enabled_categories: "tracebox" } } }
+        duration_ms: 1000
+        """
+
+    @Test(arguments: [false, true])
+    func everyPacketTheProducerWroteIsInTheRecording(writeIntoFile: Bool) throws {
+        let service = try startService()
+        defer { service.signal(SIGTERM); service.wait() }
+        let producer = try start(["producer", "-n", "20", "-p", "100", "--threads", "2"], name: "producer")
+        #expect(poll(seconds: 20) {
+            (try? self.start(["perfetto", "--query"], name: "query")).map { query in
+                query.wait() == 0 && query.standardOutput.contains("data source track_event")
+            } ?? false
+        }, "the producer never registered")
+        let out = directory.path + "/out.pftrace"
+        let text = Self.recordingConfig + (writeIntoFile ? "\nwrite_into_file: true\nfile_write_period_ms: 100" : "")
+        let recorder = try start(["perfetto", "-c", try config(text), "--txt", "-o", out], name: "perfetto")
+        #expect(recorder.wait() == 0, Comment(rawValue: recorder.standardError))
+        #expect(producer.wait() == 0, "the producer exits once its data source stops: \(producer.standardError)")
+
+        let packets = try trace(out)
+        let tests = packets.filter { if case .forTesting? = $0.data { true } else { false } }
+        #expect(tests.map(\.forTesting.str) == (0..<20).map { "packet \($0) " + String(repeating: "x", count: 100) })
+        #expect(tests.map(\.forTesting.seqValue) == (0..<20).map(UInt32.init))
+        #expect(tests.allSatisfy { UInt32(bitPattern: $0.trustedUid) == getuid() && $0.trustedPid == producer.pid })
+        let slices = packets.filter { if case .trackEvent(let event)? = $0.data { event.type == .sliceBegin } else { false } }
+        #expect(slices.count == 40, "20 slices from each of 2 threads")
+        #expect(recorder.standardError.contains("nothing lost"), Comment(rawValue: recorder.standardError))
+    }
+
+    @Test func aProducerKilledMidWriteLosesNothingItFinished() throws {
+        let service = try startService()
+        defer { service.signal(SIGTERM); service.wait() }
+        // 40 packets of ~500 bytes: several complete chunks, none committed, then SIGSTOP.
+        let producer = try start(["producer", "-n", "40", "-p", "500", "--stop-before-commit"], name: "producer")
+        let out = directory.path + "/out.pftrace"
+        let text = """
+            buffers { size_kb: 4096 }
+            data_sources { config { name: "tracebox.test" } }
+            duration_ms: 60000
+            """
+        let recorder = try start(["perfetto", "-c", try config(text), "--txt", "-o", out], name: "perfetto")
+        #expect(producer.waitUntilStopped(), "the producer never got to write")
+        producer.kill9()
+        recorder.signal(SIGINT)
+        #expect(recorder.wait() == 0, Comment(rawValue: recorder.standardError))
+
+        let texts = try trace(out).compactMap { packet -> String? in
+            if case .forTesting(let test)? = packet.data { return test.str } else { return nil }
+        }
+        // Everything but the packet its writer was still in comes from scraping.
+        let padding = String(repeating: "x", count: 500)
+        #expect(texts == (0..<39).map { "packet \($0) " + padding })
+    }
+
+    @Test func aProducerReconnectsWhenItsServiceIsKilledAndAnotherStarts() throws {
+        let first = try startService(name: "traced-1")
+        let producer = try start(["producer", "--stay", "-t", "60"], name: "producer")
+        defer { producer.signal(SIGTERM); producer.wait() }
+        let registered = { (name: String) -> Bool in
+            (try? self.start(["perfetto", "--query"], name: name)).map {
+                $0.wait() == 0 && $0.standardOutput.contains("data source tracebox.test")
+            } ?? false
+        }
+        #expect(poll(seconds: 20) { registered("query-1") })
+        first.kill9()
+        // The killed service left its socket files: the new one replaces them (stale).
+        let second = try startService(name: "traced-2")
+        defer { second.signal(SIGTERM); second.wait() }
+        #expect(poll(seconds: 20) { registered("query-2") }, "the producer did not come back")
+        #expect(producer.exitStatus == nil && producer.killedBySignal == nil, "the producer lived through it")
+    }
+
+    @Test func aServiceStoppedWithSIGTERMFinishesItsFilesAndRemovesItsSockets() throws {
+        let service = try startService()
+        let producer = try start(["producer", "-n", "10", "--stay"], name: "producer")
+        defer { producer.signal(SIGTERM); producer.wait() }
+        let out = directory.path + "/out.pftrace"
+        let text = """
+            buffers { size_kb: 1024 }
+            data_sources { config { name: "tracebox.test" } }
+            write_into_file: true
+            file_write_period_ms: 60000
+            duration_ms: 60000
+            """
+        let recorder = try start(["perfetto", "-c", try config(text), "--txt", "-o", out], name: "perfetto")
+        #expect(poll(seconds: 20) { (try? self.start(["perfetto", "--query"], name: "q"))
+            .map { $0.wait() == 0 && $0.standardOutput.contains("STARTED") } ?? false })
+        service.signal(SIGTERM)
+        #expect(service.wait() == 0)
+        #expect(!FileManager.default.fileExists(atPath: directory.path + "/producer.sock"))
+        #expect(!FileManager.default.fileExists(atPath: directory.path + "/consumer.sock"))
+        recorder.wait()
+        let texts = try trace(out).compactMap { packet -> String? in
+            if case .forTesting(let test)? = packet.data { return test.str } else { return nil }
+        }
+        #expect(texts == (0..<10).map { "packet \($0) " }, "written into the file before the service went")
+    }
+
+    @Test func errorsAreOneClearLine() throws {
+        let noService = try start(["perfetto", "--query"], name: "no-service")
+        #expect(noService.wait() == 1)
+        #expect(noService.standardError.contains("no tracing service is listening"))
+        #expect(noService.standardError.contains("tracebox traced"))
+
+        let service = try startService()
+        defer { service.signal(SIGTERM); service.wait() }
+        let second = try start(["traced"], name: "second")
+        #expect(second.wait() == 1)
+        #expect(second.standardError.contains("a service is already running there"))
+        #expect(second.standardError.split(separator: "\n").count == 1)
+
+        let bad = try config("buffers { size_kb: 1024 }\ndata_sources {\n  config { name: \"x\" no_such_field: 3 }\n}\n", name: "bad.txt")
+        let recorder = try start(["perfetto", "-c", bad, "--txt", "-o", directory.path + "/bad.pftrace"], name: "bad")
+        #expect(recorder.wait() == 1)
+        #expect(recorder.standardError.contains("line 3: unknown field \"no_such_field\""), Comment(rawValue: recorder.standardError))
+    }
+
+    @Test func ctrlCEndsARecordingEarlyAndKeepsWhatWasRecorded() throws {
+        let service = try startService()
+        defer { service.signal(SIGTERM); service.wait() }
+        let producer = try start(["producer", "-n", "7"], name: "producer")
+        let out = directory.path + "/out.pftrace"
+        let text = """
+            buffers { size_kb: 1024 }
+            data_sources { config { name: "tracebox.test" } }
+            duration_ms: 600000
+            """
+        let recorder = try start(["perfetto", "-c", try config(text), "--txt", "-o", out], name: "perfetto")
+        // Once the producer has written (it commits right away), interrupt.
+        #expect(poll(seconds: 20) { (try? self.start(["perfetto", "--query"], name: "q"))
+            .map { $0.wait() == 0 && $0.standardOutput.contains("STARTED") } ?? false })
+        recorder.signal(SIGINT)
+        #expect(recorder.wait() == 0, Comment(rawValue: recorder.standardError))
+        #expect(producer.wait() == 0)
+        let texts = try trace(out).compactMap { packet -> String? in
+            if case .forTesting(let test)? = packet.data { return test.str } else { return nil }
+        }
+        #expect(texts == (0..<7).map { "packet \($0) " })
+    }
+}
