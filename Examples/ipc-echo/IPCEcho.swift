@@ -140,8 +140,21 @@ func runEchoBench(session: EchoSession, iterations: Int, payload: Int, withFD: B
     let echo = try EchoBenchmark.measureEcho(proxy: session.proxy, payloadSize: payload, iterations: iterations, withFD: withFD)
     say("echo  \(payload)B\(withFD ? "+fd" : "") [\(session.backend.rawValue)]: \(echo)")
     if let raw {
-        say(String(format: "ratio p50=%.2fx mean=%.2fx (echo / raw ping-pong)", echo.p50 / raw.p50, echo.mean / raw.mean))
+        say(String(format: "ratio p50=%.2fx mean=%.2fx (echo / raw ping-pong)", echo.p50 / raw.p50, echo.mean / raw.mean)
+            + (isDebugBuild ? " [debug build]" : ""))
     }
+    if isDebugBuild {
+        say("(a debug build: our side runs unoptimised, the raw floor does not. For figures, build with `swift build -c release` and run .build/release/ipc-echo)")
+    }
+}
+
+/// Whether this binary was built without optimisation (figures from it mean little).
+var isDebugBuild: Bool {
+    #if DEBUG
+    return true
+    #else
+    return false
+    #endif
 }
 
 func describe(_ reply: Pfpeers_EchoReply) -> String {
