@@ -120,7 +120,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TracingAPITests",
-            dependencies: ["TracingAPI", "IPCProtocol", "IPCInProcess", "IPCUnixSocket", "IPCLibuv", "TestSupport", "CPerfettoIPCLinux"],
+            dependencies: ["TracingAPI", "IPCProtocol", "IPCInProcess", "IPCUnixSocket", "IPCLibuv", "IPCSocketCore", "TestSupport", "CPerfettoIPCLinux"],
             resources: [.copy("Fixtures")]
         ),
         // The tracebox programs as separate processes on real sockets.

@@ -6,6 +6,7 @@ import Foundation
 import IPCInProcess
 import IPCLibuv
 import IPCProtocol
+import IPCSocketCore
 import IPCUnixSocket
 import Testing
 import TestSupport
@@ -114,8 +115,20 @@ struct TracingBinding: Sendable, CustomTestStringConvertible {
             })
     }
 
+    /// The ports over real unix sockets, on a deterministic loop with virtual time: the same
+    /// socket transport the epoll and libuv loops run (IPCSocketCore), polled by the test.
+    static let unixSocketsOnManualLoop = TracingBinding(name: "ports, unix socket, manual loop") {
+        let loop = ManualEventLoop()
+        let directory = TemporaryDirectory()
+        return try served(
+            loop: loop, transport: POSIXSocketTransport(loop: loop), producer: directory.path + "/p.sock",
+            consumer: directory.path + "/c.sock", run: { runVirtually(loop, until: $0) }, cleanUp: { directory.remove() })
+    }
+
     static let all = [direct, inMemory, epoll, libuv]
     static let overIPC = [inMemory, epoll, libuv]
+    /// Bindings on a ManualEventLoop, for scenarios that move virtual time.
+    static let deterministic = [direct, inMemory, unixSocketsOnManualLoop]
 
     private static func served(
         loop: any IPCEventLoop, transport: any IPCTransport, producer: String, consumer: String,

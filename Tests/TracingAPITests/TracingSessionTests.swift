@@ -1,5 +1,7 @@
-// A tracing session end to end, in one process on a deterministic loop: producers write through
-// real shared memory (memfd, page-header CAS, CommitData), the consumer reads the trace.
+// A tracing session end to end on a deterministic loop (virtual time): producers write through
+// real shared memory (memfd, page-header CAS, CommitData), the consumer reads the trace. Every
+// scenario runs on each binding: producers and consumers connected to the service directly, and
+// through ProducerPort / ConsumerPort over in-memory frames and over real unix sockets.
 
 import IPCInProcess
 import IPCProtocol
@@ -11,23 +13,50 @@ import Testing
 
 @Suite("Tracing sessions", .serialized)
 final class TracingSessionTests {
+    var world: TracingWorld!
     var loop: ManualEventLoop!
+    /// The service itself, for checks of its state.
     var service: TracingServiceCore!
+    /// What producers and consumers connect through (the service, or its ports).
+    var clients: (any TracingService)!
 
-    init() {
-        loop = ManualEventLoop()
-        service = TracingServiceCore(eventLoop: loop)
+    /// Sets up `binding`'s world; every test starts with it.
+    func use(_ binding: TracingBinding) throws {
+        world = try binding.make()
+        loop = try #require(world.loop as? ManualEventLoop)
+        service = world.core
+        clients = world.clients
     }
 
+    deinit { world?.tearDown() }
 
-    @Test func fullSessionLifecycle() throws {
+    /// Drives the loop until the service knows every data source `producers` registered: over a
+    /// connection, registrations arrive after the handshake, and may come after a consumer's
+    /// EnableTracing that was sent later.
+    func registered(_ producers: RecordingProducer..., sourceLocation: SourceLocation = #_sourceLocation) {
+        drive(loop, until: {
+            producers.allSatisfy { $0.connects == 1 }
+                && self.service.connectedProducers.count >= producers.count
+                && self.service.connectedProducers.allSatisfy { !$0.dataSources.isEmpty }
+        }, "the producers' data sources never reached the service", sourceLocation: sourceLocation)
+    }
+
+    /// The uid and pid the trace and the service state carry for a producer that said `uid`/`pid`:
+    /// the kernel's over a connection, the producer's own words in-process.
+    func identity(uid: UInt32, pid: Int32) -> (uid: UInt32, pid: Int32) {
+        world.identityFromConnection ? (getuid(), getpid()) : (uid, pid)
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
+    func fullSessionLifecycle(_ binding: TracingBinding) throws {
+        try use(binding)
         let producer = RecordingProducer(
-            service: service, name: "app", uid: 1234, pid: 777,
+            service: clients, name: "app", uid: 1234, pid: 777,
             dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         producer.onStart = { _, writer in
             for index in 0..<5 { writer.writeTestPacket(timestamp: UInt64(100 + index), "packet \(index)") }
         }
-        let consumer = RecordingConsumer(service: service)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
         #expect(producer.events == ["connect", "setup-tracing", "setup test.source", "start test.source"])
@@ -50,9 +79,10 @@ final class TracingSessionTests {
         let written = consumer.producerPackets()
         #expect(written.map(\.forTesting.str) == ((0..<5).map { "packet \($0)" }))
         #expect(written.map(\.timestamp) == [100, 101, 102, 103, 104])
+        let expected = identity(uid: 1234, pid: 777)
         for packet in written {
-            #expect(packet.trustedUid == 1234)
-            #expect(packet.trustedPid == 777)
+            #expect(UInt32(bitPattern: packet.trustedUid) == expected.uid)
+            #expect(packet.trustedPid == expected.pid)
             #expect(packet.trustedPacketSequenceID == 2)
         }
         #expect(written.map(\.previousPacketDropped) == [1, 0, 0, 0, 0], "first packet on a sequence")
@@ -77,8 +107,10 @@ final class TracingSessionTests {
         #expect(service.sessions.isEmpty)
     }
 
-    @Test func enableFailuresAreReportedAsTracingDisabledWithAReason() {
-        let consumer = RecordingConsumer(service: service)
+    @Test(arguments: TracingBinding.deterministic)
+    func enableFailuresAreReportedAsTracingDisabledWithAReason(_ binding: TracingBinding) throws {
+        try use(binding)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TraceConfig(), outputFile: nil)
         drive(loop, until: { consumer.disabledErrors.count == 1 })
         #expect(consumer.disabledErrors[0].contains("no buffers"), Comment(rawValue: consumer.disabledErrors[0]))
@@ -97,11 +129,13 @@ final class TracingSessionTests {
         #expect(service.sessions.isEmpty)
     }
 
-    @Test func uniqueSessionNameIsExclusive() {
+    @Test(arguments: TracingBinding.deterministic)
+    func uniqueSessionNameIsExclusive(_ binding: TracingBinding) throws {
+        try use(binding)
         var config = TracingConfigs.config()
         config.uniqueSessionName = "only-one"
-        let first = RecordingConsumer(service: service)
-        let second = RecordingConsumer(service: service)
+        let first = RecordingConsumer(service: clients)
+        let second = RecordingConsumer(service: clients)
         first.endpoint.enableTracing(config, outputFile: nil)
         second.endpoint.enableTracing(config, outputFile: nil)
         drive(loop, until: { second.disabledErrors.count == 1 })
@@ -110,12 +144,14 @@ final class TracingSessionTests {
         #expect(service.sessions.count == 1)
     }
 
-    @Test func concurrentSessionsGetTheirOwnInstancesAndBuffers() throws {
+    @Test(arguments: TracingBinding.deterministic)
+    func concurrentSessionsGetTheirOwnInstancesAndBuffers(_ binding: TracingBinding) throws {
+        try use(binding)
         let producer = RecordingProducer(
-            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+            service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         producer.onStart = { id, writer in writer.writeTestPacket(timestamp: id, "for instance \(id)") }
-        let first = RecordingConsumer(service: service)
-        let second = RecordingConsumer(service: service)
+        let first = RecordingConsumer(service: clients)
+        let second = RecordingConsumer(service: clients)
         first.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         second.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 2 })
@@ -130,14 +166,16 @@ final class TracingSessionTests {
         #expect(second.producerPackets().map(\.forTesting.str) == ["for instance \(producer.started[1].id)"])
     }
 
-    @Test func producerNameFilterSelectsProducers() {
-        let wanted = RecordingProducer(service: service, name: "wanted", dataSources: [TracingConfigs.descriptor("test.source")])
-        let other = RecordingProducer(service: service, name: "other", dataSources: [TracingConfigs.descriptor("test.source")])
-        let regexMatched = RecordingProducer(service: service, name: "app-42", dataSources: [TracingConfigs.descriptor("test.source")])
+    @Test(arguments: TracingBinding.deterministic)
+    func producerNameFilterSelectsProducers(_ binding: TracingBinding) throws {
+        try use(binding)
+        let wanted = RecordingProducer(service: clients, name: "wanted", dataSources: [TracingConfigs.descriptor("test.source")])
+        let other = RecordingProducer(service: clients, name: "other", dataSources: [TracingConfigs.descriptor("test.source")])
+        let regexMatched = RecordingProducer(service: clients, name: "app-42", dataSources: [TracingConfigs.descriptor("test.source")])
         var config = TracingConfigs.config()
         config.dataSources[0].producerNameFilter = ["wanted"]
         config.dataSources[0].producerNameRegexFilter = ["app-[0-9]+"]
-        let consumer = RecordingConsumer(service: service)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(config, outputFile: nil)
         loop.runUntilIdle()
         #expect(wanted.started.count == 1)
@@ -146,19 +184,23 @@ final class TracingSessionTests {
         #expect(other.tracingSetups == 0)
     }
 
-    @Test func dataSourceRegisteredDuringASessionJoinsIt() {
-        let consumer = RecordingConsumer(service: service)
+    @Test(arguments: TracingBinding.deterministic)
+    func dataSourceRegisteredDuringASessionJoinsIt(_ binding: TracingBinding) throws {
+        try use(binding)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         loop.runUntilIdle()
-        let late = RecordingProducer(service: service, name: "late", dataSources: [TracingConfigs.descriptor("test.source")])
+        let late = RecordingProducer(service: clients, name: "late", dataSources: [TracingConfigs.descriptor("test.source")])
         drive(loop, until: { late.started.count == 1 })
     }
 
-    @Test func deferredStartWaitsForStartTracing() {
-        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+    @Test(arguments: TracingBinding.deterministic)
+    func deferredStartWaitsForStartTracing(_ binding: TracingBinding) throws {
+        try use(binding)
+        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         var config = TracingConfigs.config()
         config.deferredStart = true
-        let consumer = RecordingConsumer(service: service)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(config, outputFile: nil)
         loop.runUntilIdle()
         #expect(producer.events == ["connect", "setup-tracing", "setup test.source"])
@@ -166,10 +208,12 @@ final class TracingSessionTests {
         drive(loop, until: { producer.started.count == 1 })
     }
 
-    @Test func automaticStopAfterDurationFlushesThenDisables() {
-        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+    @Test(arguments: TracingBinding.deterministic)
+    func automaticStopAfterDurationFlushesThenDisables(_ binding: TracingBinding) throws {
+        try use(binding)
+        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         producer.onStart = { _, writer in writer.writeTestPacket(timestamp: 1, "before the stop") }
-        let consumer = RecordingConsumer(service: service)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(durationMs: 2_000), outputFile: nil)
         loop.runUntilIdle()
         #expect(producer.started.count == 1)
@@ -183,9 +227,11 @@ final class TracingSessionTests {
         #expect(consumer.producerPackets().map(\.forTesting.str) == ["before the stop"])
     }
 
-    @Test func flushAcknowledgedSucceeds() {
-        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: service)
+    @Test(arguments: TracingBinding.deterministic)
+    func flushAcknowledgedSucceeds(_ binding: TracingBinding) throws {
+        try use(binding)
+        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
         producer.writers.values.first!.writeTestPacket(timestamp: 5, "flushed")
@@ -202,10 +248,12 @@ final class TracingSessionTests {
         #expect(results == [true], "the callback fires exactly once")
     }
 
-    @Test func flushThatIsNotAcknowledgedTimesOut() {
-        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+    @Test(arguments: TracingBinding.deterministic)
+    func flushThatIsNotAcknowledgedTimesOut(_ binding: TracingBinding) throws {
+        try use(binding)
+        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         producer.acknowledgesFlushes = false
-        let consumer = RecordingConsumer(service: service)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
         var results: [Bool] = []
@@ -224,11 +272,13 @@ final class TracingSessionTests {
         #expect(consumer.stats[0].flushesSucceeded == 0)
     }
 
-    @Test func disableWaitsForStopAcknowledgementUpToTheTimeout() {
+    @Test(arguments: TracingBinding.deterministic)
+    func disableWaitsForStopAcknowledgementUpToTheTimeout(_ binding: TracingBinding) throws {
+        try use(binding)
         let producer = RecordingProducer(
-            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+            service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         producer.notifiesStops = false
-        let consumer = RecordingConsumer(service: service)
+        let consumer = RecordingConsumer(service: clients)
         var config = TracingConfigs.config()
         config.dataSourceStopTimeoutMs = 1_000
         consumer.endpoint.enableTracing(config, outputFile: nil)
@@ -241,10 +291,12 @@ final class TracingSessionTests {
         #expect(consumer.disabledErrors == [""])
     }
 
-    @Test func stopAcknowledgementEndsTheSessionAtOnce() {
+    @Test(arguments: TracingBinding.deterministic)
+    func stopAcknowledgementEndsTheSessionAtOnce(_ binding: TracingBinding) throws {
+        try use(binding)
         let producer = RecordingProducer(
-            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
-        let consumer = RecordingConsumer(service: service)
+            service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
         consumer.endpoint.disableTracing()
@@ -252,11 +304,13 @@ final class TracingSessionTests {
         #expect(loop.virtualTime == .zero)
     }
 
-    @Test func producerDisconnectReleasesItsPartOfTheSession() {
+    @Test(arguments: TracingBinding.deterministic)
+    func producerDisconnectReleasesItsPartOfTheSession(_ binding: TracingBinding) throws {
+        try use(binding)
         let producer = RecordingProducer(
-            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+            service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
         producer.notifiesStops = false
-        let consumer = RecordingConsumer(service: service)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
         consumer.endpoint.disableTracing()
@@ -267,9 +321,12 @@ final class TracingSessionTests {
         #expect(loop.virtualTime == .zero, "no waiting for a producer that is gone")
     }
 
-    @Test func observableEventsReportInstancesAndAllStarted() {
-        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: service)
+    @Test(arguments: TracingBinding.deterministic)
+    func observableEventsReportInstancesAndAllStarted(_ binding: TracingBinding) throws {
+        try use(binding)
+        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        registered(producer)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.observeEvents([.dataSourcesInstances, .allDataSourcesStarted])
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { consumer.observed.count == 2 })
@@ -282,9 +339,12 @@ final class TracingSessionTests {
         _ = producer
     }
 
-    @Test func queryServiceStateAndCapabilities() {
-        let producer = RecordingProducer(service: service, name: "app", uid: 55, pid: 66, dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: service, uid: 77)
+    @Test(arguments: TracingBinding.deterministic)
+    func queryServiceStateAndCapabilities(_ binding: TracingBinding) throws {
+        try use(binding)
+        let producer = RecordingProducer(service: clients, name: "app", uid: 55, pid: 66, dataSources: [TracingConfigs.descriptor("test.source")])
+        registered(producer)
+        let consumer = RecordingConsumer(service: clients, uid: 77)
         var config = TracingConfigs.config()
         config.uniqueSessionName = "named"
         consumer.endpoint.enableTracing(config, outputFile: nil)
@@ -294,10 +354,10 @@ final class TracingSessionTests {
         consumer.endpoint.queryCapabilities { capabilities = $0 }
         drive(loop, until: { state != nil && capabilities != nil })
         #expect(state?.producers.map(\.name) == ["app"])
-        #expect(state?.producers.first?.uid == 55)
-        #expect(state?.producers.first?.pid == 66)
+        #expect(state?.producers.first.map { UInt32(bitPattern: $0.uid) } == identity(uid: 55, pid: 66).uid)
+        #expect(state?.producers.first?.pid == identity(uid: 55, pid: 66).pid)
         #expect(state?.dataSources.map(\.dsDescriptor.name) == ["test.source"])
-        #expect(state?.tracingSessions.first?.consumerUid == 77)
+        #expect(state?.tracingSessions.first.map { UInt32(bitPattern: $0.consumerUid) } == identity(uid: 77, pid: 0).uid)
         #expect(state?.tracingSessions.first?.uniqueSessionName == "named")
         #expect(state?.tracingSessions.first?.bufferSizeKb == [1024])
         #expect(state?.numSessionsStarted == 1)
@@ -305,26 +365,31 @@ final class TracingSessionTests {
         _ = producer
     }
 
-    @Test func consumerDisconnectFreesItsSession() {
-        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: service)
+    @Test(arguments: TracingBinding.deterministic)
+    func consumerDisconnectFreesItsSession(_ binding: TracingBinding) throws {
+        try use(binding)
+        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
         consumer.endpoint.disconnect()
-        drive(loop, until: { consumer.disconnects == 1 })
+        // Over a connection the service learns of it when it reads the hang-up.
+        drive(loop, until: { consumer.disconnects == 1 && self.service.sessions.isEmpty && producer.stopped.count == 1 })
         #expect(service.sessions.isEmpty)
         #expect(service.buffers.isEmpty)
         #expect(producer.stopped.count == 1)
     }
 
-    @Test func incrementalStateIsClearedPeriodicallyForDataSourcesThatHandleIt() {
+    @Test(arguments: TracingBinding.deterministic)
+    func incrementalStateIsClearedPeriodicallyForDataSourcesThatHandleIt(_ binding: TracingBinding) throws {
+        try use(binding)
         let handles = RecordingProducer(
-            service: service, name: "handles",
+            service: clients, name: "handles",
             dataSources: [TracingConfigs.descriptor("test.source", handlesIncrementalStateClear: true)])
-        let ignores = RecordingProducer(service: service, name: "ignores", dataSources: [TracingConfigs.descriptor("test.source")])
+        let ignores = RecordingProducer(service: clients, name: "ignores", dataSources: [TracingConfigs.descriptor("test.source")])
         var config = TracingConfigs.config()
         config.incrementalStateConfig.clearPeriodMs_p = 500
-        let consumer = RecordingConsumer(service: service)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(config, outputFile: nil)
         drive(loop, until: { handles.started.count == 1 && ignores.started.count == 1 })
         loop.advanceTime(by: .milliseconds(499))
@@ -338,10 +403,12 @@ final class TracingSessionTests {
         #expect(handles.clearedIncrementalState.count == 3, "not after the session stopped")
     }
 
-    @Test func serviceEventsMarkTheSessionInTheTrace() {
+    @Test(arguments: TracingBinding.deterministic)
+    func serviceEventsMarkTheSessionInTheTrace(_ binding: TracingBinding) throws {
+        try use(binding)
         let producer = RecordingProducer(
-            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
-        let consumer = RecordingConsumer(service: service)
+            service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
         var flushed: [Bool] = []
@@ -372,10 +439,12 @@ final class TracingSessionTests {
         return config
     }
 
-    @Test func startTriggerStartsADeferredSession() {
-        let app = RecordingProducer(service: service, name: "app-1", dataSources: [TracingConfigs.descriptor("test.source")])
-        let other = RecordingProducer(service: service, name: "other", dataSources: [])
-        let consumer = RecordingConsumer(service: service)
+    @Test(arguments: TracingBinding.deterministic)
+    func startTriggerStartsADeferredSession(_ binding: TracingBinding) throws {
+        try use(binding)
+        let app = RecordingProducer(service: clients, name: "app-1", dataSources: [TracingConfigs.descriptor("test.source")])
+        let other = RecordingProducer(service: clients, name: "other", dataSources: [])
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(triggerConfig(.startTracing), outputFile: nil)
         loop.runUntilIdle()
         other.endpoint.activateTriggers(["go"])  // the regex does not match this producer
@@ -386,9 +455,11 @@ final class TracingSessionTests {
         drive(loop, until: { app.started.count == 1 })
     }
 
-    @Test func stopTriggerStopsTheSessionAfterItsDelay() {
-        let app = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: service)
+    @Test(arguments: TracingBinding.deterministic)
+    func stopTriggerStopsTheSessionAfterItsDelay(_ binding: TracingBinding) throws {
+        try use(binding)
+        let app = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(triggerConfig(.stopTracing, stopDelayMs: 250), outputFile: nil)
         drive(loop, until: { app.started.count == 1 })
         app.endpoint.activateTriggers(["go"])
@@ -400,10 +471,12 @@ final class TracingSessionTests {
         #expect(app.flushRequests.count == 1, "a stop trigger flushes first")
     }
 
-    @Test func syncRunsAfterEverythingSentBefore() {
+    @Test(arguments: TracingBinding.deterministic)
+    func syncRunsAfterEverythingSentBefore(_ binding: TracingBinding) throws {
+        try use(binding)
         let producer = RecordingProducer(
-            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
-        let consumer = RecordingConsumer(service: service)
+            service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.writers.count == 1 })
         producer.writers.values.first!.writeTestPacket(timestamp: 1, "before sync")
@@ -417,9 +490,11 @@ final class TracingSessionTests {
         #expect(chunksAtSync == [1], "the commit sent before sync was applied when sync answered")
     }
 
-    @Test func unregisteringADataSourceStopsItsInstances() {
-        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: service)
+    @Test(arguments: TracingBinding.deterministic)
+    func unregisteringADataSourceStopsItsInstances(_ binding: TracingBinding) throws {
+        try use(binding)
+        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
         drive(loop, until: { producer.started.count == 1 })
         producer.endpoint.unregisterDataSource(named: "test.source")
@@ -430,7 +505,9 @@ final class TracingSessionTests {
         #expect(state?.dataSources.count == 0)
     }
 
-    @Test func unknownConfigFieldsSurviveIntoTheTrace() throws {
+    @Test(arguments: TracingBinding.deterministic)
+    func unknownConfigFieldsSurviveIntoTheTrace(_ binding: TracingBinding) throws {
+        try use(binding)
         // A config written for a newer Perfetto: field 1234 is unknown to us.
         var config = TracingConfigs.config()
         var unknown: [UInt8] = []
@@ -438,7 +515,7 @@ final class TracingSessionTests {
         let encoded: [UInt8] = try config.serializedBytes() + unknown
         config = try TraceConfig(serializedBytes: encoded)
         #expect((try config.serializedBytes() as [UInt8]) == encoded)
-        let consumer = RecordingConsumer(service: service)
+        let consumer = RecordingConsumer(service: clients)
         consumer.endpoint.enableTracing(config, outputFile: nil)
         consumer.endpoint.disableTracing()
         consumer.read(on: loop)
