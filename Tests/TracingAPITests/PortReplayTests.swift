@@ -16,10 +16,10 @@ struct CapturedPortConversation {
     let clientFrames: [IPCFrame]
     let serviceFrames: [IPCFrame]
 
-    init(_ folder: String) throws {
+    init(_ folder: String, connection: Int = 0) throws {
         let root = try #require(Bundle.module.url(forResource: "Fixtures/interop/\(folder)", withExtension: nil))
-        clientFrames = try Self.frames(in: Data(contentsOf: root.appendingPathComponent("conn0.c2s.bin")))
-        serviceFrames = try Self.frames(in: Data(contentsOf: root.appendingPathComponent("conn0.s2c.bin")))
+        clientFrames = try Self.frames(in: Data(contentsOf: root.appendingPathComponent("conn\(connection).c2s.bin")))
+        serviceFrames = try Self.frames(in: Data(contentsOf: root.appendingPathComponent("conn\(connection).s2c.bin")))
     }
 
     /// Splits a stream of `[u32 little-endian length][IPCFrame]`.
@@ -165,6 +165,55 @@ final class PortReplayTests {
         try expectSameReplies(
             consumer.frames.filter { $0.requestID == 5 }, consumerConversation.replies(to: 5),
             as: Perfetto_Protos_DisableTracingResponse.self)
+    }
+
+    @Test func aStartupTracingProducerHasItsOwnMemoryAdoptedAsTracedDid() throws {
+        // conn0: the SDK's throwaway connection, closed right after binding.
+        let throwaway = try CapturedPortConversation("startup_producer_session", connection: 0)
+        let first = try peer(on: host.producerHosts[0])
+        for frame in throwaway.clientFrames { first.send(frame) }
+        frames(first, count: throwaway.serviceFrames.count)
+        first.close()
+
+        let conversation = try CapturedPortConversation("startup_producer_session", connection: 1)
+        let producer = try peer(on: host.producerHosts[0])
+        // The producer's own memory, sealed as the SDK seals it, with InitializeConnection.
+        let memory = try SharedMemoryBuffer.create(size: 256 * 1024, pageSize: 4096)
+        producer.send(try conversation.request(1))
+        producer.send(try conversation.request(2), fd: memory.fileDescriptor.rawValue)
+        producer.send(try conversation.request(3))
+        let received = frames(producer, count: 3)
+        #expect(received.first { $0.requestID == 1 }?.msgBindServiceReply == conversation.replies(to: 1).first?.msgBindServiceReply)
+        try expectSameReplies(
+            received.filter { $0.requestID == 2 }, conversation.replies(to: 2),
+            as: Perfetto_Protos_InitializeConnectionResponse.self)
+        // setup_tracing at once, empty and without an fd: the producer keeps its own memory.
+        try expectSameReplies(
+            received.filter { $0.requestID == 3 }, Array(conversation.replies(to: 3).prefix(1)),
+            as: Perfetto_Protos_GetAsyncCommandResponse.self)
+        #expect(producer.receivedFDs.isEmpty)
+        #expect(host.service.connectedProducers.first?.isSharedMemoryProvidedByProducer == true)
+    }
+
+    @Test func perfettoWritingIntoAFileGetsTracedsAnswer() throws {
+        let conversation = try CapturedPortConversation("perfetto_cmd_write_into_file")
+        let consumer = try peer(on: host.consumerHost)
+        let file = FileDescriptors.memfd(named: "out.pftrace", content: [])
+        consumer.send(try conversation.request(1))
+        // EnableTracing carries the output file, as perfetto sent it; its config stops after 1 s.
+        consumer.send(try conversation.request(2), fd: file.rawValue)
+        let answered = loop.run(until: { consumer.poll() >= 2 }, timeout: .seconds(10))
+        #expect(answered, "EnableTracing was never answered")
+        try expectSameReplies(
+            consumer.frames.filter { $0.requestID == 2 }, conversation.replies(to: 2),
+            as: Perfetto_Protos_EnableTracingResponse.self)
+        let request = try Perfetto_Protos_EnableTracingRequest(
+            serializedBytes: try conversation.request(2).msgInvokeMethod.argsProto)
+        let written = try TraceFile.decodePackets(FileDescriptors.content(of: file.rawValue)).map { try $0.decode() }
+        let configs = written.compactMap { packet -> TraceConfig? in
+            if case .traceConfig(let config)? = packet.data { return config } else { return nil }
+        }
+        #expect(configs == [request.traceConfig], "the file starts with the config perfetto sent")
     }
 
     @Test func perfettoQueryRawGetsOneCompleteServiceState() throws {

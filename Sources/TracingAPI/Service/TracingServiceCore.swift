@@ -99,6 +99,12 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         producers[id] = Weak(endpoint)
         producersSeen += 1
         post { [weak producer] in producer?.onConnect() }
+        if endpoint.isSharedMemoryProvidedByProducer {
+            // Its own memory is ready now: tracing is set up at once, as traced does it, so a
+            // producer that traced from startup can hand over what it wrote.
+            endpoint.didSetUpTracing = true
+            post { [weak producer] in producer?.onTracingSetup() }
+        }
         return endpoint
     }
 
