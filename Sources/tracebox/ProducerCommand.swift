@@ -141,7 +141,10 @@ final class TestProducer: Producer {
                 return
             }
             writeTestPackets(writer)
-            writer.flush()
+            let count = settings.count
+            let name = config.name
+            // Said once the service has the packets (the commit is acknowledged).
+            writer.flush { say("tracebox producer: \(count) packets written to \(name) (instance \(id))") }
             startedTestSource = true
         } else if config.name == "track_event", Self.enables(config.trackEventConfig) {
             var threadWriters: [TraceWriter] = []

@@ -136,8 +136,7 @@ final class TraceboxTests {
             duration_ms: 60000
             """
         let recorder = try start(["perfetto", "-c", try config(text), "--txt", "-o", out], name: "perfetto")
-        #expect(poll(seconds: 20) { (try? self.start(["perfetto", "--query"], name: "q"))
-            .map { $0.wait() == 0 && $0.standardOutput.contains("STARTED") } ?? false })
+        #expect(poll(seconds: 20) { producer.standardOutput.contains("10 packets written") }, "the producer never wrote")
         service.signal(SIGTERM)
         #expect(service.wait() == 0)
         #expect(!FileManager.default.fileExists(atPath: directory.path + "/producer.sock"))
@@ -179,9 +178,8 @@ final class TraceboxTests {
             duration_ms: 600000
             """
         let recorder = try start(["perfetto", "-c", try config(text), "--txt", "-o", out], name: "perfetto")
-        // Once the producer has written (it commits right away), interrupt.
-        #expect(poll(seconds: 20) { (try? self.start(["perfetto", "--query"], name: "q"))
-            .map { $0.wait() == 0 && $0.standardOutput.contains("STARTED") } ?? false })
+        // Once the service has what the producer wrote, interrupt.
+        #expect(poll(seconds: 20) { producer.standardOutput.contains("7 packets written") }, "the producer never wrote")
         recorder.signal(SIGINT)
         #expect(recorder.wait() == 0, Comment(rawValue: recorder.standardError))
         #expect(producer.wait() == 0)
