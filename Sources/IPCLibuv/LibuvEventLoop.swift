@@ -1,6 +1,9 @@
 // An IPCEventLoop on libuv, so Host and Client can live inside an application's uv loop.
 //
-//   posting       uv_async_t (uv_async_send is libuv's one thread-safe call)
+//   posting       uv_async_t (uv_async_send is libuv's one thread-safe call) from other
+//                 threads; from the loop's own thread a uv_idle_t, which runs the queue on the
+//                 loop's next turn without a system call to wake it (and tasks those tasks
+//                 post run in the same turn, up to a bound)
 //   delayed tasks one uv_timer_t, armed for the earliest task of a TimerQueue
 //   fd watches    one uv_poll_t per watched descriptor
 //
@@ -25,6 +28,10 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
     public let uvLoop: UnsafeMutablePointer<uv_loop_t>
     private let ownsLoop: Bool
     private let wakeup: UnsafeMutablePointer<uv_async_t>
+    /// Started when the loop's own thread posts: the next turn runs the queue, polling with a
+    /// zero timeout instead of being woken.
+    private let idle: UnsafeMutablePointer<uv_idle_t>
+    private var idleStarted = false
     private let timer: UnsafeMutablePointer<uv_timer_t>
     /// Posted tasks, and whether the wake-up handle still accepts sends (false once closed:
     /// a task posted after shutdown is dropped instead of poking a freed handle).
@@ -59,23 +66,28 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
         ownsLoop = owns
         owner = Atomic(CPerfettoIPC_gettid())
         wakeup = .allocate(capacity: 1)
+        idle = .allocate(capacity: 1)
         timer = .allocate(capacity: 1)
         let asyncRC = uv_async_init(loop, wakeup) { handle in
             LibuvEventLoop.from(handle?.pointee.data)?.runPendingTasks()
         }
         guard asyncRC == 0 else {
             wakeup.deallocate()
+            idle.deallocate()
             timer.deallocate()
             throw IPCError(.systemCallFailed, "uv_async_init failed: \(Self.describe(asyncRC))", errno: -asyncRC)
         }
         uv_timer_init(loop, timer)
+        uv_idle_init(loop, idle)
         let me = Unmanaged.passUnretained(self).toOpaque()
         wakeup.pointee.data = me
+        idle.pointee.data = me
         timer.pointee.data = me
         // Our handles must not keep an application's loop alive on their own.
         if !owns {
             uv_unref(Self.handle(wakeup))
             uv_unref(Self.handle(timer))
+            uv_unref(Self.handle(idle))
         }
     }
 
@@ -110,11 +122,34 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
     // MARK: IPCEventLoop
 
     public func execute(_ task: @escaping @Sendable () -> Void) {
-        pending.withLock { state in
-            guard state.open else { return }
+        let onLoop = inEventLoop
+        let firstOnLoop = pending.withLock { state -> Bool in
+            guard state.open else { return false }
             state.tasks.append(PostedTask(task))
+            guard state.tasks.count == 1 else { return false }
+            if onLoop { return true }
             // Sent under the lock so that closing the handle cannot slip in between.
-            if state.tasks.count == 1 { uv_async_send(wakeup) }
+            uv_async_send(wakeup)
+            return false
+        }
+        if firstOnLoop { startIdle() }
+    }
+
+    /// Has the loop's next turn run the queue (loop-only).
+    private func startIdle() {
+        guard !idleStarted, !closed else { return }
+        idleStarted = true
+        uv_idle_start(idle) { handle in
+            LibuvEventLoop.from(handle?.pointee.data)?.idleFired()
+        }
+    }
+
+    private func idleFired() {
+        runPendingTasks()
+        // Still busy after the bounded rounds: stay started, so the next turn goes on.
+        if pending.withLock({ $0.tasks.isEmpty }) {
+            idleStarted = false
+            uv_idle_stop(idle)
         }
     }
 
@@ -174,18 +209,30 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
         closed = true
         pending.withLock { $0 = ([], false) }
         wakeup.pointee.data = nil
+        idle.pointee.data = nil
         timer.pointee.data = nil
         uv_timer_stop(timer)
+        uv_idle_stop(idle)
         uv_close(Self.handle(wakeup)) { $0?.deallocate() }
+        uv_close(Self.handle(idle)) { $0?.deallocate() }
         uv_close(Self.handle(timer)) { $0?.deallocate() }
     }
 
     // MARK: Internals
 
+    /// Rounds of posted tasks one turn runs before descriptors and timers are looked at again.
+    static let maxTaskRoundsPerTurn = 64
+
+    /// Runs the queued tasks, then those they queued, and so on, for a bounded number of rounds.
     private func runPendingTasks() {
-        pending.withLock { swap(&$0.tasks, &running) }
-        for task in running { task.run() }
-        running.removeAll(keepingCapacity: true)
+        for _ in 0..<Self.maxTaskRoundsPerTurn {
+            pending.withLock { swap(&$0.tasks, &running) }
+            if running.isEmpty { return }
+            for task in running { task.run() }
+            running.removeAll(keepingCapacity: true)
+        }
+        // More left: make sure a later turn runs them.
+        if !pending.withLock({ $0.tasks.isEmpty }) { startIdle() }
     }
 
     private func timerFired() {

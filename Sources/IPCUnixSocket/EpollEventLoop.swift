@@ -1,7 +1,10 @@
 // An IPCEventLoop on Linux epoll.
 //
 // One epoll set watches: an eventfd that wakes the loop when another thread posts a task, and
-// every fd registered through `watch`. Delayed tasks live in a TimerQueue; the epoll_wait
+// every fd registered through `watch`. A task posted from the loop's own thread needs no
+// wake-up: the loop runs queued tasks before it waits again, and tasks those tasks post run in
+// the same turn (up to a bound that keeps descriptors and timers served), so calls between a
+// client and a host on one loop make no system call. Delayed tasks live in a TimerQueue; the epoll_wait
 // timeout is the time to the earliest one. The loop runs either on a thread it starts itself
 // (`EpollEventLoop.startOnNewThread()`) or on the caller's thread (`run()`,
 // `run(until:timeout:)`, the latter being how tests drive it without sleeping).
@@ -84,7 +87,8 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
             tasks.append(PostedTask(task))
             return tasks.count == 1
         }
-        if wasEmpty { wake() }
+        // The loop's own thread looks at the queue before it waits again: no wake-up needed.
+        if wasEmpty && !inEventLoop { wake() }
     }
 
     public var inEventLoop: Bool {
@@ -138,10 +142,17 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
             if let deadline, now >= deadline { return condition() }
             var waitUntil = timers.nextDeadline()
             if let deadline { waitUntil = min(waitUntil ?? deadline, deadline) }
-            runOnce(timeoutMilliseconds: waitUntil.map { Self.milliseconds(from: now, to: $0) } ?? -1)
+            // Tasks already queued (posted from this thread) mean no waiting.
+            let timeout = hasPendingTasks ? 0 : waitUntil.map { Self.milliseconds(from: now, to: $0) } ?? -1
+            runOnce(timeoutMilliseconds: timeout)
         }
         return true
     }
+
+    private var hasPendingTasks: Bool { pendingTasks.withLock { !$0.isEmpty } }
+
+    /// Rounds of posted tasks one turn runs before it looks at descriptors and timers again.
+    static let maxTaskRoundsPerTurn = 64
 
     /// Asks the loop to return from ``run()``. Thread-safe.
     public func stop() {
@@ -169,7 +180,6 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
                 let id = event.data.u64
                 if id == Self.wakeWatchID {
                     drainWakeups()
-                    runPendingTasks()
                 } else if let watch = watches[id] {
                     watch.fire(Self.readiness(event.events))
                 }
@@ -177,12 +187,17 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
         }
         let now = monotonicNanoseconds()
         for action in timers.popDue(now: now) { action() }
+        runPendingTasks()
     }
 
+    /// Runs the queued tasks, then those they queued, and so on, for a bounded number of rounds.
     private func runPendingTasks() {
-        pendingTasks.withLock { swap(&$0, &runningTasks) }
-        for task in runningTasks { task.run() }
-        runningTasks.removeAll(keepingCapacity: true)
+        for _ in 0..<Self.maxTaskRoundsPerTurn {
+            pendingTasks.withLock { swap(&$0, &runningTasks) }
+            if runningTasks.isEmpty { return }
+            for task in runningTasks { task.run() }
+            runningTasks.removeAll(keepingCapacity: true)
+        }
     }
 
     private func wake() {
