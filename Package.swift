@@ -67,9 +67,11 @@ let package = Package(
         // implementation used by ipc-echo, the tests and the benchmarks.
         .target(
             name: "IPCEchoService",
-            dependencies: ["IPCProtocol", "CPerfettoIPCLinux"],
+            dependencies: ["IPCProtocol", "CPerfettoIPCLinux", "CEchoPeer"],
             path: "Examples/EchoService"
         ),
+        // The benchmarks' floor: a forked echo peer in plain C (read/write only after fork).
+        .target(name: "CEchoPeer", path: "Examples/CEchoPeer"),
         .executableTarget(
             name: "ipc-echo",
             dependencies: [

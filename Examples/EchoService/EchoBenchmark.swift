@@ -1,9 +1,10 @@
 // Echo latency, measured the same way everywhere it is reported (`ipc-echo bench`, the
 // Benchmarks package): sequential round trips, each call issued from the previous reply's
 // callback on the client's loop, timed with the monotonic clock; and the floor it is compared
-// against, a plain blocking unix-socket ping-pong between two threads with the same payload.
+// against, a plain blocking unix-socket ping-pong with a forked echo process, same payload.
 
 import Dispatch
+import CEchoPeer
 import Foundation
 import IPCProtocol
 
@@ -51,7 +52,7 @@ public enum EchoBenchmark {
     }
 
     /// The floor: `iterations` blocking ping-pongs of `payloadSize` bytes each way over a
-    /// unix socketpair, echoed by a second thread.
+    /// unix socketpair, echoed by a forked process.
     public static func measureRawPingPong(payloadSize: Int, iterations: Int, warmup: Int = 200) -> LatencySummary {
         let pingPong = RawPingPong(payloadSize: payloadSize)
         defer { pingPong.close() }
@@ -95,17 +96,19 @@ public enum EchoBenchmark {
     }
 }
 
-/// The floor's fixture: a unix socketpair with a thread that echoes every byte back, blocking
-/// reads and writes on both ends. Made once and reused, so round trips are timed warm (no
-/// thread start, no first-touch page faults inside a measurement).
+/// The floor's fixture: a unix socketpair with a forked process that echoes every message back,
+/// blocking reads and writes on both ends. Made once and reused, so round trips are timed warm
+/// (no process start, no first-touch page faults inside a measurement).
 public final class RawPingPong: @unchecked Sendable {
-    // @unchecked Sendable: `mine` and `buffer` are used by one thread at a time (the caller);
-    // the echo thread only touches its own descriptor and buffer.
+    // @unchecked Sendable: used by one thread at a time (the caller). The peer is a separate
+    // process: waking it costs what waking a real peer costs (two threads of one process wake
+    // each other faster on this kind of machine, which made the old floor too low).
     private var mine: Int32
     private var buffer: [UInt8]
-    private let echoer: Thread
+    private let peerBuffer: UnsafeMutableRawBufferPointer
+    private var peer: pid_t
 
-    /// Starts the echo thread for payloads of `payloadSize` bytes.
+    /// Forks the echo peer for payloads of `payloadSize` bytes.
     public init(payloadSize: Int) {
         var fds: [Int32] = [-1, -1]
         precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
@@ -113,12 +116,15 @@ public final class RawPingPong: @unchecked Sendable {
         let theirs = fds[1]
         let size = max(1, payloadSize)
         buffer = [UInt8](repeating: 0x61, count: size)
-        echoer = Thread {
-            var echoed = [UInt8](repeating: 0, count: size)
-            while EchoBenchmark.readFully(theirs, &echoed), EchoBenchmark.writeFully(theirs, echoed) {}
-            Glibc.close(theirs)
-        }
-        echoer.start()
+        peerBuffer = .allocate(byteCount: size, alignment: 16)
+        peer = CEchoPeer_fork(theirs, mine, peerBuffer.baseAddress!.assumingMemoryBound(to: UInt8.self), size)
+        precondition(peer > 0, "fork failed")
+        Glibc.close(theirs)
+    }
+
+    deinit {
+        close()
+        peerBuffer.deallocate()
     }
 
     /// Sends the payload and waits until all of it has come back. False once closed.
@@ -127,12 +133,14 @@ public final class RawPingPong: @unchecked Sendable {
         EchoBenchmark.writeFully(mine, buffer) && EchoBenchmark.readFully(mine, &buffer)
     }
 
-    /// Ends the echo thread (it sees end of stream) and closes the socket. Idempotent.
+    /// Ends the peer (it sees end of stream), waits for it, and closes the socket. Idempotent.
     public func close() {
         guard mine >= 0 else { return }
         shutdown(mine, Int32(SHUT_RDWR))
         Glibc.close(mine)
         mine = -1
+        var status: Int32 = 0
+        waitpid(peer, &status, 0)
     }
 }
 

@@ -47,6 +47,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Socket file mode in octal, e.g. 660 (unix socket files only).")
     var mode: String?
 
+    @Option(help: "Microseconds the epoll loop polls before it sleeps (0: never spins).")
+    var spinUs: Int = 0
+
     func run() throws {
         guard !endpoint.backend.isInProcess else {
             throw ValidationError("serve needs --backend unix or libuv: in-process backends serve only their own process (try `ipc-echo demo --backend \(endpoint.backend.rawValue)`)")
@@ -66,6 +69,7 @@ struct Serve: ParsableCommand {
             while true { loop.run(until: { false }, timeout: .seconds(3600)) }
         } else {
             let loop = try EpollEventLoop()
+            loop.spinBeforeSleeping = .microseconds(spinUs)
             let host = try IPCHost(backend: .unixSocket(address, loop: loop, options: options))
             host.expose(EchoServiceImplementation())
             say("serving EchoService at \(host.address ?? address) (pid \(getpid()))")
@@ -120,12 +124,23 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Timed calls.") var iterations: Int = 10_000
     @Option(help: "Bytes of data per request (echoed back).") var payload: Int = 16
     @Flag(help: "Attach an fd to every request.") var withFd = false
-    @Flag(help: "First measure a plain blocking unix-socket ping-pong of the same size and print the ratio.")
+    @Flag(help: "First measure a plain blocking unix-socket ping-pong of the same size (with a forked echo process) and print the ratio.")
     var compareRaw = false
+    @Option(help: "Microseconds the client's epoll loop polls before it sleeps (0: never spins).")
+    var spinUs: Int = 0
 
     func run() async throws {
         let session = try await EchoSession.connect(to: try endpoint.address(for: "bench"), backend: endpoint.backend)
         defer { session.close() }
+        if spinUs > 0, let loop = session.loop as? EpollEventLoop {
+            let spin = Duration.microseconds(spinUs)
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                loop.execute {
+                    loop.spinBeforeSleeping = spin
+                    done.resume()
+                }
+            }
+        }
         try runEchoBench(session: session, iterations: iterations, payload: payload, withFD: withFd, compareRaw: compareRaw)
     }
 }
@@ -137,8 +152,11 @@ func runEchoBench(session: EchoSession, iterations: Int, payload: Int, withFD: B
         raw = EchoBenchmark.measureRawPingPong(payloadSize: payload, iterations: iterations)
         say("raw   \(payload)B: \(raw!)")
     }
+    let cpuBefore = processCPUMicroseconds()
     let echo = try EchoBenchmark.measureEcho(proxy: session.proxy, payloadSize: payload, iterations: iterations, withFD: withFD)
-    say("echo  \(payload)B\(withFD ? "+fd" : "") [\(session.backend.rawValue)]: \(echo)")
+    let cpuPerCall = (processCPUMicroseconds() - cpuBefore) / Double(iterations)
+    say("echo  \(payload)B\(withFD ? "+fd" : "") [\(session.backend.rawValue)]: \(echo)"
+        + String(format: " cpu=%.2fus/call (this process)", cpuPerCall))
     if let raw {
         say(String(format: "ratio p50=%.2fx mean=%.2fx (echo / raw ping-pong)", echo.p50 / raw.p50, echo.mean / raw.mean)
             + (isDebugBuild ? " [debug build]" : ""))
@@ -146,6 +164,15 @@ func runEchoBench(session: EchoSession, iterations: Int, payload: Int, withFD: B
     if isDebugBuild {
         say("(a debug build: our side runs unoptimised, the raw floor does not. For figures, build with `swift build -c release` and run .build/release/ipc-echo)")
     }
+}
+
+/// User and system CPU time this process has used, in microseconds.
+func processCPUMicroseconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    let user = Double(usage.ru_utime.tv_sec) * 1e6 + Double(usage.ru_utime.tv_usec)
+    let system = Double(usage.ru_stime.tv_sec) * 1e6 + Double(usage.ru_stime.tv_usec)
+    return user + system
 }
 
 /// Whether this binary was built without optimisation (figures from it mean little).
