@@ -20,7 +20,9 @@ let package = Package(
         .executable(name: "tracebox", targets: ["tracebox"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        // Without its default BinaryDelimitedStreams trait, SwiftProtobuf needs only
+        // FoundationEssentials: applications do not load Foundation's ICU data (40 MB).
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0", traits: []),
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
     ],

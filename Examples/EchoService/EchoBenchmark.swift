@@ -5,7 +5,11 @@
 
 import Dispatch
 import CEchoPeer
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import IPCProtocol
 
 #if canImport(Glibc)
@@ -28,7 +32,7 @@ public struct LatencySummary: Sendable, CustomStringConvertible {
     public init(samples: [Double]) { self.samples = samples }
 
     public var description: String {
-        String(format: "mean=%.2fus p50=%.2fus p99=%.2fus calls/s=%.0f", mean, p50, p99, callsPerSecond)
+        "mean=\(fixed(mean))us p50=\(fixed(p50))us p99=\(fixed(p99))us calls/s=\(Int(callsPerSecond.rounded()))"
     }
 }
 
@@ -209,4 +213,17 @@ private final class UncheckedBenchmarkBox: @unchecked Sendable {
         if run.issued > run.warmup { run.samples.append(elapsed) }
         next(run)
     }
+}
+
+/// `value` with `digits` decimals (what `String(format: "%.2f")` prints, without Foundation).
+public func fixed(_ value: Double, digits: Int = 2) -> String {
+    guard value.isFinite else { return "\(value)" }
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let scaled = (abs(value) * scale).rounded()
+    let whole = Int(scaled / scale)
+    let fraction = Int(scaled - Double(whole) * scale)
+    var fractionText = String(fraction)
+    while fractionText.count < digits { fractionText = "0" + fractionText }
+    return (value < 0 ? "-" : "") + "\(whole)" + (digits > 0 ? "." + fractionText : "")
 }

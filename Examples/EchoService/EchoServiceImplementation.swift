@@ -7,7 +7,11 @@
 //   has_more = false; a count over `maxStreamCount` is rejected (invalidArgument).
 
 import CPerfettoIPCLinux
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import IPCProtocol
 
 #if canImport(Glibc)

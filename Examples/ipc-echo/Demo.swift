@@ -1,9 +1,17 @@
 // `ipc-echo demo`: everything on a real socket, in one process, then cleaned up.
 
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import IPCEchoService
 import IPCProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
 import IPCUnixSocket
 
 struct Demo: AsyncParsableCommand {
@@ -58,10 +66,12 @@ struct Demo: AsyncParsableCommand {
         // A file descriptor to the host.
         let filePath = directory + "/sent-file.txt"
         try Data("twenty-two bytes here\n".utf8).write(to: URL(fileURLWithPath: filePath))
-        let file = try FileHandle(forReadingFrom: URL(fileURLWithPath: filePath))
+        let opened = open(filePath, O_RDONLY | O_CLOEXEC)
+        guard opened >= 0 else { throw ValidationError("cannot open \(filePath)") }
+        let file = ScopedFD(opened)
         say("\n> Echo(data: \"with-client-fd\") + fd of \(filePath)")
-        say(describe(try await session.proxy.echo(request("with-client-fd", seq: 3), fd: file.fileDescriptor)))
-        try file.close()
+        say(describe(try await session.proxy.echo(request("with-client-fd", seq: 3), fd: file.rawValue)))
+        file.close()
 
         // Streaming.
         say("\n> StreamEcho(data: \"stream\", count: 3)")
@@ -83,7 +93,7 @@ struct Demo: AsyncParsableCommand {
     }
 
     private func makeTemporaryDirectory() throws -> String {
-        var template = Array(URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("ipc-echo-demo-XXXXXX").path.utf8CString)
+        var template = Array(((getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp") + "/ipc-echo-demo-XXXXXX").utf8CString)
         guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
             throw IPCError.systemCall("mkdtemp", errno: errno)
         }

@@ -1,11 +1,14 @@
 // A client bound to EchoService, its loop on a thread of its own. For the in-process backends
 // the session also runs the host, on the same loop (they cannot reach across processes).
 
-import Foundation
 import IPCEchoService
 import IPCInProcess
 import IPCLibuv
 import IPCProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
 import IPCUnixSocket
 
 /// The backends `ipc-echo` can use.

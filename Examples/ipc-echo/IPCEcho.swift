@@ -7,9 +7,17 @@
 //   ipc-echo demo
 
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import IPCEchoService
 import IPCProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
 import IPCLibuv
 import IPCUnixSocket
 
@@ -96,11 +104,13 @@ struct Call: AsyncParsableCommand {
         request.data = Data(data.utf8)
         request.seq = seq
         if wantFd { request.wantFd = true }
-        var file: FileHandle?
+        var file: ScopedFD?
         if let sendFile {
-            file = try FileHandle(forReadingFrom: URL(fileURLWithPath: sendFile))
+            let opened = open(sendFile, O_RDONLY | O_CLOEXEC)
+            guard opened >= 0 else { throw ValidationError("cannot open \(sendFile): \(String(cString: strerror(errno)))") }
+            file = ScopedFD(opened)
         }
-        let fd = file.map { $0.fileDescriptor }
+        let fd = file?.rawValue
         if let count = stream {
             request.count = count
             for try await reply in session.proxy.streamEcho(request, fd: fd) {
@@ -113,7 +123,7 @@ struct Call: AsyncParsableCommand {
                 say(describeFD(received))
             }
         }
-        try file?.close()
+        file?.close()
     }
 }
 
@@ -156,9 +166,9 @@ func runEchoBench(session: EchoSession, iterations: Int, payload: Int, withFD: B
     let echo = try EchoBenchmark.measureEcho(proxy: session.proxy, payloadSize: payload, iterations: iterations, withFD: withFD)
     let cpuPerCall = (processCPUMicroseconds() - cpuBefore) / Double(iterations)
     say("echo  \(payload)B\(withFD ? "+fd" : "") [\(session.backend.rawValue)]: \(echo)"
-        + String(format: " cpu=%.2fus/call (this process)", cpuPerCall))
+        + " cpu=\(fixed(cpuPerCall))us/call (this process)")
     if let raw {
-        say(String(format: "ratio p50=%.2fx mean=%.2fx (echo / raw ping-pong)", echo.p50 / raw.p50, echo.mean / raw.mean)
+        say("ratio p50=\(fixed(echo.p50 / raw.p50))x mean=\(fixed(echo.mean / raw.mean))x (echo / raw ping-pong)"
             + (isDebugBuild ? " [debug build]" : ""))
     }
     if isDebugBuild {
@@ -204,5 +214,11 @@ func describeFD(_ fd: ScopedFD) -> String {
 
 /// Writes a line to standard output unbuffered, so piped output appears at once.
 func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    var bytes = Array((line + "\n").utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let written = bytes[offset...].withUnsafeMutableBytes { write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+        if written <= 0 { return }
+        offset += written
+    }
 }

@@ -11,8 +11,13 @@
 //   callbacks without calling them.
 // Loop-bound: create, bind and call on the transport's loop.
 
-import Foundation
 import Logging
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// A connection to an IPC host, carrying service proxies.
 ///
@@ -353,10 +358,22 @@ public final class IPCClient: IPCConnectionDelegate {
         var frame = IPCFrame()
         frame.setPeerIdentity.pid = getpid()
         frame.setPeerIdentity.uid = Int32(bitPattern: getuid())
-        if let bootID = try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8) {
-            frame.setPeerIdentity.machineIDHint = bootID.trimmingCharacters(in: .whitespacesAndNewlines)
-        }
+        if let bootID = Self.bootID() { frame.setPeerIdentity.machineIDHint = bootID }
         connection?.sendFrame(frame, maxPayloadSize: maxPayloadSize, logger: logger)
+    }
+
+    /// This machine's boot id (`/proc/sys/kernel/random/boot_id`, without its newline), the
+    /// hint a host derives a remote machine's id from.
+    static func bootID() -> String? {
+        let fd = Glibc.open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { _ = Glibc.close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 64)
+        let count = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard count > 0 else { return nil }
+        let text = String(decoding: bytes[0..<count], as: UTF8.self)
+        let trimmed = text.prefix { !$0.isWhitespace }
+        return trimmed.isEmpty ? nil : String(trimmed)
     }
 
     private func handle(_ frame: ReceivedFrame) {

@@ -6,7 +6,6 @@
 // * SetPeerIdentity: taken once, only from peers without kernel credentials; no reply;
 // * anything else: RequestError("unknown request").
 
-import Foundation
 import Logging
 import SwiftProtobuf
 

@@ -1,7 +1,6 @@
 // What a service is on the wire: its unqualified name and its methods in .proto order. Method
 // ids are 1...N in that order; clients look methods up by name from the bind reply.
 
-import Foundation
 
 /// The wire description of a service, generated from its `.proto`.
 public struct ServiceDescriptor: Sendable, Hashable {

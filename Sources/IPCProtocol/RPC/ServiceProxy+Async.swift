@@ -3,7 +3,6 @@
 // from the callback. Cancelling the awaiting task forgets the pending call on the loop, so its
 // callback is released and a late reply is ignored.
 
-import Foundation
 import Synchronization
 import SwiftProtobuf
 

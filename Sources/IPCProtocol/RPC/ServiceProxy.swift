@@ -5,7 +5,6 @@
 // Calls are only sent while bound; method ids come from the bind reply, looked up by name, so
 // a host whose .proto lists methods in another order still works.
 
-import Foundation
 import Synchronization
 import SwiftProtobuf
 

@@ -10,7 +10,11 @@
 import IPCProtocol
 import SwiftProtobuf
 
-import struct Foundation.Data
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 
 enum ReadBuffersSlicer {
     /// Room for slices in one reply: the frame less Perfetto's 64-byte margin for the frame

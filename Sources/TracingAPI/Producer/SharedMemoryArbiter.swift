@@ -7,7 +7,14 @@
 // by compare-and-swap in the page headers, the pending commit sits behind a lock.
 
 import CPerfettoIPCLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import IPCProtocol
 import SwiftProtobuf
 
@@ -108,7 +115,9 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
         let deadline = ContinuousClock.now + timeout
         var backoff: Duration = .microseconds(50)
         while ContinuousClock.now < deadline {
-            Thread.sleep(forTimeInterval: Double(backoff.components.attoseconds) / 1e18)
+            let nanoseconds = backoff.components.attoseconds / 1_000_000_000
+            var pause = timespec(tv_sec: 0, tv_nsec: Int(nanoseconds))
+            nanosleep(&pause, nil)
             if let chunk = tryAcquireChunk(header: header) { return chunk }
             backoff = min(backoff * 2, .milliseconds(10))
         }

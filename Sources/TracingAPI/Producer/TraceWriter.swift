@@ -12,7 +12,11 @@
 //
 // A TraceWriter is used from one thread at a time; different writers may run on different threads.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import SwiftProtobuf
 
 /// Writes packets for one sequence (one writer id) into a producer's shared memory.

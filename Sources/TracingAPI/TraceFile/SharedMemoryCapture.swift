@@ -7,7 +7,11 @@
 // memory, and issues the same CommitData requests, so the service reads exactly what the real
 // service read. Used by the tests and by `tracing-demo replay`.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// A recorded sequence of CommitData requests with the shared-memory chunks they moved.
 public struct SharedMemoryCapture: Sendable {
@@ -34,38 +38,56 @@ public struct SharedMemoryCapture: Sendable {
     /// The commits, in the order the producer sent them.
     public var commits: [Commit]
 
+    /// One line of the capture (the union of the record kinds' fields).
+    private struct Record: Decodable {
+        struct PatchRecord: Decodable {
+            var offset: Int?
+            var data_hex: String?
+        }
+        var kind: String?
+        var commit_seq: Int?
+        var page: Int?
+        var chunk: Int?
+        var page_header_bitmap: String?
+        var chunk_offset_in_smb: Int?
+        var hex: String?
+        var writer_id: Int?
+        var chunk_id: Int?
+        var target_buffer: Int?
+        var has_more_patches: Bool?
+        var patches: [PatchRecord]?
+        var flush_request_id: UInt64?
+    }
+
     /// Parses the JSON-lines capture format. Throws on malformed lines.
     public init(jsonLines: String) throws(TracingError) {
         var bySequence: [Int: Commit] = [:]
+        let decoder = JSONDecoder()
         for (number, line) in jsonLines.split(separator: "\n").enumerated() where !line.isEmpty {
-            guard let record = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
-                throw TracingError(.invalidConfig, "line \(number + 1): not a JSON object")
+            guard let record = try? decoder.decode(Record.self, from: Data(line.utf8)) else {
+                throw TracingError(.invalidConfig, "line \(number + 1): not a capture record")
             }
-            let sequence = record["commit_seq"] as? Int ?? 0
+            let sequence = record.commit_seq ?? 0
             var commit = bySequence[sequence] ?? Commit(sequence: sequence)
-            switch record["kind"] as? String {
+            switch record.kind {
             case "chunk":
-                guard let page = record["page"] as? Int, let chunk = record["chunk"] as? Int,
-                      let bitmapText = record["page_header_bitmap"] as? String,
-                      let bitmap = UInt32(bitmapText.replacingOccurrences(of: "0x", with: ""), radix: 16),
-                      let offset = record["chunk_offset_in_smb"] as? Int,
-                      let hex = record["hex"] as? String, let bytes = Self.bytes(hex: hex) else {
+                guard let page = record.page, let chunk = record.chunk, let bitmapText = record.page_header_bitmap,
+                      let bitmap = UInt32(bitmapText.hasPrefix("0x") ? String(bitmapText.dropFirst(2)) : bitmapText, radix: 16),
+                      let offset = record.chunk_offset_in_smb, let hex = record.hex, let bytes = Self.bytes(hex: hex) else {
                     throw TracingError(.invalidConfig, "line \(number + 1): incomplete chunk record")
                 }
                 commit.chunks.append(Chunk(page: page, chunk: chunk, pageHeaderBitmap: bitmap, offsetInBuffer: offset, bytes: bytes))
             case "patch":
                 var entry = CommitDataRequest.ChunkToPatch()
-                guard let writer = record["writer_id"] as? Int, let chunkID = record["chunk_id"] as? Int,
-                      let patches = record["patches"] as? [[String: Any]] else {
+                guard let writer = record.writer_id, let chunkID = record.chunk_id, let patches = record.patches else {
                     throw TracingError(.invalidConfig, "line \(number + 1): incomplete patch record")
                 }
                 entry.writerID = UInt32(truncatingIfNeeded: writer)
                 entry.chunkID = UInt32(truncatingIfNeeded: chunkID)
-                entry.targetBuffer = UInt32(truncatingIfNeeded: record["target_buffer"] as? Int ?? 0)
-                entry.hasMorePatches_p = record["has_more_patches"] as? Bool ?? false
+                entry.targetBuffer = UInt32(truncatingIfNeeded: record.target_buffer ?? 0)
+                entry.hasMorePatches_p = record.has_more_patches ?? false
                 for patch in patches {
-                    guard let offset = patch["offset"] as? Int, let hex = patch["data_hex"] as? String,
-                          let data = Self.bytes(hex: hex) else {
+                    guard let offset = patch.offset, let hex = patch.data_hex, let data = Self.bytes(hex: hex) else {
                         throw TracingError(.invalidConfig, "line \(number + 1): incomplete patch")
                     }
                     var item = CommitDataRequest.ChunkToPatch.Patch()
@@ -75,7 +97,7 @@ public struct SharedMemoryCapture: Sendable {
                 }
                 commit.patches.append(entry)
             case "flush_ack":
-                commit.flushRequestID = (record["flush_request_id"] as? NSNumber)?.uint64Value
+                commit.flushRequestID = record.flush_request_id
             default:
                 throw TracingError(.invalidConfig, "line \(number + 1): unknown record kind")
             }
