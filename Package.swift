@@ -82,6 +82,12 @@ let package = Package(
             ],
             path: "Examples/ipc-echo"
         ),
+        // The smallest host and client, for footprint figures (BENCHMARKS.md).
+        .executableTarget(
+            name: "minimal-echo",
+            dependencies: ["IPCProtocol", "IPCUnixSocket", "IPCEchoService"],
+            path: "Examples/minimal-echo"
+        ),
         // Records an in-process tracing session into a Perfetto trace file.
         .executableTarget(
             name: "tracing-demo",

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs our programs against the real Perfetto programs, in every direction, and counts what
+# arrives. Needs Perfetto's traced, perfetto and example_system_wide built from its public
+# source (../shared/TRACING.md, last section); they are not part of this repository.
+#
+#   scripts/interop.sh /path/to/perfetto/out/rel
+#
+# Each line says which programs took part and what the trace held. Exits non-zero if a
+# direction lost packets.
+set -euo pipefail
+real=${1:?usage: scripts/interop.sh PERFETTO_OUT_DIR}
+cd "$(dirname "$0")/.."
+swift build -c release --product tracebox >/dev/null
+ours=$(swift build -c release --show-bin-path)/tracebox
+work=$(mktemp -d)
+export PERFETTO_PRODUCER_SOCK_NAME=$work/p.sock PERFETTO_CONSUMER_SOCK_NAME=$work/c.sock
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+failed=0
+
+count() { # $1 = trace, $2 = field pattern; prints the number of top-level packets with it
+  protoc --decode_raw < "$1" | grep -c "^  $2 {" || true
+}
+expect() { # $1 = label, $2 = got, $3 = wanted
+  if [ "$2" -ge "$3" ]; then echo "ok    $1: $2"; else echo "FAIL  $1: $2, wanted $3"; failed=1; fi
+}
+service() { # $1 = binary (+ args): starts a service on fresh sockets
+  rm -f "$work"/p.sock "$work"/c.sock
+  "$@" >"$work/service.log" 2>&1 & service_pid=$!; pids+=($service_pid)
+  for _ in $(seq 100); do [ -S "$work/c.sock" ] && return; sleep 0.05; done
+  echo "service did not start: $(cat "$work/service.log")"; exit 1
+}
+stop_service() { kill "$service_pid"; wait "$service_pid" 2>/dev/null || true; }
+
+printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "track_event" } }' 'duration_ms: 2000' > "$work/sdk.txt"
+printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "tracebox.test" } }' \
+  'data_sources { config { name: "track_event" track_event_config { enabled_categories: "tracebox" } } }' \
+  'duration_ms: 1500' 'write_into_file: true' 'file_write_period_ms: 500' > "$work/ours.txt"
+
+service "$ours" traced
+"$real/perfetto" --query >"$work/query.txt" 2>&1 && expect "real perfetto --query -> our traced" 1 1
+"$real/example_system_wide" >/dev/null 2>&1 & pids+=($!)
+"$real/perfetto" -c "$work/sdk.txt" --txt -o "$work/a.pftrace" >/dev/null 2>&1
+expect "real SDK producer -> our traced -> real perfetto (track events)" "$(count "$work/a.pftrace" 11)" 6
+"$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
+sleep 0.3
+"$real/perfetto" -c "$work/ours.txt" --txt -o "$work/b.pftrace" >/dev/null 2>&1
+expect "our producer -> our traced -> real perfetto, write_into_file (test packets)" "$(count "$work/b.pftrace" 900)" 50
+stop_service
+
+service "$real/traced"
+"$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
+sleep 0.3
+"$real/perfetto" -c "$work/ours.txt" --txt -o "$work/c.pftrace" >/dev/null 2>&1
+expect "our producer -> real traced -> real perfetto (test packets)" "$(count "$work/c.pftrace" 900)" 50
+"$real/example_system_wide" >/dev/null 2>&1 & pids+=($!)
+sleep 0.3
+"$ours" perfetto -c "$work/sdk.txt" --txt -o "$work/d.pftrace" 2>/dev/null
+expect "real SDK producer -> real traced -> our perfetto (track events)" "$(count "$work/d.pftrace" 11)" 6
+"$ours" perfetto --query >/dev/null && expect "our perfetto --query -> real traced" 1 1
+stop_service
+exit $failed
