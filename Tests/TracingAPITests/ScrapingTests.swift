@@ -21,7 +21,7 @@ final class ScrapingTests {
         consumer.producerPackets().map(\.forTesting.str)
     }
 
-    @Test func aProducerThatDisconnectsWithoutCommittingLosesOnlyThePacketItWasIn() throws {
+    @Test func aProducerThatDisconnectsWithoutCommittingLosesNothingItFinished() throws {
         let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         producer.onStart = { _, writer in
             for index in 0..<3 { writer.writeTestPacket(timestamp: UInt64(index), "uncommitted \(index)") }
@@ -37,8 +37,8 @@ final class ScrapingTests {
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.disabledErrors.count == 1 })
         consumer.read(on: loop)
-        // The writer is still in its chunk: the last packet counted may be half written.
-        #expect(texts(consumer) == ["uncommitted 0", "uncommitted 1"])
+        // The writer is still in its chunk, but it counts one past its finished packets.
+        #expect(texts(consumer) == ["uncommitted 0", "uncommitted 1", "uncommitted 2"])
     }
 
     @Test func aFlushThatTimesOutScrapesAndTheLaterCommitAddsOnlyWhatIsNew() throws {
@@ -58,13 +58,36 @@ final class ScrapingTests {
         drive(loop, until: { flushed != nil })
         #expect(flushed == false)
         consumer.read(on: loop)
-        #expect(texts(consumer) == ["packet 0", "packet 1"], "scraped while the writer was still in the chunk")
+        #expect(texts(consumer) == ["packet 0", "packet 1", "packet 2"], "scraped while the writer was still in the chunk")
 
         for index in 3..<5 { writer.writeTestPacket(timestamp: UInt64(index), "packet \(index)") }
         writer.flush()
         loop.runUntilIdle()
         consumer.read(on: loop)
         #expect(texts(consumer) == (0..<5).map { "packet \($0)" }, "the committed chunk adds only the rest")
+    }
+
+    @Test func aPacketStillBeingWrittenIsNeverScraped() throws {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.writers.count == 1 })
+        loop.runUntilIdle()
+        let writer = try #require(producer.writers.values.first)
+        let endpoint = try #require(service.connectedProducers.first)
+        for index in 0..<2 { writer.writeTestPacket(timestamp: UInt64(index), "finished \(index)") }
+        var counted: [Int] = []
+        writer.newTracePacket { packet in
+            packet.appendVarint(8, 9)
+            // Half written: what a scraper sees now.
+            let chunks = endpoint.readableSharedMemory?.scrapeChunks() ?? []
+            counted = chunks.map { Int($0.header.packetCount) }
+            self.service.scrapeSharedMemory(of: endpoint)
+            packet.appendNested(900) { $0.appendString(1, "in progress") }
+        }
+        #expect(counted == [3], "two finished records, counted one ahead: the reader takes two")
+        consumer.read(on: loop)
+        #expect(texts(consumer) == ["finished 0", "finished 1"])
     }
 
     @Test func aProducerThatAsksForNoScrapingIsNotScraped() throws {

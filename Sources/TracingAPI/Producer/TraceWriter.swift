@@ -136,6 +136,7 @@ public final class TraceWriter: @unchecked Sendable {
         }
         precondition(openNested.isEmpty)
         finishFragment()
+        publishFinishedRecords()
     }
 
     private func hasRoomForNewRecord() -> Bool {
@@ -148,9 +149,18 @@ public final class TraceWriter: @unchecked Sendable {
         fragmentHeader = position
         position += SharedMemoryABI.packetHeaderSize
         header.packetCount += 1
-        // Published as each record starts (a release store), as Perfetto's writer does: a
-        // service scraping the chunk then knows every record before this one is whole.
-        if let chunk { header.publishPacketsWord(at: chunk.start) }
+    }
+
+    /// Publishes, in the chunk's header (a release store), a record count one past the records
+    /// finished so far. A service scraping a chunk that is still being written reads all its
+    /// records but the last, which may be half written (Perfetto's rule): counting one ahead
+    /// means it reads every finished packet. Perfetto's writer publishes the count as each
+    /// record starts, so its idle threads lose their last packet to scraping; ours do not.
+    private func publishFinishedRecords() {
+        guard let chunk, Int(header.packetCount) < SharedMemoryABI.maxPacketsPerChunk else { return }
+        var published = header
+        published.packetCount += 1
+        published.publishPacketsWord(at: chunk.start)
     }
 
     private func finishFragment() {
