@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "IPCInProcess", targets: ["IPCInProcess"]),
         .library(name: "IPCEchoService", targets: ["IPCEchoService"]),
         .library(name: "TracingAPI", targets: ["TracingAPI"]),
+        .library(name: "TrackEvent", targets: ["TrackEvent"]),
         .executable(name: "protoc-gen-swift-ipc", targets: ["protoc-gen-swift-ipc"]),
         .executable(name: "ipc-echo", targets: ["ipc-echo"]),
         .executable(name: "tracing-demo", targets: ["tracing-demo"]),
@@ -59,6 +60,12 @@ let package = Package(
                 "IPCProtocol", "CPerfettoIPCLinux",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
+        ),
+        // Track events for apps (Perfetto's TRACE_EVENT): categories, slices, counters, flows,
+        // on the producer side of TracingAPI, in-process or against the system's service.
+        .target(
+            name: "TrackEvent",
+            dependencies: ["TracingAPI", "IPCProtocol", "IPCUnixSocket", "CPerfettoIPCLinux"]
         ),
         // Generates service handlers and proxies from .proto services (see scripts/).
         .executableTarget(
@@ -132,6 +139,10 @@ let package = Package(
             name: "TracingAPITests",
             dependencies: ["TracingAPI", "IPCProtocol", "IPCInProcess", "IPCUnixSocket", "IPCLibuv", "IPCSocketCore", "TestSupport", "CPerfettoIPCLinux"],
             resources: [.copy("Fixtures")]
+        ),
+        .testTarget(
+            name: "TrackEventTests",
+            dependencies: ["TrackEvent", "TracingAPI", "TestSupport", "CPerfettoIPCLinux"]
         ),
         // The tracebox programs as separate processes on real sockets.
         .testTarget(
