@@ -73,6 +73,15 @@ let package = Package(
             ],
             path: "Sources/RateProbe"
         ),
+        // Track event call sites, printed in the form other tracing libraries report them.
+        .executableTarget(
+            name: "TrackEventBench",
+            dependencies: [
+                .product(name: "TrackEvent", package: "swift-perfetto-ipc"),
+                .product(name: "TracingAPI", package: "swift-perfetto-ipc"),
+            ],
+            path: "Sources/TrackEventBench"
+        ),
         // Not a benchmark: a bare loop for profilers.
         .executableTarget(
             name: "ProfileInProcess",

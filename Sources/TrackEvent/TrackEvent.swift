@@ -33,6 +33,9 @@ public enum TrackEvent {
     ) {
         let mask = category.enabledMask
         guard mask != 0 else { return }
+        guard track != nil || flow != nil || terminatingFlow != nil else {
+            return TrackEventWriting.writeSimple(category, mask, kind: .sliceBegin, name: name)
+        }
         TrackEventWriting.write(
             category, mask,
             TrackEventSpec(kind: .sliceBegin, name: .interned(name), track: track, flow: flow, terminatingFlow: terminatingFlow))
@@ -73,6 +76,9 @@ public enum TrackEvent {
     public static func end(_ category: TrackEventCategory, track: Track? = nil, flow: Flow? = nil) {
         let mask = category.enabledMask
         guard mask != 0 else { return }
+        guard track != nil || flow != nil else {
+            return TrackEventWriting.writeSimple(category, mask, kind: .sliceEnd, name: "")
+        }
         TrackEventWriting.write(category, mask, TrackEventSpec(kind: .sliceEnd, track: track, flow: flow))
     }
 
@@ -121,6 +127,9 @@ public enum TrackEvent {
     ) {
         let mask = category.enabledMask
         guard mask != 0 else { return }
+        guard track != nil || flow != nil || terminatingFlow != nil else {
+            return TrackEventWriting.writeSimple(category, mask, kind: .instant, name: name)
+        }
         TrackEventWriting.write(
             category, mask,
             TrackEventSpec(kind: .instant, name: .interned(name), track: track, flow: flow, terminatingFlow: terminatingFlow))
@@ -147,10 +156,7 @@ public enum TrackEvent {
     public static func counter(_ category: TrackEventCategory, _ track: CounterTrack, _ value: Int64) {
         let mask = category.enabledMask
         guard mask != 0 else { return }
-        var spec = TrackEventSpec(kind: .counter)
-        spec.counterTrack = track
-        spec.counter = .int(value)
-        TrackEventWriting.write(category, mask, spec)
+        TrackEventWriting.writeCounter(category, mask, track, int: value, double: 0)
     }
 
     /// A counter value (a point in `track`'s graph).
@@ -164,10 +170,7 @@ public enum TrackEvent {
     public static func counter(_ category: TrackEventCategory, _ track: CounterTrack, _ value: Double) {
         let mask = category.enabledMask
         guard mask != 0 else { return }
-        var spec = TrackEventSpec(kind: .counter)
-        spec.counterTrack = track
-        spec.counter = .double(value)
-        TrackEventWriting.write(category, mask, spec)
+        TrackEventWriting.writeCounter(category, mask, track, int: nil, double: value)
     }
 
     // MARK: Threads

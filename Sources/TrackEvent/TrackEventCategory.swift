@@ -25,6 +25,11 @@ public final class TrackEventCategory: Sendable, Hashable {
     public let tags: [String]
     /// Bit `i` set: the track_event instance in slot `i` records this category.
     @usableFromInline let enabledInstances = Atomic<UInt32>(0)
+    /// The category's position among registered ones (-1 until registered): sequences keep
+    /// their interned category ids in an array indexed by it.
+    let registrationSlot = Atomic<Int>(-1)
+
+    var registrationIndex: Int { max(registrationSlot.load(ordering: .relaxed), 0) }
 
     /// Declares a category. Declare each once (a `static let`) and register it with
     /// ``TrackEvent/register(_:)`` or ``TrackEvent/initialize(_:)``.

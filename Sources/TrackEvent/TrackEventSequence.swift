@@ -16,36 +16,94 @@ final class TrackEventThreadState {
     let tid: Int32
     let threadName: String?
     let trackUUID: UInt64
-    var sequences: [TrackEventSequence?] = Array(repeating: nil, count: TrackEventRuntime.maxInstances)
+    /// One sequence per slot, held as unmanaged references so the hot path does not count them
+    /// (each is retained once, here, and released when replaced or when the thread ends).
+    private let sequences: UnsafeMutablePointer<Unmanaged<TrackEventSequence>?>
+    /// The epoch the sequences were last checked against (see `trackEventEpoch`).
+    @exclusivity(unchecked) private var seenEpoch: UInt64 = 0
 
     init() {
         let identity = ThreadIdentity.current()
         tid = identity.tid
         threadName = identity.name
         trackUUID = UInt64(UInt32(bitPattern: identity.tid)) ^ ProcessIdentity.uuid
+        sequences = .allocate(capacity: TrackEventRuntime.maxInstances)
+        sequences.initialize(repeating: nil, count: TrackEventRuntime.maxInstances)
     }
 
-    /// The sequence for `slot`, made (or remade, for a new instance in the slot) as needed, with
-    /// its incremental state reset if the service asked. Nil if the slot has no instance now.
-    func sequence(for slot: Int, runtime: TrackEventRuntime) -> TrackEventSequence? {
+    deinit {
+        for slot in 0..<TrackEventRuntime.maxInstances { sequences[slot]?.release() }
+        sequences.deallocate()
+    }
+
+    /// Runs `body` with the sequence for `slot`: as it is when nothing changed since this thread
+    /// last looked (one relaxed load); otherwise made (or remade, for a new instance in the
+    /// slot), with its incremental state reset if the service asked. Not run if the slot has no
+    /// instance now.
+    @inline(__always)
+    func withSequence(for slot: Int, _ body: (TrackEventSequence) -> Void) {
+        let epoch = trackEventEpoch.load(ordering: .acquiring)
+        if epoch == seenEpoch, let sequence = sequences[slot] {
+            sequence._withUnsafeGuaranteedRef { sequence in
+                if recoverFromDrops(sequence) { body(sequence) }
+            }
+            return
+        }
+        guard let sequence = refresh(slot, runtime: .shared, epoch: epoch) else { return }
+        sequence._withUnsafeGuaranteedRef { sequence in
+            if recoverFromDrops(sequence) { body(sequence) }
+        }
+    }
+
+    /// The slow path: checks the slot's instance and clear requests.
+    private func refresh(_ slot: Int, runtime: TrackEventRuntime, epoch: UInt64) -> Unmanaged<TrackEventSequence>? {
+        // Every slot is looked at again later: only this one is known current now.
+        if epoch != seenEpoch {
+            seenEpoch = epoch
+            for other in 0..<TrackEventRuntime.maxInstances where other != slot { revalidate(other, runtime: runtime, create: false) }
+        }
+        return revalidate(slot, runtime: runtime, create: true)
+    }
+
+    @discardableResult
+    private func revalidate(_ slot: Int, runtime: TrackEventRuntime, create: Bool) -> Unmanaged<TrackEventSequence>? {
         let slotState = runtime.slotStates[slot]
         let generation = slotState.generation.load(ordering: .acquiring)
-        var sequence = sequences[slot]
-        if sequence?.generation != generation {
+        var current = sequences[slot]
+        if let existing = current, existing.takeUnretainedValue().generation != generation {
+            existing.release()
             sequences[slot] = nil
-            sequence = nil
-            guard let instance = runtime.slot(slot), instance.generation == generation,
+            current = nil
+        }
+        if current == nil {
+            guard create, let instance = runtime.slot(slot), instance.generation == generation,
                   let writer = instance.arbiter.createTraceWriter(targetBuffer: instance.targetBuffer, policy: .drop)
             else { return nil }
-            sequence = TrackEventSequence(writer: writer, generation: generation)
-            sequences[slot] = sequence
+            current = Unmanaged.passRetained(TrackEventSequence(writer: writer, generation: generation))
+            sequences[slot] = current
         }
-        guard let sequence else { return nil }
+        guard let current else { return nil }
+        let sequence = current.takeUnretainedValue()
         let clearGeneration = slotState.clearGeneration.load(ordering: .relaxed)
         if sequence.clearGeneration != clearGeneration {
             sequence.reset(clearGeneration: clearGeneration, thread: self)
         }
-        return sequence
+        return current
+    }
+
+    /// After the writer dropped packets (shared memory was full), readers cannot trust what
+    /// this sequence interned: start it afresh, as Perfetto's SDK does. False while the
+    /// sequence could not be started afresh (its events are dropped until it can).
+    @inline(__always)
+    func recoverFromDrops(_ sequence: TrackEventSequence) -> Bool {
+        guard sequence.needsReset || sequence.writer.packetsDropped != sequence.droppedAtReset else { return true }
+        sequence.reset(clearGeneration: sequence.clearGeneration ?? 0, thread: self)
+        return !sequence.needsReset
+    }
+
+    /// Every sequence this thread has now.
+    var allSequences: [TrackEventSequence] {
+        (0..<TrackEventRuntime.maxInstances).compactMap { sequences[$0]?.takeUnretainedValue() }
     }
 }
 
@@ -55,15 +113,25 @@ final class TrackEventSequence {
     let generation: UInt64
     /// The clear generation this state was reset for (nil: never reset, a new sequence).
     var clearGeneration: UInt64?
-    private var nextNameIID: UInt64 = 1
-    private var nextCategoryIID: UInt64 = 1
-    private var nextAnnotationNameIID: UInt64 = 1
-    private var eventNames: [UnsafeRawPointer: UInt64] = [:]
-    private var categories: [ObjectIdentifier: UInt64] = [:]
-    private var annotationNames: [UnsafeRawPointer: UInt64] = [:]
+    // Unchecked exclusivity: one thread at a time uses a sequence; no access spans user code.
+    @exclusivity(unchecked) private var nextNameIID: UInt64 = 1
+    @exclusivity(unchecked) private var nextCategoryIID: UInt64 = 1
+    @exclusivity(unchecked) private var nextAnnotationNameIID: UInt64 = 1
+    @exclusivity(unchecked) private var eventNames: [UnsafeRawPointer: UInt64] = [:]
+    /// Interned category iids by the category's registration index (0: not yet interned).
+    @exclusivity(unchecked) private var categories: [UInt64] = []
+    @exclusivity(unchecked) private var annotationNames: [UnsafeRawPointer: UInt64] = [:]
     var seenTracks: Set<UInt64> = []
     /// Annotation names first used by the packet being written (interned with it).
-    var newAnnotationNames: [(iid: UInt64, name: StaticString)] = []
+    @exclusivity(unchecked) var newAnnotationNames: [(iid: UInt64, name: StaticString)] = []
+    /// Where events are encoded before they are copied into shared memory.
+    let buffer = PacketBuffer()
+    /// The last name looked up, which loops and paired begin/end hit again and again.
+    @exclusivity(unchecked) private var lastName: (key: UnsafeRawPointer, iid: UInt64)?
+    /// The writer's drop count when the state was last reset.
+    @exclusivity(unchecked) private(set) var droppedAtReset: UInt64 = 0
+    /// The last reset was itself dropped: events wait for one that makes it.
+    @exclusivity(unchecked) private(set) var needsReset = false
 
     init(writer: TraceWriter, generation: UInt64) {
         self.writer = writer
@@ -76,19 +144,25 @@ final class TrackEventSequence {
 
     func internName(_ name: StaticString) -> (iid: UInt64, isNew: Bool) {
         let key = UnsafeRawPointer(name.utf8Start)
-        if let iid = eventNames[key] { return (iid, false) }
+        if let lastName, lastName.key == key { return (lastName.iid, false) }
+        if let iid = eventNames[key] {
+            lastName = (key, iid)
+            return (iid, false)
+        }
         let iid = nextNameIID
         nextNameIID += 1
         eventNames[key] = iid
+        lastName = (key, iid)
         return (iid, true)
     }
 
     func internCategory(_ category: TrackEventCategory) -> (iid: UInt64, isNew: Bool) {
-        let key = ObjectIdentifier(category)
-        if let iid = categories[key] { return (iid, false) }
+        let index = category.registrationIndex
+        if index < categories.count, categories[index] != 0 { return (categories[index], false) }
+        if index >= categories.count { categories.append(contentsOf: repeatElement(0, count: index + 1 - categories.count)) }
         let iid = nextCategoryIID
         nextCategoryIID += 1
-        categories[key] = iid
+        categories[index] = iid
         return (iid, true)
     }
 
@@ -107,7 +181,13 @@ final class TrackEventSequence {
     /// Starts the sequence's incremental state afresh and describes the thread and process.
     func reset(clearGeneration: UInt64, thread: TrackEventThreadState) {
         self.clearGeneration = clearGeneration
+        let droppedBefore = writer.packetsDropped
+        defer {
+            droppedAtReset = writer.packetsDropped
+            needsReset = droppedAtReset != droppedBefore
+        }
         eventNames.removeAll(keepingCapacity: true)
+        lastName = nil
         categories.removeAll(keepingCapacity: true)
         annotationNames.removeAll(keepingCapacity: true)
         nextNameIID = 1

@@ -48,35 +48,50 @@ struct TrackEventSpec {
 /// Names are static strings, interned per sequence. Values: integers, doubles, booleans,
 /// strings, and nested dictionaries and arrays (``DebugValue``).
 public struct TrackEventArguments {
-    private var event: TracePacketBuilder
+    private let buffer: PacketBuffer
     private let sequence: TrackEventSequence
 
-    init(event: TracePacketBuilder, sequence: TrackEventSequence) {
-        self.event = event
+    init(buffer: PacketBuffer, sequence: TrackEventSequence) {
+        self.buffer = buffer
         self.sequence = sequence
     }
 
     /// Adds `name: value` (signed integer).
-    public mutating func add(_ name: StaticString, _ value: Int) { add(name, .int(Int64(value))) }
+    public mutating func add(_ name: StaticString, _ value: Int) {
+        annotation(name) { buffer.varintField(4, UInt64(bitPattern: Int64(value))) }
+    }
     /// Adds `name: value` (unsigned integer).
-    public mutating func add(_ name: StaticString, _ value: UInt) { add(name, .uint(UInt64(value))) }
+    public mutating func add(_ name: StaticString, _ value: UInt) {
+        annotation(name) { buffer.varintField(3, UInt64(value)) }
+    }
     /// Adds `name: value` (floating point).
-    public mutating func add(_ name: StaticString, _ value: Double) { add(name, .double(value)) }
+    public mutating func add(_ name: StaticString, _ value: Double) {
+        annotation(name) { buffer.fixed64Field(5, value.bitPattern) }
+    }
     /// Adds `name: value` (boolean).
-    public mutating func add(_ name: StaticString, _ value: Bool) { add(name, .bool(value)) }
+    public mutating func add(_ name: StaticString, _ value: Bool) {
+        annotation(name) { buffer.varintField(2, value ? 1 : 0) }
+    }
     /// Adds `name: value` (string).
-    public mutating func add(_ name: StaticString, _ value: String) { add(name, .string(value)) }
+    public mutating func add(_ name: StaticString, _ value: String) {
+        annotation(name) { buffer.stringField(6, value) }
+    }
 
     /// Adds `name: value`, any ``DebugValue`` (dictionaries and arrays nest).
     public mutating func add(_ name: StaticString, _ value: DebugValue) {
-        let sequence = self.sequence
-        event.appendNested(4) { annotation in  // TrackEvent.debug_annotations
+        annotation(name) { DebugValue.write(value, into: buffer) }
+    }
+
+    /// One TrackEvent.debug_annotations entry named `name` (interned), its value from `value`.
+    @inline(__always)
+    private func annotation(_ name: StaticString, _ value: () -> Void) {
+        buffer.nested(4) {
             if name.hasPointerRepresentation {
-                annotation.appendVarint(1, sequence.internAnnotationName(name))  // name_iid
+                buffer.varintField(1, sequence.internAnnotationName(name))  // name_iid
             } else {
-                annotation.appendString(10, "\(name)")
+                buffer.staticStringField(10, name)
             }
-            DebugValue.write(value, into: &annotation)
+            value()
         }
     }
 }
@@ -94,23 +109,23 @@ public indirect enum DebugValue: Sendable, Hashable {
     case array([DebugValue])
 
     /// Writes the value fields of a DebugAnnotation.
-    static func write(_ value: DebugValue, into annotation: inout TracePacketBuilder) {
+    static func write(_ value: DebugValue, into buffer: PacketBuffer) {
         switch value {
-        case .int(let number): annotation.appendInt(4, number)
-        case .uint(let number): annotation.appendVarint(3, number)
-        case .double(let number): annotation.appendDouble(5, number)
-        case .bool(let flag): annotation.appendBool(2, flag)
-        case .string(let text): annotation.appendString(6, text)
+        case .int(let number): buffer.varintField(4, UInt64(bitPattern: number))
+        case .uint(let number): buffer.varintField(3, number)
+        case .double(let number): buffer.fixed64Field(5, number.bitPattern)
+        case .bool(let flag): buffer.varintField(2, flag ? 1 : 0)
+        case .string(let text): buffer.stringField(6, text)
         case .dictionary(let entries):
             for entry in entries {
-                annotation.appendNested(11) { nested in  // dict_entries: name inline, never interned
-                    nested.appendString(10, entry.key)
-                    write(entry.value, into: &nested)
+                buffer.nested(11) {  // dict_entries: the key inline, never interned
+                    buffer.stringField(10, entry.key)
+                    write(entry.value, into: buffer)
                 }
             }
         case .array(let values):
             for item in values {
-                annotation.appendNested(12) { nested in write(item, into: &nested) }  // array_values
+                buffer.nested(12) { write(item, into: buffer) }  // array_values
             }
         }
     }
@@ -141,13 +156,107 @@ enum TrackEventWriting {
         return key
     }()
 
-    static var threadState: TrackEventThreadState {
+    /// Runs `body` with the calling thread's state (made on first use), without counting a
+    /// reference to it: the thread holds it until it ends.
+    @inline(__always)
+    static func withThreadState(_ body: (TrackEventThreadState) -> Void) {
         if let pointer = pthread_getspecific(threadKey) {
-            return Unmanaged<TrackEventThreadState>.fromOpaque(pointer).takeUnretainedValue()
+            Unmanaged<TrackEventThreadState>.fromOpaque(pointer)._withUnsafeGuaranteedRef(body)
+            return
         }
-        let state = TrackEventThreadState()
-        pthread_setspecific(threadKey, Unmanaged.passRetained(state).toOpaque())
-        return state
+        let state = Unmanaged.passRetained(TrackEventThreadState())
+        pthread_setspecific(threadKey, state.toOpaque())
+        state._withUnsafeGuaranteedRef(body)
+    }
+
+    /// The common case, kept free of anything that needs reference counting: a slice begin or
+    /// end, or an instant, on the thread's track, with a static name and nothing else.
+    @usableFromInline
+    static func writeSimple(_ category: TrackEventCategory, _ mask: UInt32, kind: TrackEventSpec.Kind, name: StaticString) {
+        guard name.hasPointerRepresentation else {
+            write(category, mask, TrackEventSpec(kind: kind, name: .interned(name)))
+            return
+        }
+        let timestamp = bootTimeNanoseconds()
+        withThreadState { thread in
+            var remaining = mask
+            while remaining != 0 {
+                let slot = remaining.trailingZeroBitCount
+                remaining &= remaining - 1
+                thread.withSequence(for: slot) { sequence in
+                    encodeSimple(category, kind: kind, name: name, timestamp: timestamp, into: sequence)
+                }
+            }
+        }
+    }
+
+    private static func encodeSimple(
+        _ category: TrackEventCategory, kind: TrackEventSpec.Kind, name: StaticString, timestamp: UInt64,
+        into sequence: TrackEventSequence
+    ) {
+        let buffer = sequence.buffer
+        buffer.reset()
+        buffer.varintField(8, timestamp)
+        buffer.varintField(13, 2)  // SEQ_NEEDS_INCREMENTAL_STATE
+        guard kind != .sliceEnd else {
+            buffer.nested(11) { buffer.varintField(9, kind.rawValue) }
+            sequence.writer.writePacket(bytes: buffer.bytes)
+            return
+        }
+        let categoryIID = sequence.internCategory(category)
+        let nameIID = sequence.internName(name)
+        buffer.nested(11) {
+            buffer.varintField(9, kind.rawValue)
+            buffer.varintField(3, categoryIID.iid)
+            buffer.varintField(10, nameIID.iid)
+        }
+        if categoryIID.isNew || nameIID.isNew {
+            buffer.nested(12) {
+                if categoryIID.isNew {
+                    buffer.nested(1) {
+                        buffer.varintField(1, categoryIID.iid)
+                        buffer.stringField(2, category.name)
+                    }
+                }
+                if nameIID.isNew {
+                    buffer.nested(2) {
+                        buffer.varintField(1, nameIID.iid)
+                        buffer.staticStringField(2, name)
+                    }
+                }
+            }
+        }
+        sequence.writer.writePacket(bytes: buffer.bytes)
+    }
+
+    /// A counter value, without the general path's bookkeeping.
+    @usableFromInline
+    static func writeCounter(_ category: TrackEventCategory, _ mask: UInt32, _ track: CounterTrack, int: Int64?, double: Double) {
+        let timestamp = bootTimeNanoseconds()
+        withThreadState { thread in
+            var remaining = mask
+            while remaining != 0 {
+                let slot = remaining.trailingZeroBitCount
+                remaining &= remaining - 1
+                thread.withSequence(for: slot) { sequence in
+                    sequence.describe(track, timestamp: timestamp)
+                    let buffer = sequence.buffer
+                    buffer.reset()
+                    buffer.varintField(8, timestamp)
+                    buffer.varintField(13, 2)
+                    buffer.nested(11) {
+                        buffer.varintField(9, TrackEventSpec.Kind.counter.rawValue)
+                        buffer.varintField(11, track.uuid)
+                        if let int {
+                            buffer.varintField(30, UInt64(bitPattern: int))
+                        } else {
+                            buffer.fixed64Field(44, double.bitPattern)
+                        }
+                    }
+                    sequence.writer.writePacket(bytes: buffer.bytes)
+                }
+            }
+        }
     }
 
     /// Writes the event into every instance in `mask`.
@@ -156,15 +265,16 @@ enum TrackEventWriting {
         _ category: TrackEventCategory, _ mask: UInt32, _ spec: TrackEventSpec,
         arguments: ((inout TrackEventArguments) -> Void)? = nil
     ) {
-        let thread = threadState
-        let runtime = TrackEventRuntime.shared
         let timestamp = spec.timestamp ?? bootTimeNanoseconds()
-        var remaining = mask
-        while remaining != 0 {
-            let slot = remaining.trailingZeroBitCount
-            remaining &= remaining - 1
-            guard let sequence = thread.sequence(for: slot, runtime: runtime) else { continue }
-            encode(category, spec, timestamp: timestamp, arguments: arguments, into: sequence)
+        withThreadState { thread in
+            var remaining = mask
+            while remaining != 0 {
+                let slot = remaining.trailingZeroBitCount
+                remaining &= remaining - 1
+                thread.withSequence(for: slot) { sequence in
+                    encode(category, spec, timestamp: timestamp, arguments: arguments, into: sequence)
+                }
+            }
         }
     }
 
@@ -182,63 +292,64 @@ enum TrackEventWriting {
             nameIID = sequence.internName(name)
         }
         sequence.newAnnotationNames.removeAll(keepingCapacity: true)
-        sequence.writer.newTracePacket { packet in
-            packet.appendVarint(8, timestamp)
-            packet.appendVarint(13, 2)  // SEQ_NEEDS_INCREMENTAL_STATE
-            packet.appendNested(11) { event in  // track_event
-                event.appendVarint(9, spec.kind.rawValue)
-                if named {
-                    event.appendVarint(3, categoryIID.iid)
-                    switch spec.name {
-                    case .interned(let name) where name.hasPointerRepresentation: event.appendVarint(10, nameIID.iid)
-                    case .interned(let name): event.appendString(23, "\(name)")
-                    case .inline(let name): event.appendString(23, name)
-                    case .none: break
-                    }
-                }
-                if let track = spec.track { event.appendVarint(11, track.uuid) }
-                if let counterTrack = spec.counterTrack { event.appendVarint(11, counterTrack.uuid) }
-                switch spec.counter {
-                case .int(let value)?: event.appendInt(30, value)
-                case .double(let value)?: event.appendDouble(44, value)
-                case nil: break
-                }
-                if let flow = spec.flow { event.appendFixed64(47, flow.id) }
-                if let flow = spec.terminatingFlow { event.appendFixed64(48, flow.id) }
-                if let arguments {
-                    var annotations = TrackEventArguments(event: event, sequence: sequence)
-                    arguments(&annotations)
+        let buffer = sequence.buffer
+        buffer.reset()
+        buffer.varintField(8, timestamp)
+        buffer.varintField(13, 2)  // SEQ_NEEDS_INCREMENTAL_STATE
+        buffer.nested(11) {  // track_event
+            buffer.varintField(9, spec.kind.rawValue)
+            if named {
+                buffer.varintField(3, categoryIID.iid)
+                switch spec.name {
+                case .interned(let name) where name.hasPointerRepresentation: buffer.varintField(10, nameIID.iid)
+                case .interned(let name): buffer.staticStringField(23, name)
+                case .inline(let name): buffer.stringField(23, name)
+                case .none: break
                 }
             }
-            guard categoryIID.isNew || nameIID.isNew || !sequence.newAnnotationNames.isEmpty else { return }
-            packet.appendNested(12) { interned in  // interned_data
+            if let track = spec.track { buffer.varintField(11, track.uuid) }
+            if let counterTrack = spec.counterTrack { buffer.varintField(11, counterTrack.uuid) }
+            switch spec.counter {
+            case .int(let value)?: buffer.varintField(30, UInt64(bitPattern: value))
+            case .double(let value)?: buffer.fixed64Field(44, value.bitPattern)
+            case nil: break
+            }
+            if let flow = spec.flow { buffer.fixed64Field(47, flow.id) }
+            if let flow = spec.terminatingFlow { buffer.fixed64Field(48, flow.id) }
+            if let arguments {
+                var annotations = TrackEventArguments(buffer: buffer, sequence: sequence)
+                arguments(&annotations)
+            }
+        }
+        if categoryIID.isNew || nameIID.isNew || !sequence.newAnnotationNames.isEmpty {
+            buffer.nested(12) {  // interned_data
                 if categoryIID.isNew {
-                    interned.appendNested(1) { entry in  // event_categories
-                        entry.appendVarint(1, categoryIID.iid)
-                        entry.appendString(2, category.name)
+                    buffer.nested(1) {  // event_categories
+                        buffer.varintField(1, categoryIID.iid)
+                        buffer.stringField(2, category.name)
                     }
                 }
                 if nameIID.isNew, case .interned(let name) = spec.name {
-                    interned.appendNested(2) { entry in  // event_names
-                        entry.appendVarint(1, nameIID.iid)
-                        entry.appendBytes(2, UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+                    buffer.nested(2) {  // event_names
+                        buffer.varintField(1, nameIID.iid)
+                        buffer.staticStringField(2, name)
                     }
                 }
                 for entry in sequence.newAnnotationNames {
-                    interned.appendNested(3) { item in  // debug_annotation_names
-                        item.appendVarint(1, entry.iid)
-                        item.appendBytes(
-                            2, UnsafeRawBufferPointer(start: entry.name.utf8Start, count: entry.name.utf8CodeUnitCount))
+                    buffer.nested(3) {  // debug_annotation_names
+                        buffer.varintField(1, entry.iid)
+                        buffer.staticStringField(2, entry.name)
                     }
                 }
             }
         }
+        sequence.writer.writePacket(bytes: buffer.bytes)
     }
 
     /// Sends what the calling thread wrote so far for every instance.
     static func flushCurrentThread() {
         guard let pointer = pthread_getspecific(threadKey) else { return }
         let thread = Unmanaged<TrackEventThreadState>.fromOpaque(pointer).takeUnretainedValue()
-        for sequence in thread.sequences { sequence?.writer.flush() }
+        for sequence in thread.allSequences { sequence.writer.flush() }
     }
 }

@@ -26,6 +26,8 @@ struct ReadTrace {
     /// Problems a viewer would show (an end without a begin, a name it cannot resolve, ...).
     var problems: [String] = []
     var categoriesSeen: Set<String> = []
+    /// Packets a viewer skips because data was lost before them on their sequence.
+    var skippedAfterLoss = 0
 
     init(_ packets: [TracePacket]) {
         struct SequenceState {
@@ -34,12 +36,18 @@ struct ReadTrace {
             var categories: [UInt64: String] = [:]
             var annotationNames: [UInt64: String] = [:]
             var defaultTrack: UInt64 = 0
+            var lostData = false
         }
         var sequences: [UInt32: SequenceState] = [:]
         var open: [UInt64: [Int]] = [:]  // track -> indexes into slices
         for packet in packets {
             guard packet.trustedPacketSequenceID > 1 else { continue }
             var state = sequences[packet.trustedPacketSequenceID] ?? SequenceState()
+            // Data was lost just before this packet: what the sequence interned may be gone.
+            if packet.previousPacketDropped != 0 && packet.sequenceFlags & 1 == 0 {
+                state.valid = false
+                state.lostData = true
+            }
             if packet.sequenceFlags & 1 != 0 {
                 state = SequenceState()
                 state.valid = true
@@ -48,7 +56,12 @@ struct ReadTrace {
                 state.defaultTrack = packet.tracePacketDefaults.trackEventDefaults.trackUuid
             }
             if packet.sequenceFlags & 2 != 0 && !state.valid {
-                problems.append("packet needing incremental state before any reset")
+                // A viewer skips it, as Perfetto's trace processor does. Only a sequence that
+                // never lost data yet has no valid state is a writer's mistake.
+                if packet.previousPacketDropped == 0 && !state.lostData {
+                    problems.append("packet needing incremental state before any reset")
+                }
+                skippedAfterLoss += 1
                 sequences[packet.trustedPacketSequenceID] = state
                 continue
             }

@@ -146,10 +146,12 @@ struct TrackEventTests {
         var config = TraceConfig.trackEvent(enabling: ["app"], disabling: ["*"])
         config.incrementalStateConfig.clearPeriodMs_p = 20
         let session = try TrackEventSession.start(config)
-        // Events keep coming while the service clears incremental state several times.
-        let deadline = DispatchTime.now() + .milliseconds(200)
+        // Events keep coming (one every 100 µs, a pace the shared memory keeps up with) while
+        // the service clears incremental state several times.
+        let start = DispatchTime.now().uptimeNanoseconds
         var written = 0
-        while DispatchTime.now() < deadline {
+        while DispatchTime.now().uptimeNanoseconds < start + 200_000_000 {
+            guard DispatchTime.now().uptimeNanoseconds >= start + UInt64(written) * 100_000 else { continue }
             TrackEvent.slice(.app, "repeated") { TrackEvent.instant(.app, "inside") }
             written += 1
         }
@@ -161,6 +163,23 @@ struct TrackEventTests {
         #expect(trace.slices.count == written)
         #expect(Set(trace.slices.map(\.name)) == ["repeated"])
         #expect(trace.instants.count == written)
+    }
+
+    @Test func aThreadThatLostEventsStartsItsStateAfresh() throws {
+        // A tiny buffer of shared memory is not what this needs: flooding it from one thread
+        // makes the writer drop, and whatever survives must still read back cleanly.
+        // The ring buffer holds it all: losses happen only in the writer.
+        let session = try TrackEventSession.start(.trackEvent(enabling: ["app"], disabling: ["*"], bufferSizeKB: 64 * 1024))
+        for _ in 0..<200_000 { TrackEvent.slice(.app, "flood") {} }
+        let packets = try session.stop().decodedPackets
+        let trace = ReadTrace(packets)
+        let problems = trace.problems.filter { !$0.hasPrefix("end without a begin") }
+        #expect(problems.isEmpty, "names always resolve: \(problems.count) problems, first \(problems.prefix(3))")
+        #expect(trace.slices.allSatisfy { $0.name == "flood" })
+        let resets = packets.filter { $0.trustedPacketSequenceID > 1 && $0.sequenceFlags & 1 != 0 }.count
+        let losses = packets.filter { $0.trustedPacketSequenceID > 1 && $0.previousPacketDropped != 0 }.count
+        #expect(resets >= losses, "every loss is followed by a fresh start (\(resets) resets, \(losses) losses)")
+        #expect(trace.skippedAfterLoss < trace.slices.count, "most of what survived is readable")
     }
 
     @Test func asyncSlicesGetTracksOfTheirOwn() async throws {

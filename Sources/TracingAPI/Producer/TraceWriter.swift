@@ -22,6 +22,8 @@ import SwiftProtobuf
 /// Writes packets for one sequence (one writer id) into a producer's shared memory.
 public final class TraceWriter: @unchecked Sendable {
     // @unchecked Sendable: may move between threads, but is used by one at a time (documented).
+    // Its per-packet state skips dynamic exclusivity checks for the same reason: one thread at
+    // a time, and no access spans a call into user code that could reenter the writer.
 
     /// The writer's id, unique within its producer; the service's sequence key.
     public let writerID: UInt16
@@ -30,23 +32,23 @@ public final class TraceWriter: @unchecked Sendable {
     private let policy: BufferExhaustedPolicy
     private let arbiter: SharedMemoryArbiter
 
-    private var chunk: AcquiredChunk?
-    private var header: ChunkHeader
+    @exclusivity(unchecked) private var chunk: AcquiredChunk?
+    @exclusivity(unchecked) private var header: ChunkHeader
     /// Write offset inside the current chunk.
-    private var position = 0
+    @exclusivity(unchecked) private var position = 0
     /// Offset of the current fragment's size field inside the current chunk.
-    private var fragmentHeader = 0
+    @exclusivity(unchecked) private var fragmentHeader = 0
     private var nextChunkID: UInt32 = 0
-    private var inPacket = false
+    @exclusivity(unchecked) private var inPacket = false
     /// Packets were dropped since the last record written; the next chunk starts with a marker.
     private var droppedSinceLastChunk = false
     /// The current packet is being thrown away (no chunk was available for part of it).
-    private var droppingPacket = false
+    @exclusivity(unchecked) private var droppingPacket = false
     /// Packet bytes written so far (fragment headers excluded), to measure nested messages.
-    private var packetBytes = 0
+    @exclusivity(unchecked) private var packetBytes = 0
     private var openNested: [NestedLength] = []
     private var pendingPatches: [Perfetto_Protos_CommitDataRequest.ChunkToPatch] = []
-    private var closed = false
+    @exclusivity(unchecked) private var closed = false
 
     /// Where a nested message's reserved length lives until it is known.
     private struct NestedLength {
@@ -60,7 +62,7 @@ public final class TraceWriter: @unchecked Sendable {
     }
 
     /// Packets started, for diagnostics.
-    public private(set) var packetsWritten: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var packetsWritten: UInt64 = 0
     /// Packets thrown away because no chunk was free (``BufferExhaustedPolicy``).
     public private(set) var packetsDropped: UInt64 = 0
 
@@ -95,6 +97,28 @@ public final class TraceWriter: @unchecked Sendable {
         var builder = TracePacketBuilder(writer: self)
         defer { endPacket() }
         try body(&builder)
+    }
+
+    /// Writes one packet whose encoded fields are `bytes` (a TracePacket without the outer
+    /// tag and length). A packet that fits the current chunk is one size header and one copy;
+    /// larger ones are split across chunks as ``newTracePacket(_:)`` splits them.
+    public func writePacket(bytes: UnsafeRawBufferPointer) {
+        precondition(!inPacket, "writePacket is not reentrant")
+        guard !closed else { return }
+        let recordSize = SharedMemoryABI.packetHeaderSize + bytes.count
+        if let current = chunk, current.size - position >= recordSize,
+           Int(header.packetCount) < SharedMemoryABI.maxPacketsPerChunk, let source = bytes.baseAddress {
+            packetsWritten += 1
+            SharedMemoryABI.writePaddedVarint(UInt32(bytes.count), to: current.start + position)
+            (current.start + position + SharedMemoryABI.packetHeaderSize).copyMemory(from: source, byteCount: bytes.count)
+            position += recordSize
+            header.packetCount += 1
+            publishFinishedRecords()
+            return
+        }
+        beginPacket()
+        defer { endPacket() }
+        write(bytes)
     }
 
     /// Writes an already-built packet message.
