@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "IPCEchoService", targets: ["IPCEchoService"]),
         .library(name: "TracingAPI", targets: ["TracingAPI"]),
         .library(name: "TrackEvent", targets: ["TrackEvent"]),
+        .library(name: "TrackEventTracing", targets: ["TrackEventTracing"]),
         .executable(name: "protoc-gen-swift-ipc", targets: ["protoc-gen-swift-ipc"]),
         .executable(name: "ipc-echo", targets: ["ipc-echo"]),
         .executable(name: "tracing-demo", targets: ["tracing-demo"]),
@@ -26,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0", traits: []),
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", exact: "1.7.3"),
     ],
     targets: [
         // Thin wrappers for Linux calls Glibc does not import (epoll, eventfd, timerfd,
@@ -66,6 +68,16 @@ let package = Package(
         .target(
             name: "TrackEvent",
             dependencies: ["TracingAPI", "IPCProtocol", "IPCUnixSocket", "CPerfettoIPCLinux"]
+        ),
+        // swift-distributed-tracing spans recorded as track events (its own module, so apps that
+        // do not use swift-distributed-tracing do not depend on it).
+        .target(
+            name: "TrackEventTracing",
+            dependencies: [
+                "TrackEvent",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+            ]
         ),
         // Generates service handlers and proxies from .proto services (see scripts/).
         .executableTarget(
@@ -142,7 +154,11 @@ let package = Package(
         ),
         .testTarget(
             name: "TrackEventTests",
-            dependencies: ["TrackEvent", "TracingAPI", "TestSupport", "CPerfettoIPCLinux"]
+            dependencies: [
+                "TrackEvent", "TrackEventTracing", "TracingAPI", "TestSupport", "CPerfettoIPCLinux",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+            ]
         ),
         // The tracebox programs as separate processes on real sockets.
         .testTarget(

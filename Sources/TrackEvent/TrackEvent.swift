@@ -151,6 +151,32 @@ public enum TrackEvent {
         }
     }
 
+    /// An instant event whose name is made at run time (written inline, not interned).
+    @inlinable
+    public static func instant(
+        _ category: TrackEventCategory, dynamicName name: String, track: Track? = nil, flow: Flow? = nil,
+        terminatingFlow: Flow? = nil, _ arguments: ((inout TrackEventArguments) -> Void)? = nil
+    ) {
+        let mask = category.enabledMask
+        guard mask != 0 else { return }
+        TrackEventWriting.write(
+            category, mask,
+            TrackEventSpec(kind: .instant, name: .inline(name), track: track, flow: flow, terminatingFlow: terminatingFlow),
+            arguments: arguments)
+    }
+
+    /// Ends the innermost open slice on `track`, with optional annotations (for callers that
+    /// hold an optional closure, such as bridges from other tracing APIs).
+    @inlinable
+    public static func end(
+        _ category: TrackEventCategory, track: Track?, flow: Flow? = nil,
+        arguments: ((inout TrackEventArguments) -> Void)?
+    ) {
+        let mask = category.enabledMask
+        guard mask != 0 else { return }
+        TrackEventWriting.write(category, mask, TrackEventSpec(kind: .sliceEnd, track: track, flow: flow), arguments: arguments)
+    }
+
     /// A counter value (a point in `track`'s graph).
     @inlinable
     public static func counter(_ category: TrackEventCategory, _ track: CounterTrack, _ value: Int64) {

@@ -82,6 +82,14 @@ public struct TrackEventArguments {
         annotation(name) { DebugValue.write(value, into: buffer) }
     }
 
+    /// Adds `name: value` with a name made at run time (written inline, not interned).
+    public mutating func add(dynamicName name: String, _ value: DebugValue) {
+        buffer.nested(4) {
+            buffer.stringField(10, name)
+            DebugValue.write(value, into: buffer)
+        }
+    }
+
     /// One TrackEvent.debug_annotations entry named `name` (interned), its value from `value`.
     @inline(__always)
     private func annotation(_ name: StaticString, _ value: () -> Void) {

@@ -33,6 +33,11 @@ public struct Track: Sendable, Hashable {
         Track(uuid: id ^ ProcessIdentity.uuid, parentUUID: ProcessIdentity.uuid, name: name)
     }
 
+    /// An async track shown under `parent` (e.g. work that overlaps its parent's other work).
+    public static func async(_ id: UInt64, name: String? = nil, parent: Track) -> Track {
+        Track(uuid: id ^ parent.uuid, parentUUID: parent.uuid, name: name)
+    }
+
     /// A named track of this process (Perfetto's `NamedTrack`): `name` and `id` pick it.
     public static func named(_ name: String, id: UInt64 = 0) -> Track {
         let uuid = (id ^ FNV1a.hash(name) ^ 0xCD57_1EC5_EAD3_7024) ^ ProcessIdentity.uuid
