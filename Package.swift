@@ -107,6 +107,16 @@ let package = Package(
             dependencies: ["IPCProtocol", "IPCUnixSocket", "IPCEchoService"],
             path: "Examples/minimal-echo"
         ),
+        // An app instrumented with track events and swift-distributed-tracing.
+        .executableTarget(
+            name: "traced-app",
+            dependencies: [
+                "TrackEvent", "TrackEventTracing", "TracingAPI",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+            ],
+            path: "Examples/traced-app"
+        ),
         // Records an in-process tracing session into a Perfetto trace file.
         .executableTarget(
             name: "tracing-demo",
