@@ -148,7 +148,16 @@ public final class IPCClient: IPCConnectionDelegate {
     }
 
     deinit {
-        connection?.close()
+        // The last reference may go on another thread (a task, a test's main thread): the
+        // connection is then closed on its loop, where everything about it happens.
+        if let connection {
+            if eventLoop.inEventLoop {
+                connection.close()
+            } else {
+                let box = UncheckedSendableBox(connection)
+                eventLoop.execute { box.value.close() }
+            }
+        }
         let bindings = directBindings
         if !bindings.isEmpty {
             let box = UncheckedSendableBox(bindings)
