@@ -82,6 +82,18 @@ let package = Package(
             ],
             path: "Sources/TrackEventBench"
         ),
+        // The tracing system over IPC: producers, reads, round trips, idle memory; the service
+        // in a process of its own.
+        .executableTarget(
+            name: "TracingIPCBench",
+            dependencies: [
+                .product(name: "TracingAPI", package: "swift-perfetto-ipc"),
+                .product(name: "IPCUnixSocket", package: "swift-perfetto-ipc"),
+                .product(name: "IPCProtocol", package: "swift-perfetto-ipc"),
+                .product(name: "IPCEchoService", package: "swift-perfetto-ipc"),
+            ],
+            path: "Sources/TracingIPCBench"
+        ),
         // Not a benchmark: a bare loop for profilers.
         .executableTarget(
             name: "ProfileInProcess",

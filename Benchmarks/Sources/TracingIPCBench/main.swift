@@ -1,0 +1,425 @@
+// The tracing system over IPC, as users run it: the service in a process of its own (this
+// executable, spawned with `serve`), producers and consumers in this one. Each figure is printed
+// beside its floor, measured in the same run:
+//
+//   swift build -c release --product TracingIPCBench && .build/release/TracingIPCBench [PACKETS]
+//
+//   produce    packets of 40 B and 1 KiB from 1 and 4 writer threads, committed through
+//              CommitData into the session's buffer; floors: the in-process service (same code,
+//              no sockets) and a memcpy of the same bytes. Writers stall rather than drop: a
+//              packet lost fails the run.
+//   read       ReadBuffers of a full 64 MiB buffer; floor: the same bytes through a plain unix
+//              socket between two threads.
+//   rtt        QueryCapabilities and QueryServiceState (20 producers connected), p50, against an
+//              Echo round trip to the same process.
+//   idle       the service's resident memory per idle producer and per idle consumer connection.
+
+import Dispatch
+import FoundationEssentials
+import IPCEchoService
+import IPCProtocol
+import IPCUnixSocket
+import TracingAPI
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// MARK: The service process
+
+if CommandLine.arguments.dropFirst().first == "serve" {
+    let directory = CommandLine.arguments[2]
+    let loop = try EpollEventLoop()
+    let service = TracingServiceCore(eventLoop: loop)
+    let host = try TracingServiceHost(
+        service: service, producerBackends: [.unixSocket(directory + "/p.sock", loop: loop)],
+        consumerBackend: .unixSocket(directory + "/c.sock", loop: loop))
+    let echo = try IPCHost(backend: .unixSocket(directory + "/echo.sock", loop: loop))
+    echo.expose(EchoServiceImplementation())
+    loop.run()
+    withExtendedLifetime((host, echo)) {}
+    exit(0)
+}
+
+// MARK: Helpers
+
+let packets = CommandLine.arguments.dropFirst().first.flatMap { Int($0) } ?? 1_000_000
+
+func now() -> Double {
+    var time = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &time)
+    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+}
+
+func format(_ value: Double, _ digits: Int = 2) -> String { fixed(value, digits: digits) }
+
+final class Box<T>: @unchecked Sendable { var value: T; init(_ value: T) { self.value = value } }
+
+/// A loop on a thread of its own; `sync` runs a closure there and waits.
+final class Loop: @unchecked Sendable {
+    let loop: EpollEventLoop
+    init() throws { loop = try EpollEventLoop.startOnNewThread(name: "bench") }
+    func sync<T>(_ body: @escaping () -> T) -> T {
+        let done = DispatchSemaphore(value: 0)
+        let result = Box<T?>(nil)
+        let work = Box(body)
+        loop.execute {
+            result.value = work.value()
+            done.signal()
+        }
+        done.wait()
+        return result.value!
+    }
+    /// Runs `body` on the loop with a completion; waits for the completion.
+    func wait(_ body: @escaping (@escaping () -> Void) -> Void) {
+        let done = DispatchSemaphore(value: 0)
+        let work = Box(body)
+        loop.execute { work.value { done.signal() } }
+        done.wait()
+    }
+}
+
+/// Resident memory of a process, from /proc.
+func residentBytes(_ pid: pid_t) -> Int {
+    guard let file = fopen("/proc/\(pid)/statm", "r") else { return 0 }
+    defer { fclose(file) }
+    var size = 0, resident = 0
+    _ = withUnsafeMutablePointer(to: &size) { sizePointer in
+        withUnsafeMutablePointer(to: &resident) { residentPointer in
+            withVaList([sizePointer, residentPointer]) { vfscanf(file, "%ld %ld", $0) }
+        }
+    }
+    return resident * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
+/// A producer of `bench.source`: its writers are made per run.
+final class BenchProducer: Producer {
+    var endpoint: (any ProducerEndpoint)!
+    var started: (id: DataSourceInstanceID, buffer: BufferID)?
+    var connected = false
+    func onConnect() { connected = true }
+    func startDataSource(_ id: DataSourceInstanceID, config: DataSourceConfig) {
+        started = (id, BufferID(truncatingIfNeeded: config.targetBuffer))
+    }
+    func stopDataSource(_ id: DataSourceInstanceID) {
+        endpoint.notifyDataSourceStopped(id)
+        started = nil
+    }
+    func flush(_ id: FlushRequestID, dataSources: [DataSourceInstanceID], flags: FlushFlags) {
+        endpoint.notifyFlushComplete(id)
+    }
+}
+
+/// A consumer that keeps what it is told.
+final class BenchConsumer: Consumer {
+    var endpoint: (any ConsumerEndpoint)!
+    var connected = false
+    var disabled = false
+    var received = 0
+    var bytes = 0
+    var readDone = false
+    var stats: TraceStats?
+    func onConnect() { connected = true }
+    func onTracingDisabled(error: String) { disabled = true }
+    func onTraceData(_ packets: [TracePacketData], hasMore: Bool) {
+        received += packets.count
+        for packet in packets { bytes += packet.bytes.count }
+        if !hasMore { readDone = true }
+    }
+    func onTraceStats(success: Bool, _ stats: TraceStats) { self.stats = stats }
+}
+
+func descriptor() -> DataSourceDescriptor {
+    var descriptor = DataSourceDescriptor()
+    descriptor.name = "bench.source"
+    descriptor.willNotifyOnStop = true
+    return descriptor
+}
+
+func config(bufferMiB: UInt32) -> TraceConfig {
+    var config = TraceConfig()
+    var buffer = TraceConfig.BufferConfig()
+    buffer.sizeKb = bufferMiB * 1024
+    buffer.fillPolicy = .discard
+    config.buffers = [buffer]
+    var source = TraceConfig.DataSource()
+    source.config.name = "bench.source"
+    config.dataSources = [source]
+    return config
+}
+
+/// Polls `condition` on the loop until it holds (up to 60 s).
+func waitFor(_ loop: Loop, _ condition: @escaping () -> Bool) {
+    let deadline = now() + 60
+    while !loop.sync(condition), now() < deadline { usleep(200) }
+}
+
+// MARK: Produce
+
+/// Seconds for `threads` writers to write `count` packets of `size` payload bytes each and
+/// have every one of them in the service's buffer.
+func produce(service: any TracingService, loop: Loop, threads: Int, count: Int, size: Int) -> (seconds: Double, lost: UInt64) {
+    let producer = BenchProducer()
+    let consumer = BenchConsumer()
+    loop.sync {
+        producer.endpoint = service.connectProducer(producer, options: .init(name: "bench", sharedMemorySizeHint: 4 << 20))
+        producer.endpoint.registerDataSource(descriptor())
+        consumer.endpoint = service.connectConsumer(consumer, uid: getuid())
+    }
+    waitFor(loop) { producer.connected && consumer.connected }
+    let bufferMiB = UInt32(max(64, (count * threads * (size + 24)) >> 20 + 16))
+    loop.sync { consumer.endpoint.enableTracing(config(bufferMiB: bufferMiB), outputFile: nil) }
+    waitFor(loop) { producer.started != nil }
+    let writers: [TraceWriter] = loop.sync {
+        (0..<threads).compactMap { _ in producer.endpoint.createTraceWriter(targetBuffer: producer.started!.buffer, policy: .stall(timeout: .seconds(10))) }
+    }
+    let payload = [UInt8](repeating: 0x61, count: size)
+    let group = DispatchGroup()
+    let start = now()
+    for writer in writers {
+        let box = Box(writer)
+        group.enter()
+        Thread.detach {
+            payload.withUnsafeBytes { bytes in
+                for index in 0..<count {
+                    box.value.newTracePacket { packet in
+                        packet.appendVarint(8, UInt64(index))
+                        packet.appendBytes(900, bytes)
+                    }
+                }
+            }
+            box.value.flush()
+            group.leave()
+        }
+    }
+    group.wait()
+    // Everything committed is in the buffer once a flush round trip comes back.
+    let flushed = Box(false)
+    loop.wait { done in consumer.endpoint.flush(timeoutMs: 60_000, flags: FlushFlags()) { _ in flushed.value = true; done() } }
+    let seconds = now() - start
+    let lost = writers.reduce(0) { $0 + $1.packetsDropped }
+    loop.sync { consumer.endpoint.getTraceStats() }
+    waitFor(loop) { consumer.stats != nil }
+    let discarded = loop.sync { consumer.stats!.bufferStats.reduce(0) { $0 + $1.chunksDiscarded } }
+    loop.sync {
+        for writer in writers { writer.close() }
+        consumer.endpoint.disableTracing()
+        consumer.endpoint.freeBuffers()
+        producer.endpoint.disconnect()
+        consumer.endpoint.disconnect()
+    }
+    return (seconds, lost + discarded)
+}
+
+func memcpySeconds(count: Int, size: Int) -> Double {
+    let source = [UInt8](repeating: 0x61, count: size)
+    var destination = [UInt8](repeating: 0, count: 1 << 20)
+    let start = now()
+    var offset = 0
+    source.withUnsafeBytes { from in
+        destination.withUnsafeMutableBytes { to in
+            for _ in 0..<count {
+                if offset + size > to.count { offset = 0 }
+                (to.baseAddress! + offset).copyMemory(from: from.baseAddress!, byteCount: size)
+                offset += size
+            }
+        }
+    }
+    return now() - start
+}
+
+enum Thread {
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        final class Work: @unchecked Sendable { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+        var thread = pthread_t()
+        let work = Unmanaged.passRetained(Work(body)).toOpaque()
+        pthread_create(&thread, nil, { argument in
+            Unmanaged<Work>.fromOpaque(argument!).takeRetainedValue().body()
+            return nil
+        }, work)
+        pthread_detach(thread)
+    }
+}
+
+// MARK: Main
+
+/// Everything runs outside the main actor: closures made here are handed to the loop thread.
+nonisolated func runBenchmarks() throws {
+
+    var template = Array("/tmp/tracing-ipc-bench-XXXXXX".utf8CString)
+    guard let made = mkdtemp(&template) else { fatalError("mkdtemp") }
+    let directory = String(cString: made)
+    var child: pid_t = 0
+    let childOut = "\(directory)/serve.log"
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    posix_spawn_file_actions_addopen(&actions, 1, childOut, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    let spawnArguments = ["TracingIPCBench", "serve", directory]
+    let argv = spawnArguments.map { strdup($0) } + [nil]
+    guard posix_spawn(&child, "/proc/self/exe", &actions, nil, argv, environ) == 0 else { fatalError("spawn") }
+    defer {
+        kill(child, SIGTERM)
+        var status: Int32 = 0
+        waitpid(child, &status, 0)
+    }
+    for _ in 0..<5000 where access(directory + "/echo.sock", F_OK) != 0 { usleep(1000) }
+
+    let loop = try Loop()
+    let transport = UnixSocketTransport(loop: loop.loop)
+    let system = SystemTracingService(transport: transport, producerAddress: directory + "/p.sock", consumerAddress: directory + "/c.sock")
+    let inProcess = TracingServiceCore(eventLoop: loop.loop)
+
+    for (size, label) in [(40, "40B"), (1024, "1KiB")] {
+        let count = size == 40 ? packets : packets / 8
+        for threads in [1, 4] {
+            let ipc = produce(service: system, loop: loop, threads: threads, count: count, size: size)
+            let local = produce(service: inProcess, loop: loop, threads: threads, count: count, size: size)
+            let copy = memcpySeconds(count: count * threads, size: size)
+            let total = Double(count * threads)
+            print("produce \(label) x\(threads) threads: ipc \(format(total / ipc.seconds / 1e6))M packets/s "
+                + "\(format(total * Double(size) / ipc.seconds / 1e6, 0)) MB/s, in-process \(format(total / local.seconds / 1e6))M/s, "
+                + "memcpy \(format(total / copy / 1e6, 0))M/s; ipc/in-process \(format(ipc.seconds / local.seconds))x; lost \(ipc.lost + local.lost)")
+        }
+    }
+
+    // Read: fill a 64 MiB buffer over IPC, then time ReadBuffers.
+    do {
+        let producer = BenchProducer()
+        let consumer = BenchConsumer()
+        loop.sync {
+            producer.endpoint = system.connectProducer(producer, options: .init(name: "reader-bench", sharedMemorySizeHint: 4 << 20))
+            producer.endpoint.registerDataSource(descriptor())
+            consumer.endpoint = system.connectConsumer(consumer, uid: getuid())
+        }
+        waitFor(loop) { producer.connected && consumer.connected }
+        loop.sync { consumer.endpoint.enableTracing(config(bufferMiB: 64), outputFile: nil) }
+        waitFor(loop) { producer.started != nil }
+        let writer = loop.sync { producer.endpoint.createTraceWriter(targetBuffer: producer.started!.buffer, policy: .stall(timeout: .seconds(10)))! }
+        let payload = [UInt8](repeating: 0x62, count: 1000)
+        payload.withUnsafeBytes { bytes in
+            for index in 0..<(64 * 1024 - 2048) { writer.newTracePacket { $0.appendVarint(8, UInt64(index)); $0.appendBytes(900, bytes) } }
+        }
+        writer.flush()
+        loop.wait { done in consumer.endpoint.flush(timeoutMs: 60_000, flags: FlushFlags()) { _ in done() } }
+        let before = residentBytes(getpid())
+        let start = now()
+        loop.sync { consumer.endpoint.readBuffers() }
+        waitFor(loop) { consumer.readDone }
+        let seconds = now() - start
+        let peak = residentBytes(getpid()) - before
+        // Floor: the same bytes through a plain unix socket, one thread writing, one reading.
+        var fds: [Int32] = [0, 0]
+        socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds)
+        let total = consumer.bytes
+        let reader = Box(fds[1])
+        let readerDone = DispatchSemaphore(value: 0)
+        Thread.detach {
+            var buffer = [UInt8](repeating: 0, count: 128 * 1024)
+            var remaining = total
+            while remaining > 0 {
+                let count = buffer.withUnsafeMutableBytes { read(reader.value, $0.baseAddress, min($0.count, remaining)) }
+                if count <= 0 { break }
+                remaining -= count
+            }
+            readerDone.signal()
+        }
+        let chunk = [UInt8](repeating: 0x63, count: 128 * 1024)
+        let floorStart = now()
+        var sent = 0
+        while sent < total {
+            let count = chunk.withUnsafeBytes { write(fds[0], $0.baseAddress, min($0.count, total - sent)) }
+            if count <= 0 { break }
+            sent += count
+        }
+        readerDone.wait()
+        let floor = now() - floorStart
+        close(fds[0])
+        close(fds[1])
+        print("read \(consumer.received) packets, \(format(Double(total) / 1048576, 1)) MiB: ReadBuffers \(format(Double(total) / seconds / 1e6, 0)) MB/s, "
+            + "plain socket \(format(Double(total) / floor / 1e6, 0)) MB/s; ratio \(format(floor / seconds))x; "
+            + "consumer memory grew \(format(Double(peak) / Double(total)))x the trace")
+        loop.sync {
+            writer.close()
+            consumer.endpoint.freeBuffers()
+            producer.endpoint.disconnect()
+            consumer.endpoint.disconnect()
+        }
+    }
+
+    // Round trips: ConsumerPort calls with 20 producers connected, against Echo to the same process.
+    do {
+        let idle = (0..<20).map { _ in BenchProducer() }
+        let consumer = BenchConsumer()
+        loop.sync {
+            for (index, producer) in idle.enumerated() {
+                producer.endpoint = system.connectProducer(producer, options: .init(name: "idle-\(index)"))
+                producer.endpoint.registerDataSource(descriptor())
+            }
+            consumer.endpoint = system.connectConsumer(consumer, uid: getuid())
+        }
+        waitFor(loop) { idle.allSatisfy(\.connected) && consumer.connected }
+        func p50(_ iterations: Int, _ call: @escaping (@escaping () -> Void) -> Void) -> Double {
+            var samples: [Double] = []
+            for index in 0..<(iterations + 100) {
+                let start = now()
+                loop.wait(call)
+                if index >= 100 { samples.append((now() - start) * 1e6) }
+            }
+            return samples.sorted()[samples.count / 2]
+        }
+        let capabilities = p50(2000) { done in consumer.endpoint.queryCapabilities { _ in done() } }
+        let state = p50(2000) { done in consumer.endpoint.queryServiceState(sessionsOnly: false) { _, _ in done() } }
+        let echoClient = loop.sync { IPCClient(backend: .unixSocket(directory + "/echo.sock", loop: loop.loop)) }
+        let echo = Pfpeers_EchoServiceProxy()
+        loop.sync { echoClient.bind(echo) }
+        waitFor(loop) { echo.isBound }
+        var echoRequest = Pfpeers_EchoRequest()
+        echoRequest.data = Data(repeating: 0x61, count: 16)
+        let request = echoRequest
+        let echoRTT = p50(2000) { done in
+            let callback = Box(done)
+            echo.echo(request, reply: { _ in callback.value() })
+        }
+        print("rtt p50: QueryCapabilities \(format(capabilities))us (\(format(capabilities / echoRTT))x echo), "
+            + "QueryServiceState with 20 producers \(format(state))us (\(format(state / echoRTT))x echo), echo \(format(echoRTT))us")
+        loop.sync {
+            for producer in idle { producer.endpoint.disconnect() }
+            consumer.endpoint.disconnect()
+            echoClient.close()
+        }
+    }
+
+    // Idle connections: the service process's resident memory per producer and per consumer.
+    do {
+        let count = 200
+        let base = residentBytes(child)
+        let producers = (0..<count).map { _ in BenchProducer() }
+        loop.sync {
+            for (index, producer) in producers.enumerated() {
+                producer.endpoint = system.connectProducer(producer, options: .init(name: "idle-\(index)"))
+                producer.endpoint.registerDataSource(descriptor())
+            }
+        }
+        waitFor(loop) { producers.allSatisfy(\.connected) }
+        usleep(700_000)  // receive buffers of idle connections give their pages back after 500 ms
+        let withProducers = residentBytes(child)
+        let consumers = (0..<count).map { _ in BenchConsumer() }
+        loop.sync {
+            for consumer in consumers {
+                consumer.endpoint = system.connectConsumer(consumer, uid: getuid())
+                consumer.endpoint.getTraceStats()  // a consumer is connected on its first request
+            }
+        }
+        waitFor(loop) { consumers.allSatisfy { $0.connected && $0.stats != nil } }
+        usleep(700_000)
+        let withConsumers = residentBytes(child)
+        print("idle: \(format(Double(withProducers - base) / Double(count) / 1024, 1)) KiB per producer, "
+            + "\(format(Double(withConsumers - withProducers) / Double(count) / 1024, 1)) KiB per consumer (service resident memory)")
+        loop.sync {
+            for producer in producers { producer.endpoint.disconnect() }
+            for consumer in consumers { consumer.endpoint.disconnect() }
+        }
+    }
+}
+
+try runBenchmarks()
