@@ -38,9 +38,18 @@ extension TracingServiceCore {
 
     private func validate(_ config: TraceConfig, outputFile: ScopedFD?, consumer: LocalConsumerEndpoint) -> String? {
         if consumer.sessionID != nil { return "the consumer is already tracing" }
-        if sessions.count >= options.maxSessions { return "too many concurrent tracing sessions" }
+        if let error = sessionLimitError(uid: consumer.uid) { return error }
         if config.buffers.isEmpty { return "the trace config has no buffers" }
+        if config.buffers.count > options.maxBuffersPerSession {
+            return "too many buffers configured (\(config.buffers.count), the limit is \(options.maxBuffersPerSession))"
+        }
         if config.buffers.contains(where: { $0.sizeKb == 0 }) { return "a buffer has size_kb = 0" }
+        for (index, buffer) in config.buffers.enumerated() where UInt64(buffer.sizeKb) * 1024 > UInt64(UInt32.max) {
+            return "buffer \(index) is too large: size_kb = \(buffer.sizeKb) is 4 GiB or more"
+        }
+        if let error = bufferMemoryError(adding: config.buffers.reduce(0) { $0 + Int($1.sizeKb) * 1024 }) {
+            return error
+        }
         if config.buffers.count > Int(BufferID.max) - buffers.count { return "too many buffers" }
         for entry in config.dataSources where entry.config.targetBuffer >= UInt32(config.buffers.count) {
             return "data source \"\(entry.config.name)\" targets buffer \(entry.config.targetBuffer), "
@@ -54,6 +63,27 @@ extension TracingServiceCore {
             return "write_into_file is set but no output file was passed"
         }
         return nil
+    }
+
+    /// Why `uid` may not have one more session (Perfetto's limits, per uid then in total).
+    func sessionLimitError(uid: UInt32) -> String? {
+        let ofUID = sessions.values.filter { $0.consumerUID == uid }.count
+        if ofUID >= options.maxSessionsPerUID {
+            return "too many concurrent tracing sessions for uid \(uid) (\(ofUID), the limit is \(options.maxSessionsPerUID))"
+        }
+        if sessions.count >= options.maxSessions {
+            return "too many concurrent tracing sessions (\(sessions.count), the limit is \(options.maxSessions))"
+        }
+        return nil
+    }
+
+    /// Why buffers of `bytes` more may not be created: they would take the buffers of every
+    /// session past ``Options/maxTotalBufferBytes``. Checked before anything is allocated.
+    func bufferMemoryError(adding bytes: Int) -> String? {
+        let inUse = buffers.values.reduce(0) { $0 + $1.capacity }
+        guard bytes > options.maxTotalBufferBytes - inUse else { return nil }
+        return "the trace buffers would take \(bytes / 1024) KiB, more than the service allows "
+            + "(\(options.maxTotalBufferBytes / 1024) KiB in all, \(inUse / 1024) KiB in use)"
     }
 
     func matches(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint) -> Bool {
@@ -294,6 +324,13 @@ extension TracingServiceCore {
 
     func flush(_ session: TracingSession, timeoutMs: UInt32, flags: FlushFlags, _ callback: @escaping (Bool) -> Void) {
         flushesRequested += 1
+        // A consumer asking again and again of producers that never answer must not make the
+        // service keep a flush (and its timer) per request.
+        guard session.pendingFlushes.count < options.maxPendingFlushesPerSession else {
+            flushesFailed += 1
+            post { callback(false) }
+            return
+        }
         let id = nextFlushID
         nextFlushID += 1
         var perProducer: [ProducerID: [DataSourceInstanceID]] = [:]

@@ -35,7 +35,17 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         public var serviceUID: UInt32 = getuid()
         /// Most sessions at once (Perfetto's default limit is 15 concurrent sessions).
         public var maxSessions = 15
-        /// The defaults: Perfetto's sizes, this process's uid, 15 sessions.
+        /// Most sessions one uid may have at once, clones included (Perfetto's: 5).
+        public var maxSessionsPerUID = 5
+        /// Most buffers one session may configure (Perfetto's: 128).
+        public var maxBuffersPerSession = 128
+        /// The most buffer memory all sessions together may ask for (the sum of their buffers'
+        /// `size_kb`, clones included). A session that would go past it is refused. Buffers
+        /// grow as data arrives, so this bounds what producers can make the service hold.
+        public var maxTotalBufferBytes = 1 << 30
+        /// Most flushes a session may have waiting for producers (Perfetto's: 1000); more fail.
+        public var maxPendingFlushesPerSession = 1000
+        /// The defaults: Perfetto's sizes and limits, this process's uid, 1 GiB of buffers.
         public init() {}
     }
 
@@ -347,7 +357,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
                 }
             }
         }
-        for session in sessions.values.sorted(by: { $0.id < $1.id }) {
+        for session in sessions.values.sorted(by: { $0.id < $1.id }) where session.isVisible(to: uid) {
             var entry = TracingServiceState.TracingSession()
             entry.id = session.id
             entry.consumerUid = Int32(bitPattern: session.consumerUID)

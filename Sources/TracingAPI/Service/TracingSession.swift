@@ -94,6 +94,10 @@ final class TracingSession {
 
     var isWritingIntoFile: Bool { config.writeIntoFile }
 
+    /// Whether a consumer of `uid` may see and copy this session: its own uid, or root
+    /// (Perfetto's `IsCloneAllowed`).
+    func isVisible(to uid: UInt32) -> Bool { uid == 0 || uid == consumerUID }
+
     func recordServiceEvent(_ fill: (inout Perfetto_Protos_TracingServiceEvent) -> Void) {
         var event = Perfetto_Protos_TracingServiceEvent()
         fill(&event)
