@@ -58,6 +58,7 @@ let package = Package(
             dependencies: [
                 "IPCProtocol", "CPerfettoIPCLinux",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Generates service handlers and proxies from .proto services (see scripts/).
