@@ -43,6 +43,10 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         /// `size_kb`, clones included). A session that would go past it is refused. Buffers
         /// grow as data arrives, so this bounds what producers can make the service hold.
         public var maxTotalBufferBytes = 1 << 30
+        /// Most data sources one producer may register; registrations past it are refused.
+        public var maxDataSourcesPerProducer = 16_384
+        /// Most bytes of data source descriptors one producer may register.
+        public var maxDataSourceBytesPerProducer = 32 << 20
         /// Most flushes a session may have waiting for producers (Perfetto's: 1000); more fail.
         public var maxPendingFlushesPerSession = 1000
         /// The defaults: Perfetto's sizes and limits, this process's uid, 1 GiB of buffers.
@@ -162,9 +166,22 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
 
     // MARK: Producer requests
 
-    func registerDataSource(_ descriptor: DataSourceDescriptor, producer: LocalProducerEndpoint) {
-        guard producer.dataSources[descriptor.name] == nil else { return }
+    /// Registers a data source of `producer`; returns why it was refused, if it was (a second
+    /// registration of a name is ignored, as in Perfetto).
+    @discardableResult
+    func registerDataSource(_ descriptor: DataSourceDescriptor, producer: LocalProducerEndpoint) -> String? {
+        guard producer.dataSources[descriptor.name] == nil else { return nil }
+        // A producer may not make the service hold an unbounded registry.
+        guard producer.dataSources.count < options.maxDataSourcesPerProducer else {
+            return "too many data sources (the limit is \(options.maxDataSourcesPerProducer) per producer)"
+        }
+        let size = DataSourceDescriptor.size(of: descriptor)
+        guard size <= options.maxDataSourceBytesPerProducer - producer.dataSourceBytes else {
+            return "the data source descriptors take too much memory (the limit is "
+                + "\(options.maxDataSourceBytesPerProducer / 1024) KiB per producer)"
+        }
         producer.dataSources[descriptor.name] = descriptor
+        producer.dataSourceBytes += size
         dataSourcesSeen += 1
         // Sessions already running that want this data source get an instance now.
         for session in sessions.values.sorted(by: { $0.id < $1.id })
@@ -177,10 +194,27 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
                 }
             }
         }
+        return nil
+    }
+
+    /// Replaces the descriptor of a registered data source, within the same memory limit.
+    @discardableResult
+    func updateDataSource(_ descriptor: DataSourceDescriptor, producer: LocalProducerEndpoint) -> String? {
+        guard let old = producer.dataSources[descriptor.name] else { return nil }
+        let size = DataSourceDescriptor.size(of: descriptor)
+        let remaining = producer.dataSourceBytes - DataSourceDescriptor.size(of: old)
+        guard size <= options.maxDataSourceBytesPerProducer - remaining else {
+            return "the data source descriptors take too much memory (the limit is "
+                + "\(options.maxDataSourceBytesPerProducer / 1024) KiB per producer)"
+        }
+        producer.dataSources[descriptor.name] = descriptor
+        producer.dataSourceBytes = remaining + size
+        return nil
     }
 
     func unregisterDataSource(_ name: String, producer: LocalProducerEndpoint) {
-        guard producer.dataSources.removeValue(forKey: name) != nil else { return }
+        guard let old = producer.dataSources.removeValue(forKey: name) else { return }
+        producer.dataSourceBytes -= DataSourceDescriptor.size(of: old)
         for session in sessions.values {
             for index in session.instances.indices
             where session.instances[index].producerID == producer.id && session.instances[index].name == name {
@@ -338,7 +372,10 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
 
     // MARK: Queries
 
-    func serviceState(sessionsOnly: Bool) -> TracingServiceState {
+    /// What `QueryServiceState` shows a consumer of `uid`: every producer and data source (as
+    /// in Perfetto), and the sessions that uid may clone, its own (root: all). The counts of
+    /// sessions cover every session, as Perfetto's do.
+    func serviceState(sessionsOnly: Bool, for uid: UInt32) -> TracingServiceState {
         var state = TracingServiceState()
         if !sessionsOnly {
             for producer in connectedProducers {
@@ -416,5 +453,12 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         stats.abiViolations = counters.abiViolations
         stats.traceWriterPacketLoss = counters.traceWriterPacketLoss
         return stats
+    }
+}
+
+extension DataSourceDescriptor {
+    /// Bytes `descriptor` takes serialized: what the service counts against a producer's limit.
+    static func size(of descriptor: DataSourceDescriptor) -> Int {
+        (try? descriptor.serializedBytes() as [UInt8])?.count ?? 0
     }
 }
