@@ -12,6 +12,15 @@ extension TracingServiceCore {
             post { [weak client = consumer.consumer] in client?.onTracingDisabled(error: error) }
             return
         }
+        var output: TraceFileOutput?
+        if config.writeIntoFile, let outputFile {
+            switch TraceFileOutput.open(outputFile, loop: eventLoop, stallTimeout: options.outputFileStallTimeout) {
+            case .success(let opened): output = opened
+            case .failure(let failure):
+                post { [weak client = consumer.consumer] in client?.onTracingDisabled(error: failure.message) }
+                return
+            }
+        }
         var bufferIDs: [BufferID] = []
         for bufferConfig in config.buffers {
             guard let id = allocateBufferID() else { break }
@@ -25,7 +34,19 @@ extension TracingServiceCore {
         nextSessionID += 1
         sessions[session.id] = session
         consumer.sessionID = session.id
-        if config.writeIntoFile { session.outputFile = outputFile }
+        if let output {
+            session.outputFile = output
+            let sessionID = session.id
+            // A write that fails later (a reader gone, a stall) ends the session.
+            output.onFailure = { [weak self] error in
+                guard let self, let session = self.sessions[sessionID] else { return }
+                if session.fileError == nil { session.fileError = error }
+                self.post { [weak self] in
+                    guard let self, let session = self.sessions[sessionID] else { return }
+                    self.disable(session)
+                }
+            }
+        }
 
         for entry in config.dataSources where !entry.config.name.isEmpty {
             for producer in connectedProducers where producer.dataSources[entry.config.name] != nil {
@@ -301,15 +322,33 @@ extension TracingServiceCore {
         session.state = .disabled
         scrapeSharedMemory(for: session)
         session.recordServiceEvent { $0.tracingDisabled = true }
-        var error = ""
-        if session.isWritingIntoFile {
-            drainIntoFile(session)
-            session.outputFile?.close()
-            session.outputFile = nil
+        let sessionID = session.id
+        finishWritingIntoFile(session) { [weak self] in
+            guard let self, let session = self.sessions[sessionID], let endpoint = self.consumer(session.consumerID) else {
+                return
+            }
+            let error = session.fileError ?? ""
+            self.post { [weak client = endpoint.consumer] in client?.onTracingDisabled(error: error) }
         }
-        if let fileError = session.fileError { error = fileError }
-        guard let endpoint = consumer(session.consumerID) else { return }
-        post { [weak client = endpoint.consumer] in client?.onTracingDisabled(error: error) }
+    }
+
+    /// Writes the rest of a write_into_file session once the file has taken what waits, closes
+    /// it, then runs `then` (at once for other sessions). A file that takes nothing more fails
+    /// by its stall timeout, so this ends; `then` is not run if the session is freed meanwhile.
+    private func finishWritingIntoFile(_ session: TracingSession, then: @escaping () -> Void) {
+        guard let output = session.outputFile else { return then() }
+        let sessionID = session.id
+        output.whenDrained { [weak self] in
+            guard let self, let session = self.sessions[sessionID] else { return }
+            self.drainIntoFile(session)
+            output.whenDrained { [weak self] in
+                guard let self, let session = self.sessions[sessionID] else { return }
+                if let error = output.error, session.fileError == nil { session.fileError = error }
+                output.close()
+                session.outputFile = nil
+                then()
+            }
+        }
     }
 
     // MARK: Flush
@@ -479,7 +518,8 @@ extension TracingServiceCore {
     /// Appends what is readable to the session's file, never going past `max_file_size_bytes`;
     /// reaching it ends the session, as in Perfetto.
     func drainIntoFile(_ session: TracingSession) {
-        guard let file = session.outputFile, file.rawValue >= 0 else { return }
+        // While the file has not taken the last write, the data stays in the buffers.
+        guard let file = session.outputFile, file.error == nil, !file.hasPendingBytes else { return }
         let limit = session.config.maxFileSizeBytes
         var reachedLimit = false
         var output: [UInt8] = []
@@ -491,11 +531,10 @@ extension TracingServiceCore {
             }
             TraceFile.appendFramedPacket(packet.bytes, to: &output)
         }
-        do {
-            try TraceFile.writeAll(output, to: file.rawValue)
+        if file.write(output) {
             session.bytesWrittenIntoFile += UInt64(output.count)
-        } catch {
-            session.fileError = "writing the trace file failed: \(error)"
+        } else {
+            if session.fileError == nil { session.fileError = file.error }
             reachedLimit = true
         }
         if reachedLimit, session.state == .started || session.state == .configured {

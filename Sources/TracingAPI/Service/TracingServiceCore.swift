@@ -49,6 +49,9 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         public var maxDataSourceBytesPerProducer = 32 << 20
         /// Most flushes a session may have waiting for producers (Perfetto's: 1000); more fail.
         public var maxPendingFlushesPerSession = 1000
+        /// How long a write_into_file output (a pipe, a socket) may take no data before its
+        /// session ends with an error. The service never blocks on it meanwhile.
+        public var outputFileStallTimeout: Duration = .seconds(10)
         /// The defaults: Perfetto's sizes and limits, this process's uid, 1 GiB of buffers.
         public init() {}
     }

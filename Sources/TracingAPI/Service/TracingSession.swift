@@ -52,7 +52,7 @@ final class TracingSession {
     private var sequenceIDs: [SequenceKey: UInt32] = [:]
     private var nextSequenceID: UInt32 = TracingSession.firstProducerSequenceID
     var configEmitted = false
-    var outputFile: ScopedFD?
+    var outputFile: TraceFileOutput?
     var bytesWrittenIntoFile: UInt64 = 0
     /// One-shot timers (duration, stop triggers).
     var timers: [any ScheduledTask] = []
