@@ -90,6 +90,14 @@ final class RawPortClient {
         return try? M(serializedBytes: frame.msgInvokeMethodReply.replyProto)
     }
 
+    /// Sends SetPeerIdentity: who the peer says it is (a unix-socket host must not listen).
+    func claim(uid: Int32, pid: Int32) {
+        var frame = IPCFrame()
+        frame.setPeerIdentity.uid = uid
+        frame.setPeerIdentity.pid = pid
+        peer.send(frame)
+    }
+
     func close() { peer.close() }
 }
 
@@ -107,9 +115,11 @@ final class RawProducer {
     /// asks for the command stream.
     init(
         path: String, loop: EpollEventLoop, name: String = "hostile",
-        request: Perfetto_Protos_InitializeConnectionRequest? = nil, fd: Int32? = nil
+        request: Perfetto_Protos_InitializeConnectionRequest? = nil, fd: Int32? = nil,
+        claimedIdentity: (uid: Int32, pid: Int32)? = nil
     ) throws {
         client = try RawPortClient(path: path, service: "ProducerPort", loop: loop)
+        if let claimedIdentity { client.claim(uid: claimedIdentity.uid, pid: claimedIdentity.pid) }
         var initialize = request ?? Perfetto_Protos_InitializeConnectionRequest()
         if !initialize.hasProducerName { initialize.producerName = name }
         let id = client.call("InitializeConnection", initialize, fd: fd)
