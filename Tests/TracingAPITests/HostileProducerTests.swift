@@ -215,6 +215,43 @@ final class HostileProducerTests: SocketTracingFixture {
         }
     }
 
+    @Test func aFloodOfCommitsIsHeldToItsBuffersSize() throws {
+        try withoutLeaks {
+            let honest = honestProducer()
+            let hostile = try RawProducer(path: producerPath, loop: loop)
+            hostile.register("hostile.source")
+            let flooded = consumer()
+            flooded.endpoint.enableTracing(config(["hostile.source"]) { $0.buffers[0].sizeKb = 256 }, outputFile: nil)
+            let buffer = try #require(hostile.waitForStart()).buffer
+            let other = consumer()
+            other.endpoint.enableTracing(config(["honest.source"]), outputFile: nil)
+            run(until: { honest.started.count == 1 })
+            // 4,000 chunks of 4 KiB carried in the commits themselves: 16 MiB for 256 KiB.
+            let record = RawChunks.record(String(repeating: "f", count: 4000))
+            for round in 0..<160 {
+                var request = CommitDataRequest()
+                for index in 0..<25 {
+                    var move = RawChunks.move(page: 0, buffer: buffer)
+                    move.data = Data(RawChunks.chunk(writer: 3, id: UInt32(round * 25 + index), count: 1, records: [record]))
+                    request.chunksToMove.append(move)
+                }
+                hostile.client.call("CommitData", request, dropReply: true)
+            }
+            hostile.sync()
+            let stored = try #require(core.buffers[BufferID(buffer)])
+            #expect(stored.usedBytes <= stored.capacity)
+            #expect(stored.stats.chunksWritten == 4000)
+            #expect(stored.stats.chunksOverwritten >= 3900)
+            stopAndRead(flooded)
+            #expect(texts(flooded, "ffff").count < 70, "what a 256 KiB buffer holds")
+            stopAndRead(other)
+            expectComplete(other)
+            for consumer in [flooded, other] { consumer.endpoint.disconnect() }
+            hostile.close()
+            honest.endpoint.disconnect()
+        }
+    }
+
     // MARK: Registrations
 
     @Test func tenThousandDataSourcesKeepTheServiceAnsweringInFrameSizedChunks() throws {
