@@ -140,6 +140,28 @@ final class HostileConsumerTests: SocketTracingFixture {
         }
     }
 
+    @Test func aStoppedSessionWaitsForItsFileAndIsToldIfTheServiceShutsDownFirst() {
+        withoutLeaks {
+            let (reader, writer) = Self.pipe()
+            let bulk = bulkProducer()
+            let consumer = consumer()
+            consumer.endpoint.enableTracing(fileConfig(["bulk.source"]), outputFile: writer.duplicate())
+            writer.close()
+            run(until: { bulk.started.count == 1 })
+            write(bulk, rounds: 8)
+            run(until: { self.core.sessions.values.contains { $0.outputFile?.hasPendingBytes == true } })
+            consumer.endpoint.disableTracing()
+            run(until: { self.core.sessions.values.first?.state == .disabled })
+            #expect(consumer.disabledErrors.isEmpty, "not before the file has everything")
+            core.shutDown()
+            run(until: { consumer.disabledErrors.count == 1 })
+            #expect(consumer.disabledErrors == ["the tracing service shut down before the trace file was complete"])
+            consumer.endpoint.disconnect()
+            bulk.endpoint.disconnect()
+            withExtendedLifetime(reader) {}
+        }
+    }
+
     @Test func aPipeReadSlowlyGetsTheWholeTrace() throws {
         try withoutLeaks {
             let (reader, writer) = Self.pipe()

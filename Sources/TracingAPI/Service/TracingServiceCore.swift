@@ -368,6 +368,10 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
                     let error = session.fileError ?? "the tracing service shut down"
                     post { [weak client = endpoint.consumer] in client?.onTracingDisabled(error: error) }
                 }
+            } else if session.state == .disabled, session.outputFile != nil, let endpoint = consumer(session.consumerID) {
+                // Stopped, but its file had not taken everything yet: told now, as it will not be.
+                let error = session.fileError ?? "the tracing service shut down before the trace file was complete"
+                post { [weak client = endpoint.consumer] in client?.onTracingDisabled(error: error) }
             }
             destroySession(session)
         }
