@@ -180,7 +180,12 @@ final class HostileProducerTests: SocketTracingFixture {
         }
     }
 
-    @Test func aChunkRewrittenWhileTheServiceCopiesItCostsAtMostItsOwnPackets() throws {
+    /// Whether ThreadSanitizer instruments this process (scripts/sanitize.sh thread): it would
+    /// rightly report the race the next test makes on purpose (in real life, across processes).
+    static let underThreadSanitizer = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
+
+    @Test(.disabled(if: underThreadSanitizer, "races with the service on purpose"))
+    func aChunkRewrittenWhileTheServiceCopiesItCostsAtMostItsOwnPackets() throws {
         try withoutLeaks {
             let honest = honestProducer()
             let hostile = try RawProducer(path: producerPath, loop: loop)
