@@ -61,6 +61,7 @@ let package = Package(
             dependencies: [
                 "IPCProtocol", "CPerfettoIPCLinux",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Track events for apps (Perfetto's TRACE_EVENT): categories, slices, counters, flows,

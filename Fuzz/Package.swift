@@ -10,6 +10,7 @@ let package = Package(
     dependencies: [
         .package(name: "swift-perfetto-ipc", path: ".."),
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
     ],
     targets: [
         .executableTarget(
@@ -31,6 +32,34 @@ let package = Package(
                 .product(name: "IPCProtocol", package: "swift-perfetto-ipc"),
                 .product(name: "IPCInProcess", package: "swift-perfetto-ipc"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        // What the tracing-service fuzzers share: a served service and an honest pair beside it.
+        .target(
+            name: "TracingFuzzSupport",
+            dependencies: [
+                .product(name: "TracingAPI", package: "swift-perfetto-ipc"),
+                .product(name: "IPCProtocol", package: "swift-perfetto-ipc"),
+                .product(name: "IPCInProcess", package: "swift-perfetto-ipc"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "FuzzProducerPort",
+            dependencies: [
+                "TracingFuzzSupport",
+                .product(name: "TracingAPI", package: "swift-perfetto-ipc"),
+                .product(name: "IPCProtocol", package: "swift-perfetto-ipc"),
+                .product(name: "IPCInProcess", package: "swift-perfetto-ipc"),
+            ]
+        ),
+        .executableTarget(
+            name: "FuzzConsumerPort",
+            dependencies: [
+                "TracingFuzzSupport",
+                .product(name: "TracingAPI", package: "swift-perfetto-ipc"),
+                .product(name: "IPCProtocol", package: "swift-perfetto-ipc"),
+                .product(name: "IPCInProcess", package: "swift-perfetto-ipc"),
             ]
         ),
         .executableTarget(

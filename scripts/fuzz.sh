@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets in Fuzz/ and runs each for a while, seeded with the real
-# Perfetto conversations in Tests/IPCProtocolTests/Fixtures/interop and the real shared-memory
-# chunks in Fuzz/Seeds.
+# Perfetto conversations in Tests/IPCProtocolTests/Fixtures/interop and the seeds in Fuzz/Seeds
+# (real shared-memory chunks; the tracing service's ports, from the captured producer and
+# consumer conversations of Tests/TracingAPITests/Fixtures/interop).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     default 60; CI uses a short run
 #
@@ -39,3 +40,5 @@ run FuzzFrameDeserializer $fixtures/*/*.bin
 run FuzzHost $fixtures/*/*.c2s.bin $fixtures/first_bytes/*.bin
 run FuzzClient $fixtures/*/*.s2c.bin
 run FuzzSharedMemory Fuzz/Seeds/FuzzSharedMemory/*.bin
+run FuzzProducerPort Fuzz/Seeds/FuzzProducerPort/*.bin
+run FuzzConsumerPort Fuzz/Seeds/FuzzConsumerPort/*.bin

@@ -22,21 +22,84 @@ struct TracedCommand: ParsableCommand {
     @Option(help: "IPC backend: unix (epoll) or libuv.")
     var backend: BackendChoice = .unix
 
+    @Option(
+        name: .customLong("set-socket-permissions"),
+        help: "Group and mode of the socket files, as Perfetto's traced takes them: <producer group>:<producer mode>:<consumer group>:<consumer mode>, e.g. traced-producer:0660:traced-consumer:0660 (default: mode 0666, anyone may connect; sessions stay per uid).")
+    var socketPermissions: String?
+
+    /// Who may connect to a socket file: its mode, and the group to give it (nil: ours).
+    struct SocketPermissions: Equatable {
+        var producerGroup: gid_t?
+        var producerMode: UInt32
+        var consumerGroup: gid_t?
+        var consumerMode: UInt32
+
+        /// Anyone may connect, as to Perfetto's sockets on Android: the service keeps each
+        /// uid's sessions to itself, and stamps every packet with its producer's uid.
+        static let `default` = SocketPermissions(producerGroup: nil, producerMode: 0o666, consumerGroup: nil, consumerMode: 0o666)
+
+        /// Parses `<producer group>:<producer mode>:<consumer group>:<consumer mode>`.
+        init?(parsing text: String, groupID: (String) -> gid_t? = SocketPermissions.groupID) {
+            let parts = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 4, !parts.contains(where: \.isEmpty),
+                  let producerMode = UInt32(parts[1], radix: 8), producerMode <= 0o777,
+                  let consumerMode = UInt32(parts[3], radix: 8), consumerMode <= 0o777,
+                  let producerGroup = groupID(parts[0]), let consumerGroup = groupID(parts[2]) else { return nil }
+            self.init(producerGroup: producerGroup, producerMode: producerMode, consumerGroup: consumerGroup, consumerMode: consumerMode)
+        }
+
+        init(producerGroup: gid_t?, producerMode: UInt32, consumerGroup: gid_t?, consumerMode: UInt32) {
+            self.producerGroup = producerGroup
+            self.producerMode = producerMode
+            self.consumerGroup = consumerGroup
+            self.consumerMode = consumerMode
+        }
+
+        /// A group by name, or by number.
+        static func groupID(_ name: String) -> gid_t? {
+            if let group = getgrnam(name) { return group.pointee.gr_gid }
+            return gid_t(name)
+        }
+    }
+
     func run() throws {
         let producerAddresses = producerSocket.map { $0.split(separator: ",").map(String.init) }
             ?? TracingSocketNames.producerAddresses
         let consumerAddress = consumerSocket ?? TracingSocketNames.consumer
+        let permissions: SocketPermissions
+        if let socketPermissions {
+            guard let parsed = SocketPermissions(parsing: socketPermissions) else {
+                printError("tracebox traced: --set-socket-permissions wants <producer group>:<mode>:<consumer group>:<mode> with existing groups and octal modes, e.g. traced-producer:0660:traced-consumer:0660")
+                throw ExitCode.failure
+            }
+            permissions = parsed
+        } else {
+            permissions = .default
+        }
+        var producerOptions = ConnectionOptions()
+        producerOptions.socketFileMode = permissions.producerMode
+        var consumerOptions = ConnectionOptions()
+        consumerOptions.socketFileMode = permissions.consumerMode
         let runner = try CommandLoop(backend: backend)
         let service = TracingServiceCore(eventLoop: runner.loop)
         let host: TracingServiceHost
         do {
             host = try TracingServiceHost(
                 service: service,
-                producerBackends: producerAddresses.map { .transport(runner.transport, address: $0) },
-                consumerBackend: .transport(runner.transport, address: consumerAddress))
+                producerBackends: producerAddresses.map { .transport(runner.transport, address: $0, options: producerOptions) },
+                consumerBackend: .transport(runner.transport, address: consumerAddress, options: consumerOptions))
         } catch {
             printError("tracebox traced: \(Self.describe(error))")
             throw ExitCode.failure
+        }
+        // The mode was set before the socket files appeared; a group only widens it afterwards.
+        for (address, group) in producerAddresses.map({ ($0, permissions.producerGroup) }) + [(consumerAddress, permissions.consumerGroup)] {
+            guard let group, case .unixPath(let path)? = try? SocketAddress(parsing: address) else { continue }
+            guard chown(path, uid_t.max, group) == 0 else {
+                printError("tracebox traced: cannot give \(path) to group \(group): \(String(cString: strerror(errno)))")
+                host.close()
+                throw ExitCode.failure
+            }
         }
         var stopping = false
         runner.onTerminationSignal {

@@ -21,8 +21,12 @@ final class Subprocess {
         return (executable as NSString).deletingLastPathComponent + "/tracebox"
     }
 
-    /// Starts `tracebox arguments...` with `environment` added to ours.
-    init(_ arguments: [String], environment: [String: String] = [:], directory: String, name: String) throws {
+    /// Starts `tracebox arguments...` with `environment` added to ours; with a `wrapper`
+    /// (e.g. `setpriv --reuid=…`), starts `wrapper... tracebox arguments...`.
+    init(
+        _ arguments: [String], environment: [String: String] = [:], directory: String, name: String,
+        wrapper: [String] = []
+    ) throws {
         self.name = name
         stdoutPath = directory + "/\(name).stdout"
         stderrPath = directory + "/\(name).stderr"
@@ -34,14 +38,15 @@ final class Subprocess {
         posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         var merged = ProcessInfo.processInfo.environment
         for (key, value) in environment { merged[key] = value }
-        let argv = ([Self.tracebox] + arguments).map { strdup($0) } + [nil]
+        let executable = wrapper.first ?? Self.tracebox
+        let argv = (wrapper + [Self.tracebox] + arguments).map { strdup($0) } + [nil]
         let envp = merged.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
         var child: pid_t = 0
-        let result = posix_spawn(&child, Self.tracebox, &actions, nil, argv, envp)
+        let result = posix_spawn(&child, executable, &actions, nil, argv, envp)
         guard result == 0 else { throw POSIXError(POSIXErrorCode(rawValue: result) ?? .EINVAL) }
         pid = child
     }

@@ -80,21 +80,84 @@ struct TracePacketReassembler {
 enum ServiceStateChunks {
     /// Perfetto's margin for the frame around a QueryServiceState reply.
     static let chunkBudget = WireLimits.defaultReceiveCapacity - 128
+    /// Strings of an entry too large for a chunk of its own are cut to this many bytes.
+    static let trimmedStringBytes = 1024
+
+    /// One element of a repeated field of the state.
+    private enum Entry {
+        case producer(TracingServiceState.Producer)
+        case dataSource(TracingServiceState.DataSource)
+        case session(TracingServiceState.TracingSession)
+
+        func add(to state: inout TracingServiceState) {
+            switch self {
+            case .producer(let producer): state.producers.append(producer)
+            case .dataSource(let dataSource): state.dataSources.append(dataSource)
+            case .session(let session): state.tracingSessions.append(session)
+            }
+        }
+
+        /// The entry with what can be long cut short: a producer's name and version, a data
+        /// source's descriptor down to its (cut) name, a session's name and buffer list.
+        var trimmed: Entry {
+            switch self {
+            case .producer(var producer):
+                producer.name = trim(producer.name)
+                if producer.hasSdkVersion { producer.sdkVersion = trim(producer.sdkVersion) }
+                if producer.hasMachineName { producer.machineName = trim(producer.machineName) }
+                return .producer(producer)
+            case .dataSource(var dataSource):
+                var descriptor = DataSourceDescriptor()
+                descriptor.name = trim(dataSource.dsDescriptor.name)
+                dataSource.dsDescriptor = descriptor
+                return .dataSource(dataSource)
+            case .session(var session):
+                if session.hasUniqueSessionName { session.uniqueSessionName = trim(session.uniqueSessionName) }
+                if session.hasBugreportFilename { session.bugreportFilename = trim(session.bugreportFilename) }
+                session.bufferSizeKb = Array(session.bufferSizeKb.prefix(128))
+                return .session(session)
+            }
+        }
+
+        private func trim(_ text: String) -> String {
+            guard text.utf8.count > ServiceStateChunks.trimmedStringBytes else { return text }
+            var cut = String(decoding: text.utf8.prefix(ServiceStateChunks.trimmedStringBytes), as: UTF8.self)
+            // A character cut in half decodes as U+FFFD: drop it.
+            if cut.last == "\u{FFFD}" { cut.removeLast() }
+            return cut
+        }
+    }
 
     /// `state` cut into chunks that each fit a reply and concatenate to the whole.
+    ///
+    /// The scalar fields go in the first chunk, then producers, data sources and sessions one
+    /// by one, a new chunk whenever the next would not fit (repeated fields concatenate, so the
+    /// chunks parse as the whole). Unlike Perfetto's, nothing is assumed to fit: many producers
+    /// or sessions take several chunks too, and one entry too large for a chunk of its own (a
+    /// producer's name of 100 KiB) is trimmed rather than failing every query.
     static func split(_ state: TracingServiceState) -> [TracingServiceState] {
         var head = state
-        let dataSources = head.dataSources
+        let entries = state.producers.map(Entry.producer) + state.dataSources.map(Entry.dataSource)
+            + state.tracingSessions.map(Entry.session)
+        head.producers = []
         head.dataSources = []
+        head.tracingSessions = []
         var chunks: [TracingServiceState] = []
         var current = head
-        var currentSize = (try? head.serializedBytes() as [UInt8])?.count ?? 0
-        for dataSource in dataSources {
+        var currentSize = serializedSize(head)
+        for original in entries {
+            var entry = original
             var single = TracingServiceState()
-            single.dataSources = [dataSource]
-            let size = (try? single.serializedBytes() as [UInt8])?.count ?? 0
+            entry.add(to: &single)
+            var size = serializedSize(single)
+            if size >= chunkBudget {
+                entry = original.trimmed
+                single = TracingServiceState()
+                entry.add(to: &single)
+                size = serializedSize(single)
+            }
             if currentSize + size < chunkBudget {
-                current.dataSources.append(dataSource)
+                entry.add(to: &current)
                 currentSize += size
             } else {
                 chunks.append(current)
@@ -104,5 +167,9 @@ enum ServiceStateChunks {
         }
         chunks.append(current)
         return chunks
+    }
+
+    private static func serializedSize(_ state: TracingServiceState) -> Int {
+        (try? state.serializedBytes() as [UInt8])?.count ?? 0
     }
 }

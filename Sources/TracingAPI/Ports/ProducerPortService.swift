@@ -89,8 +89,9 @@ public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
         reply: Deferred<Perfetto_Protos_RegisterDataSourceResponse>
     ) {
         guard let producer = producer(for: context, "RegisterDataSource", rejecting: reply) else { return }
-        producer.endpoint.registerDataSource(request.dataSourceDescriptor)
-        reply.resolve(.init())
+        var response = Perfetto_Protos_RegisterDataSourceResponse()
+        if let error = producer.endpoint.register(request.dataSourceDescriptor) { response.error = error }
+        reply.resolve(response)
     }
 
     public func unregisterDataSource(
@@ -183,7 +184,7 @@ public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
         reply: Deferred<Perfetto_Protos_UpdateDataSourceResponse>
     ) {
         guard let producer = producer(for: context, "UpdateDataSource", rejecting: reply) else { return }
-        producer.endpoint.updateDataSource(request.dataSourceDescriptor)
+        producer.endpoint.update(request.dataSourceDescriptor)
         reply.resolve(.init())
     }
 

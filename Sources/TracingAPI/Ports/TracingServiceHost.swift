@@ -2,6 +2,7 @@
 // address, ConsumerPort on the consumer address, all on the service's loop.
 
 import IPCProtocol
+import Logging
 
 /// Serves a ``TracingServiceCore`` to producers and consumers in other processes.
 ///
@@ -28,19 +29,24 @@ public final class TracingServiceHost {
 
     /// Listens at every producer backend and at the consumer backend. Loop-only.
     ///
+    /// - Parameter logger: where the hosts log the peers they drop (bad frames, stalled
+    ///   readers).
     /// - Throws: ``IPCError`` if an address cannot be listened on; nothing stays listening then.
-    public init(service: TracingServiceCore, producerBackends: [IPCBackend], consumerBackend: IPCBackend) throws(IPCError) {
+    public init(
+        service: TracingServiceCore, producerBackends: [IPCBackend], consumerBackend: IPCBackend,
+        logger: Logger = Logger(label: "perfetto.tracing.host")
+    ) throws(IPCError) {
         self.service = service
         producerPort = ProducerPortService(service: service)
         consumerPort = ConsumerPortService(service: service)
         var hosts: [IPCHost] = []
         do {
             for backend in producerBackends {
-                let host = try IPCHost(backend: backend)
+                let host = try IPCHost(backend: backend, logger: logger)
                 host.expose(producerPort)
                 hosts.append(host)
             }
-            consumerHost = try IPCHost(backend: consumerBackend)
+            consumerHost = try IPCHost(backend: consumerBackend, logger: logger)
         } catch {
             for host in hosts { host.close() }
             throw error

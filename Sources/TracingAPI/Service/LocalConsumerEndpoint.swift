@@ -74,7 +74,7 @@ final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
 
     func queryServiceState(sessionsOnly: Bool, _ callback: @escaping (Bool, TracingServiceState) -> Void) {
         guard let service = liveService else { return }
-        let state = service.serviceState(sessionsOnly: sessionsOnly)
+        let state = service.serviceState(sessionsOnly: sessionsOnly, for: uid)
         service.post { callback(true, state) }
     }
 

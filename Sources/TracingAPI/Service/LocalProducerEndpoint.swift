@@ -25,6 +25,8 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     private(set) var sharedMemoryArbiter: SharedMemoryArbiter?
     private(set) var isSharedMemoryProvidedByProducer = false
     var dataSources: [String: DataSourceDescriptor] = [:]
+    /// Serialized bytes of `dataSources` (bounded by the service's options).
+    var dataSourceBytes = 0
     var writers: [WriterID: BufferID] = [:]
     /// Buffers of sessions this producer takes part in: the only ones it may commit into.
     var allowedTargetBuffers: Set<BufferID> = []
@@ -136,15 +138,28 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     // MARK: ProducerEndpoint
 
     func registerDataSource(_ descriptor: DataSourceDescriptor) {
+        register(descriptor)
+    }
+
+    /// Registers a data source; returns why the service refused it, if it did.
+    @discardableResult
+    func register(_ descriptor: DataSourceDescriptor) -> String? {
         eventLoop.preconditionInEventLoop()
-        guard connected, !descriptor.name.isEmpty else { return }
-        service?.registerDataSource(descriptor, producer: self)
+        guard connected, let service else { return "the producer is disconnected" }
+        guard !descriptor.name.isEmpty else { return "a data source needs a name" }
+        return service.registerDataSource(descriptor, producer: self)
     }
 
     func updateDataSource(_ descriptor: DataSourceDescriptor) {
+        update(descriptor)
+    }
+
+    /// Replaces a data source's descriptor; returns why the service refused it, if it did.
+    @discardableResult
+    func update(_ descriptor: DataSourceDescriptor) -> String? {
         eventLoop.preconditionInEventLoop()
-        guard connected, dataSources[descriptor.name] != nil else { return }
-        dataSources[descriptor.name] = descriptor
+        guard connected, let service else { return "the producer is disconnected" }
+        return service.updateDataSource(descriptor, producer: self)
     }
 
     func unregisterDataSource(named name: String) {

@@ -76,14 +76,17 @@ extension TracingServiceCore {
         }
         guard let source, source.state != .clonedReadOnly else { return fail("Tracing session not found") }
         // Only the uid that started a session (or root) may copy what it recorded.
-        guard source.consumerUID == consumer.uid || consumer.uid == 0 else {
+        guard source.isVisible(to: consumer.uid) else {
             return fail("the session belongs to another user")
         }
+        // A clone is a session of the cloning uid, and its buffers count: the same limits.
+        if let error = cloneLimitError(source, for: consumer) { return fail(error) }
         let sourceID = source.id
         let finish: (Bool) -> Void = { [weak self, weak consumer] _ in
             guard let self, let consumer else { return }
             guard let source = self.sessions[sourceID] else { return fail("the session ended while it was cloned") }
             guard consumer.sessionID == nil else { return fail("the consumer already has a tracing session") }
+            if let error = self.cloneLimitError(source, for: consumer) { return fail(error) }
             callback(self.snapshot(source, for: consumer))
         }
         if source.state == .started {
@@ -91,6 +94,11 @@ extension TracingServiceCore {
         } else {
             post { finish(true) }
         }
+    }
+
+    private func cloneLimitError(_ source: TracingSession, for consumer: LocalConsumerEndpoint) -> String? {
+        if let error = sessionLimitError(uid: consumer.uid) { return error }
+        return bufferMemoryError(adding: source.bufferIDs.reduce(0) { $0 + (buffers[$1]?.capacity ?? 0) })
     }
 
     private func snapshot(_ source: TracingSession, for consumer: LocalConsumerEndpoint) -> CloneSessionResponse {

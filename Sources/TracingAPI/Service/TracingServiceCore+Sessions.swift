@@ -12,6 +12,15 @@ extension TracingServiceCore {
             post { [weak client = consumer.consumer] in client?.onTracingDisabled(error: error) }
             return
         }
+        var output: TraceFileOutput?
+        if config.writeIntoFile, let outputFile {
+            switch TraceFileOutput.open(outputFile, loop: eventLoop, stallTimeout: options.outputFileStallTimeout) {
+            case .success(let opened): output = opened
+            case .failure(let failure):
+                post { [weak client = consumer.consumer] in client?.onTracingDisabled(error: failure.message) }
+                return
+            }
+        }
         var bufferIDs: [BufferID] = []
         for bufferConfig in config.buffers {
             guard let id = allocateBufferID() else { break }
@@ -25,7 +34,19 @@ extension TracingServiceCore {
         nextSessionID += 1
         sessions[session.id] = session
         consumer.sessionID = session.id
-        if config.writeIntoFile { session.outputFile = outputFile }
+        if let output {
+            session.outputFile = output
+            let sessionID = session.id
+            // A write that fails later (a reader gone, a stall) ends the session.
+            output.onFailure = { [weak self] error in
+                guard let self, let session = self.sessions[sessionID] else { return }
+                if session.fileError == nil { session.fileError = error }
+                self.post { [weak self] in
+                    guard let self, let session = self.sessions[sessionID] else { return }
+                    self.disable(session)
+                }
+            }
+        }
 
         for entry in config.dataSources where !entry.config.name.isEmpty {
             for producer in connectedProducers where producer.dataSources[entry.config.name] != nil {
@@ -38,9 +59,18 @@ extension TracingServiceCore {
 
     private func validate(_ config: TraceConfig, outputFile: ScopedFD?, consumer: LocalConsumerEndpoint) -> String? {
         if consumer.sessionID != nil { return "the consumer is already tracing" }
-        if sessions.count >= options.maxSessions { return "too many concurrent tracing sessions" }
+        if let error = sessionLimitError(uid: consumer.uid) { return error }
         if config.buffers.isEmpty { return "the trace config has no buffers" }
+        if config.buffers.count > options.maxBuffersPerSession {
+            return "too many buffers configured (\(config.buffers.count), the limit is \(options.maxBuffersPerSession))"
+        }
         if config.buffers.contains(where: { $0.sizeKb == 0 }) { return "a buffer has size_kb = 0" }
+        for (index, buffer) in config.buffers.enumerated() where UInt64(buffer.sizeKb) * 1024 > UInt64(UInt32.max) {
+            return "buffer \(index) is too large: size_kb = \(buffer.sizeKb) is 4 GiB or more"
+        }
+        if let error = bufferMemoryError(adding: config.buffers.reduce(0) { $0 + Int($1.sizeKb) * 1024 }) {
+            return error
+        }
         if config.buffers.count > Int(BufferID.max) - buffers.count { return "too many buffers" }
         for entry in config.dataSources where entry.config.targetBuffer >= UInt32(config.buffers.count) {
             return "data source \"\(entry.config.name)\" targets buffer \(entry.config.targetBuffer), "
@@ -54,6 +84,27 @@ extension TracingServiceCore {
             return "write_into_file is set but no output file was passed"
         }
         return nil
+    }
+
+    /// Why `uid` may not have one more session (Perfetto's limits, per uid then in total).
+    func sessionLimitError(uid: UInt32) -> String? {
+        let ofUID = sessions.values.filter { $0.consumerUID == uid }.count
+        if ofUID >= options.maxSessionsPerUID {
+            return "too many concurrent tracing sessions for uid \(uid) (\(ofUID), the limit is \(options.maxSessionsPerUID))"
+        }
+        if sessions.count >= options.maxSessions {
+            return "too many concurrent tracing sessions (\(sessions.count), the limit is \(options.maxSessions))"
+        }
+        return nil
+    }
+
+    /// Why buffers of `bytes` more may not be created: they would take the buffers of every
+    /// session past ``Options/maxTotalBufferBytes``. Checked before anything is allocated.
+    func bufferMemoryError(adding bytes: Int) -> String? {
+        let inUse = buffers.values.reduce(0) { $0 + $1.capacity }
+        guard bytes > options.maxTotalBufferBytes - inUse else { return nil }
+        return "the trace buffers would take \(bytes / 1024) KiB, more than the service allows "
+            + "(\(options.maxTotalBufferBytes / 1024) KiB in all, \(inUse / 1024) KiB in use)"
     }
 
     func matches(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint) -> Bool {
@@ -271,15 +322,33 @@ extension TracingServiceCore {
         session.state = .disabled
         scrapeSharedMemory(for: session)
         session.recordServiceEvent { $0.tracingDisabled = true }
-        var error = ""
-        if session.isWritingIntoFile {
-            drainIntoFile(session)
-            session.outputFile?.close()
-            session.outputFile = nil
+        let sessionID = session.id
+        finishWritingIntoFile(session) { [weak self] in
+            guard let self, let session = self.sessions[sessionID], let endpoint = self.consumer(session.consumerID) else {
+                return
+            }
+            let error = session.fileError ?? ""
+            self.post { [weak client = endpoint.consumer] in client?.onTracingDisabled(error: error) }
         }
-        if let fileError = session.fileError { error = fileError }
-        guard let endpoint = consumer(session.consumerID) else { return }
-        post { [weak client = endpoint.consumer] in client?.onTracingDisabled(error: error) }
+    }
+
+    /// Writes the rest of a write_into_file session once the file has taken what waits, closes
+    /// it, then runs `then` (at once for other sessions). A file that takes nothing more fails
+    /// by its stall timeout, so this ends; `then` is not run if the session is freed meanwhile.
+    private func finishWritingIntoFile(_ session: TracingSession, then: @escaping () -> Void) {
+        guard let output = session.outputFile else { return then() }
+        let sessionID = session.id
+        output.whenDrained { [weak self] in
+            guard let self, let session = self.sessions[sessionID] else { return }
+            self.drainIntoFile(session)
+            output.whenDrained { [weak self] in
+                guard let self, let session = self.sessions[sessionID] else { return }
+                if let error = output.error, session.fileError == nil { session.fileError = error }
+                output.close()
+                session.outputFile = nil
+                then()
+            }
+        }
     }
 
     // MARK: Flush
@@ -294,6 +363,13 @@ extension TracingServiceCore {
 
     func flush(_ session: TracingSession, timeoutMs: UInt32, flags: FlushFlags, _ callback: @escaping (Bool) -> Void) {
         flushesRequested += 1
+        // A consumer asking again and again of producers that never answer must not make the
+        // service keep a flush (and its timer) per request.
+        guard session.pendingFlushes.count < options.maxPendingFlushesPerSession else {
+            flushesFailed += 1
+            post { callback(false) }
+            return
+        }
         let id = nextFlushID
         nextFlushID += 1
         var perProducer: [ProducerID: [DataSourceInstanceID]] = [:]
@@ -442,7 +518,8 @@ extension TracingServiceCore {
     /// Appends what is readable to the session's file, never going past `max_file_size_bytes`;
     /// reaching it ends the session, as in Perfetto.
     func drainIntoFile(_ session: TracingSession) {
-        guard let file = session.outputFile, file.rawValue >= 0 else { return }
+        // While the file has not taken the last write, the data stays in the buffers.
+        guard let file = session.outputFile, file.error == nil, !file.hasPendingBytes else { return }
         let limit = session.config.maxFileSizeBytes
         var reachedLimit = false
         var output: [UInt8] = []
@@ -454,11 +531,10 @@ extension TracingServiceCore {
             }
             TraceFile.appendFramedPacket(packet.bytes, to: &output)
         }
-        do {
-            try TraceFile.writeAll(output, to: file.rawValue)
+        if file.write(output) {
             session.bytesWrittenIntoFile += UInt64(output.count)
-        } catch {
-            session.fileError = "writing the trace file failed: \(error)"
+        } else {
+            if session.fileError == nil { session.fileError = file.error }
             reachedLimit = true
         }
         if reachedLimit, session.state == .started || session.state == .configured {

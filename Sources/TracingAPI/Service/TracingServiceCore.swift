@@ -35,7 +35,24 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         public var serviceUID: UInt32 = getuid()
         /// Most sessions at once (Perfetto's default limit is 15 concurrent sessions).
         public var maxSessions = 15
-        /// The defaults: Perfetto's sizes, this process's uid, 15 sessions.
+        /// Most sessions one uid may have at once, clones included (Perfetto's: 5).
+        public var maxSessionsPerUID = 5
+        /// Most buffers one session may configure (Perfetto's: 128).
+        public var maxBuffersPerSession = 128
+        /// The most buffer memory all sessions together may ask for (the sum of their buffers'
+        /// `size_kb`, clones included). A session that would go past it is refused. Buffers
+        /// grow as data arrives, so this bounds what producers can make the service hold.
+        public var maxTotalBufferBytes = 1 << 30
+        /// Most data sources one producer may register; registrations past it are refused.
+        public var maxDataSourcesPerProducer = 16_384
+        /// Most bytes of data source descriptors one producer may register.
+        public var maxDataSourceBytesPerProducer = 32 << 20
+        /// Most flushes a session may have waiting for producers (Perfetto's: 1000); more fail.
+        public var maxPendingFlushesPerSession = 1000
+        /// How long a write_into_file output (a pipe, a socket) may take no data before its
+        /// session ends with an error. The service never blocks on it meanwhile.
+        public var outputFileStallTimeout: Duration = .seconds(10)
+        /// The defaults: Perfetto's sizes and limits, this process's uid, 1 GiB of buffers.
         public init() {}
     }
 
@@ -152,9 +169,22 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
 
     // MARK: Producer requests
 
-    func registerDataSource(_ descriptor: DataSourceDescriptor, producer: LocalProducerEndpoint) {
-        guard producer.dataSources[descriptor.name] == nil else { return }
+    /// Registers a data source of `producer`; returns why it was refused, if it was (a second
+    /// registration of a name is ignored, as in Perfetto).
+    @discardableResult
+    func registerDataSource(_ descriptor: DataSourceDescriptor, producer: LocalProducerEndpoint) -> String? {
+        guard producer.dataSources[descriptor.name] == nil else { return nil }
+        // A producer may not make the service hold an unbounded registry.
+        guard producer.dataSources.count < options.maxDataSourcesPerProducer else {
+            return "too many data sources (the limit is \(options.maxDataSourcesPerProducer) per producer)"
+        }
+        let size = DataSourceDescriptor.size(of: descriptor)
+        guard size <= options.maxDataSourceBytesPerProducer - producer.dataSourceBytes else {
+            return "the data source descriptors take too much memory (the limit is "
+                + "\(options.maxDataSourceBytesPerProducer / 1024) KiB per producer)"
+        }
         producer.dataSources[descriptor.name] = descriptor
+        producer.dataSourceBytes += size
         dataSourcesSeen += 1
         // Sessions already running that want this data source get an instance now.
         for session in sessions.values.sorted(by: { $0.id < $1.id })
@@ -167,10 +197,27 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
                 }
             }
         }
+        return nil
+    }
+
+    /// Replaces the descriptor of a registered data source, within the same memory limit.
+    @discardableResult
+    func updateDataSource(_ descriptor: DataSourceDescriptor, producer: LocalProducerEndpoint) -> String? {
+        guard let old = producer.dataSources[descriptor.name] else { return nil }
+        let size = DataSourceDescriptor.size(of: descriptor)
+        let remaining = producer.dataSourceBytes - DataSourceDescriptor.size(of: old)
+        guard size <= options.maxDataSourceBytesPerProducer - remaining else {
+            return "the data source descriptors take too much memory (the limit is "
+                + "\(options.maxDataSourceBytesPerProducer / 1024) KiB per producer)"
+        }
+        producer.dataSources[descriptor.name] = descriptor
+        producer.dataSourceBytes = remaining + size
+        return nil
     }
 
     func unregisterDataSource(_ name: String, producer: LocalProducerEndpoint) {
-        guard producer.dataSources.removeValue(forKey: name) != nil else { return }
+        guard let old = producer.dataSources.removeValue(forKey: name) else { return }
+        producer.dataSourceBytes -= DataSourceDescriptor.size(of: old)
         for session in sessions.values {
             for index in session.instances.indices
             where session.instances[index].producerID == producer.id && session.instances[index].name == name {
@@ -321,6 +368,10 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
                     let error = session.fileError ?? "the tracing service shut down"
                     post { [weak client = endpoint.consumer] in client?.onTracingDisabled(error: error) }
                 }
+            } else if session.state == .disabled, session.outputFile != nil, let endpoint = consumer(session.consumerID) {
+                // Stopped, but its file had not taken everything yet: told now, as it will not be.
+                let error = session.fileError ?? "the tracing service shut down before the trace file was complete"
+                post { [weak client = endpoint.consumer] in client?.onTracingDisabled(error: error) }
             }
             destroySession(session)
         }
@@ -328,7 +379,10 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
 
     // MARK: Queries
 
-    func serviceState(sessionsOnly: Bool) -> TracingServiceState {
+    /// What `QueryServiceState` shows a consumer of `uid`: every producer and data source (as
+    /// in Perfetto), and the sessions that uid may clone, its own (root: all). The counts of
+    /// sessions cover every session, as Perfetto's do.
+    func serviceState(sessionsOnly: Bool, for uid: UInt32) -> TracingServiceState {
         var state = TracingServiceState()
         if !sessionsOnly {
             for producer in connectedProducers {
@@ -347,7 +401,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
                 }
             }
         }
-        for session in sessions.values.sorted(by: { $0.id < $1.id }) {
+        for session in sessions.values.sorted(by: { $0.id < $1.id }) where session.isVisible(to: uid) {
             var entry = TracingServiceState.TracingSession()
             entry.id = session.id
             entry.consumerUid = Int32(bitPattern: session.consumerUID)
@@ -406,5 +460,12 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         stats.abiViolations = counters.abiViolations
         stats.traceWriterPacketLoss = counters.traceWriterPacketLoss
         return stats
+    }
+}
+
+extension DataSourceDescriptor {
+    /// Bytes `descriptor` takes serialized: what the service counts against a producer's limit.
+    static func size(of descriptor: DataSourceDescriptor) -> Int {
+        (try? descriptor.serializedBytes() as [UInt8])?.count ?? 0
     }
 }

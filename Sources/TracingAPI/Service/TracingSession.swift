@@ -52,7 +52,7 @@ final class TracingSession {
     private var sequenceIDs: [SequenceKey: UInt32] = [:]
     private var nextSequenceID: UInt32 = TracingSession.firstProducerSequenceID
     var configEmitted = false
-    var outputFile: ScopedFD?
+    var outputFile: TraceFileOutput?
     var bytesWrittenIntoFile: UInt64 = 0
     /// One-shot timers (duration, stop triggers).
     var timers: [any ScheduledTask] = []
@@ -93,6 +93,10 @@ final class TracingSession {
     }
 
     var isWritingIntoFile: Bool { config.writeIntoFile }
+
+    /// Whether a consumer of `uid` may see and copy this session: its own uid, or root
+    /// (Perfetto's `IsCloneAllowed`).
+    func isVisible(to uid: UInt32) -> Bool { uid == 0 || uid == consumerUID }
 
     func recordServiceEvent(_ fill: (inout Perfetto_Protos_TracingServiceEvent) -> Void) {
         var event = Perfetto_Protos_TracingServiceEvent()

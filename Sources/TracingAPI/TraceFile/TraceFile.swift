@@ -52,19 +52,4 @@ public enum TraceFile {
         }
         return packets
     }
-
-    /// Writes all of `bytes` to `fd`, retrying short writes and EINTR.
-    static func writeAll(_ bytes: [UInt8], to fd: Int32) throws(TracingError) {
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes.withUnsafeBytes { raw in
-                Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
-            }
-            if written < 0 {
-                if errno == EINTR { continue }
-                throw TracingError(.fileWriteFailed, "write", errno: errno)
-            }
-            offset += written
-        }
-    }
 }
