@@ -63,6 +63,16 @@ let package = Package(
             path: "Benchmarks/TracingThroughput",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        .executableTarget(
+            name: "TrackEvents",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "TracingAPI", package: "swift-perfetto-ipc"),
+                .product(name: "TrackEvent", package: "swift-perfetto-ipc"),
+            ],
+            path: "Benchmarks/TrackEvents",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
         // Rates and footprint that package-benchmark's per-iteration model does not fit:
         // pipelined calls/s, streamed replies/s, connects/s, resident bytes per idle connection.
         .executableTarget(
