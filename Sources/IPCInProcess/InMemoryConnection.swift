@@ -27,6 +27,7 @@ final class InMemoryConnection: IPCConnection {
     private var deliveryTask: (@Sendable () -> Void)?
     /// The most bytes this end may have waiting undelivered at its peer.
     let maxQueuedSendBytes: Int
+    var queuedSendBytes: Int { other?.undeliveredBytes ?? 0 }
 
     private struct Message {
         var bytes: [UInt8]

@@ -39,6 +39,7 @@ final class SocketConnection: IPCConnection {
     // Unchecked exclusivity: loop-confined, and `drain` calls only the kernel while it holds
     // the queue (Threading.md, "Costs").
     @exclusivity(unchecked) private var sendQueue = SendQueue()
+    var queuedSendBytes: Int { sendQueue.byteCount }
     private var sendDeadline: (any ScheduledTask)?
     /// Fallback receive space when no delegate is set: the bytes are discarded.
     private var discardBuffer: UnsafeMutableRawBufferPointer?

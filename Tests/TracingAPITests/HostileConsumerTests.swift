@@ -88,6 +88,30 @@ final class HostileConsumerTests: SocketTracingFixture {
         }
     }
 
+    /// A read larger than the connection may queue arrives whole: the service hands replies
+    /// to the connection as the consumer takes them (it used to queue them all and drop the
+    /// consumer for passing the bound).
+    @Test func aReadLargerThanTheSendQueueBoundArrivesWhole() throws {
+        var consumerOptions = ConnectionOptions()
+        consumerOptions.maxQueuedSendBytes = 1 << 20
+        try serve(options: TracingServiceCore.Options(), consumerOptions: consumerOptions)
+        withoutLeaks {
+            let bulk = bulkProducer()
+            let reader = consumer()
+            reader.endpoint.enableTracing(config(["bulk.source"]) { $0.buffers[0].sizeKb = 8192 }, outputFile: nil)
+            run(until: { bulk.started.count == 1 })
+            write(bulk, rounds: 64)  // about 4 MiB, four times the bound
+
+            stopAndRead(reader)
+            let texts = texts(reader, "bulk ")
+            #expect(texts.count == 64 * 64, "every packet arrives")
+            #expect(texts.first?.hasPrefix("bulk 0 ") == true && texts.last?.hasPrefix("bulk 4095 ") == true)
+            #expect(host.consumerPort.connectedConsumerCount == 1, "the reader was not dropped")
+            reader.endpoint.disconnect()
+            bulk.endpoint.disconnect()
+        }
+    }
+
     // MARK: write_into_file
 
     @Test func anOutputFileThatIsNotWritableIsRefused() throws {

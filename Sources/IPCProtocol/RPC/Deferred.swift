@@ -53,6 +53,14 @@ public final class Deferred<Message> {
     /// Whether a callback is bound and still waiting for a final result.
     public var isBound: Bool { target != nil }
 
+    /// Replies already sent that the caller's connection has not taken yet: 0 unless the call
+    /// came over a connection. A streaming service sends its next replies once this is low,
+    /// so a long stream never passes the connection's send-queue bound.
+    public var queuedSendBytes: Int {
+        guard case .wire(let sink, _) = target else { return 0 }
+        return sink.queuedSendBytes
+    }
+
     /// Binds `callback`. A callback already bound is rejected first.
     public func bind(_ callback: @escaping (AsyncResult<Message>) -> Void) {
         reject(IPCError(.cancelled, "the reply was rebound"))

@@ -32,6 +32,13 @@ public final class IPCReplySink {
         isForwarding = false
     }
 
+    /// Replies sent on this call's connection that its peer has not taken yet (0 when the
+    /// replies do not cross a connection). A service streaming much waits for it to fall.
+    public var queuedSendBytes: Int {
+        guard case .host(let client, _, _) = route, client.connection.state == .connected else { return 0 }
+        return client.connection.queuedSendBytes
+    }
+
     init(forwardingTo forwarder: any ReplyForwarding) {
         route = .forward(forwarder)
         isForwarding = true

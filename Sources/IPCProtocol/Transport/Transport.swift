@@ -78,9 +78,18 @@ public protocol IPCConnection: AnyObject {
 
     /// Closes the connection now. The delegate is not called back. Loop-only; idempotent.
     func close()
+
+    /// Bytes sent but not yet taken by the peer (the kernel's socket buffer aside). Loop-only.
+    ///
+    /// A sender with much to say (a service streaming a large reply) waits for this to fall
+    /// before it sends more, instead of passing ``ConnectionOptions/maxQueuedSendBytes``. The
+    /// default is 0: a transport that never queues.
+    var queuedSendBytes: Int { get }
 }
 
 extension IPCConnection {
+    public var queuedSendBytes: Int { 0 }
+
     @discardableResult
     public func send(owning bytes: consuming [UInt8], range: Range<Int>, fd: Int32?) -> Bool {
         bytes.withUnsafeBytes { send(UnsafeRawBufferPointer(rebasing: $0[range]), fd: fd) }

@@ -6,7 +6,9 @@
 // * EnableTracing's reply is withheld until tracing stops: {disabled, error} (a config error
 //   is such a reply too, not a rejection); with write_into_file its fd is the output file;
 // * ReadBuffers streams slices, never more than a frame holds; a packet may span replies
-//   (`last_slice_for_packet` glues it); has_more = false only on the last reply;
+//   (`last_slice_for_packet` glues it); has_more = false only on the last reply. Replies go
+//   to the connection only while what it has queued is small (the consumer takes them), so a
+//   read of any size never passes the connection's send-queue bound;
 // * QueryServiceState streams chunks, each a valid TracingServiceState, that concatenate to
 //   the whole; ObserveEvents is a stream a newer request (or an empty one) closes;
 // * a consumer that disconnects frees its session unless it detached.
@@ -38,7 +40,7 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
     private func consumer(_ context: IPCCallContext) -> ConsumerPortConnection {
         let client = context.client
         if let consumer = consumers[client.clientID] { return consumer }
-        let consumer = ConsumerPortConnection()
+        let consumer = ConsumerPortConnection(eventLoop: service.eventLoop)
         // No uid (an in-memory peer that reports none) is treated as nobody, never as root.
         consumer.endpoint = service.connectLocalConsumer(consumer, uid: client.uid ?? UInt32(bitPattern: -2))
         consumers[client.clientID] = consumer
@@ -75,6 +77,7 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
         reply: Deferred<Perfetto_Protos_ReadBuffersResponse>
     ) {
         let consumer = consumer(context)
+        consumer.stopReading()
         consumer.readReply = reply
         consumer.endpoint.readBuffers()
     }
@@ -206,18 +209,44 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
 
     public func clientDidDisconnect(_ client: IPCClientInfo) {
         guard let consumer = consumers.removeValue(forKey: client.clientID) else { return }
+        consumer.stopReading()
         consumer.endpoint.disconnect()
     }
 }
 
 /// One consumer served over ConsumerPort: the service's callbacks become replies.
 final class ConsumerPortConnection: Consumer {
+    /// How many reply bytes may wait in the connection before the next replies of a read are
+    /// held back. With one more reply (at most a frame, 128 KiB) it stays under any sensible
+    /// send-queue bound (16 MiB by default), and it is several socket buffers' worth, so the
+    /// consumer never waits for the service.
+    static let readBytesInFlight = 512 * 1024
+    /// How often held-back replies look again whether the consumer has taken the ones before.
+    static let readRetryInterval: Duration = .milliseconds(1)
+
+    let eventLoop: any IPCEventLoop
     var endpoint: LocalConsumerEndpoint!
     /// EnableTracing's reply, answered when tracing stops.
     var enableReply: Deferred<Perfetto_Protos_EnableTracingResponse>?
     var readReply: Deferred<Perfetto_Protos_ReadBuffersResponse>?
     var eventsReply: Deferred<Perfetto_Protos_ObserveEventsResponse>?
     var statsReplies: [Deferred<Perfetto_Protos_GetTraceStatsResponse>] = []
+    /// ReadBuffers replies made but not handed to the connection yet, from `heldReadIndex` on.
+    private var heldReadReplies: [(Perfetto_Protos_ReadBuffersResponse, hasMore: Bool)] = []
+    private var heldReadIndex = 0
+    private var readRetry: (any ScheduledTask)?
+
+    init(eventLoop: any IPCEventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// Forgets a read in progress (a new ReadBuffers, or the consumer gone).
+    func stopReading() {
+        readRetry?.cancel()
+        readRetry = nil
+        heldReadReplies.removeAll()
+        heldReadIndex = 0
+    }
 
     func closeObservedEvents() {
         eventsReply?.resolve(.init(), hasMore: false)
@@ -234,11 +263,31 @@ final class ConsumerPortConnection: Consumer {
     }
 
     func onTraceData(_ packets: [TracePacketData], hasMore: Bool) {
-        guard let reply = readReply else { return }
-        if !hasMore { readReply = nil }
-        for (response, more) in ReadBuffersSlicer.replies(for: packets, hasMore: hasMore) {
-            reply.resolve(response, hasMore: more)
+        guard readReply != nil else { return }
+        heldReadReplies.append(contentsOf: ReadBuffersSlicer.replies(for: packets, hasMore: hasMore))
+        if readRetry == nil { sendReadReplies() }
+    }
+
+    /// Hands held replies to the connection while it has little queued; looks again shortly
+    /// when it has much (a consumer that never reads is dropped by the connection's send
+    /// timeout meanwhile).
+    private func sendReadReplies() {
+        readRetry = nil
+        guard let reply = readReply else { return stopReading() }
+        while heldReadIndex < heldReadReplies.count {
+            guard reply.queuedSendBytes < Self.readBytesInFlight else {
+                readRetry = eventLoop.scheduleTask(after: Self.readRetryInterval) { [weak self] in
+                    self?.sendReadReplies()
+                }
+                return
+            }
+            let next = heldReadReplies[heldReadIndex]
+            heldReadIndex += 1
+            if !next.hasMore { readReply = nil }
+            reply.resolve(next.0, hasMore: next.hasMore)
         }
+        heldReadReplies.removeAll()
+        heldReadIndex = 0
     }
 
     func onTraceStats(success: Bool, _ stats: TraceStats) {
