@@ -39,7 +39,17 @@ struct ReadTrace {
             var lostData = false
         }
         var sequences: [UInt32: SequenceState] = [:]
-        var open: [UInt64: [Int]] = [:]  // track -> indexes into slices
+        // Events are resolved in the order of their sequence (interning), then applied in the
+        // order of their timestamps, as Perfetto's trace processor does: a slice begun on one
+        // thread may end on another, whose chunk can come first in the file.
+        struct ResolvedEvent {
+            var timestamp: UInt64
+            var order: Int
+            var type: Perfetto_Protos_TrackEvent.TypeEnum
+            var slice: ReadSlice
+            var counterValue: Double
+        }
+        var timeline: [ResolvedEvent] = []
         for packet in packets {
             guard packet.trustedPacketSequenceID > 1 else { continue }
             var state = sequences[packet.trustedPacketSequenceID] ?? SequenceState()
@@ -97,42 +107,50 @@ struct ReadTrace {
                     }
                     arguments[key] = Self.describe(annotation)
                 }
-                let flows = event.flowIds
-                let terminating = event.terminatingFlowIds
-                switch event.type {
-                case .sliceBegin:
-                    let depth = open[track, default: []].count
-                    slices.append(ReadSlice(
-                        name: name, category: categories.joined(separator: ","), track: track, depth: depth,
-                        begin: packet.timestamp, arguments: arguments, flows: flows, terminatingFlows: terminating))
-                    open[track, default: []].append(slices.count - 1)
-                case .sliceEnd:
-                    guard let index = open[track]?.popLast() else {
-                        problems.append("end without a begin on track \(track)")
-                        continue
-                    }
-                    slices[index].end = packet.timestamp
-                    slices[index].arguments.merge(arguments) { $1 }
-                case .instant:
-                    instants.append(ReadSlice(
-                        name: name, category: categories.joined(separator: ","), track: track, depth: 0,
-                        begin: packet.timestamp, arguments: arguments, flows: flows, terminatingFlows: terminating))
-                case .counter:
-                    var value = 0.0
-                    switch event.counterValueField {
-                    case .counterValue(let number)?: value = Double(number)
-                    case .doubleCounterValue(let number)?: value = number
-                    case nil: break
-                    }
-                    counters[track, default: []].append(value)
-                    if tracks[track]?.hasCounter != true { problems.append("counter on undescribed track \(track)") }
-                default:
-                    break
+                var value = 0.0
+                switch event.counterValueField {
+                case .counterValue(let number)?: value = Double(number)
+                case .doubleCounterValue(let number)?: value = number
+                case nil: break
                 }
+                timeline.append(ResolvedEvent(
+                    timestamp: packet.timestamp, order: timeline.count, type: event.type,
+                    slice: ReadSlice(
+                        name: name, category: categories.joined(separator: ","), track: track, depth: 0,
+                        begin: packet.timestamp, arguments: arguments, flows: event.flowIds,
+                        terminatingFlows: event.terminatingFlowIds),
+                    counterValue: value))
             default:
                 break
             }
             sequences[packet.trustedPacketSequenceID] = state
+        }
+
+        var open: [UInt64: [Int]] = [:]  // track -> indexes into slices
+        timeline.sort { ($0.timestamp, $0.order) < ($1.timestamp, $1.order) }
+        for event in timeline {
+            let track = event.slice.track
+            switch event.type {
+            case .sliceBegin:
+                var slice = event.slice
+                slice.depth = open[track, default: []].count
+                slices.append(slice)
+                open[track, default: []].append(slices.count - 1)
+            case .sliceEnd:
+                guard let index = open[track]?.popLast() else {
+                    problems.append("end without a begin on track \(track)")
+                    continue
+                }
+                slices[index].end = event.timestamp
+                slices[index].arguments.merge(event.slice.arguments) { $1 }
+            case .instant:
+                instants.append(event.slice)
+            case .counter:
+                counters[track, default: []].append(event.counterValue)
+                if tracks[track]?.hasCounter != true { problems.append("counter on undescribed track \(track)") }
+            default:
+                break
+            }
         }
     }
 
