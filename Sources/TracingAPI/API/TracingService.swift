@@ -96,6 +96,25 @@ public protocol ProducerEndpoint: AnyObject {
     func disconnect()
 }
 
+// What every endpoint does the same way through its shared memory, in-process or over IPC.
+extension ProducerEndpoint {
+    public func createTraceWriter(targetBuffer: BufferID, policy: BufferExhaustedPolicy) -> TraceWriter? {
+        sharedMemoryArbiter?.createTraceWriter(targetBuffer: targetBuffer, policy: policy)
+    }
+
+    public func notifyFlushComplete(_ id: FlushRequestID) {
+        eventLoop.preconditionInEventLoop()
+        if let sharedMemoryArbiter {
+            // Through the arbiter, so chunks completed before the ack reach the service first.
+            sharedMemoryArbiter.flushPendingCommitData(flushRequestID: id)
+        } else {
+            var request = CommitDataRequest()
+            request.flushRequestID = id
+            commitData(request, completion: nil)
+        }
+    }
+}
+
 /// What a consumer can ask of the service.
 public protocol ConsumerEndpoint: AnyObject {
     /// The loop this endpoint is used on (the service's).

@@ -320,22 +320,6 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
         port.commitData(request) { _ in completion() }
     }
 
-    public func createTraceWriter(targetBuffer: BufferID, policy: BufferExhaustedPolicy) -> TraceWriter? {
-        sharedMemoryArbiter?.createTraceWriter(targetBuffer: targetBuffer, policy: policy)
-    }
-
-    public func notifyFlushComplete(_ id: FlushRequestID) {
-        eventLoop.preconditionInEventLoop()
-        if let sharedMemoryArbiter {
-            // Through the arbiter, so chunks completed before the ack travel before it.
-            sharedMemoryArbiter.flushPendingCommitData(flushRequestID: id)
-        } else {
-            var request = CommitDataRequest()
-            request.flushRequestID = id
-            commitData(request, completion: nil)
-        }
-    }
-
     public func notifyDataSourceStarted(_ id: DataSourceInstanceID) {
         eventLoop.preconditionInEventLoop()
         guard initialized else { return }

@@ -195,22 +195,6 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         applyCommit(request, completion: completion, service: service)
     }
 
-    func createTraceWriter(targetBuffer: BufferID, policy: BufferExhaustedPolicy) -> TraceWriter? {
-        sharedMemoryArbiter?.createTraceWriter(targetBuffer: targetBuffer, policy: policy)
-    }
-
-    func notifyFlushComplete(_ id: FlushRequestID) {
-        eventLoop.preconditionInEventLoop()
-        if let sharedMemoryArbiter {
-            // Through the arbiter, so chunks completed before the ack are moved before it.
-            sharedMemoryArbiter.flushPendingCommitData(flushRequestID: id)
-        } else {
-            var request = CommitDataRequest()
-            request.flushRequestID = id
-            commitData(request, completion: nil)
-        }
-    }
-
     func notifyDataSourceStarted(_ id: DataSourceInstanceID) {
         inOrder { endpoint, service in service.dataSourceStarted(id, producer: endpoint) }
     }
