@@ -36,6 +36,18 @@ final class TrackEventThreadState {
         sequences.deallocate()
     }
 
+    /// ``withSequence(for:_:)`` for each slot set in `mask` (each session that records the
+    /// category), lowest first.
+    @inline(__always)
+    func forEachSequence(in mask: UInt32, _ body: (TrackEventSequence) -> Void) {
+        var remaining = mask
+        while remaining != 0 {
+            let slot = remaining.trailingZeroBitCount
+            remaining &= remaining - 1
+            withSequence(for: slot, body)
+        }
+    }
+
     /// Runs `body` with the sequence for `slot`: as it is when nothing changed since this thread
     /// last looked (one relaxed load); otherwise made (or remade, for a new instance in the
     /// slot), with its incremental state reset if the service asked. Not run if the slot has no

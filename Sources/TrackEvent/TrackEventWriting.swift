@@ -187,13 +187,8 @@ enum TrackEventWriting {
         }
         let timestamp = bootTimeNanoseconds()
         withThreadState { thread in
-            var remaining = mask
-            while remaining != 0 {
-                let slot = remaining.trailingZeroBitCount
-                remaining &= remaining - 1
-                thread.withSequence(for: slot) { sequence in
-                    encodeSimple(category, kind: kind, name: name, timestamp: timestamp, into: sequence)
-                }
+            thread.forEachSequence(in: mask) { sequence in
+                encodeSimple(category, kind: kind, name: name, timestamp: timestamp, into: sequence)
             }
         }
     }
@@ -242,27 +237,22 @@ enum TrackEventWriting {
     static func writeCounter(_ category: TrackEventCategory, _ mask: UInt32, _ track: CounterTrack, int: Int64?, double: Double) {
         let timestamp = bootTimeNanoseconds()
         withThreadState { thread in
-            var remaining = mask
-            while remaining != 0 {
-                let slot = remaining.trailingZeroBitCount
-                remaining &= remaining - 1
-                thread.withSequence(for: slot) { sequence in
-                    sequence.describe(track, timestamp: timestamp)
-                    let buffer = sequence.buffer
-                    buffer.reset()
-                    buffer.varintField(8, timestamp)
-                    buffer.varintField(13, 2)
-                    buffer.nested(11) {
-                        buffer.varintField(9, TrackEventSpec.Kind.counter.rawValue)
-                        buffer.varintField(11, track.uuid)
-                        if let int {
-                            buffer.varintField(30, UInt64(bitPattern: int))
-                        } else {
-                            buffer.fixed64Field(44, double.bitPattern)
-                        }
+            thread.forEachSequence(in: mask) { sequence in
+                sequence.describe(track, timestamp: timestamp)
+                let buffer = sequence.buffer
+                buffer.reset()
+                buffer.varintField(8, timestamp)
+                buffer.varintField(13, 2)
+                buffer.nested(11) {
+                    buffer.varintField(9, TrackEventSpec.Kind.counter.rawValue)
+                    buffer.varintField(11, track.uuid)
+                    if let int {
+                        buffer.varintField(30, UInt64(bitPattern: int))
+                    } else {
+                        buffer.fixed64Field(44, double.bitPattern)
                     }
-                    sequence.writer.writePacket(bytes: buffer.bytes)
                 }
+                sequence.writer.writePacket(bytes: buffer.bytes)
             }
         }
     }
@@ -275,13 +265,8 @@ enum TrackEventWriting {
     ) {
         let timestamp = spec.timestamp ?? bootTimeNanoseconds()
         withThreadState { thread in
-            var remaining = mask
-            while remaining != 0 {
-                let slot = remaining.trailingZeroBitCount
-                remaining &= remaining - 1
-                thread.withSequence(for: slot) { sequence in
-                    encode(category, spec, timestamp: timestamp, arguments: arguments, into: sequence)
-                }
+            thread.forEachSequence(in: mask) { sequence in
+                encode(category, spec, timestamp: timestamp, arguments: arguments, into: sequence)
             }
         }
     }
