@@ -74,6 +74,21 @@ public enum FileDescriptors {
         unixSocket(path: path, closeOnExec: true, call: "connect") { connect($0, $1, $2) }
     }
 
+    /// A blocking TCP socket connected to `address` (`a.b.c.d:port`).
+    public static func connectedTCPSocket(address: String) -> ScopedFD {
+        let parts = address.split(separator: ":")
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = UInt16(parts[1])!.bigEndian
+        inet_pton(AF_INET, String(parts[0]), &sin.sin_addr)
+        let rc = withUnsafePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        precondition(rc == 0, "connect \(address) failed")
+        return ScopedFD(fd)
+    }
+
     private static func unixSocket(
         path: String, closeOnExec: Bool, call: String, _ body: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32
     ) -> ScopedFD {

@@ -34,6 +34,12 @@ public final class IPCClient: IPCConnectionDelegate {
     public var onConnect: (() -> Void)?
     /// Called once when the connection ends or fails, after proxies and calls were told.
     public var onDisconnect: ((IPCError?) -> Void)?
+    /// What this client says about its machine to a host it reaches over TCP or vsock (the
+    /// SetPeerIdentity frame sent first there): the hint the host derives the machine's id from
+    /// (nil: this machine's boot id) and the machine's name (nil: ``machineName()``). Set it
+    /// right after creating the client; the frame goes out when the connection comes up.
+    public var announcedMachineIDHint: String?
+    public var announcedMachineName: String?
 
     private var connection: (any IPCConnection)?
     /// Nil for a direct client (no frames) or if the receive buffer could not be mapped (the
@@ -367,13 +373,23 @@ public final class IPCClient: IPCConnectionDelegate {
         var frame = IPCFrame()
         frame.setPeerIdentity.pid = getpid()
         frame.setPeerIdentity.uid = Int32(bitPattern: getuid())
-        if let bootID = Self.bootID() { frame.setPeerIdentity.machineIDHint = bootID }
+        if let hint = announcedMachineIDHint ?? Self.bootID() { frame.setPeerIdentity.machineIDHint = hint }
+        frame.setPeerIdentity.machineName = announcedMachineName ?? Self.machineName()
         connection?.sendFrame(frame, maxPayloadSize: maxPayloadSize, logger: logger)
+    }
+
+    /// The name this machine goes by in traces of several machines, as Perfetto picks it:
+    /// `PERFETTO_MACHINE_NAME`, else the kernel's name (`uname -s`).
+    public static func machineName() -> String {
+        if let name = getenv("PERFETTO_MACHINE_NAME") { return String(cString: name) }
+        var names = utsname()
+        guard uname(&names) == 0 else { return "" }
+        return withUnsafeBytes(of: &names.sysname) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
 
     /// This machine's boot id (`/proc/sys/kernel/random/boot_id`, without its newline), the
     /// hint a host derives a remote machine's id from.
-    static func bootID() -> String? {
+    public static func bootID() -> String? {
         let fd = Glibc.open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { _ = Glibc.close(fd) }

@@ -89,6 +89,10 @@ extension IPCHost {
         }
     }
 
+    /// Longest machine name kept from a peer (names are matched by trace configs, not stored
+    /// in bulk; a peer gets no more room than that).
+    static let maxMachineNameLength = 256
+
     private func acceptPeerIdentity(_ identity: IPCFrame.SetPeerIdentity, client: HostClient) {
         guard !client.hasPeerIdentity else {
             logger.debug("ignoring SetPeerIdentity from client \(client.id): identity already known")
@@ -99,6 +103,11 @@ extension IPCHost {
         if identity.hasUid { client.info.uid = UInt32(bitPattern: identity.uid) }
         if identity.hasMachineIDHint, !identity.machineIDHint.isEmpty {
             client.info.machineID = machineID(hint: identity.machineIDHint)
+        }
+        // Without a hint the machine stays the one its address names (Perfetto hashes the
+        // host's own address there, which gives every hintless peer the same machine).
+        if identity.hasMachineName, !identity.machineName.isEmpty {
+            client.info.machineName = String(identity.machineName.prefix(Self.maxMachineNameLength))
         }
     }
 }

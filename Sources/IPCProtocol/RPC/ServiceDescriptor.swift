@@ -40,13 +40,20 @@ public struct IPCClientInfo: Sendable, Hashable {
     public var machineID: UInt32
     /// The client's address for remote (TCP, vsock) clients.
     public var remoteAddress: String?
+    /// The name a remote client gave its machine in SetPeerIdentity (Perfetto's
+    /// `PERFETTO_MACHINE_NAME`, else the kernel's name), matched by `machine_name_filter`.
+    public var machineName: String?
 
-    public init(clientID: UInt64, uid: UInt32?, pid: Int32?, machineID: UInt32 = 0, remoteAddress: String? = nil) {
+    public init(
+        clientID: UInt64, uid: UInt32?, pid: Int32?, machineID: UInt32 = 0, remoteAddress: String? = nil,
+        machineName: String? = nil
+    ) {
         self.clientID = clientID
         self.uid = uid
         self.pid = pid
         self.machineID = machineID
         self.remoteAddress = remoteAddress
+        self.machineName = machineName
     }
 }
 

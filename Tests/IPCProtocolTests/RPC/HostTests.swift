@@ -213,14 +213,18 @@ struct HostTests {
         identity.setPeerIdentity.pid = 4242
         identity.setPeerIdentity.uid = 4343
         identity.setPeerIdentity.machineIDHint = "other-machine"
+        identity.setPeerIdentity.machineName = "guest"
         raw.send(identity)
         identity.setPeerIdentity.pid = 1
+        identity.setPeerIdentity.machineIDHint = "a-third-machine"
         raw.send(identity)  // a second one is ignored
         raw.send(TestFrames.invoke(serviceID: 1, methodID: 1, arguments: echoRequest("x").encoded, requestID: 1))
         harness.run(until: { !recorder.contexts.isEmpty })
         #expect(recorder.contexts[0].pid == 4242)
         #expect(recorder.contexts[0].uid == 4343)
-        #expect(recorder.contexts[0].machineID != 0)
+        // Perfetto's derivation: the low 32 bits of FNV-1a-64("other-machine").
+        #expect(recorder.contexts[0].machineID == 853_728_861)
+        #expect(recorder.contexts[0].machineName == "guest")
         #expect(recorder.contexts[0].remoteAddress?.hasPrefix("127.0.0.1:") == true)
     }
 
@@ -283,16 +287,6 @@ final class RecordingService: Pfpeers_EchoServiceHandler {
 /// A blocking TCP client socket wrapped as a raw frame peer.
 enum RawTCPClient {
     static func connect(to address: String) -> RawFramePeer {
-        let parts = address.split(separator: ":")
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = UInt16(parts[1])!.bigEndian
-        inet_pton(AF_INET, String(parts[0]), &sin.sin_addr)
-        let rc = withUnsafePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        precondition(rc == 0, "connect failed")
-        return RawFramePeer(socket: ScopedFD(fd))
+        RawFramePeer(socket: FileDescriptors.connectedTCPSocket(address: address))
     }
 }
