@@ -207,7 +207,13 @@ public final class LibuvEventLoop: IPCEventLoop, @unchecked Sendable {
     private func closeHandles() {
         guard !closed else { return }
         closed = true
-        pending.withLock { $0 = ([], false) }
+        // Dropped outside the lock: releasing a task runs whatever its captures' deinits do,
+        // and that may post to this loop (which would take the lock again).
+        var dropped = pending.withLock { pending in
+            defer { pending = ([], false) }
+            return pending.tasks
+        }
+        dropped.removeAll()
         wakeup.pointee.data = nil
         idle.pointee.data = nil
         timer.pointee.data = nil
