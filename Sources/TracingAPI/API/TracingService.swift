@@ -42,6 +42,12 @@ public struct ProducerConnectionOptions: Sendable {
     var isRemote = false
     /// The machine the producer runs on (0: this one), from the connection.
     var machineID: UInt32 = 0
+    /// The name the producer's machine goes by (remote producers; matched by a data source's
+    /// `machine_name_filter`).
+    var machineName = ""
+    /// The producer cannot map shared memory (it is on another machine, behind TCP or vsock):
+    /// chunks arrive inside CommitData, and the service keeps no buffer for it.
+    var usesSharedMemoryEmulation = false
     /// Whether the service may read chunks the producer has not committed yet, on flush, stop
     /// and disconnect (Perfetto's `smb_scraping_mode`), so a producer that dies loses nothing it
     /// finished writing. On by default, as Perfetto's SDK asks for it.

@@ -11,7 +11,10 @@
 //   otherwise the service creates its own when the first session needs it;
 // * the service's commands travel on the GetAsyncCommand stream (has_more = true), the shared
 //   memory's fd with `setup_tracing`; a newer GetAsyncCommand replaces the older one;
-// * a producer that disconnects has its instances stopped and its shared memory released.
+// * a producer that disconnects has its instances stopped and its shared memory released;
+// * a producer on a TCP or vsock connection (another machine, or a relay) cannot map shared
+//   memory: it is told `use_shmem_emulation`, gets `setup_tracing` without an fd, and sends its
+//   chunks inside CommitData; its packets carry its machine's id.
 
 import IPCProtocol
 
@@ -64,8 +67,12 @@ public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
             sdkVersion: request.sdkVersion)
         options.isRemote = true
         options.machineID = client.machineID
+        options.machineName = client.machineName ?? ""
+        // Decided by the connection, as traced decides by the socket: no fd crosses TCP or vsock.
+        let emulatesSharedMemory = client.remoteAddress != nil
+        options.usesSharedMemoryEmulation = emulatesSharedMemory
         options.scrapesSharedMemory = request.smbScrapingMode != .smbScrapingDisabled
-        if request.producerProvidedShmem, let receivedFD {
+        if request.producerProvidedShmem, let receivedFD, !emulatesSharedMemory {
             // Perfetto falls back to a buffer of its own when the producer's cannot be used.
             options.producerProvidedSharedMemory = try? SharedMemoryBuffer.map(
                 receivedFD, pageSize: Int(request.sharedMemoryPageSizeHintBytes), requireSeals: true)
@@ -80,7 +87,7 @@ public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
         var response = Perfetto_Protos_InitializeConnectionResponse()
         response.usingShmemProvidedByProducer = endpoint.isSharedMemoryProvidedByProducer
         response.directSmbPatchingSupported = true
-        response.useShmemEmulation = false
+        response.useShmemEmulation = emulatesSharedMemory
         reply.resolve(response)
     }
 
@@ -190,8 +197,8 @@ public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
 
     public func clientDidDisconnect(_ client: IPCClientInfo) {
         guard let producer = producers.removeValue(forKey: client.clientID) else { return }
-        producer.endpoint.disconnect()
         producer.closeCommands()
+        producer.endpoint.disconnectAfterPendingCalls()
     }
 }
 
@@ -238,7 +245,10 @@ final class ProducerPortConnection: Producer {
         var command = Command()
         var setup = Command.SetupTracing()
         var fd: ScopedFD?
-        if !endpoint.isSharedMemoryProvidedByProducer, let memory = endpoint.readableSharedMemory {
+        if let pageSize = endpoint.emulatedPageSize {
+            // The producer lays out a buffer of its own with this page size; no fd.
+            setup.sharedBufferPageSizeKb = UInt32(pageSize / 1024)
+        } else if !endpoint.isSharedMemoryProvidedByProducer, let memory = endpoint.readableSharedMemory {
             setup.sharedBufferPageSizeKb = UInt32(memory.pageSize / 1024)
             fd = memory.fileDescriptor.duplicate()
         }

@@ -1,5 +1,6 @@
 // A TracingServiceCore served over IPC, as traced serves itself: ProducerPort on every producer
-// address, ConsumerPort on the consumer address, all on the service's loop.
+// address (and RelayPort beside it when relays are welcome), ConsumerPort on the consumer
+// address, all on the service's loop.
 
 import IPCProtocol
 import Logging
@@ -26,24 +27,32 @@ public final class TracingServiceHost {
     public let producerPort: ProducerPortService
     /// The ConsumerPort.
     public let consumerPort: ConsumerPortService
+    /// The RelayPort on every producer address, if relays are welcome.
+    public let relayPort: RelayPortService?
 
     /// Listens at every producer backend and at the consumer backend. Loop-only.
     ///
-    /// - Parameter logger: where the hosts log the peers they drop (bad frames, stalled
-    ///   readers).
+    /// - Parameters:
+    ///   - enablesRelayEndpoint: also expose ``RelayPortService`` on the producer addresses, so
+    ///     relays of other machines (`tracebox relay`, Perfetto's traced_relay) can report
+    ///     their machine and sync clocks (traced's `--enable-relay-endpoint`). Producers of
+    ///     other machines are served either way.
+    ///   - logger: where the hosts log the peers they drop (bad frames, stalled readers).
     /// - Throws: ``IPCError`` if an address cannot be listened on; nothing stays listening then.
     public init(
         service: TracingServiceCore, producerBackends: [IPCBackend], consumerBackend: IPCBackend,
-        logger: Logger = Logger(label: "perfetto.tracing.host")
+        enablesRelayEndpoint: Bool = false, logger: Logger = Logger(label: "perfetto.tracing.host")
     ) throws(IPCError) {
         self.service = service
         producerPort = ProducerPortService(service: service)
         consumerPort = ConsumerPortService(service: service)
+        relayPort = enablesRelayEndpoint ? RelayPortService(service: service) : nil
         var hosts: [IPCHost] = []
         do {
             for backend in producerBackends {
                 let host = try IPCHost(backend: backend, logger: logger)
                 host.expose(producerPort)
+                if let relayPort { host.expose(relayPort) }
                 hosts.append(host)
             }
             consumerHost = try IPCHost(backend: consumerBackend, logger: logger)

@@ -12,6 +12,14 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     let uid: UInt32
     let pid: Int32
     let sdkVersion: String
+    /// The machine it runs on (0: the service's own) and that machine's name.
+    let machineID: UInt32
+    let machineName: String
+    /// Chunks come inside CommitData (no shared memory can reach it): see
+    /// ``ProducerConnectionOptions/usesSharedMemoryEmulation``.
+    let usesSharedMemoryEmulation: Bool
+    /// The page size the producer is told to lay its own buffer out with, under emulation.
+    private(set) var emulatedPageSize: Int?
     let sizeHint: Int
     let pageSizeHint: Int
     weak var producer: (any Producer)?
@@ -47,6 +55,9 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         self.uid = options.identity.uid ?? UInt32(bitPattern: -1)
         self.pid = options.identity.pid ?? 0
         self.sdkVersion = options.sdkVersion
+        self.machineID = options.machineID
+        self.machineName = options.machineName
+        self.usesSharedMemoryEmulation = options.usesSharedMemoryEmulation
         self.sizeHint = options.sharedMemorySizeHint
         self.pageSizeHint = options.sharedMemoryPageSizeHint
         self.producer = producer
@@ -54,7 +65,9 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         self.eventLoop = service.eventLoop
         self.isRemote = options.isRemote
         self.scrapesSharedMemory = options.scrapesSharedMemory
-        if isRemote, let provided = options.producerProvidedSharedMemory,
+        if usesSharedMemoryEmulation {
+            // Nothing to adopt: no fd crosses a TCP or vsock connection.
+        } else if isRemote, let provided = options.producerProvidedSharedMemory,
            SharedMemoryBuffer.isValid(size: provided.size, pageSize: provided.pageSize) {
             // Mapped (and its seals checked) by the port from the fd the producer sent.
             isSharedMemoryProvidedByProducer = true
@@ -80,12 +93,17 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     /// Sets up the shared memory on first use by a session (Perfetto creates it lazily).
     /// Returns false if it could not be created.
     func ensureSharedMemory(defaultSize: Int, defaultPageSize: Int) -> Bool {
-        if serviceMapping != nil { return true }
+        if serviceMapping != nil || emulatedPageSize != nil { return true }
         var pageSize = pageSizeHint == 0 ? defaultPageSize : pageSizeHint
         var size = sizeHint == 0 ? defaultSize : sizeHint
         if !SharedMemoryBuffer.isValid(size: size, pageSize: pageSize) {
             pageSize = defaultPageSize
             size = defaultSize
+        }
+        if usesSharedMemoryEmulation {
+            // The producer keeps the only buffer; the service just names its page size.
+            emulatedPageSize = pageSize
+            return true
         }
         if isRemote {
             guard let created = try? SharedMemoryBuffer.create(size: size, pageSize: pageSize) else { return false }
@@ -215,6 +233,13 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         guard connected else { return }
         service?.producerDisconnected(id)
+    }
+
+    /// Disconnects once the calls already on their way have been applied: a producer's last
+    /// CommitData, read in the same turn as the end of its connection, lands first (for a
+    /// producer under emulation it is the only copy of that data).
+    func disconnectAfterPendingCalls() {
+        inOrder { endpoint, service in service.producerDisconnected(endpoint.id) }
     }
 
     /// Called by the service when the producer is gone (disconnect or service shutdown).

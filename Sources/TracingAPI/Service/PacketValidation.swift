@@ -32,11 +32,14 @@ enum PacketValidation {
 
     /// Appends the service-written fields, in the order Perfetto writes them.
     static func appendTrustedFields(
-        to packet: inout [UInt8], uid: UInt32, sequenceID: UInt32, pid: Int32?, previousPacketDropped: Bool = false
+        to packet: inout [UInt8], uid: UInt32, sequenceID: UInt32, pid: Int32?, machineID: UInt32 = 0,
+        previousPacketDropped: Bool = false
     ) {
         ProtoEncoding.appendInt32Field(TracePacketField.trustedUID, Int32(bitPattern: uid), to: &packet)
         ProtoEncoding.appendVarintField(TracePacketField.trustedPacketSequenceID, UInt64(sequenceID), to: &packet)
         if let pid { ProtoEncoding.appendInt32Field(TracePacketField.trustedPID, pid, to: &packet) }
+        // Only packets of other machines say which (0, this machine, is left out as in Perfetto).
+        if machineID != 0 { ProtoEncoding.appendVarintField(TracePacketField.machineID, UInt64(machineID), to: &packet) }
         if previousPacketDropped {
             ProtoEncoding.appendVarintField(TracePacketField.previousPacketDropped, 1, to: &packet)
         }
@@ -50,5 +53,6 @@ enum TracePacketField {
     static let trustedPacketSequenceID = 10
     static let previousPacketDropped = 42
     static let trustedPID = 79
+    static let machineID = 98
     static let forTesting = 900
 }

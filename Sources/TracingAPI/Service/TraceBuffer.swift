@@ -22,6 +22,8 @@ struct BufferedPacket {
     var sequence: SequenceKey
     var producerUID: UInt32
     var producerPID: Int32
+    /// The producer's machine (0: the service's own).
+    var machineID: UInt32 = 0
     /// Data may have been lost on this sequence just before this packet: it was, or this is the
     /// first packet read from the sequence (the service cannot know what came before it; Perfetto
     /// marks those too).
@@ -76,6 +78,7 @@ final class TraceBuffer {
         let key: SequenceKey
         var uid: UInt32
         var pid: Int32
+        var machineID: UInt32 = 0
         var chunks: [UInt32: StoredChunk] = [:]
         /// The next chunk id to read; nil until the first read.
         var nextChunkID: UInt32?
@@ -128,6 +131,7 @@ final class TraceBuffer {
         copy.nextSerial = nextSerial
         for (key, sequence) in sequences {
             let duplicate = Sequence(key: key, uid: sequence.uid, pid: sequence.pid)
+            duplicate.machineID = sequence.machineID
             duplicate.chunks = sequence.chunks
             duplicate.nextChunkID = sequence.nextChunkID
             duplicate.reassembly = sequence.reassembly
@@ -147,7 +151,8 @@ final class TraceBuffer {
     /// A later copy of the same chunk (another scrape, or its commit) replaces it, and reading
     /// resumes after the records already read: nothing is read twice.
     func copyChunk(
-        _ bytes: [UInt8], header: ChunkHeader, producerID: UInt16, uid: UInt32, pid: Int32, isComplete: Bool = true
+        _ bytes: [UInt8], header: ChunkHeader, producerID: UInt16, uid: UInt32, pid: Int32, machineID: UInt32 = 0,
+        isComplete: Bool = true
     ) {
         var header = header
         if !isComplete {
@@ -163,6 +168,7 @@ final class TraceBuffer {
             return
         }
         let sequence = sequenceFor(key, uid: uid, pid: pid)
+        sequence.machineID = machineID
         if let next = sequence.nextChunkID, header.chunkID < next {
             stats.chunksCommittedOutOfOrder += 1
             return
@@ -368,7 +374,7 @@ final class TraceBuffer {
             sequence.reassembly = .none
             packets.append(BufferedPacket(
                 bytes: packet, sequence: sequence.key, producerUID: sequence.uid, producerPID: sequence.pid,
-                previousPacketDropped: sequence.dataLost || !sequence.anyPacketRead))
+                machineID: sequence.machineID, previousPacketDropped: sequence.dataLost || !sequence.anyPacketRead))
             sequence.dataLost = false
             sequence.anyPacketRead = true
         }

@@ -25,7 +25,7 @@ extension TracingServiceCore {
                   let buffer = buffers[target] else { continue }
             buffer.copyChunk(
                 chunk.bytes, header: chunk.header, producerID: producer.id, uid: producer.uid, pid: producer.pid,
-                isComplete: chunk.isComplete)
+                machineID: producer.machineID, isComplete: chunk.isComplete)
         }
     }
 }

@@ -50,7 +50,7 @@ extension TracingServiceCore {
 
         for entry in config.dataSources where !entry.config.name.isEmpty {
             for producer in connectedProducers where producer.dataSources[entry.config.name] != nil {
-                guard matches(entry, producer: producer) else { continue }
+                guard matches(entry, producer: producer, in: config) else { continue }
                 setUpInstance(entry, producer: producer, session: session)
             }
         }
@@ -107,7 +107,17 @@ extension TracingServiceCore {
             + "(\(options.maxTotalBufferBytes / 1024) KiB in all, \(inUse / 1024) KiB in use)"
     }
 
-    func matches(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint) -> Bool {
+    /// Whether `producer` serves `entry` of a session with `config`: its machine first (as in
+    /// Perfetto v54 and later: only this machine's producers, unless the config sets
+    /// `trace_all_machines` or the entry names machines, "host" naming this one), then its name.
+    func matches(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, in config: TraceConfig) -> Bool {
+        let isHost = producer.machineID == 0
+        if !entry.machineNameFilter.isEmpty {
+            guard entry.machineNameFilter.contains(producer.machineName)
+                || (isHost && entry.machineNameFilter.contains("host")) else { return false }
+        } else if !isHost && !config.traceAllMachines {
+            return false
+        }
         if entry.producerNameFilter.isEmpty && entry.producerNameRegexFilter.isEmpty { return true }
         if entry.producerNameFilter.contains(producer.name) { return true }
         return entry.producerNameRegexFilter.contains { pattern in
@@ -457,6 +467,7 @@ extension TracingServiceCore {
             packets.append(ServicePackets.traceConfig(session.config, uid: serviceUID))
         }
         packets.append(ServicePackets.clockSnapshot(uid: serviceUID))
+        packets.append(contentsOf: relayPackets(for: session, uid: serviceUID))
         packets.append(contentsOf: session.takeServiceEvents(uid: serviceUID))
         for bufferID in session.bufferIDs {
             guard let buffer = buffers[bufferID] else { continue }
@@ -468,7 +479,8 @@ extension TracingServiceCore {
                 var bytes = packet.bytes
                 PacketValidation.appendTrustedFields(
                     to: &bytes, uid: packet.producerUID, sequenceID: session.sequenceID(for: packet.sequence),
-                    pid: packet.producerPID, previousPacketDropped: packet.previousPacketDropped)
+                    pid: packet.producerPID, machineID: packet.machineID,
+                    previousPacketDropped: packet.previousPacketDropped)
                 packets.append(TracePacketData(bytes: bytes))
             }
         }

@@ -64,6 +64,8 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     var consumers: [UInt64: Weak<LocalConsumerEndpoint>] = [:]
     var sessions: [TracingSessionID: TracingSession] = [:]
     var buffers: [BufferID: TraceBuffer] = [:]
+    /// Relays of other machines (RelayPort clients), by their connection.
+    var relays: [UInt64: RelayRecord] = [:]
     private var nextProducerID: ProducerID = 1
     private var nextConsumerID: UInt64 = 1
     var nextSessionID: TracingSessionID = 1
@@ -190,7 +192,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         for session in sessions.values.sorted(by: { $0.id < $1.id })
         where session.state == .configured || session.state == .started {
             for entry in session.config.dataSources where entry.config.name == descriptor.name {
-                guard matches(entry, producer: producer) else { continue }
+                guard matches(entry, producer: producer, in: session.config) else { continue }
                 setUpInstance(entry, producer: producer, session: session)
                 if session.state == .started, let index = session.instances.indices.last {
                     startInstance(at: index, of: session)
@@ -241,6 +243,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
 
     private func moveChunk(_ move: CommitDataRequest.ChunksToMove, from producer: LocalProducerEndpoint) {
         let bytes: [UInt8]
+        var isComplete = true
         if move.hasData {
             // Shared-memory emulation: the chunk travels inside the request.
             guard move.data.count >= SharedMemoryABI.chunkHeaderSize,
@@ -249,6 +252,8 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
                 return
             }
             bytes = [UInt8](move.data)
+            // A chunk the producer scraped from its own buffer while a writer was still in it.
+            isComplete = !move.chunkIncomplete
         } else {
             guard let memory = producer.readableSharedMemory, move.page < UInt32(memory.pageCount),
                   move.chunk < UInt32(SharedMemoryABI.maxChunksPerPage),
@@ -269,7 +274,9 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
             chunksDiscarded += 1
             return
         }
-        buffer.copyChunk(bytes, header: header, producerID: producer.id, uid: producer.uid, pid: producer.pid)
+        buffer.copyChunk(
+            bytes, header: header, producerID: producer.id, uid: producer.uid, pid: producer.pid,
+            machineID: producer.machineID, isComplete: isComplete)
     }
 
     private func applyPatches(_ entry: CommitDataRequest.ChunkToPatch, from producer: LocalProducerEndpoint) {

@@ -52,6 +52,9 @@ final class TracingSession {
     private var sequenceIDs: [SequenceKey: UInt32] = [:]
     private var nextSequenceID: UInt32 = TracingSession.firstProducerSequenceID
     var configEmitted = false
+    /// Machines whose relay's system info / clock sync is in this session's trace already.
+    var machinesWithSystemInfo: Set<UInt32> = []
+    var machinesWithClockSync: Set<UInt32> = []
     var outputFile: TraceFileOutput?
     var bytesWrittenIntoFile: UInt64 = 0
     /// One-shot timers (duration, stop triggers).
