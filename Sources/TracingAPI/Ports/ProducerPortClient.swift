@@ -7,6 +7,12 @@
 // memory's fd: it is mapped at its fstat size, with the page size the command names, and an
 // arbiter makes writers on it whose commits go out as CommitData.
 //
+// Shared-memory emulation, when the service says `use_shmem_emulation` or the connection is
+// not a unix socket (TCP, vsock: the service is on another machine, or behind a relay): the
+// producer lays out a buffer of its own (1 MiB, the page size `setup_tracing` names), and its
+// commits carry the chunks' bytes, split so no frame passes the limit. On flush, chunks still
+// being written are scraped into the commit too, as the service cannot scrape them.
+//
 // When the connection ends the producer is told once (`onDisconnect`), every pending callback
 // runs once, and the endpoint connects again after a backoff; the data sources registered so
 // far are registered again. Writers made before keep writing into the old mapping, which
@@ -62,6 +68,13 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     public private(set) var sharedMemory: SharedMemoryBuffer?
     public private(set) var sharedMemoryArbiter: SharedMemoryArbiter?
     public private(set) var isSharedMemoryProvidedByProducer = false
+    /// Whether chunks travel inside CommitData on this connection (see the top of the file).
+    public private(set) var usesSharedMemoryEmulation = false
+    /// Writers and their target buffers, for scraping under emulation.
+    private var writerTargets: [WriterID: BufferID] = [:]
+
+    /// The size of the producer's own buffer under emulation (Perfetto's, 1 MiB).
+    static let emulatedSharedMemorySize = 1024 * 1024
 
     /// Connects `producer` to the service at `backend`. Loop-only (the backend's loop).
     public init(
@@ -137,8 +150,9 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     private func connectionInitialized(_ response: Perfetto_Protos_InitializeConnectionResponse) {
         initialized = true
         nextDelay = reconnectPolicy.initialDelay
+        usesSharedMemoryEmulation = response.useShmemEmulation || client?.peer?.isLocal == false
         if let provided = options.producerProvidedSharedMemory {
-            if response.usingShmemProvidedByProducer {
+            if response.usingShmemProvidedByProducer && !usesSharedMemoryEmulation {
                 isSharedMemoryProvidedByProducer = true
                 installSharedMemory(provided)
             } else {
@@ -158,6 +172,8 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
         sharedMemoryArbiter = nil
         sharedMemory = nil
         isSharedMemoryProvidedByProducer = false
+        usesSharedMemoryEmulation = false
+        writerTargets = [:]
         // Startup-tracing memory is offered once, as Perfetto's SDK does.
         options.producerProvidedSharedMemory = nil
         let syncs = pendingSyncs
@@ -206,7 +222,21 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     }
 
     private func setUpTracing(_ setup: Perfetto_Protos_GetAsyncCommandResponse.SetupTracing, fileDescriptor: ScopedFD?) {
-        if let fileDescriptor {
+        if usesSharedMemoryEmulation {
+            // Any fd is ignored (closed): the service cannot share memory with us.
+            if sharedMemory == nil {
+                var pageSize = Int(setup.sharedBufferPageSizeKb) * 1024
+                if !SharedMemoryBuffer.isValid(size: Self.emulatedSharedMemorySize, pageSize: pageSize) {
+                    pageSize = SharedMemoryABI.defaultPageSize
+                }
+                guard let buffer = try? SharedMemoryBuffer.create(size: Self.emulatedSharedMemorySize, pageSize: pageSize)
+                else {
+                    client?.close()
+                    return
+                }
+                installSharedMemory(buffer)
+            }
+        } else if let fileDescriptor {
             let pageSize = Int(setup.sharedBufferPageSizeKb) * 1024
             guard let mapping = try? SharedMemoryBuffer.map(
                 fileDescriptor, pageSize: pageSize == 0 ? SharedMemoryABI.defaultPageSize : pageSize, requireSeals: false)
@@ -241,18 +271,31 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
             },
             // A writer stalling on this loop would stop the commits that free its chunks.
             isServiceThread: { loop.inEventLoop })
-        sharedMemoryArbiter = SharedMemoryArbiter(buffer: mapping, sink: sink)
+        sharedMemoryArbiter = SharedMemoryArbiter(buffer: mapping, emulatesSharedMemory: usesSharedMemoryEmulation, sink: sink)
     }
 
     private func commitFromArbiter(flushRequestID: UInt64?, completion: (@Sendable () -> Void)?) {
-        guard var request = sharedMemoryArbiter?.takePendingCommit() else {
+        guard let arbiter = sharedMemoryArbiter else {
             completion?()
             return
         }
-        if let flushRequestID { request.flushRequestID = flushRequestID }
+        var request = arbiter.takePendingCommit()
+        if let flushRequestID {
+            request.flushRequestID = flushRequestID
+            if arbiter.emulatesSharedMemory && options.scrapesSharedMemory {
+                // The service cannot scrape our buffer: what writers finished so far comes along.
+                request.chunksToMove += arbiter.scrapeEmulatedChunks(targets: writerTargets)
+            }
+        }
         guard !request.chunksToMove.isEmpty || !request.chunksToPatch.isEmpty || request.hasFlushRequestID
             || completion != nil else { return }
-        commitData(request, completion: completion)
+        guard arbiter.emulatesSharedMemory else {
+            commitData(request, completion: completion)
+            return
+        }
+        let parts = CommitDataSplitting.split(request)
+        for part in parts.dropLast() { commitData(part, completion: nil) }
+        commitData(parts[parts.count - 1], completion: completion)
     }
 
     // MARK: ProducerEndpoint
@@ -292,6 +335,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     public func registerTraceWriter(_ writerID: WriterID, targetBuffer: BufferID) {
         eventLoop.preconditionInEventLoop()
         guard initialized else { return }
+        writerTargets[writerID] = targetBuffer
         var request = Perfetto_Protos_RegisterTraceWriterRequest()
         request.traceWriterID = UInt32(writerID)
         request.targetBuffer = UInt32(targetBuffer)
@@ -301,6 +345,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     public func unregisterTraceWriter(_ writerID: WriterID) {
         eventLoop.preconditionInEventLoop()
         guard initialized else { return }
+        writerTargets[writerID] = nil
         var request = Perfetto_Protos_UnregisterTraceWriterRequest()
         request.traceWriterID = UInt32(writerID)
         port?.unregisterTraceWriter(request, reply: nil)

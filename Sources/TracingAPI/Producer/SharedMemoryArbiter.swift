@@ -5,6 +5,11 @@
 //
 // Thread-safe: writers on any thread take and return chunks; the chunk states themselves move
 // by compare-and-swap in the page headers, the pending commit sits behind a lock.
+//
+// Shared-memory emulation (a producer whose service is on another machine): the buffer is the
+// producer's alone. When a commit is taken, each completed chunk's bytes are copied into the
+// request (`chunks_to_move.data`) and the chunk is freed at once, since the service never sees
+// the memory; on flush, chunks still being written are scraped the same way.
 
 import CPerfettoIPCLinux
 #if canImport(Glibc)
@@ -56,12 +61,15 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
     public let buffer: SharedMemoryBuffer
     /// The layout applied to pages as they are first used (Perfetto's default: one chunk a page).
     public let pageLayout: PageLayout
+    /// The service cannot read ``buffer``: chunks travel inside the commits.
+    public let emulatesSharedMemory: Bool
     private let sink: Sink
     private let state = ThreadLock(State())
 
-    init(buffer: SharedMemoryBuffer, pageLayout: PageLayout = .divideBy1, sink: Sink) {
+    init(buffer: SharedMemoryBuffer, pageLayout: PageLayout = .divideBy1, emulatesSharedMemory: Bool = false, sink: Sink) {
         self.buffer = buffer
         self.pageLayout = pageLayout
+        self.emulatesSharedMemory = emulatesSharedMemory
         self.sink = sink
     }
 
@@ -187,12 +195,39 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
     /// Takes the batch queued so far: the one place pending chunks and patches leave the
     /// arbiter, on the loop, when a scheduled commit runs.
     func takePendingCommit() -> Perfetto_Protos_CommitDataRequest {
-        state.withLock { state in
+        var request = state.withLock { state in
             defer {
                 state.pending = Perfetto_Protos_CommitDataRequest()
                 state.commitScheduled = false
             }
             return state.pending
+        }
+        if emulatesSharedMemory {
+            // The chunks are complete, so no writer touches them: copy them out and free them.
+            request.chunksToMove = request.chunksToMove.compactMap { move in
+                guard let (start, size) = buffer.tryAcquireChunkForReading(page: Int(move.page), chunk: Int(move.chunk))
+                else { return nil }
+                var carried = move
+                carried.data = Data(UnsafeRawBufferPointer(start: start, count: size))
+                buffer.releaseChunkAsFree(page: Int(move.page), chunk: Int(move.chunk))
+                return carried
+            }
+        }
+        return request
+    }
+
+    /// Under emulation: copies of the chunks writers are still filling or completed but not
+    /// committed yet, for the writers in `targets` (writer → its target buffer), so a flush
+    /// brings everything finished so far. The chunks stay with their writers.
+    func scrapeEmulatedChunks(targets: [UInt16: UInt16]) -> [Perfetto_Protos_CommitDataRequest.ChunksToMove] {
+        guard emulatesSharedMemory, !targets.isEmpty else { return [] }
+        return buffer.scrapeChunks().compactMap { chunk in
+            guard let target = targets[chunk.header.writerID] else { return nil }
+            var move = Perfetto_Protos_CommitDataRequest.ChunksToMove()
+            move.targetBuffer = UInt32(target)
+            move.data = Data(chunk.bytes)
+            move.chunkIncomplete = !chunk.isComplete
+            return move
         }
     }
 
