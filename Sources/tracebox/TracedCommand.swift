@@ -22,6 +22,11 @@ struct TracedCommand: ParsableCommand {
     @Option(help: "IPC backend: unix (epoll) or libuv.")
     var backend: BackendChoice = .unix
 
+    @Flag(
+        name: .customLong("enable-relay-endpoint"),
+        help: "Also serve RelayPort on the producer addresses, for relays of other machines (tracebox relay, traced_relay); give a TCP or vsock producer address too, e.g. --producer-socket /tmp/perfetto-producer,0.0.0.0:20001.")
+    var enableRelayEndpoint = false
+
     @Option(
         name: .customLong("set-socket-permissions"),
         help: "Group and mode of the socket files, as Perfetto's traced takes them: <producer group>:<producer mode>:<consumer group>:<consumer mode>, e.g. traced-producer:0660:traced-consumer:0660 (default: mode 0666, anyone may connect; sessions stay per uid).")
@@ -87,7 +92,8 @@ struct TracedCommand: ParsableCommand {
             host = try TracingServiceHost(
                 service: service,
                 producerBackends: producerAddresses.map { .transport(runner.transport, address: $0, options: producerOptions) },
-                consumerBackend: .transport(runner.transport, address: consumerAddress, options: consumerOptions))
+                consumerBackend: .transport(runner.transport, address: consumerAddress, options: consumerOptions),
+                enablesRelayEndpoint: enableRelayEndpoint)
         } catch {
             printError("tracebox traced: \(Self.describe(error))")
             throw ExitCode.failure

@@ -1,0 +1,128 @@
+// One producer's connection carried through the relay (Perfetto's SocketRelayHandler pair): the
+// bytes the local producer sends go to the host unchanged, and back. The relay speaks for the
+// producer once, first: a SetPeerIdentity frame with the producer's kernel credentials and this
+// machine's id hint and name, which the host takes because the connection is TCP or vsock and
+// it is the first. Whatever the producer sends after that (a SetPeerIdentity of its own
+// included) the host ignores as it should.
+//
+// * No fd crosses: fds the producer attaches are closed here. The host sees a TCP or vsock
+//   peer and asks for shared-memory emulation, so producers never depend on one.
+// * Bytes for a host not connected yet wait here, up to `maxPendingBytes`; past that, or when
+//   either side fails, both sides are closed. The producer reconnects through the relay.
+// * A producer that closes has its last bytes delivered before the host side is closed.
+
+import IPCProtocol
+
+final class RelayedConnection: IPCConnectionDelegate {
+    /// Bytes kept for a host connection still being made.
+    static let maxPendingBytes = 4 * 1024 * 1024
+    /// How long a closing producer's last bytes may take to leave for the host.
+    static let drainTimeout: Duration = .seconds(10)
+
+    private let local: any IPCConnection
+    private var remote: (any IPCConnection)?
+    private let eventLoop: any IPCEventLoop
+    private var localSpace: UnsafeMutableRawBufferPointer
+    private var remoteSpace: UnsafeMutableRawBufferPointer
+    private var pendingForRemote: [UInt8] = []
+    private var remoteConnected = false
+    private(set) var isClosed = false
+    private let onClose: (RelayedConnection) -> Void
+    private var drainTask: (any ScheduledTask)?
+
+    /// Bytes carried each way, for diagnostics and tests.
+    private(set) var bytesToHost = 0
+    private(set) var bytesToProducer = 0
+
+    init(
+        local: any IPCConnection, transport: any IPCTransport, hostAddress: String, options: ConnectionOptions,
+        identity: IPCFrame, onClose: @escaping (RelayedConnection) -> Void
+    ) {
+        self.local = local
+        self.eventLoop = transport.eventLoop
+        self.onClose = onClose
+        localSpace = .allocate(byteCount: 64 * 1024, alignment: 16)
+        remoteSpace = .allocate(byteCount: 64 * 1024, alignment: 16)
+        // Queued before anything of the producer's: the host takes only the first one.
+        if let frame = try? FrameSerializer.serialize(identity) { pendingForRemote = frame }
+        local.delegate = self
+        remote = transport.connect(to: hostAddress, options: options, delegate: self)
+    }
+
+    deinit {
+        drainTask?.cancel()
+        localSpace.deallocate()
+        remoteSpace.deallocate()
+    }
+
+    /// Closes both sides now.
+    func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        drainTask?.cancel()
+        drainTask = nil
+        local.close()
+        remote?.close()
+        remote = nil
+        let onClose = UncheckedSendableBox(self.onClose)
+        let connection = UncheckedSendableBox(self)
+        // Not inside a callback of the connections being torn down.
+        eventLoop.execute { onClose.value(connection.value) }
+    }
+
+    // MARK: IPCConnectionDelegate
+
+    func connectionDidConnect(_ connection: any IPCConnection) {
+        guard connection === remote, !isClosed else { return }
+        remoteConnected = true
+        let pending = pendingForRemote
+        pendingForRemote = []
+        if !pending.isEmpty, !connection.send(owning: pending, range: 0..<pending.count, fd: nil) { close() }
+    }
+
+    func connection(_ connection: any IPCConnection, didFailToConnect error: IPCError) {
+        close()
+    }
+
+    func connection(_ connection: any IPCConnection, didDisconnect error: IPCError?) {
+        if connection === local, error == nil, remoteConnected, let remote, remote.queuedSendBytes > 0 {
+            // The producer said its last: let it reach the host first.
+            drain(remote, until: ContinuousClock.now + Self.drainTimeout)
+            return
+        }
+        close()
+    }
+
+    private func drain(_ remote: any IPCConnection, until deadline: ContinuousClock.Instant) {
+        guard !isClosed else { return }
+        if remote.queuedSendBytes == 0 || ContinuousClock.now >= deadline || remote.state != .connected {
+            close()
+            return
+        }
+        drainTask = eventLoop.scheduleTask(after: .milliseconds(2)) { [weak self] in
+            self?.drain(remote, until: deadline)
+        }
+    }
+
+    func receiveSpace(for connection: any IPCConnection) -> UnsafeMutableRawBufferPointer {
+        connection === local ? localSpace : remoteSpace
+    }
+
+    func connection(_ connection: any IPCConnection, didReceive byteCount: Int, fileDescriptor: ScopedFD?) {
+        // `fileDescriptor` is not kept: it closes here (no fd can travel to another machine).
+        guard !isClosed, byteCount > 0 else { return }
+        if connection === local {
+            bytesToHost += byteCount
+            let bytes = UnsafeRawBufferPointer(rebasing: localSpace[0..<byteCount])
+            guard remoteConnected, let remote else {
+                guard pendingForRemote.count + byteCount <= Self.maxPendingBytes else { return close() }
+                pendingForRemote.append(contentsOf: bytes)
+                return
+            }
+            if !remote.send(bytes, fd: nil) { close() }
+        } else {
+            bytesToProducer += byteCount
+            if !local.send(UnsafeRawBufferPointer(rebasing: remoteSpace[0..<byteCount]), fd: nil) { close() }
+        }
+    }
+}
