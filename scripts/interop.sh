@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs our programs against the real Perfetto programs, in every direction, and counts what
-# arrives. Needs Perfetto's traced, perfetto and example_system_wide built from its public
+# arrives. Needs Perfetto's traced, perfetto, example_system_wide (and traced_relay for the
+# two-machine directions) built from its public
 # source (../shared/TRACING.md, last section); they are not part of this repository.
 #
 #   scripts/interop.sh /path/to/perfetto/out/rel
@@ -60,4 +61,41 @@ sleep 0.3
 expect "real SDK producer -> real traced -> our perfetto (track events)" "$(count "$work/d.pftrace" 11)" 6
 "$ours" perfetto --query >/dev/null && expect "our perfetto --query -> real traced" 1 1
 stop_service
+
+# Two machines on loopback: a relay with its own producer socket in front of a host service
+# that also listens on TCP. The guest's packets carry the machine id the host derives from the
+# relay's hint (the boot id), the same on both hosts.
+machine_id=$(python3 -c "
+h=0xcbf29ce484222325
+for b in open('/proc/sys/kernel/random/boot_id').read().strip().encode(): h=((h^b)*0x100000001b3)&(2**64-1)
+print(h&0xffffffff or 1)")
+printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "tracebox.test" } }' \
+  'duration_ms: 1500' 'trace_all_machines: true' > "$work/machines.txt"
+relayed() { # $1 = host service, $2 = relay ("ours" or "real"), $3 = recorder, $4 = label
+  export PERFETTO_PRODUCER_SOCK_NAME=$work/p.sock,127.0.0.1:29181
+  if [ "$1" = ours ]; then service "$ours" traced --enable-relay-endpoint; else service "$real/traced" --enable-relay-endpoint; fi
+  export PERFETTO_PRODUCER_SOCK_NAME=$work/p.sock
+  rm -f "$work/guest.sock"
+  if [ "$2" = ours ]; then
+    "$ours" relay --relay-socket 127.0.0.1:29181 --producer-socket "$work/guest.sock" >"$work/relay.log" 2>&1 & relay_pid=$!
+  else
+    PERFETTO_RELAY_SOCK_NAME=127.0.0.1:29181 PERFETTO_PRODUCER_SOCK_NAME=$work/guest.sock "$real/traced_relay" >"$work/relay.log" 2>&1 & relay_pid=$!
+  fi
+  pids+=($relay_pid)
+  for _ in $(seq 100); do [ -S "$work/guest.sock" ] && break; sleep 0.05; done
+  PERFETTO_PRODUCER_SOCK_NAME=$work/guest.sock "$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
+  sleep 0.5
+  if [ "$3" = ours ]; then "$ours" perfetto -c "$work/machines.txt" --txt -o "$work/m.pftrace" 2>/dev/null
+  else "$real/perfetto" -c "$work/machines.txt" --txt -o "$work/m.pftrace" >/dev/null 2>&1; fi
+  expect "$4 (test packets stamped machine_id $machine_id)" "$(protoc --decode_raw < "$work/m.pftrace" | grep -c "^  98: $machine_id\$" || true)" 52
+  expect "$4 (the guest's SystemInfo)" "$(count "$work/m.pftrace" 45)" 1
+  expect "$4 (RemoteClockSync)" "$(count "$work/m.pftrace" 107)" 1
+  kill "$relay_pid"; stop_service
+}
+if [ -x "$real/traced_relay" ]; then
+  relayed ours real ours "our producer -> real traced_relay -> our traced -> our perfetto"
+  relayed real ours real "our producer -> our relay -> real traced -> real perfetto"
+else
+  echo "skip  relays: $real/traced_relay was not built (enable_perfetto_traced_relay=true)"
+fi
 exit $failed

@@ -22,9 +22,20 @@ final class RawPortClient {
     private var nextRequestID: UInt64 = 1
 
     /// Connects to `path` and binds `service` ("ProducerPort", "ConsumerPort").
-    init(path: String, service: String, loop: EpollEventLoop, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    convenience init(path: String, service: String, loop: EpollEventLoop, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        try self.init(
+            socket: FileDescriptors.connectedUnixSocket(path: path), service: service, loop: loop,
+            sourceLocation: sourceLocation)
+    }
+
+    /// Binds `service` on a connected `socket` (unix or TCP); `beforeBind` frames go first.
+    init(
+        socket: ScopedFD, service: String, loop: EpollEventLoop, beforeBind: [IPCFrame] = [],
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
         self.loop = loop
-        peer = RawFramePeer(socket: FileDescriptors.connectedUnixSocket(path: path))
+        peer = RawFramePeer(socket: socket)
+        for frame in beforeBind { peer.send(frame) }
         // A large send to a host on this very thread: let the loop drain the socket meanwhile.
         peer.pumpWhileBlocked = { [weak peer] in
             _ = loop.run(until: { false }, timeout: .milliseconds(1))
@@ -113,12 +124,22 @@ final class RawProducer {
 
     /// Connects, initializes (with `fd` beside `request`, for producer-provided memory) and
     /// asks for the command stream.
-    init(
+    convenience init(
         path: String, loop: EpollEventLoop, name: String = "hostile",
         request: Perfetto_Protos_InitializeConnectionRequest? = nil, fd: Int32? = nil,
         claimedIdentity: (uid: Int32, pid: Int32)? = nil
     ) throws {
-        client = try RawPortClient(path: path, service: "ProducerPort", loop: loop)
+        self.init(
+            client: try RawPortClient(path: path, service: "ProducerPort", loop: loop), name: name, request: request,
+            fd: fd, claimedIdentity: claimedIdentity)
+    }
+
+    /// The same on a client already bound to ProducerPort (e.g. over TCP).
+    init(
+        client: RawPortClient, name: String = "hostile", request: Perfetto_Protos_InitializeConnectionRequest? = nil,
+        fd: Int32? = nil, claimedIdentity: (uid: Int32, pid: Int32)? = nil
+    ) {
+        self.client = client
         if let claimedIdentity { client.claim(uid: claimedIdentity.uid, pid: claimedIdentity.pid) }
         var initialize = request ?? Perfetto_Protos_InitializeConnectionRequest()
         if !initialize.hasProducerName { initialize.producerName = name }
