@@ -23,14 +23,22 @@ final class RelayFixture {
     let hostProducerPath: String
     let consumerPath: String
     let relayPath: String
-    var tcpAddress = "127.0.0.1:0"
+    /// The host's address for other machines (TCP port 0 until the host resolves it).
+    var tcpAddress: String
+    /// How the relay reaches that address (vsock: listen on any CID, connect to the local one).
+    let relayTarget: (String) -> String
     var core: TracingServiceCore!
     var host: TracingServiceHost!
     var relay: TracingRelay!
     var hostClients: SystemTracingService!
     var guestClients: SystemTracingService!
 
-    init(clockSyncInterval: Duration = .milliseconds(20)) throws {
+    init(
+        clockSyncInterval: Duration = .milliseconds(20), remoteAddress: String = "127.0.0.1:0",
+        relayTarget: @escaping (String) -> String = { $0 }
+    ) throws {
+        tcpAddress = remoteAddress
+        self.relayTarget = relayTarget
         loop = try EpollEventLoop()
         transport = UnixSocketTransport(loop: loop)
         hostProducerPath = directory.path + "/host-producer.sock"
@@ -43,7 +51,7 @@ final class RelayFixture {
         options.clockSyncInterval = clockSyncInterval
         options.reconnectPolicy = ReconnectPolicy(initialDelay: .milliseconds(10), maximumDelay: .milliseconds(50))
         relay = try TracingRelay(
-            transport: transport, producerAddresses: [relayPath], hostAddress: tcpAddress, options: options)
+            transport: transport, producerAddresses: [relayPath], hostAddress: relayTarget(tcpAddress), options: options)
         hostClients = SystemTracingService(
             transport: transport, producerAddress: hostProducerPath, consumerAddress: consumerPath, reconnectPolicy: .never)
         guestClients = SystemTracingService(
@@ -146,10 +154,49 @@ final class RelayFixture {
     }
 }
 
+/// Whether this machine can make a vsock connection to itself (the `vsock_loopback` module).
+enum VsockLoopback {
+    static let port: UInt32 = 29_000 + UInt32(getpid() % 1000)
+    static let works: Bool = {
+        guard let loop = try? EpollEventLoop() else { return false }
+        let transport = UnixSocketTransport(loop: loop)
+        final class Outcome: IPCListenerDelegate, IPCConnectionDelegate {
+            var result: Bool?
+            var accepted: [any IPCConnection] = []
+            let space = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
+            deinit { space.deallocate() }
+            func listener(_ listener: any IPCListener, didAccept connection: any IPCConnection) { accepted.append(connection) }
+            func connectionDidConnect(_ connection: any IPCConnection) { result = true }
+            func connection(_ connection: any IPCConnection, didFailToConnect error: IPCError) { result = false }
+            func connection(_ connection: any IPCConnection, didDisconnect error: IPCError?) {}
+            func receiveSpace(for connection: any IPCConnection) -> UnsafeMutableRawBufferPointer { space }
+            func connection(_ connection: any IPCConnection, didReceive byteCount: Int, fileDescriptor: ScopedFD?) {}
+        }
+        let outcome = Outcome()
+        guard let listener = try? transport.listen(
+            at: "vsock://\(UInt32.max):\(port + 1)", options: .default, delegate: outcome) else { return false }
+        defer { listener.close() }
+        let connection = transport.connect(to: "vsock://1:\(port + 1)", options: .default, delegate: outcome)
+        defer { connection.close() }
+        _ = loop.run(until: { outcome.result != nil }, timeout: .seconds(2))
+        return outcome.result == true
+    }()
+}
+
 @Suite("Tracing across machines: relay and host", .serialized)
 struct RelayTests {
     @Test func producersBehindTheRelayAndBesideTheHostShareOneTrace() throws {
-        let fixture = try RelayFixture()
+        try Self.twoMachinesShareOneTrace(RelayFixture())
+    }
+
+    @Test(.enabled(if: VsockLoopback.works, "this machine has no vsock loopback (the vsock_loopback module): the relay was tested over TCP only"))
+    func producersBehindARelayOverVsockShareOneTrace() throws {
+        try Self.twoMachinesShareOneTrace(RelayFixture(
+            remoteAddress: "vsock://\(UInt32.max):\(VsockLoopback.port)",
+            relayTarget: { _ in "vsock://1:\(VsockLoopback.port)" }))
+    }
+
+    static func twoMachinesShareOneTrace(_ fixture: RelayFixture) throws {
         fixture.run(until: { fixture.relay.clockSyncCount >= 2 }, "the relay never synced its clock")
         let guest = fixture.producer("guest.source", on: fixture.guestClients, count: 300)
         let local = fixture.producer("host.source", on: fixture.hostClients, count: 300)
