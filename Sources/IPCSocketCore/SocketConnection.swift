@@ -40,6 +40,8 @@ final class SocketConnection: IPCConnection {
     // the queue (Threading.md, "Costs").
     @exclusivity(unchecked) private var sendQueue = SendQueue()
     var queuedSendBytes: Int { sendQueue.byteCount }
+    /// Waiting for the send queue to empty (``whenSendQueueDrains(_:)``).
+    private var drainWaiters: [() -> Void] = []
     private var sendDeadline: (any ScheduledTask)?
     /// Fallback receive space when no delegate is set: the bytes are discarded.
     private var discardBuffer: UnsafeMutableRawBufferPointer?
@@ -109,6 +111,7 @@ final class SocketConnection: IPCConnection {
         sendDeadline?.cancel()
         sendDeadline = nil
         sendQueue.removeAll()
+        drainWaiters.removeAll()
         Syscall.close(fd)
         fd = -1
         state = .disconnected
@@ -295,7 +298,22 @@ final class SocketConnection: IPCConnection {
             sendDeadline?.cancel()
             sendDeadline = nil
             if !edgeTriggered { watch?.setEvents(.readable) }
+            let waiters = drainWaiters
+            drainWaiters.removeAll()
+            for waiter in waiters { waiter() }
         }
+    }
+
+    func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool {
+        loop.preconditionInEventLoop()
+        guard state == .connected else { return false }
+        guard sendQueue.isEmpty else {
+            drainWaiters.append(callback)
+            return true
+        }
+        let unchecked = UncheckedSendableBox(callback)
+        loop.execute { unchecked.value() }
+        return true
     }
 
     /// Send timeout zero: write everything now, waiting for the kernel as long as it takes.

@@ -61,6 +61,15 @@ public final class Deferred<Message> {
         return sink.queuedSendBytes
     }
 
+    /// Calls `callback` once, on the loop, when the caller's connection has handed every queued
+    /// byte to the kernel, so a streaming service can send its next replies at once instead of
+    /// looking again later. Returns false when that cannot be known (no connection, or a
+    /// transport that does not tell): look at ``queuedSendBytes`` again later then.
+    public func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool {
+        guard case .wire(let sink, _) = target else { return false }
+        return sink.whenSendQueueDrains(callback)
+    }
+
     /// Binds `callback`. A callback already bound is rejected first.
     public func bind(_ callback: @escaping (AsyncResult<Message>) -> Void) {
         reject(IPCError(.cancelled, "the reply was rebound"))

@@ -39,6 +39,13 @@ public final class IPCReplySink {
         return client.connection.queuedSendBytes
     }
 
+    /// Calls `callback` once when this call's connection has sent everything queued; false if
+    /// that cannot be known (see ``IPCConnection/whenSendQueueDrains(_:)``).
+    public func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool {
+        guard case .host(let client, _, _) = route, client.connection.state == .connected else { return false }
+        return client.connection.whenSendQueueDrains(callback)
+    }
+
     init(forwardingTo forwarder: any ReplyForwarding) {
         route = .forward(forwarder)
         isForwarding = true

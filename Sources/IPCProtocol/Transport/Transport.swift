@@ -85,10 +85,18 @@ public protocol IPCConnection: AnyObject {
     /// before it sends more, instead of passing ``ConnectionOptions/maxQueuedSendBytes``. The
     /// default is 0: a transport that never queues.
     var queuedSendBytes: Int { get }
+
+    /// Calls `callback` once, on the loop, when ``queuedSendBytes`` has fallen to zero (on a
+    /// later turn if it is zero now), unless the connection closes first. Returns false when the
+    /// transport cannot tell: the caller then looks at ``queuedSendBytes`` again later. The
+    /// default returns false.
+    func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool
 }
 
 extension IPCConnection {
     public var queuedSendBytes: Int { 0 }
+
+    public func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool { false }
 
     @discardableResult
     public func send(owning bytes: consuming [UInt8], range: Range<Int>, fd: Int32?) -> Bool {

@@ -221,7 +221,8 @@ final class ConsumerPortConnection: Consumer {
     /// send-queue bound (16 MiB by default), and it is several socket buffers' worth, so the
     /// consumer never waits for the service.
     static let readBytesInFlight = 512 * 1024
-    /// How often held-back replies look again whether the consumer has taken the ones before.
+    /// How often held-back replies look again whether the consumer has taken the ones before,
+    /// on a transport that cannot say when its queue drained.
     static let readRetryInterval: Duration = .milliseconds(1)
 
     let eventLoop: any IPCEventLoop
@@ -235,6 +236,8 @@ final class ConsumerPortConnection: Consumer {
     private var heldReadReplies: [(Perfetto_Protos_ReadBuffersResponse, hasMore: Bool)] = []
     private var heldReadIndex = 0
     private var readRetry: (any ScheduledTask)?
+    /// Held-back replies wait for the connection to drain its queue.
+    private var waitingForDrain = false
 
     init(eventLoop: any IPCEventLoop) {
         self.eventLoop = eventLoop
@@ -244,6 +247,7 @@ final class ConsumerPortConnection: Consumer {
     func stopReading() {
         readRetry?.cancel()
         readRetry = nil
+        waitingForDrain = false
         heldReadReplies.removeAll()
         heldReadIndex = 0
     }
@@ -265,19 +269,27 @@ final class ConsumerPortConnection: Consumer {
     func onTraceData(_ packets: [TracePacketData], hasMore: Bool) {
         guard readReply != nil else { return }
         heldReadReplies.append(contentsOf: ReadBuffersSlicer.replies(for: packets, hasMore: hasMore))
-        if readRetry == nil { sendReadReplies() }
+        if readRetry == nil && !waitingForDrain { sendReadReplies() }
     }
 
-    /// Hands held replies to the connection while it has little queued; looks again shortly
-    /// when it has much (a consumer that never reads is dropped by the connection's send
-    /// timeout meanwhile).
+    /// Hands held replies to the connection while it has little queued; goes on when the
+    /// connection has sent what it queued (or looks again shortly, on a transport that cannot
+    /// say). A consumer that never reads is dropped by the connection's send timeout meanwhile.
     private func sendReadReplies() {
         readRetry = nil
+        waitingForDrain = false
         guard let reply = readReply else { return stopReading() }
         while heldReadIndex < heldReadReplies.count {
             guard reply.queuedSendBytes < Self.readBytesInFlight else {
-                readRetry = eventLoop.scheduleTask(after: Self.readRetryInterval) { [weak self] in
-                    self?.sendReadReplies()
+                if reply.whenSendQueueDrains({ [weak self] in
+                    guard let self, self.waitingForDrain else { return }
+                    self.sendReadReplies()
+                }) {
+                    waitingForDrain = true
+                } else {
+                    readRetry = eventLoop.scheduleTask(after: Self.readRetryInterval) { [weak self] in
+                        self?.sendReadReplies()
+                    }
                 }
                 return
             }
