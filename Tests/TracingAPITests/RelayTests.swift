@@ -274,6 +274,25 @@ struct RelayTests {
         #expect(endpoint.sharedMemory?.pageSize == 32 * 1024)
     }
 
+    @Test func aFlushBringsWhatWritersStillHoldFromBehindTheRelay() throws {
+        let fixture = try RelayFixture()
+        let guest = fixture.producer("guest.source", on: fixture.guestClients, count: 10)
+        guest.flushesWriters = false
+        let consumer = fixture.consumer()
+        var config = TracingConfigs.config(buffers: [(1024, .ringBuffer)], dataSources: [("guest.source", 0)])
+        config.traceAllMachines = true
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        fixture.run(until: { !guest.writers.isEmpty })
+        var flushed: Bool?
+        consumer.endpoint.flush(timeoutMs: 5000, flags: FlushFlags()) { flushed = $0 }
+        fixture.run(until: { flushed != nil })
+        #expect(flushed == true)
+        // Still tracing, the writer never flushed: only the producer's own scrape can bring them.
+        consumer.endpoint.readBuffers()
+        fixture.run(until: { consumer.readsCompleted == 1 })
+        RelayFixture.expectAll(consumer.producerPackets(), "guest.source", count: 10)
+    }
+
     @Test func aRelayThatLosesItsHostReconnectsAndItsProducersCarryOn() throws {
         let fixture = try RelayFixture()
         let guest = fixture.producer("guest.source", on: fixture.guestClients, count: 10)

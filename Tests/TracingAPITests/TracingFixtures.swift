@@ -21,6 +21,9 @@ final class RecordingProducer: Producer {
     private(set) var disconnects = 0
     private(set) var tracingSetups = 0
     var acknowledgesFlushes = true
+    /// Whether a flush also flushes the writers (a producer whose writers live on busy threads
+    /// does not: its service, or under emulation its endpoint, scrapes their chunks).
+    var flushesWriters = true
     var notifiesStops = true
     /// Writers by instance, created on start for the instance's target buffer.
     var writers: [DataSourceInstanceID: TraceWriter] = [:]
@@ -70,7 +73,7 @@ final class RecordingProducer: Producer {
         events.append("flush")
         flushRequests.append((id, dataSources))
         guard acknowledgesFlushes else { return }
-        for instance in dataSources { writers[instance]?.flush() }
+        if flushesWriters { for instance in dataSources { writers[instance]?.flush() } }
         endpoint.notifyFlushComplete(id)
     }
 }
