@@ -38,9 +38,13 @@ final class ContinuousWriters: Sendable {
         var abandoned: UInt64 = 0
         /// The longest a single write took, in nanoseconds.
         var longestWrite: UInt64 = 0
+        /// Packets written (as `written`), by tracing session id.
+        var writtenPerSession: [UInt64: UInt64] = [:]
     }
 
     private struct Instance {
+        /// The tracing session it belongs to (the service's id).
+        var session: UInt64
         /// One writer per thread; each thread takes its own (by index) and owns it from then on.
         var writers: [TraceWriter?]
         var stopping = false
@@ -51,7 +55,12 @@ final class ContinuousWriters: Sendable {
     }
 
     private struct State {
-        var instances: [DataSourceInstanceID: Instance] = [:]
+        /// By a number of our own: a service that comes back after a loss numbers its instances
+        /// from 1 again while the threads may still be closing the old ones.
+        var instances: [Int: Instance] = [:]
+        /// The instances the service can still stop, by its ids.
+        var live: [DataSourceInstanceID: Int] = [:]
+        var nextKey = 0
         var quit = false
         var flushGeneration: UInt64 = 0
         var flushedGeneration: [UInt64]
@@ -88,18 +97,22 @@ final class ContinuousWriters: Sendable {
     var totals: Totals { state.withLock { $0.totals } }
 
     /// Hands the threads their writers for a new instance. Loop-only.
-    func start(_ id: DataSourceInstanceID, writers: [TraceWriter]) {
+    func start(_ id: DataSourceInstanceID, session: UInt64, writers: [TraceWriter]) {
         precondition(writers.count == settings.threads)
-        state.withLock { $0.instances[id] = Instance(writers: writers, remaining: writers.count) }
+        state.withLock { state in
+            state.nextKey += 1
+            state.live[id] = state.nextKey
+            state.instances[state.nextKey] = Instance(session: session, writers: writers, remaining: writers.count)
+        }
     }
 
     /// Asks the threads to write their last packets into `id`, flush and close their writers;
     /// `then` runs on the loop once they all have (at once if `id` has no writers).
     func stop(_ id: DataSourceInstanceID, then: @escaping () -> Void) {
         let known = state.withLock { state -> Bool in
-            guard state.instances[id] != nil else { return false }
-            state.instances[id]!.stopping = true
-            state.instances[id]!.onStopped = UncheckedSendableBox(then)
+            guard let key = state.live.removeValue(forKey: id), state.instances[key] != nil else { return false }
+            state.instances[key]!.stopping = true
+            state.instances[key]!.onStopped = UncheckedSendableBox(then)
             return true
         }
         if !known { then() }
@@ -109,6 +122,7 @@ final class ContinuousWriters: Sendable {
     /// loop once no writer is left.
     func stopAll(writeLastPackets: Bool, then: @escaping () -> Void) {
         let idle = state.withLock { state -> Bool in
+            state.live = [:]
             for id in state.instances.keys {
                 state.instances[id]!.stopping = true
                 state.instances[id]!.writeLastPacket = state.instances[id]!.writeLastPacket && writeLastPackets
@@ -146,12 +160,12 @@ final class ContinuousWriters: Sendable {
     }
 
     private func run(thread index: Int) {
-        var owned: [DataSourceInstanceID: Owned] = [:]
+        var owned: [Int: Owned] = [:]
         let padding = String(repeating: "x", count: settings.payload)
         while true {
             // Take new writers; see which of ours are to stop, and whether to flush.
             let (stopping, flushTo, quit) = state.withLock { state in
-                var stopping: [DataSourceInstanceID: Bool] = [:]
+                var stopping: [Int: Bool] = [:]
                 for (id, instance) in state.instances {
                     if let writer = instance.writers[index] {
                         owned[id] = Owned(writer: writer)
@@ -164,7 +178,7 @@ final class ContinuousWriters: Sendable {
             }
             for (id, writeLast) in stopping {
                 guard let mine = owned.removeValue(forKey: id) else { continue }
-                if writeLast { write(lastPacketOf: mine, into: id) }
+                if writeLast { write(lastPacketOf: mine) }
                 mine.writer.flush()
                 mine.writer.close()
                 finished(id, thread: index, written: UInt64(mine.next), dropped: mine.writer.packetsDropped, ended: writeLast)
@@ -191,7 +205,7 @@ final class ContinuousWriters: Sendable {
         state.withLock { $0.threadsRunning -= 1 }
     }
 
-    private func write(lastPacketOf mine: Owned, into id: DataSourceInstanceID) {
+    private func write(lastPacketOf mine: Owned) {
         var packet = TracePacket()
         packet.timestamp = bootTimeNanoseconds()
         packet.forTesting.str = "end \(mine.next) dropped \(mine.writer.packetsDropped)"
@@ -208,15 +222,16 @@ final class ContinuousWriters: Sendable {
         state.withLock { $0.totals.longestWrite = max($0.totals.longestWrite, took) }
     }
 
-    private func finished(_ id: DataSourceInstanceID, thread: Int, written: UInt64, dropped: UInt64, ended: Bool) {
+    private func finished(_ id: Int, thread: Int, written: UInt64, dropped: UInt64, ended: Bool) {
         let callbacks = state.withLock { state -> [UncheckedSendableBox<() -> Void>] in
+            guard var instance = state.instances[id] else { return [] }
             if ended {
                 state.totals.written += written
                 state.totals.dropped += dropped
+                state.totals.writtenPerSession[instance.session, default: 0] += written
             } else {
                 state.totals.abandoned += written
             }
-            guard var instance = state.instances[id] else { return [] }
             instance.remaining -= 1
             guard instance.remaining == 0 else {
                 state.instances[id] = instance
@@ -246,7 +261,7 @@ final class ContinuousWriters: Sendable {
         post(callbacks)
     }
 
-    private func reachedStopAfter(_ id: DataSourceInstanceID) {
+    private func reachedStopAfter(_ id: Int) {
         let all = state.withLock { state -> Bool in
             guard state.instances[id] != nil else { return false }
             state.instances[id]!.threadsAtStopAfter += 1

@@ -42,7 +42,7 @@ struct ProducerCommand: ParsableCommand {
 
     @Flag(help: ArgumentHelp(
         "Write test packets from every --threads thread into every running instance of the data source until it stops, session after session, until SIGINT/SIGTERM (-n is ignored).",
-        discussion: "Each thread's packets in an instance are one sequence with seq_value 0, 1, 2, ...; when the instance stops, a last packet has is_last set and counter = how many came before it. On exit it prints how many packets it wrote."))
+        discussion: "Each thread's packets in an instance are one sequence with seq_value 0, 1, 2, ...; when the instance stops, a last packet has is_last set and counter = how many came before it. On exit it prints how many packets it wrote into each tracing session, and in all."))
     var continuous = false
 
     @Option(help: "With --continuous: microseconds each thread waits between rounds of packets.")
@@ -96,6 +96,9 @@ struct ProducerCommand: ParsableCommand {
             producer.endpoint.sync { synced = true }
             runner.run(until: { synced }, timeout: .seconds(2))
             let totals = writers.totals
+            for (session, written) in totals.writtenPerSession.sorted(by: { $0.key < $1.key }) {
+                say("tracebox producer: session \(session): \(written) packets")
+            }
             say("tracebox producer: wrote \(totals.written) packets into \(totals.instances) instances, \(totals.dropped) dropped by writers; "
                 + "\(totals.abandoned) in instances lost with the service; longest write \(totals.longestWrite / 1_000_000) ms")
             producer.continuous = nil  // our own disconnection is no lost service
@@ -178,7 +181,7 @@ final class TestProducer: Producer {
                 guard let writer = endpoint.createTraceWriter(targetBuffer: buffer, policy: .stall(timeout: stallTimeout)) else { return }
                 threadWriters.append(writer)
             }
-            continuous.start(id, writers: threadWriters)
+            continuous.start(id, session: config.tracingSessionID, writers: threadWriters)
             say("tracebox producer: writing into instance \(id) from \(settings.threads) threads")
         } else if config.name == settings.dataSource {
             testInstance = id
