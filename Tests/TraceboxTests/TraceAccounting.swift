@@ -32,10 +32,15 @@ struct TraceAccount {
     var problems: [String] = []
     var stats: TraceStats?
     private var last: [String: UInt32] = [:]
+    /// Reads of a copy (a clone) of a session already read: a sequence may begin anywhere.
+    private let continuing: Bool
 
-    init() {}
+    init(continuing: Bool = false) {
+        self.continuing = continuing
+    }
 
-    init(_ packets: [TracePacket]) {
+    init(_ packets: [TracePacket], continuing: Bool = false) {
+        self.continuing = continuing
         add(packets)
     }
 
@@ -53,7 +58,7 @@ struct TraceAccount {
             if let previous = last[key], value <= previous {
                 problems.append("\(key): packet \(value) after \(previous)")
             }
-            let expected = last[key].map { $0 + 1 } ?? 0
+            let expected = last[key].map { $0 + 1 } ?? (continuing ? value : 0)
             if value != expected && packet.previousPacketDropped == 0 {
                 problems.append("\(key): packets \(expected)..<\(value) missing without previous_packet_dropped")
             }
@@ -75,12 +80,11 @@ struct TraceAccount {
     /// What the ended sequences' writers said they wrote.
     var written: UInt64 { sequences.values.reduce(0) { $0 + UInt64($1.ended ?? 0) } }
 
-    /// Losses the trace stats count (chunks overwritten or discarded, writers' drop markers).
-    var countedLosses: UInt64 {
-        let buffers = stats?.bufferStats ?? []
-        return buffers.reduce(0) { $0 + $1.chunksOverwritten + $1.chunksDiscarded + $1.traceWriterPacketLoss }
-            + (stats?.chunksDiscarded ?? 0)
-    }
+    /// Losses the session's buffers count (chunks overwritten or discarded, writers' drop
+    /// markers); the service's own count of discarded chunks is not the session's.
+    var countedLosses: UInt64 { lostChunks + writerDropMarkers }
+    var lostChunks: UInt64 { (stats?.bufferStats ?? []).reduce(0) { $0 + $1.chunksOverwritten + $1.chunksDiscarded } }
+    var writerDropMarkers: UInt64 { (stats?.bufferStats ?? []).reduce(0) { $0 + $1.traceWriterPacketLoss } }
 
     func sequences(of pid: pid_t) -> [SequenceAccount] {
         sequences.values.filter { $0.pid == pid }.sorted { $0.sequenceID < $1.sequenceID }
