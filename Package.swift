@@ -174,7 +174,7 @@ let package = Package(
         // The tracebox programs as separate processes on real sockets.
         .testTarget(
             name: "TraceboxTests",
-            dependencies: ["tracebox", "TracingAPI", "TestSupport"]
+            dependencies: ["tracebox", "TracingAPI", "IPCProtocol", "IPCUnixSocket", "TestSupport"]
         ),
         .testTarget(
             name: "IPCProtocolTests",

@@ -107,7 +107,8 @@ struct PerfettoCommand: ParsableCommand {
         progress?.start(on: runner.loop, session: session)
         runner.run(until: { session.disabledError != nil || session.disconnected })
         progress?.stop()
-        if session.disconnected && session.disabledError == nil {
+        // Lost service: the session ended with it (its disabled error says so too); one line.
+        if session.disconnected {
             printError("tracebox perfetto: the tracing service went away during the recording")
             throw ExitCode.failure
         }

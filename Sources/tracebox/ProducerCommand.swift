@@ -1,7 +1,9 @@
 // tracebox producer: a producer for tests and demos. It registers a test data source and
 // track_event (category "tracebox"), waits for a session that starts the test data source,
 // writes COUNT test packets (and, when the session enables the category, COUNT slices per
-// writer thread), answers flushes, and exits once its data source is stopped.
+// writer thread), answers flushes, and exits once its data source is stopped. With
+// --continuous it instead writes from its threads into every running instance until each stops,
+// for as many sessions as come, until SIGINT or SIGTERM (ContinuousWriters).
 
 import ArgumentParser
 import CPerfettoIPCLinux
@@ -38,6 +40,23 @@ struct ProducerCommand: ParsableCommand {
     @Option(help: "IPC backend: unix (epoll) or libuv.")
     var backend: BackendChoice = .unix
 
+    @Flag(help: ArgumentHelp(
+        "Write test packets from every --threads thread into every running instance of the data source until it stops, session after session, until SIGINT/SIGTERM (-n is ignored).",
+        discussion: "Each thread's packets in an instance are one sequence with seq_value 0, 1, 2, ...; when the instance stops, a last packet has is_last set and counter = how many came before it. On exit it prints how many packets it wrote into each tracing session, and in all."))
+    var continuous = false
+
+    @Option(help: "With --continuous: microseconds each thread waits between rounds of packets.")
+    var intervalUs = 1000
+
+    @Option(help: "With --continuous: milliseconds a writer waits for a free shared-memory chunk before dropping the packet (its stall policy).")
+    var stallMs = 1000
+
+    /// For tests of producers killed mid-write: with --continuous, each thread writes this
+    /// many packets into each instance, then the process stops itself (SIGSTOP), its last
+    /// chunks complete or not but never committed.
+    @Option(help: .hidden)
+    var stopAfter: Int?
+
     @Option(help: .hidden)
     var name = "tracebox.producer"
 
@@ -60,6 +79,32 @@ struct ProducerCommand: ParsableCommand {
         producer.endpoint.registerDataSource(producer.trackEventDescriptor)
         var quit = false
         runner.onTerminationSignal { quit = true }
+
+        if continuous {
+            let writers = ContinuousWriters(
+                settings: .init(
+                    threads: max(threads, 1), payload: payload, interval: .microseconds(max(intervalUs, 0)),
+                    stopAfter: stopAfter),
+                loop: runner.loop)
+            producer.continuous = writers
+            producer.stallTimeout = .milliseconds(max(stallMs, 0))
+            writers.startThreads()
+            runner.run(until: { quit })
+            writers.shutDown()
+            // What the threads committed last goes out before the connection closes.
+            var synced = false
+            producer.endpoint.sync { synced = true }
+            runner.run(until: { synced }, timeout: .seconds(2))
+            let totals = writers.totals
+            for (session, written) in totals.writtenPerSession.sorted(by: { $0.key < $1.key }) {
+                say("tracebox producer: session \(session): \(written) packets")
+            }
+            say("tracebox producer: wrote \(totals.written) packets into \(totals.instances) instances, \(totals.dropped) dropped by writers; "
+                + "\(totals.abandoned) in instances lost with the service; longest write \(totals.longestWrite / 1_000_000) ms")
+            producer.continuous = nil  // our own disconnection is no lost service
+            producer.endpoint.disconnect()
+            return
+        }
 
         let deadline = Duration.seconds(timeout)
         guard runner.run(until: { producer.startedTestSource || quit }, timeout: deadline), !quit else {
@@ -98,6 +143,9 @@ final class TestProducer: Producer {
     var stoppedTestSource = false
     private var writers: [DataSourceInstanceID: [TraceWriter]] = [:]
     private var testInstance: DataSourceInstanceID?
+    /// With --continuous: the threads that write into every instance of the test data source.
+    var continuous: ContinuousWriters?
+    var stallTimeout: Duration = .seconds(1)
 
     init(settings: Settings) {
         self.settings = settings
@@ -127,7 +175,15 @@ final class TestProducer: Producer {
 
     func startDataSource(_ id: DataSourceInstanceID, config: DataSourceConfig) {
         let buffer = BufferID(truncatingIfNeeded: config.targetBuffer)
-        if config.name == settings.dataSource {
+        if config.name == settings.dataSource, let continuous {
+            var threadWriters: [TraceWriter] = []
+            for _ in 0..<settings.threads {
+                guard let writer = endpoint.createTraceWriter(targetBuffer: buffer, policy: .stall(timeout: stallTimeout)) else { return }
+                threadWriters.append(writer)
+            }
+            continuous.start(id, session: config.tracingSessionID, writers: threadWriters)
+            say("tracebox producer: writing into instance \(id) from \(settings.threads) threads")
+        } else if config.name == settings.dataSource {
             testInstance = id
             guard let writer = endpoint.createTraceWriter(targetBuffer: buffer, policy: .stall()) else { return }
             writers[id] = [writer]
@@ -160,6 +216,10 @@ final class TestProducer: Producer {
     }
 
     func stopDataSource(_ id: DataSourceInstanceID) {
+        if let continuous, writers[id] == nil {
+            continuous.stop(id) { [weak self] in self?.endpoint.notifyDataSourceStopped(id) }
+            return
+        }
         for writer in writers.removeValue(forKey: id) ?? [] { writer.flush() }
         endpoint.notifyDataSourceStopped(id)
         if id == testInstance { stoppedTestSource = true }
@@ -167,11 +227,18 @@ final class TestProducer: Producer {
 
     func flush(_ id: FlushRequestID, dataSources: [DataSourceInstanceID], flags: FlushFlags) {
         for instance in dataSources { for writer in writers[instance] ?? [] { writer.flush() } }
-        endpoint.notifyFlushComplete(id)
+        guard let continuous else { return endpoint.notifyFlushComplete(id) }
+        continuous.flush { [weak self] in self?.endpoint.notifyFlushComplete(id) }
     }
 
     func onDisconnect() {
         writers = [:]
+        guard let continuous else { return }
+        say("tracebox producer: lost the service")
+        continuous.stopAll(writeLastPackets: false) {
+            let totals = continuous.totals
+            say("tracebox producer: writers closed after losing the service (\(totals.abandoned) packets in lost instances; longest write \(totals.longestWrite / 1_000_000) ms)")
+        }
     }
 
     /// The category is on when a pattern of enabled_categories matches it and no exact entry of
@@ -248,7 +315,7 @@ private final class SliceJob: @unchecked Sendable {
 }
 
 /// Starts a thread running `body`.
-private func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t? {
+func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t? {
     final class Box: @unchecked Sendable {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }

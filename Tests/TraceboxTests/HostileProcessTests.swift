@@ -9,48 +9,10 @@ import TestSupport
 import TracingAPI
 
 @Suite("tracebox against hostile processes", .serialized)
-final class HostileProcessTests {
+final class HostileProcessTests: TraceboxFixture {
     let directory = TemporaryDirectory()
-    let environment: [String: String]
-
-    init() {
-        environment = [
-            "PERFETTO_PRODUCER_SOCK_NAME": directory.path + "/producer.sock",
-            "PERFETTO_CONSUMER_SOCK_NAME": directory.path + "/consumer.sock",
-        ]
-    }
 
     deinit { directory.remove() }
-
-    private func start(_ arguments: [String], name: String, wrapper: [String] = []) throws -> Subprocess {
-        try Subprocess(arguments, environment: environment, directory: directory.path, name: name, wrapper: wrapper)
-    }
-
-    private func startService(_ extra: [String] = [], name: String = "traced") throws -> Subprocess {
-        let service = try start(["traced"] + extra, name: name)
-        let up = poll(seconds: 20) { service.standardOutput.contains("tracebox traced: producers at") }
-        try #require(up, "traced did not start: \(service.standardError)")
-        return service
-    }
-
-    private func config(_ text: String, name: String) throws -> String {
-        let path = directory.path + "/" + name
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }
-
-    /// `perfetto --query`'s output, once it shows `expected`.
-    private func query(until expected: String, name: String, wrapper: [String] = []) -> String {
-        var output = ""
-        _ = poll(seconds: 20) {
-            guard let query = try? self.start(["perfetto", "--query"], name: name, wrapper: wrapper), query.wait() == 0 else {
-                return false
-            }
-            output = query.standardOutput
-            return output.contains(expected)
-        }
-        return output
-    }
 
     private static func mode(_ path: String) -> (mode: UInt32, group: gid_t)? {
         var info = stat()
@@ -115,7 +77,7 @@ final class HostileProcessTests {
         recorder.signal(SIGINT)
         #expect(recorder.wait() == 0, Comment(rawValue: recorder.standardError))
         #expect(foreign.wait() == 0)
-        let packets = try TraceFile.decodePackets([UInt8](try Data(contentsOf: URL(fileURLWithPath: out)))).map { try $0.decode() }
+        let packets = try trace(out)
         let written = packets.filter { if case .forTesting? = $0.data { true } else { false } }
         #expect(written.count == 3)
         #expect(written.allSatisfy { $0.trustedUid == 65534 && $0.trustedPid == foreign.pid })
@@ -151,7 +113,7 @@ final class HostileProcessTests {
         #expect(during.contains("Tracing sessions (1):"))
         #expect(recorder.wait(seconds: 30) == 0, Comment(rawValue: recorder.standardError))
         #expect(live.wait() == 0)
-        let packets = try TraceFile.decodePackets([UInt8](try Data(contentsOf: URL(fileURLWithPath: out)))).map { try $0.decode() }
+        let packets = try trace(out)
         let texts = packets.compactMap { packet -> String? in
             if case .forTesting(let test)? = packet.data { return test.str } else { return nil }
         }

@@ -10,42 +10,10 @@ import TestSupport
 import TracingAPI
 
 @Suite("tracebox programs", .serialized)
-final class TraceboxTests {
+final class TraceboxTests: TraceboxFixture {
     let directory = TemporaryDirectory()
-    let environment: [String: String]
-
-    init() {
-        environment = [
-            "PERFETTO_PRODUCER_SOCK_NAME": directory.path + "/producer.sock",
-            "PERFETTO_CONSUMER_SOCK_NAME": directory.path + "/consumer.sock",
-        ]
-    }
 
     deinit { directory.remove() }
-
-    private func start(_ arguments: [String], name: String) throws -> Subprocess {
-        try Subprocess(arguments, environment: environment, directory: directory.path, name: name)
-    }
-
-    /// `tracebox traced`, once it says where it listens.
-    private func startService(name: String = "traced") throws -> Subprocess {
-        let service = try start(["traced"], name: name)
-        let up = poll(seconds: 20) { service.standardOutput.contains("tracebox traced: producers at") }
-        try #require(up, "traced did not start: \(service.standardError)")
-        return service
-    }
-
-    /// A text config file.
-    private func config(_ text: String, name: String = "config.txt") throws -> String {
-        let path = directory.path + "/" + name
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }
-
-    private func trace(_ path: String) throws -> [TracePacket] {
-        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-        return try TraceFile.decodePackets(bytes).map { try $0.decode() }
-    }
 
     private static let recordingConfig = """
         buffers { size_kb: 4096 }

@@ -67,12 +67,19 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
     }
 
     /// Registers `onFailure` to run if the connection ends before the reply; the returned
-    /// function takes it back (call it when the reply arrives). Neither runs twice.
-    private func expectReply(onFailure: @escaping () -> Void) -> () -> Bool {
+    /// function takes it back (call it with the reply's error when the reply arrives). Neither
+    /// runs twice. A reply rejected because the connection ended (which the client delivers
+    /// before it reports the disconnection) ends the connection here first, so the call fails
+    /// as every other pending one does and the consumer hears of the loss once, in one form.
+    private func expectReply(onFailure: @escaping () -> Void) -> (IPCError?) -> Bool {
         let id = nextCallID
         nextCallID += 1
         pendingFailures[id] = onFailure
-        return { [weak self] in self?.pendingFailures.removeValue(forKey: id) != nil }
+        return { [weak self] error in
+            guard let self else { return false }
+            if error?.code == .disconnected { self.connectionEnded() }
+            return self.pendingFailures.removeValue(forKey: id) != nil
+        }
     }
 
     private func failLater(_ body: @escaping () -> Void) {
@@ -92,7 +99,7 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
             var request = Perfetto_Protos_EnableTracingRequest()
             request.traceConfig = config
             port.enableTracing(request, fd: outputFile?.rawValue) { result in
-                guard settle() else { return }
+                guard settle(result.error) else { return }
                 if let response = result.message {
                     disabled(response.error)
                 } else {
@@ -118,7 +125,7 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
             request.timeoutMs = timeoutMs
             request.flags = flags.rawValue
             port.flush(request) { result in
-                if settle() { callback(result.isSuccess) }
+                if settle(result.error) { callback(result.isSuccess) }
             }
         }
     }
@@ -132,12 +139,12 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
                 guard let self else { return }
                 guard let response = result.message else {
                     self.reassembler.reset()
-                    if settle() { finish() }
+                    if settle(result.error) { finish() }
                     return
                 }
                 let packets = self.reassembler.append(response)
                 if !result.hasMore {
-                    guard settle() else { return }
+                    guard settle(result.error) else { return }
                     self.reassembler.reset()
                     self.consumer?.onTraceData(packets, hasMore: false)
                 } else if !packets.isEmpty {
@@ -157,7 +164,7 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
         let settle = expectReply(onFailure: failed)
         whenBound { [weak self] port in
             port.getTraceStats(.init()) { result in
-                guard settle() else { return }
+                guard settle(result.error) else { return }
                 self?.consumer?.onTraceStats(success: result.isSuccess, result.message?.traceStats ?? TraceStats())
             }
         }
@@ -185,12 +192,12 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
             port.queryServiceState(request) { result in
                 guard let response = result.message,
                       let chunk: [UInt8] = try? response.serviceState.serializedBytes() else {
-                    if settle() { callback(false, TracingServiceState()) }
+                    if settle(result.error) { callback(false, TracingServiceState()) }
                     return
                 }
                 // Each chunk is a part of one message: concatenated, their bytes parse as the whole.
                 merged.append(contentsOf: chunk)
-                guard !result.hasMore, settle() else { return }
+                guard !result.hasMore, settle(result.error) else { return }
                 if let state = try? TracingServiceState(serializedBytes: merged) {
                     callback(true, state)
                 } else {
@@ -205,7 +212,7 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
         let settle = expectReply { callback(TracingServiceCapabilities()) }
         whenBound { port in
             port.queryCapabilities(.init()) { result in
-                if settle() { callback(result.message?.capabilities ?? TracingServiceCapabilities()) }
+                if settle(result.error) { callback(result.message?.capabilities ?? TracingServiceCapabilities()) }
             }
         }
     }
@@ -217,7 +224,7 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
             var request = Perfetto_Protos_DetachRequest()
             request.key = key
             port.detach(request) { result in
-                if settle() { callback(result.isSuccess) }
+                if settle(result.error) { callback(result.isSuccess) }
             }
         }
     }
@@ -229,7 +236,7 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
             var request = Perfetto_Protos_AttachRequest()
             request.key = key
             port.attach(request) { result in
-                guard settle() else { return }
+                guard settle(result.error) else { return }
                 guard let config = result.message?.traceConfig else { return callback(nil) }
                 // As Perfetto's client does: be told again when the attached session stops.
                 self?.armTracingDisabledNotification()
@@ -245,7 +252,7 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
             var request = Perfetto_Protos_EnableTracingRequest()
             request.attachNotificationOnly = true
             port.enableTracing(request) { result in
-                guard settle() else { return }
+                guard settle(result.error) else { return }
                 disabled(result.message?.error ?? "EnableTracing was rejected")
             }
         }
@@ -262,7 +269,7 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
         let settle = expectReply { failed("the tracing service went away") }
         whenBound { port in
             port.cloneSession(request) { result in
-                guard settle() else { return }
+                guard settle(result.error) else { return }
                 if let response = result.message { callback(response) } else { failed("CloneSession was rejected") }
             }
         }
