@@ -260,8 +260,16 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
         let loop = eventLoop
         let endpoint = WeakBox(self)
         let sink = SharedMemoryArbiter.Sink(
-            scheduleCommit: { flushRequestID, completion in
-                loop.execute { endpoint.object?.commitFromArbiter(flushRequestID: flushRequestID, completion: completion) }
+            scheduleCommit: { [memory = WeakBox(mapping)] flushRequestID, completion in
+                loop.execute {
+                    // A writer left on the memory of a lost connection must not take the
+                    // pending batch of the current one: its commits go nowhere.
+                    guard let current = endpoint.object, let memory = memory.object, current.sharedMemory === memory else {
+                        completion?()
+                        return
+                    }
+                    current.commitFromArbiter(flushRequestID: flushRequestID, completion: completion)
+                }
             },
             registerWriter: { writer, buffer in
                 loop.execute { endpoint.object?.registerTraceWriter(writer, targetBuffer: buffer) }
