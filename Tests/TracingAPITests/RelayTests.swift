@@ -393,6 +393,25 @@ struct CommitDataSplittingTests {
 
 @Suite("Producers of other machines over TCP", .serialized)
 struct RemoteProducerTests {
+    /// Client ids are per address: the first producer on the unix socket and the first on TCP
+    /// have the same one, and neither may stand in for the other.
+    @Test func producersOnTwoAddressesWithTheSameClientIDAreTwoProducers() throws {
+        let fixture = try RelayFixture()
+        fixture.relay.close()  // its RelayPort client would take the TCP host's first client id
+        let local = fixture.producer("local.source", on: fixture.hostClients, count: 1)
+        let tcp = try RawPortClient(
+            socket: FileDescriptors.connectedTCPSocket(address: fixture.tcpAddress), service: "ProducerPort",
+            loop: fixture.loop)
+        let remote = RawProducer(client: tcp, name: "over-tcp")
+        #expect(remote.initialized != nil, "InitializeConnection over TCP was refused")
+        fixture.run(until: { fixture.core.connectedProducers.count == 2 })
+        local.endpoint.disconnect()
+        fixture.run(until: { fixture.core.connectedProducers.map(\.name) == ["over-tcp"] },
+            "the TCP producer went with the unix one")
+        #expect(fixture.host.connectedProducerCount == 1)
+        tcp.close()
+    }
+
     /// Perfetto's SDK ends a short-lived process with a last CommitData and closes at once:
     /// under emulation that request is the only copy of the data.
     @Test func aLastCommitJustBeforeTheConnectionClosesIsKept() throws {

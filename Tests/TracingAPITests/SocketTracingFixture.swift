@@ -60,12 +60,12 @@ class SocketTracingFixture {
         let baseline = FileDescriptors.openDescriptors()
         try scenario()
         let clean = loop.run(until: {
-            host.producerPort.connectedProducerCount == 0 && host.consumerPort.connectedConsumerCount == 0
+            host.connectedProducerCount == 0 && host.consumerPort.connectedConsumerCount == 0
                 && core.sessions.isEmpty && core.buffers.isEmpty && FileDescriptors.openDescriptors() == baseline
         }, timeout: .seconds(5))
         let now = FileDescriptors.openDescriptors()
         let left = Set(now).subtracting(baseline).sorted().map { "\($0) \(FileDescriptors.target(of: $0))" }
-        #expect(clean, Comment(rawValue: "left behind: \(host.producerPort.connectedProducerCount) producers, "
+        #expect(clean, Comment(rawValue: "left behind: \(host.connectedProducerCount) producers, "
             + "\(host.consumerPort.connectedConsumerCount) consumers, \(core.sessions.count) sessions, fds \(left)"),
             sourceLocation: sourceLocation)
     }

@@ -18,7 +18,8 @@
 
 import IPCProtocol
 
-/// Serves `ProducerPort` for a ``TracingServiceCore``: expose it on every producer address.
+/// Serves `ProducerPort` for a ``TracingServiceCore``: one per producer address (client ids
+/// are per host, as in traced, which has one per socket).
 ///
 /// ```swift
 /// let host = try IPCHost(backend: .unixSocket("/tmp/perfetto-producer", loop: loop))

@@ -24,15 +24,19 @@ public final class RelayPortService: Perfetto_Protos_RelayPortHandler {
         self.service = service
     }
 
-    /// Relays connected now.
-    public var connectedRelayCount: Int { service.relays.count }
+    /// Relays connected now through this port.
+    public var connectedRelayCount: Int { service.relays.keys.filter { $0.port == ObjectIdentifier(self) }.count }
+
+    private func key(_ client: IPCClientInfo) -> RelayKey {
+        RelayKey(port: ObjectIdentifier(self), clientID: client.clientID)
+    }
 
     public func initRelay(
         _ request: Perfetto_Protos_InitRelayRequest, context: IPCCallContext,
         reply: Deferred<Perfetto_Protos_InitRelayResponse>
     ) {
         reply.resolve(.init())
-        service.relay(context.client.clientID, machineID: context.client.machineID, describedItself: request.systemInfo)
+        service.relay(key(context.client), machineID: context.client.machineID, describedItself: request.systemInfo)
     }
 
     public func syncClock(
@@ -49,7 +53,7 @@ public final class RelayPortService: Perfetto_Protos_RelayPortHandler {
             return entry
         }
         service.relay(
-            context.client.clientID, machineID: context.client.machineID, syncedClocks: clientClocks,
+            key(context.client), machineID: context.client.machineID, syncedClocks: clientClocks,
             hostClocks: hostClocks)
     }
 
@@ -57,6 +61,6 @@ public final class RelayPortService: Perfetto_Protos_RelayPortHandler {
     static let maxClocks = 16
 
     public func clientDidDisconnect(_ client: IPCClientInfo) {
-        service.relayDisconnected(client.clientID)
+        service.relayDisconnected(key(client))
     }
 }

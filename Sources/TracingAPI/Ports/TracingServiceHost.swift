@@ -23,12 +23,16 @@ public final class TracingServiceHost {
     public let producerHosts: [IPCHost]
     /// The host exposing ``ConsumerPortService``.
     public let consumerHost: IPCHost
-    /// The ProducerPort shared by every producer address.
-    public let producerPort: ProducerPortService
+    /// The ProducerPort of each producer address, in the order of `producerBackends` (one per
+    /// host, as traced has one per socket: client ids are per host).
+    public let producerPorts: [ProducerPortService]
     /// The ConsumerPort.
     public let consumerPort: ConsumerPortService
-    /// The RelayPort on every producer address, if relays are welcome.
-    public let relayPort: RelayPortService?
+    /// The RelayPort of each producer address, if relays are welcome.
+    public let relayPorts: [RelayPortService]
+
+    /// Producers connected through every producer address.
+    public var connectedProducerCount: Int { producerPorts.reduce(0) { $0 + $1.connectedProducerCount } }
 
     /// Listens at every producer backend and at the consumer backend. Loop-only.
     ///
@@ -38,21 +42,23 @@ public final class TracingServiceHost {
     ///     their machine and sync clocks (traced's `--enable-relay-endpoint`). Producers of
     ///     other machines are served either way.
     ///   - logger: where the hosts log the peers they drop (bad frames, stalled readers).
-    /// - Throws: ``IPCError`` if an address cannot be listened on; nothing stays listening then.
+    /// - Throws: ``IPCError`` if an address cannot be listened on, or none is given; nothing
+    ///   stays listening then.
     public init(
         service: TracingServiceCore, producerBackends: [IPCBackend], consumerBackend: IPCBackend,
         enablesRelayEndpoint: Bool = false, logger: Logger = Logger(label: "perfetto.tracing.host")
     ) throws(IPCError) {
+        guard !producerBackends.isEmpty else { throw IPCError(.invalidAddress, "a tracing service needs a producer address") }
         self.service = service
-        producerPort = ProducerPortService(service: service)
+        producerPorts = producerBackends.map { _ in ProducerPortService(service: service) }
         consumerPort = ConsumerPortService(service: service)
-        relayPort = enablesRelayEndpoint ? RelayPortService(service: service) : nil
+        relayPorts = enablesRelayEndpoint ? producerBackends.map { _ in RelayPortService(service: service) } : []
         var hosts: [IPCHost] = []
         do {
-            for backend in producerBackends {
+            for (index, backend) in producerBackends.enumerated() {
                 let host = try IPCHost(backend: backend, logger: logger)
-                host.expose(producerPort)
-                if let relayPort { host.expose(relayPort) }
+                host.expose(producerPorts[index])
+                if enablesRelayEndpoint { host.expose(relayPorts[index]) }
                 hosts.append(host)
             }
             consumerHost = try IPCHost(backend: consumerBackend, logger: logger)

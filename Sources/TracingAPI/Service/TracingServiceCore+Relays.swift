@@ -3,6 +3,16 @@
 // SystemInfo and one RemoteClockSync packet per machine, stamped with its machine id, so a
 // reader can name the machines and align their timelines with this one's.
 
+/// A relay's connection: client ids are per host, and each host has its own RelayPort.
+struct RelayKey: Hashable, Comparable {
+    let port: ObjectIdentifier
+    let clientID: UInt64
+
+    static func < (lhs: RelayKey, rhs: RelayKey) -> Bool {
+        (lhs.clientID, lhs.port.hashValue) < (rhs.clientID, rhs.port.hashValue)
+    }
+}
+
 /// One relay connection: its machine, its system info, its last clock exchanges.
 struct RelayRecord {
     /// How many clock exchanges are kept per relay (the most recent ones, as in Perfetto).
@@ -15,33 +25,33 @@ struct RelayRecord {
 
 extension TracingServiceCore {
     /// A relay of machine `machineID` (connection `clientID`) described its machine.
-    func relay(_ clientID: UInt64, machineID: UInt32, describedItself info: Perfetto_Protos_SystemInfo) {
+    func relay(_ key: RelayKey, machineID: UInt32, describedItself info: Perfetto_Protos_SystemInfo) {
         eventLoop.preconditionInEventLoop()
-        relays[clientID, default: RelayRecord(machineID: machineID)].systemInfo = info
+        relays[key, default: RelayRecord(machineID: machineID)].systemInfo = info
     }
 
     /// A relay sent its clocks (`client`), read against the service's clocks (`host`) as the
     /// request arrived.
     func relay(
-        _ clientID: UInt64, machineID: UInt32, syncedClocks client: [Perfetto_Protos_ClockSnapshot.Clock],
+        _ key: RelayKey, machineID: UInt32, syncedClocks client: [Perfetto_Protos_ClockSnapshot.Clock],
         hostClocks host: [Perfetto_Protos_ClockSnapshot.Clock]
     ) {
         eventLoop.preconditionInEventLoop()
         var exchange = Perfetto_Protos_RemoteClockSync.SyncedClocks()
         exchange.clientClocks.clocks = client
         exchange.hostClocks.clocks = host
-        var record = relays[clientID] ?? RelayRecord(machineID: machineID)
+        var record = relays[key] ?? RelayRecord(machineID: machineID)
         record.clockExchanges.append(exchange)
         if record.clockExchanges.count > RelayRecord.keptClockExchanges {
             record.clockExchanges.removeFirst(record.clockExchanges.count - RelayRecord.keptClockExchanges)
         }
-        relays[clientID] = record
+        relays[key] = record
     }
 
     /// A relay's connection ended.
-    func relayDisconnected(_ clientID: UInt64) {
+    func relayDisconnected(_ key: RelayKey) {
         eventLoop.preconditionInEventLoop()
-        relays[clientID] = nil
+        relays[key] = nil
     }
 
     /// The relays' packets `session` has not carried yet: each machine's system info and

@@ -65,7 +65,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     var sessions: [TracingSessionID: TracingSession] = [:]
     var buffers: [BufferID: TraceBuffer] = [:]
     /// Relays of other machines (RelayPort clients), by their connection.
-    var relays: [UInt64: RelayRecord] = [:]
+    var relays: [RelayKey: RelayRecord] = [:]
     private var nextProducerID: ProducerID = 1
     private var nextConsumerID: UInt64 = 1
     var nextSessionID: TracingSessionID = 1
