@@ -38,7 +38,8 @@ final class RelayProcessTests: TraceboxFixture {
             ["producer", "-n", "20", "-d", "guest.test"], environment: ["PERFETTO_PRODUCER_SOCK_NAME": guestSocket],
             directory: directory.path, name: "guest-producer")
         let local = try start(["producer", "-n", "20", "-d", "host.test"], name: "host-producer")
-        let state = query(until: "guest.test", name: "query")
+        _ = query(until: "guest.test", name: "query-guest")
+        let state = query(until: "host.test", name: "query-host")
         #expect(state.contains("guest.test") && state.contains("host.test"), Comment(rawValue: state))
 
         let out = directory.path + "/two-machines.pftrace"
