@@ -143,7 +143,7 @@ public final class FuzzedService {
 
     /// The input's connection is closed: the service must have forgotten it.
     public func expectForgotten() {
-        precondition(host.producerPort.connectedProducerCount == 0, "the service kept a producer that went away")
+        precondition(host.connectedProducerCount == 0, "the service kept a producer that went away")
         precondition(host.consumerPort.connectedConsumerCount == 0, "the service kept a consumer that went away")
     }
 
