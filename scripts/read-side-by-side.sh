@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Reading a full trace buffer from our traced and from Perfetto's, side by side, with the same
+# producer (ours) and the same client (Perfetto's perfetto), alternating. Needs Perfetto's
+# traced and perfetto built from its public source (../shared/TRACING.md, last section).
+#
+#   scripts/read-side-by-side.sh /path/to/perfetto/out/rel [rounds]
+#
+# Each line: which service, the trace's size, and how long perfetto took after the session's
+# fixed 2 s (flush, stop, ReadBuffers and writing the file), with the MB/s that makes.
+set -euo pipefail
+real=${1:?usage: scripts/read-side-by-side.sh PERFETTO_OUT_DIR [rounds]}
+rounds=${2:-3}
+cd "$(dirname "$0")/.."
+swift build -c release --product tracebox >/dev/null
+ours=$(swift build -c release --show-bin-path)/tracebox
+work=$(mktemp -d)
+export PERFETTO_PRODUCER_SOCK_NAME=$work/p.sock PERFETTO_CONSUMER_SOCK_NAME=$work/c.sock
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+printf '%s\n' 'buffers { size_kb: 131072 }' 'data_sources { config { name: "tracebox.test" } }' \
+  'duration_ms: 2000' > "$work/read.txt"
+
+one() { # $1 = label, $2... = service command
+  local label=$1; shift
+  rm -f "$work"/p.sock "$work"/c.sock "$work/out.pftrace"
+  "$@" >"$work/service.log" 2>&1 & local service=$!; pids+=($service)
+  for _ in $(seq 100); do [ -S "$work/c.sock" ] && break; sleep 0.05; done
+  # Packets of ~1 KiB from two threads for the whole session: the 128 MiB ring is full (or
+  # nearly) when the session stops.
+  "$ours" producer --continuous --threads 2 -p 1000 --interval-us 0 >/dev/null 2>&1 & local producer=$!; pids+=($producer)
+  sleep 0.3
+  local start end
+  start=$(date +%s%N)
+  "$real/perfetto" -c "$work/read.txt" --txt -o "$work/out.pftrace" >/dev/null 2>&1
+  end=$(date +%s%N)
+  local bytes ms
+  bytes=$(stat -c %s "$work/out.pftrace")
+  ms=$(( (end - start) / 1000000 - 2000 ))
+  echo "$label: $(( bytes / 1048576 )) MiB read in ${ms} ms after the session ($(( bytes / 1000 / (ms > 0 ? ms : 1) )) MB/s)"
+  kill "$producer" "$service"; wait "$producer" "$service" 2>/dev/null || true
+}
+for _ in $(seq "$rounds"); do
+  one "our traced   " "$ours" traced
+  one "real traced  " "$real/traced"
+done
