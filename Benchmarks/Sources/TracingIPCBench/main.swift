@@ -13,6 +13,9 @@
 //   rtt        QueryCapabilities and QueryServiceState (20 producers connected), p50, against an
 //              Echo round trip to the same process.
 //   idle       the service's resident memory per idle producer and per idle consumer connection.
+//
+// With PERFETTO_TRACED=/path/to/perfetto/out/rel/traced, the produce figures are also measured
+// against Perfetto's own traced (same producers, same writers), side by side.
 
 import Dispatch
 import FoundationEssentials
@@ -269,6 +272,26 @@ nonisolated func runBenchmarks() throws {
     let system = SystemTracingService(transport: transport, producerAddress: directory + "/p.sock", consumerAddress: directory + "/c.sock")
     let inProcess = TracingServiceCore(eventLoop: loop.loop)
 
+    // Perfetto's traced, if named: the same producers against it.
+    var realTraced: pid_t = 0
+    var realSystem: SystemTracingService?
+    if let traced = getenv("PERFETTO_TRACED").map({ String(cString: $0) }) {
+        let environment = ["PERFETTO_PRODUCER_SOCK_NAME=\(directory)/real-p.sock", "PERFETTO_CONSUMER_SOCK_NAME=\(directory)/real-c.sock"]
+        let envp = (environment.map { strdup($0) }) + [nil]
+        let argv = [strdup(traced), nil]
+        guard posix_spawn(&realTraced, traced, nil, nil, argv, envp) == 0 else { fatalError("spawn \(traced)") }
+        for _ in 0..<5000 where access(directory + "/real-c.sock", F_OK) != 0 { usleep(1000) }
+        realSystem = SystemTracingService(
+            transport: transport, producerAddress: directory + "/real-p.sock", consumerAddress: directory + "/real-c.sock")
+    }
+    defer {
+        if realTraced != 0 {
+            kill(realTraced, SIGTERM)
+            var status: Int32 = 0
+            waitpid(realTraced, &status, 0)
+        }
+    }
+
     for (size, label) in [(40, "40B"), (1024, "1KiB")] {
         let count = size == 40 ? packets : packets / 8
         for threads in [1, 4] {
@@ -279,6 +302,11 @@ nonisolated func runBenchmarks() throws {
             print("produce \(label) x\(threads) threads: ipc \(format(total / ipc.seconds / 1e6))M packets/s "
                 + "\(format(total * Double(size) / ipc.seconds / 1e6, 0)) MB/s, in-process \(format(total / local.seconds / 1e6))M/s, "
                 + "memcpy \(format(total / copy / 1e6, 0))M/s; ipc/in-process \(format(ipc.seconds / local.seconds))x; lost \(ipc.lost + local.lost)")
+            if let realSystem {
+                let real = produce(service: realSystem, loop: loop, threads: threads, count: count, size: size)
+                print("  the same into Perfetto's traced: \(format(total / real.seconds / 1e6))M packets/s; "
+                    + "ours/traced time \(format(ipc.seconds / real.seconds))x; lost \(real.lost)")
+            }
         }
     }
 
