@@ -3,4 +3,4 @@
 # random disconnects and reconnects, against one host. CI runs it at a reduced scale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PERFETTO_IPC_SOAK=full swift test -c release --no-parallel --filter SoakTests
+PERFETTO_IPC_SOAK=full swift test -c release -Xswiftc -enable-testing --no-parallel --filter SoakTests
