@@ -395,8 +395,6 @@ nonisolated func runBenchmarks() throws {
             }
             return samples.sorted()[samples.count / 2]
         }
-        let capabilities = p50(2000) { done in consumer.endpoint.queryCapabilities { _ in done() } }
-        let state = p50(2000) { done in consumer.endpoint.queryServiceState(sessionsOnly: false) { _, _ in done() } }
         let echoClient = loop.sync { IPCClient(backend: .unixSocket(directory + "/echo.sock", loop: loop.loop)) }
         let echo = Pfpeers_EchoServiceProxy()
         loop.sync { echoClient.bind(echo) }
@@ -404,12 +402,19 @@ nonisolated func runBenchmarks() throws {
         var echoRequest = Pfpeers_EchoRequest()
         echoRequest.data = Data(repeating: 0x61, count: 16)
         let request = echoRequest
-        let echoRTT = p50(2000) { done in
+        let echoCall: (@escaping () -> Void) -> Void = { done in
             let callback = Box(done)
             echo.echo(request, reply: { _ in callback.value() })
         }
+        // Echo before and after the ConsumerPort calls: the VM's speed drifts within a run.
+        let echoBefore = p50(2000, echoCall)
+        let capabilities = p50(2000) { done in consumer.endpoint.queryCapabilities { _ in done() } }
+        let state = p50(2000) { done in consumer.endpoint.queryServiceState(sessionsOnly: false) { _, _ in done() } }
+        let echoAfter = p50(2000, echoCall)
+        let echoRTT = (echoBefore + echoAfter) / 2
         print("rtt p50: QueryCapabilities \(format(capabilities))us (\(format(capabilities / echoRTT))x echo), "
-            + "QueryServiceState with 20 producers \(format(state))us (\(format(state / echoRTT))x echo), echo \(format(echoRTT))us")
+            + "QueryServiceState with 20 producers \(format(state))us (\(format(state / echoRTT))x echo), "
+            + "echo \(format(echoBefore))us before, \(format(echoAfter))us after")
         loop.sync {
             for producer in idle { producer.endpoint.disconnect() }
             consumer.endpoint.disconnect()
