@@ -31,14 +31,7 @@ public enum TrackEvent {
         _ category: TrackEventCategory, _ name: StaticString, track: Track? = nil, flow: Flow? = nil,
         terminatingFlow: Flow? = nil
     ) {
-        let mask = category.enabledMask
-        guard mask != 0 else { return }
-        guard track != nil || flow != nil || terminatingFlow != nil else {
-            return TrackEventWriting.writeSimple(category, mask, kind: .sliceBegin, name: name)
-        }
-        TrackEventWriting.write(
-            category, mask,
-            TrackEventSpec(kind: .sliceBegin, name: .interned(name), track: track, flow: flow, terminatingFlow: terminatingFlow))
+        event(.sliceBegin, category, name, track: track, flow: flow, terminatingFlow: terminatingFlow)
     }
 
     /// Begins a slice with debug annotations: `arguments` adds them (it must not write events).
@@ -47,14 +40,7 @@ public enum TrackEvent {
         _ category: TrackEventCategory, _ name: StaticString, track: Track? = nil, flow: Flow? = nil,
         terminatingFlow: Flow? = nil, _ arguments: (inout TrackEventArguments) -> Void
     ) {
-        let mask = category.enabledMask
-        guard mask != 0 else { return }
-        withoutActuallyEscaping(arguments) { arguments in
-            TrackEventWriting.write(
-                category, mask,
-                TrackEventSpec(kind: .sliceBegin, name: .interned(name), track: track, flow: flow, terminatingFlow: terminatingFlow),
-                arguments: arguments)
-        }
+        event(.sliceBegin, category, name, track: track, flow: flow, terminatingFlow: terminatingFlow, arguments)
     }
 
     /// Begins a slice whose name is made at run time (written inline, not interned).
@@ -63,12 +49,7 @@ public enum TrackEvent {
         _ category: TrackEventCategory, dynamicName name: String, track: Track? = nil, flow: Flow? = nil,
         terminatingFlow: Flow? = nil, _ arguments: ((inout TrackEventArguments) -> Void)? = nil
     ) {
-        let mask = category.enabledMask
-        guard mask != 0 else { return }
-        TrackEventWriting.write(
-            category, mask,
-            TrackEventSpec(kind: .sliceBegin, name: .inline(name), track: track, flow: flow, terminatingFlow: terminatingFlow),
-            arguments: arguments)
+        event(.sliceBegin, category, dynamicName: name, track: track, flow: flow, terminatingFlow: terminatingFlow, arguments)
     }
 
     /// Ends the innermost open slice on `track` (the calling thread's, by default).
@@ -117,6 +98,52 @@ public enum TrackEvent {
         return try await body()
     }
 
+    // One body for slice beginnings and instants, which differ only in their kind. Inlined
+    // into each public entry point, so the disabled path stays one load and one branch.
+
+    @inlinable @inline(__always)
+    static func event(
+        _ kind: TrackEventSpec.Kind, _ category: TrackEventCategory, _ name: StaticString, track: Track?, flow: Flow?,
+        terminatingFlow: Flow?
+    ) {
+        let mask = category.enabledMask
+        guard mask != 0 else { return }
+        guard track != nil || flow != nil || terminatingFlow != nil else {
+            return TrackEventWriting.writeSimple(category, mask, kind: kind, name: name)
+        }
+        TrackEventWriting.write(
+            category, mask,
+            TrackEventSpec(kind: kind, name: .interned(name), track: track, flow: flow, terminatingFlow: terminatingFlow))
+    }
+
+    @inlinable @inline(__always)
+    static func event(
+        _ kind: TrackEventSpec.Kind, _ category: TrackEventCategory, _ name: StaticString, track: Track?, flow: Flow?,
+        terminatingFlow: Flow?, _ arguments: (inout TrackEventArguments) -> Void
+    ) {
+        let mask = category.enabledMask
+        guard mask != 0 else { return }
+        withoutActuallyEscaping(arguments) { arguments in
+            TrackEventWriting.write(
+                category, mask,
+                TrackEventSpec(kind: kind, name: .interned(name), track: track, flow: flow, terminatingFlow: terminatingFlow),
+                arguments: arguments)
+        }
+    }
+
+    @inlinable @inline(__always)
+    static func event(
+        _ kind: TrackEventSpec.Kind, _ category: TrackEventCategory, dynamicName name: String, track: Track?, flow: Flow?,
+        terminatingFlow: Flow?, _ arguments: ((inout TrackEventArguments) -> Void)?
+    ) {
+        let mask = category.enabledMask
+        guard mask != 0 else { return }
+        TrackEventWriting.write(
+            category, mask,
+            TrackEventSpec(kind: kind, name: .inline(name), track: track, flow: flow, terminatingFlow: terminatingFlow),
+            arguments: arguments)
+    }
+
     // MARK: Instants and counters
 
     /// An instant event named `name` on `track` (the calling thread's, by default).
@@ -125,14 +152,7 @@ public enum TrackEvent {
         _ category: TrackEventCategory, _ name: StaticString, track: Track? = nil, flow: Flow? = nil,
         terminatingFlow: Flow? = nil
     ) {
-        let mask = category.enabledMask
-        guard mask != 0 else { return }
-        guard track != nil || flow != nil || terminatingFlow != nil else {
-            return TrackEventWriting.writeSimple(category, mask, kind: .instant, name: name)
-        }
-        TrackEventWriting.write(
-            category, mask,
-            TrackEventSpec(kind: .instant, name: .interned(name), track: track, flow: flow, terminatingFlow: terminatingFlow))
+        event(.instant, category, name, track: track, flow: flow, terminatingFlow: terminatingFlow)
     }
 
     /// An instant event with debug annotations.
@@ -141,14 +161,7 @@ public enum TrackEvent {
         _ category: TrackEventCategory, _ name: StaticString, track: Track? = nil, flow: Flow? = nil,
         terminatingFlow: Flow? = nil, _ arguments: (inout TrackEventArguments) -> Void
     ) {
-        let mask = category.enabledMask
-        guard mask != 0 else { return }
-        withoutActuallyEscaping(arguments) { arguments in
-            TrackEventWriting.write(
-                category, mask,
-                TrackEventSpec(kind: .instant, name: .interned(name), track: track, flow: flow, terminatingFlow: terminatingFlow),
-                arguments: arguments)
-        }
+        event(.instant, category, name, track: track, flow: flow, terminatingFlow: terminatingFlow, arguments)
     }
 
     /// An instant event whose name is made at run time (written inline, not interned).
@@ -157,12 +170,7 @@ public enum TrackEvent {
         _ category: TrackEventCategory, dynamicName name: String, track: Track? = nil, flow: Flow? = nil,
         terminatingFlow: Flow? = nil, _ arguments: ((inout TrackEventArguments) -> Void)? = nil
     ) {
-        let mask = category.enabledMask
-        guard mask != 0 else { return }
-        TrackEventWriting.write(
-            category, mask,
-            TrackEventSpec(kind: .instant, name: .inline(name), track: track, flow: flow, terminatingFlow: terminatingFlow),
-            arguments: arguments)
+        event(.instant, category, dynamicName: name, track: track, flow: flow, terminatingFlow: terminatingFlow, arguments)
     }
 
     /// Ends the innermost open slice on `track`, with optional annotations (for callers that
