@@ -81,9 +81,7 @@ final class RelayFixture {
         seconds: Int = 10, until condition: () -> Bool, _ message: String = "condition never held",
         sourceLocation: SourceLocation = #_sourceLocation
     ) -> Bool {
-        let held = loop.run(until: condition, timeout: .seconds(seconds))
-        if !held { Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation) }
-        return held
+        drive(loop, seconds: seconds, until: condition, message, sourceLocation: sourceLocation)
     }
 
     /// A producer of `source` on `clients` that writes `count` packets "<source> <i>" (of

@@ -49,9 +49,7 @@ class SocketTracingFixture {
         seconds: Int = 5, until condition: () -> Bool, _ message: String = "condition never held",
         sourceLocation: SourceLocation = #_sourceLocation
     ) -> Bool {
-        let held = loop.run(until: condition, timeout: .seconds(seconds))
-        if !held { Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation) }
-        return held
+        drive(loop, seconds: seconds, until: condition, message, sourceLocation: sourceLocation)
     }
 
     /// Runs `scenario`, then checks the service forgot everybody and every descriptor the
@@ -117,4 +115,15 @@ class SocketTracingFixture {
                 "the honest producer's packets are all there", sourceLocation: sourceLocation)
     }
 
+}
+
+/// Runs a real loop until `condition` holds, at most `seconds`; fails the test if it never does.
+@discardableResult
+func drive(
+    _ loop: EpollEventLoop, seconds: Int, until condition: () -> Bool, _ message: String = "condition never held",
+    sourceLocation: SourceLocation = #_sourceLocation
+) -> Bool {
+    let held = loop.run(until: condition, timeout: .seconds(seconds))
+    if !held { Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation) }
+    return held
 }
