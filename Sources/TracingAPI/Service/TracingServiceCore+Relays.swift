@@ -4,13 +4,9 @@
 // reader can name the machines and align their timelines with this one's.
 
 /// A relay's connection: client ids are per host, and each host has its own RelayPort.
-struct RelayKey: Hashable, Comparable {
+struct RelayKey: Hashable {
     let port: ObjectIdentifier
     let clientID: UInt64
-
-    static func < (lhs: RelayKey, rhs: RelayKey) -> Bool {
-        (lhs.clientID, lhs.port.hashValue) < (rhs.clientID, rhs.port.hashValue)
-    }
 }
 
 /// One relay connection: its machine, its system info, its last clock exchanges.
@@ -59,7 +55,9 @@ extension TracingServiceCore {
     func relayPackets(for session: TracingSession, uid: UInt32) -> [TracePacketData] {
         guard !relays.isEmpty else { return [] }
         var packets: [TracePacketData] = []
-        for (_, record) in relays.sorted(by: { $0.key < $1.key }) {
+        // In connection order (by machine for relays of one connection id on two addresses).
+        let ordered = relays.sorted { ($0.key.clientID, $0.value.machineID) < ($1.key.clientID, $1.value.machineID) }
+        for (_, record) in ordered {
             let machine = record.machineID
             if let info = record.systemInfo,
                session.machinesWithSystemInfo.insert(machine).inserted {
