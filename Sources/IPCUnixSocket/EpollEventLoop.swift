@@ -24,7 +24,11 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     // immutable, atomics or ThreadLocks.
     private let epollFD: Int32
     private let wakeFD: Int32
+    /// Tasks posted from other threads.
     private let pendingTasks = ThreadLock<[PostedTask]>([])
+    /// Whether `pendingTasks` may hold tasks: lets a turn skip the lock when nothing came from
+    /// another thread. Set under the lock, cleared under it.
+    private let hasRemoteTasks = Atomic<Bool>(false)
     private let ownerThread: Atomic<Int32>
     private let stopRequested = Atomic<Bool>(false)
     private let isRunning = Atomic<Bool>(false)
@@ -40,6 +44,9 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     /// The batch of posted tasks being run; swapped with `pendingTasks` so neither array is
     /// reallocated per batch.
     @exclusivity(unchecked) private var runningTasks: [PostedTask] = []
+    /// Tasks posted from the loop's own thread: no lock, no wake-up (a call between a client
+    /// and a host on one loop posts two per round trip).
+    @exclusivity(unchecked) private var localTasks: [PostedTask] = []
     private static let wakeWatchID: UInt64 = 0
 
     /// How long the loop keeps polling (without sleeping) before it waits in `epoll_wait` for
@@ -89,12 +96,17 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     // MARK: IPCEventLoop
 
     public func execute(_ task: @escaping @Sendable () -> Void) {
+        // The loop's own thread looks at its queue before it waits again: no lock, no wake-up.
+        if inEventLoop {
+            localTasks.append(PostedTask(task))
+            return
+        }
         let wasEmpty = pendingTasks.withLock { tasks in
             tasks.append(PostedTask(task))
+            hasRemoteTasks.store(true, ordering: .relaxed)
             return tasks.count == 1
         }
-        // The loop's own thread looks at the queue before it waits again: no wake-up needed.
-        if wasEmpty && !inEventLoop { wake() }
+        if wasEmpty { wake() }
     }
 
     public var inEventLoop: Bool {
@@ -155,7 +167,7 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
         return true
     }
 
-    private var hasPendingTasks: Bool { pendingTasks.withLock { !$0.isEmpty } }
+    private var hasPendingTasks: Bool { !localTasks.isEmpty || hasRemoteTasks.load(ordering: .acquiring) }
 
     /// Rounds of posted tasks one turn runs before it looks at descriptors and timers again.
     static let maxTaskRoundsPerTurn = 64
@@ -215,7 +227,19 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
     /// Runs the queued tasks, then those they queued, and so on, for a bounded number of rounds.
     private func runPendingTasks() {
         for _ in 0..<Self.maxTaskRoundsPerTurn {
-            pendingTasks.withLock { swap(&$0, &runningTasks) }
+            if hasRemoteTasks.load(ordering: .acquiring) {
+                pendingTasks.withLock { tasks in
+                    swap(&tasks, &runningTasks)
+                    hasRemoteTasks.store(false, ordering: .relaxed)
+                }
+            }
+            // Then this thread's own, in the order they were posted.
+            if runningTasks.isEmpty {
+                swap(&localTasks, &runningTasks)
+            } else if !localTasks.isEmpty {
+                runningTasks.append(contentsOf: localTasks)
+                localTasks.removeAll(keepingCapacity: true)
+            }
             if runningTasks.isEmpty { return }
             for task in runningTasks { task.run() }
             runningTasks.removeAll(keepingCapacity: true)

@@ -50,7 +50,7 @@ public final class IPCClient: IPCConnectionDelegate {
     private let receivedFD = ReceivedFDSlot()
     // Per-call state: unchecked exclusivity (loop-confined; Threading.md, "Costs").
     @exclusivity(unchecked) private var nextRequestID: UInt64 = 1
-    @exclusivity(unchecked) private var pending: [UInt64: PendingRequest] = [:]
+    @exclusivity(unchecked) private var pending = PendingRequests<PendingRequest>()
     private var queuedBinds: [ServiceProxy] = []
     private var boundProxies: [ObjectIdentifier: Weak<ServiceProxy>] = [:]
     private var ended = false
@@ -266,10 +266,10 @@ public final class IPCClient: IPCConnectionDelegate {
             return nil
         }
         if let callback {
-            pending[requestID] = .invoke(proxy: ObjectIdentifier(proxy), callback: callback)
+            pending.insert(.invoke(proxy: ObjectIdentifier(proxy), callback: callback), for: requestID)
         }
         guard frame.send(on: connection, fd: fd) else {
-            if let callback, pending.removeValue(forKey: requestID) != nil {
+            if let callback, pending.removeValue(for: requestID) != nil {
                 proxy.rejectLater(callback, IPCError(.disconnected, "the request could not be sent"))
             }
             return nil
@@ -279,7 +279,7 @@ public final class IPCClient: IPCConnectionDelegate {
 
     /// Forgets a pending call: its callback is released and never called.
     func cancelRequest(_ requestID: UInt64) {
-        pending[requestID] = nil
+        pending.removeValue(for: requestID)
     }
 
     /// A proxy is going away: release its callbacks and let its name be bound again.
@@ -287,9 +287,9 @@ public final class IPCClient: IPCConnectionDelegate {
         directBindings.removeAll { $0.proxyID == id }
         boundProxies[id] = nil
         queuedBinds.removeAll { ObjectIdentifier($0) == id }
-        pending = pending.filter { _, request in
-            if case .invoke(let proxy, _) = request { return proxy != id }
-            return true
+        pending.removeAll { request in
+            if case .invoke(let proxy, _) = request { return proxy == id }
+            return false
         }
     }
 
@@ -352,7 +352,7 @@ public final class IPCClient: IPCConnectionDelegate {
     private func sendBind(_ proxy: ServiceProxy) {
         let name = proxy.descriptor.name
         let alreadyBound = boundProxies.values.contains { $0.object?.descriptor.name == name && $0.object !== proxy }
-            || pending.values.contains { if case .bind(let other) = $0 { return other.object?.descriptor.name == name }; return false }
+            || pending.contains { if case .bind(let other) = $0 { return other.object?.descriptor.name == name }; return false }
         if alreadyBound {
             let box = UncheckedSendableBox(proxy)
             eventLoop.execute {
@@ -364,7 +364,7 @@ public final class IPCClient: IPCConnectionDelegate {
         var frame = IPCFrame()
         frame.requestID = requestID
         frame.msgBindService.serviceName = name
-        pending[requestID] = .bind(Weak(proxy))
+        pending.insert(.bind(Weak(proxy)), for: requestID)
         boundProxies[ObjectIdentifier(proxy)] = Weak(proxy)
         connection?.sendFrame(frame, maxPayloadSize: maxPayloadSize, logger: logger)
     }
@@ -415,7 +415,7 @@ public final class IPCClient: IPCConnectionDelegate {
     /// An InvokeMethodReply; `bytes` (the reply) is valid only during the call.
     private func handleReply(requestID: UInt64, success: Bool, hasMore: Bool, bytes: UnsafeRawBufferPointer) {
         let hasMore = success && hasMore
-        guard case .invoke(let proxyID, let callback)? = hasMore ? pending[requestID] : pending.removeValue(forKey: requestID) else {
+        guard case .invoke(let proxyID, let callback)? = hasMore ? pending[requestID] : pending.removeValue(for: requestID) else {
             logger.debug("reply for unknown or cancelled request \(requestID)")
             return
         }
@@ -431,7 +431,7 @@ public final class IPCClient: IPCConnectionDelegate {
     private func handle(_ frame: IPCFrame) {
         switch frame.msg {
         case .msgBindServiceReply(let reply):
-            guard case .bind(let weakProxy)? = pending.removeValue(forKey: frame.requestID) else {
+            guard case .bind(let weakProxy)? = pending.removeValue(for: frame.requestID) else {
                 logger.debug("bind reply for unknown request \(frame.requestID)")
                 return
             }
@@ -447,7 +447,7 @@ public final class IPCClient: IPCConnectionDelegate {
                 handleReply(requestID: frame.requestID, success: reply.success, hasMore: reply.hasMore, bytes: bytes)
             }
         case .msgRequestError(let error):
-            switch pending.removeValue(forKey: frame.requestID) {
+            switch pending.removeValue(for: frame.requestID) {
             case .bind(let weakProxy)?:
                 weakProxy.object?.bindingFailed(IPCError(.protocolViolation, "host error: \(error.error)"))
             case .invoke(_, let callback)?:
@@ -465,7 +465,7 @@ public final class IPCClient: IPCConnectionDelegate {
         guard !ended else { return }
         ended = true
         trimmer?.cancel()
-        let outstanding = pending.sorted { $0.key < $1.key }.map(\.value)
+        let outstanding = pending.values
         pending.removeAll()
         let queued = queuedBinds
         queuedBinds.removeAll()

@@ -40,7 +40,7 @@ final class DirectServiceBinding {
     ///
     /// This and the other per-call state below skip dynamic exclusivity checks: it is
     /// loop-confined and never accessed across a call into user code (Threading.md, "Costs").
-    @exclusivity(unchecked) private var pending: [UInt64: TrackedReply] = [:]
+    @exclusivity(unchecked) private var pending = PendingRequests<TrackedReply>()
     @exclusivity(unchecked) @usableFromInline var nextRequestID: UInt64 = 1
     @exclusivity(unchecked) @usableFromInline private(set) var ended = false
     /// Set by the host's deinit, before the posted `end` runs: no call may reach the service.
@@ -141,7 +141,7 @@ final class DirectServiceBinding {
 
     @usableFromInline
     func track(_ reply: any DirectlyTrackedReply, requestID: UInt64) {
-        pending[requestID] = TrackedReply(reply: reply)
+        pending.insert(TrackedReply(reply: reply), for: requestID)
     }
 
     @usableFromInline
@@ -168,7 +168,7 @@ final class DirectServiceBinding {
     /// whether the caller may still be called back.
     @usableFromInline
     func admitReply(to requestID: UInt64, final: Bool) -> Bool {
-        if final { pending.removeValue(forKey: requestID) }
+        if final { pending.removeValue(for: requestID) }
         return !ended
     }
 
@@ -177,14 +177,14 @@ final class DirectServiceBinding {
 
     /// Forgets a call: its callback is released and never called.
     func cancel(_ requestID: UInt64) {
-        pending.removeValue(forKey: requestID)?.reply.detachFromBinding(rejecting: nil)
+        pending.removeValue(for: requestID)?.reply.detachFromBinding(rejecting: nil)
     }
 
     /// The host or client went away: reject what is outstanding, once, and tell the proxy.
     func end(_ error: IPCError, notifyProxy: Bool) {
         guard !ended else { return }
         ended = true
-        let outstanding = pending.sorted { $0.key < $1.key }.map(\.value)
+        let outstanding = pending.values
         pending.removeAll()
         receivedFD.take()?.close()
         for tracked in outstanding { tracked.reply.detachFromBinding(rejecting: error) }
@@ -199,7 +199,7 @@ final class DirectServiceBinding {
         guard !ended else { return }
         ended = true
         let outstanding = pending.values
-        pending = [:]
+        pending.removeAll()
         for tracked in outstanding { tracked.reply.detachFromBinding(rejecting: nil) }
         queue.removeAll()
         drainTask = nil
