@@ -51,6 +51,7 @@ serve() { # $1 = label, rest = command; starts a host on $work/echo.sock
 stop() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=; }
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
 
+declare -A rss
 printf '%-6s %-16s %9s %9s %13s %18s\n' size "host <- client" p50_us mean_us client_cpu_us floor_p50_us
 for round in $(seq "$rounds"); do
   for payload in 16 65536; do
@@ -69,7 +70,9 @@ for round in $(seq "$rounds"); do
         printf '%-6s %-16s %9s %9s %13s %18s\n' "$payload" "$host <- $client" \
           "$(echo "$line" | field p50)" "$(echo "$line" | field mean)" "$(echo "$line" | field cpu)" "$floor"
       done
+      rss[$host]=$(awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status")
       stop
     done
   done
+  echo "host resident after its calls: ours ${rss[ours]} kB, Perfetto's ${rss[theirs]} kB"
 done
