@@ -2,7 +2,9 @@
 // executable, spawned with `serve`), producers and consumers in this one. Each figure is printed
 // beside its floor, measured in the same run:
 //
-//   swift build -c release --product TracingIPCBench && .build/release/TracingIPCBench [PACKETS]
+//   swift build -c release --product TracingIPCBench && .build/release/TracingIPCBench [PACKETS [SECTIONS]]
+//
+// SECTIONS: a comma-separated subset of produce,read,rtt,idle (all by default).
 //
 //   produce    packets of 40 B and 1 KiB from 1 and 4 writer threads, committed through
 //              CommitData into the session's buffer; floors: the in-process service (same code,
@@ -47,6 +49,10 @@ if CommandLine.arguments.dropFirst().first == "serve" {
 // MARK: Helpers
 
 let packets = CommandLine.arguments.dropFirst().first.flatMap { Int($0) } ?? 1_000_000
+/// Which parts to run: the second argument, comma-separated (all four by default).
+let sections = Set(
+    CommandLine.arguments.dropFirst(2).first.map { $0.split(separator: ",").map(String.init) }
+        ?? ["produce", "read", "rtt", "idle"])
 
 func now() -> Double {
     var time = timespec()
@@ -292,7 +298,7 @@ nonisolated func runBenchmarks() throws {
         }
     }
 
-    for (size, label) in [(40, "40B"), (1024, "1KiB")] {
+    for (size, label) in [(40, "40B"), (1024, "1KiB")] where sections.contains("produce") {
         let count = size == 40 ? packets : packets / 8
         for threads in [1, 4] {
             let ipc = produce(service: system, loop: loop, threads: threads, count: count, size: size)
@@ -311,7 +317,7 @@ nonisolated func runBenchmarks() throws {
     }
 
     // Read: fill a 64 MiB buffer over IPC, then time ReadBuffers.
-    do {
+    if sections.contains("read") {
         let producer = BenchProducer()
         let consumer = BenchConsumer()
         loop.sync {
@@ -375,7 +381,7 @@ nonisolated func runBenchmarks() throws {
     }
 
     // Round trips: ConsumerPort calls with 20 producers connected, against Echo to the same process.
-    do {
+    if sections.contains("rtt") {
         let idle = (0..<20).map { _ in BenchProducer() }
         let consumer = BenchConsumer()
         loop.sync {
@@ -423,7 +429,7 @@ nonisolated func runBenchmarks() throws {
     }
 
     // Idle connections: the service process's resident memory per producer and per consumer.
-    do {
+    if sections.contains("idle") {
         let count = 200
         let base = residentBytes(child)
         let producers = (0..<count).map { _ in BenchProducer() }

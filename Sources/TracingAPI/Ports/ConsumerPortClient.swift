@@ -190,8 +190,16 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
             request.sessionsOnly = sessionsOnly
             var merged: [UInt8] = []
             port.queryServiceState(request) { result in
-                guard let response = result.message,
-                      let chunk: [UInt8] = try? response.serviceState.serializedBytes() else {
+                guard let response = result.message else {
+                    if settle(result.error) { callback(false, TracingServiceState()) }
+                    return
+                }
+                if merged.isEmpty && !result.hasMore {
+                    // The usual case: the whole state in one reply, already decoded.
+                    if settle(result.error) { callback(true, response.serviceState) }
+                    return
+                }
+                guard let chunk: [UInt8] = try? response.serviceState.serializedBytes() else {
                     if settle(result.error) { callback(false, TracingServiceState()) }
                     return
                 }
