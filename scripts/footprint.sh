@@ -20,7 +20,10 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 
 build() { # $1 = scratch path, rest = extra flags; prints the binary
-  swift build -c release --product minimal-echo --scratch-path "$1" "${@:2}" >/dev/null 2>&1
+  if ! swift build -c release --product minimal-echo --scratch-path "$1" "${@:2}" >"$work/build.log" 2>&1; then
+    cat "$work/build.log" >&2
+    exit 1
+  fi
   echo "$(swift build -c release --scratch-path "$1" "${@:2}" --show-bin-path 2>/dev/null)/minimal-echo"
 }
 resident() { # $1 = pid: VmRSS, RssAnon, RssFile in kB
@@ -35,6 +38,7 @@ measure() { # $1 = label, $2 = binary
   "$2" call "$socket" --idle >"$work/$1.out" & local client=$!; pids+=($client)
   # The client prints the reply, then idles.
   for _ in $(seq 250); do grep -q '^reply' "$work/$1.out" && break; sleep 0.02; done
+  grep -q '^reply' "$work/$1.out" || { echo "$1: the client got no reply" >&2; exit 1; }
   sleep 0.5
   read -r host_rss host_anon host_file < <(resident "$host")
   read -r client_rss client_anon client_file < <(resident "$client")

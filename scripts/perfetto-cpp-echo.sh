@@ -35,7 +35,10 @@ fi
 ninja -C "$out" -j2 pf_ipc_echo >/dev/null
 theirs=$out/pf_ipc_echo
 
-swift build -c release --product ipc-echo --package-path "$here" >/dev/null 2>&1
+if ! swift build -c release --product ipc-echo --package-path "$here" >"$src/out/swift_pfecho/swift-build.log" 2>&1; then
+  cat "$src/out/swift_pfecho/swift-build.log" >&2
+  exit 1
+fi
 ours=$(swift build -c release --show-bin-path --package-path "$here")/ipc-echo
 
 work=$(mktemp -d)

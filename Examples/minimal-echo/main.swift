@@ -50,7 +50,7 @@ func call(_ address: String, idle: Bool) throws {
         exit(1)
     }
     print("reply: \(String(decoding: message.data, as: UTF8.self))")
-    fflush(stdout)  // before idling: whoever reads our output (scripts/footprint.sh) waits for it
+    fflush(nil)  // before idling: whoever reads our output (scripts/footprint.sh) waits for it
     if idle { loop.run() }
     client.close()
 }
