@@ -13,6 +13,8 @@
 // `@inlinable` so that generated code, which knows `Message`, runs them specialized: no
 // generic-metadata lookups per call.
 
+import SwiftProtobuf
+
 /// A reply to be sent later, resolved exactly once (or streamed until `hasMore` is false).
 ///
 /// Loop-bound: use it on the loop of the host or client it came from.
@@ -128,3 +130,27 @@ protocol DirectlyTrackedReply: AnyObject {
 }
 
 extension Deferred: DirectlyTrackedReply {}
+
+extension Deferred where Message: SwiftProtobuf.Message {
+    /// Resolves with a reply the service serialized itself: `write` fills exactly `size` bytes
+    /// with the encoding of a `Message`. Over a connection the bytes become the reply frame's
+    /// message as they are, with no message built or encoded (how ConsumerPort sends trace data);
+    /// to a caller in this process they are decoded into a `Message` first, and bytes that do not
+    /// decode reject the call. With `hasMore`, the Deferred stays open for more replies.
+    package func resolve(serializedSize size: Int, hasMore: Bool, write: (UnsafeMutableRawBufferPointer) -> Void) {
+        guard let target else { return }
+        if case .wire(let sink, _) = target {
+            if !hasMore { self.target = nil }
+            if sink.sendSerialized(size: size, hasMore: hasMore, write: write) { return }
+            self.target = target
+        }
+        let bytes = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+            write(UnsafeMutableRawBufferPointer(buffer))
+            initialized = size
+        }
+        guard let message = try? Message(serializedBytes: bytes) else {
+            return reject(IPCError(.remoteFailure, "the service's serialized \(Message.protoMessageName) does not decode"))
+        }
+        resolve(message, hasMore: hasMore)
+    }
+}

@@ -81,6 +81,18 @@ public final class IPCReplySink {
             fd: result.fileDescriptor)
     }
 
+    /// Sends a reply whose message the service serialized itself: `write` fills the frame's
+    /// `size` message bytes in place. Returns false, sending nothing, on a forwarding sink (the
+    /// caller then delivers a decoded message instead).
+    func sendSerialized(size: Int, hasMore: Bool, write: (UnsafeMutableRawBufferPointer) -> Void) -> Bool {
+        guard !finished else { return true }
+        guard !isForwarding else { return false }
+        var payload = OutgoingFrame.Payload(repeating: 0, count: size)
+        payload.withUnsafeMutableBytes(write)
+        sendEncoded(success: true, hasMore: hasMore, payload: consume payload, fd: nil)
+        return true
+    }
+
     @usableFromInline
     func forward<Message>(_ result: AsyncResult<Message>) {
         guard case .forward(let forwarder) = route else { return }

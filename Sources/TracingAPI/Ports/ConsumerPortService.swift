@@ -232,8 +232,10 @@ final class ConsumerPortConnection: Consumer {
     var readReply: Deferred<Perfetto_Protos_ReadBuffersResponse>?
     var eventsReply: Deferred<Perfetto_Protos_ObserveEventsResponse>?
     var statsReplies: [Deferred<Perfetto_Protos_GetTraceStatsResponse>] = []
-    /// ReadBuffers replies made but not handed to the connection yet, from `heldReadIndex` on.
-    private var heldReadReplies: [(Perfetto_Protos_ReadBuffersResponse, hasMore: Bool)] = []
+    /// ReadBuffers replies planned but not handed to the connection yet, from `heldReadIndex`
+    /// on, and the packets they slice (encoded straight into each reply's frame as it goes).
+    private var heldReadReplies: [ReadBuffersSlicer.Reply] = []
+    private var heldPackets: [TracePacketData] = []
     private var heldReadIndex = 0
     private var readRetry: (any ScheduledTask)?
     /// Held-back replies wait for the connection to drain its queue.
@@ -249,6 +251,7 @@ final class ConsumerPortConnection: Consumer {
         readRetry = nil
         waitingForDrain = false
         heldReadReplies.removeAll()
+        heldPackets.removeAll()
         heldReadIndex = 0
     }
 
@@ -268,7 +271,8 @@ final class ConsumerPortConnection: Consumer {
 
     func onTraceData(_ packets: [TracePacketData], hasMore: Bool) {
         guard readReply != nil else { return }
-        heldReadReplies.append(contentsOf: ReadBuffersSlicer.replies(for: packets, hasMore: hasMore))
+        heldReadReplies.append(contentsOf: ReadBuffersSlicer.plan(packets, firstIndex: heldPackets.count, hasMore: hasMore))
+        heldPackets.append(contentsOf: packets)
         if readRetry == nil && !waitingForDrain { sendReadReplies() }
     }
 
@@ -296,9 +300,12 @@ final class ConsumerPortConnection: Consumer {
             let next = heldReadReplies[heldReadIndex]
             heldReadIndex += 1
             if !next.hasMore { readReply = nil }
-            reply.resolve(next.0, hasMore: next.hasMore)
+            reply.resolve(serializedSize: next.encodedSize, hasMore: next.hasMore) { buffer in
+                ReadBuffersSlicer.encode(next, packets: heldPackets, into: buffer)
+            }
         }
         heldReadReplies.removeAll()
+        heldPackets.removeAll()
         heldReadIndex = 0
     }
 

@@ -25,34 +25,96 @@ enum ReadBuffersSlicer {
     /// Perfetto's estimate of the framing of one slice in a reply.
     static let sliceOverhead = 16
 
-    /// The replies carrying `packets`; the last has `hasMore`, the others have more.
-    static func replies(
-        for packets: [TracePacketData], hasMore: Bool
-    ) -> [(Perfetto_Protos_ReadBuffersResponse, hasMore: Bool)] {
-        var replies: [(Perfetto_Protos_ReadBuffersResponse, hasMore: Bool)] = []
-        var current = Perfetto_Protos_ReadBuffersResponse()
-        var currentSize = 0
-        for packet in packets {
-            let bytes = packet.bytes
+    /// Part of a packet: `bytes[start..<end]` of the packet at `packet`.
+    struct Slice: Equatable {
+        let packet: Int
+        let start: Int
+        let end: Int
+        let isLast: Bool
+    }
+
+    /// One reply: its slices and the exact size of its encoded ReadBuffersResponse. No bytes
+    /// are copied until it is sent, and then straight into the frame.
+    struct Reply: Equatable {
+        var slices: [Slice] = []
+        var encodedSize = 0
+        var hasMore = true
+    }
+
+    /// The replies carrying `packets` (the slices count packets from `firstIndex`); the last
+    /// has `hasMore`, the others have more.
+    static func plan(_ packets: [TracePacketData], firstIndex: Int = 0, hasMore: Bool) -> [Reply] {
+        var replies: [Reply] = []
+        var current = Reply()
+        var currentBudget = 0
+        for (offset, packet) in packets.enumerated() {
+            let count = packet.bytes.count
             var start = 0
             repeat {
-                let end = min(start + maxSliceSize, bytes.count)
-                let size = end - start + sliceOverhead
-                if currentSize + size > replyBudget, !current.slices.isEmpty {
-                    replies.append((current, true))
-                    current = Perfetto_Protos_ReadBuffersResponse()
-                    currentSize = 0
+                let end = min(start + maxSliceSize, count)
+                let budget = end - start + sliceOverhead
+                if currentBudget + budget > replyBudget, !current.slices.isEmpty {
+                    replies.append(current)
+                    current = Reply()
+                    currentBudget = 0
                 }
-                var slice = Perfetto_Protos_ReadBuffersResponse.Slice()
-                slice.data = Data(bytes[start..<end])
-                slice.lastSliceForPacket = end == bytes.count
-                current.slices.append(slice)
-                currentSize += size
+                current.slices.append(Slice(packet: firstIndex + offset, start: start, end: end, isLast: end == count))
+                current.encodedSize += encodedSize(ofSliceWith: end - start)
+                currentBudget += budget
                 start = end
-            } while start < bytes.count
+            } while start < count
         }
-        replies.append((current, hasMore))
+        current.hasMore = hasMore
+        replies.append(current)
         return replies
+    }
+
+    /// Writes `reply` as a ReadBuffersResponse, byte for byte what SwiftProtobuf writes for it:
+    /// per slice, `slices` (field 2) holding `data` (field 1) and `last_slice_for_packet`
+    /// (field 2, written when false too). `buffer` is exactly `reply.encodedSize` bytes.
+    static func encode(_ reply: Reply, packets: [TracePacketData], into buffer: UnsafeMutableRawBufferPointer) {
+        var at = 0
+        func put(_ byte: UInt8) {
+            buffer[at] = byte
+            at += 1
+        }
+        func putVarint(_ value: Int) {
+            var value = UInt(value)
+            while value >= 0x80 {
+                put(UInt8(truncatingIfNeeded: value) | 0x80)
+                value >>= 7
+            }
+            put(UInt8(value))
+        }
+        for slice in reply.slices {
+            let count = slice.end - slice.start
+            put(0x12)
+            putVarint(1 + varintSize(count) + count + 2)
+            put(0x0A)
+            putVarint(count)
+            packets[slice.packet].bytes.withUnsafeBytes { bytes in
+                (buffer.baseAddress! + at).copyMemory(from: bytes.baseAddress! + slice.start, byteCount: count)
+            }
+            at += count
+            put(0x10)
+            put(slice.isLast ? 1 : 0)
+        }
+        precondition(at == buffer.count, "ReadBuffersResponse size mismatch")
+    }
+
+    private static func encodedSize(ofSliceWith count: Int) -> Int {
+        let slice = 1 + varintSize(count) + count + 2
+        return 1 + varintSize(slice) + slice
+    }
+
+    private static func varintSize(_ value: Int) -> Int {
+        var size = 1
+        var value = UInt(value) >> 7
+        while value != 0 {
+            size += 1
+            value >>= 7
+        }
+        return size
     }
 }
 

@@ -2,6 +2,8 @@
 // rebinding rejects the previous callback, it can be moved and resolved later, and a stream
 // stays open until a final reply.
 
+import FoundationEssentials
+import IPCEchoService
 import IPCProtocol
 import Testing
 
@@ -90,5 +92,22 @@ struct DeferredTests {
         }
         #expect(log.values == [1, nil])
         #expect(log.results.last?.hasMore == false)
+    }
+
+    /// A reply the service serialized itself reaches an in-process caller decoded; bytes that
+    /// do not decode reject the call instead of delivering garbage.
+    @Test func serializedRepliesAreDecodedForInProcessCallers() throws {
+        var results: [AsyncResult<Pfpeers_EchoReply>] = []
+        let deferred = Deferred<Pfpeers_EchoReply> { results.append($0) }
+        var reply = Pfpeers_EchoReply()
+        reply.data = Data("hi".utf8)
+        reply.seq = 7
+        let bytes: [UInt8] = try reply.serializedBytes()
+        deferred.resolve(serializedSize: bytes.count, hasMore: true) { $0.copyBytes(from: bytes) }
+        deferred.resolve(serializedSize: 2, hasMore: false) { $0.copyBytes(from: [0xFF, 0xFF]) }
+        deferred.resolve(serializedSize: bytes.count, hasMore: false) { $0.copyBytes(from: bytes) }
+        #expect(results.count == 2)
+        #expect(results.first?.message == reply && results.first?.hasMore == true)
+        #expect(results.last?.message == nil && results.last?.error?.code == .remoteFailure)
     }
 }
