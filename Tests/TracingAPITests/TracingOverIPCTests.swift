@@ -238,6 +238,39 @@ struct TracingOverIPCTests {
     }
 
     @Test(arguments: TracingBinding.all)
+    func aReadInManyPartsArrivesWholeOnceAndInOrder(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        world.core.readPartChunkBytes = 1  // every chunk a part of its own, each read on its own turn
+        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source")])
+        let payload = String(repeating: "y", count: 2000)
+        producer.onStart = { _, writer in
+            for index in 0..<60 { writer.writeTestPacket(timestamp: UInt64(index), "\(index) \(payload)") }
+            writer.flush()
+        }
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(buffers: [(4096, .ringBuffer)]), outputFile: nil)
+        world.run(until: { producer.started.count == 1 })
+        var flushed: Bool?
+        consumer.endpoint.flush(timeoutMs: 2000, flags: FlushFlags()) { flushed = $0 }
+        world.run(until: { flushed != nil })
+        read(consumer, world)
+        // ~120 KiB in chunks of a few KiB: one batch (one reply) or more per part.
+        #expect(consumer.batchesHasMore.count >= 20)
+        let written = consumer.producerPackets()
+        #expect(written.map(\.timestamp) == (0..<60).map(UInt64.init))
+        #expect(written.allSatisfy { $0.forTesting.str.hasSuffix(payload) })
+        // The stats close the read, once; a second read finds nothing new but the stats.
+        #expect(consumer.decodedPackets().filter(\.hasTraceStats).count == 1)
+        #expect(consumer.decodedPackets().last?.hasTraceStats ?? false)
+        read(consumer, world)
+        #expect(consumer.producerPackets().count == 60)
+        // Reading a session that is gone ends the read at once.
+        consumer.endpoint.freeBuffers()
+        read(consumer, world)
+    }
+
+    @Test(arguments: TracingBinding.all)
     func aDetachedSessionOutlivesItsConsumerAndIsAttachedFromANewConnection(_ binding: TracingBinding) throws {
         let world = try binding.make()
         defer { world.tearDown() }

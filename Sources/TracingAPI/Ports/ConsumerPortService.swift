@@ -214,8 +214,15 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
     }
 }
 
+/// A consumer that passes trace data on at its own pace: the service reads the next part of a
+/// ReadBuffers only when it asks for it.
+protocol PacedTraceDataConsumer: AnyObject {
+    /// Calls `next` once, when what was handed over so far is on its way (perhaps at once).
+    func whenReadyForMoreTraceData(_ next: @escaping () -> Void)
+}
+
 /// One consumer served over ConsumerPort: the service's callbacks become replies.
-final class ConsumerPortConnection: Consumer {
+final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
     /// How many reply bytes may wait in the connection before the next replies of a read are
     /// held back. With one more reply (at most a frame, 128 KiB) it stays under any sensible
     /// send-queue bound (16 MiB by default), and it is several socket buffers' worth, so the
@@ -240,6 +247,8 @@ final class ConsumerPortConnection: Consumer {
     private var readRetry: (any ScheduledTask)?
     /// Held-back replies wait for the connection to drain its queue.
     private var waitingForDrain = false
+    /// The service's next part of the read, asked for once every held reply is handed over.
+    private var readNextPart: (() -> Void)?
 
     init(eventLoop: any IPCEventLoop) {
         self.eventLoop = eventLoop
@@ -253,6 +262,16 @@ final class ConsumerPortConnection: Consumer {
         heldReadReplies.removeAll()
         heldPackets.removeAll()
         heldReadIndex = 0
+        readNextPart = nil
+    }
+
+    func whenReadyForMoreTraceData(_ next: @escaping () -> Void) {
+        guard readReply != nil else { return }  // the read is over: its rest stays in the buffer
+        if heldReadIndex < heldReadReplies.count {
+            readNextPart = next
+        } else {
+            next()
+        }
     }
 
     func closeObservedEvents() {
@@ -307,6 +326,10 @@ final class ConsumerPortConnection: Consumer {
         heldReadReplies.removeAll()
         heldPackets.removeAll()
         heldReadIndex = 0
+        if let next = readNextPart {
+            readNextPart = nil
+            next()
+        }
     }
 
     func onTraceStats(success: Bool, _ stats: TraceStats) {

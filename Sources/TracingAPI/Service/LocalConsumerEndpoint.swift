@@ -11,6 +11,8 @@ final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
     let eventLoop: any IPCEventLoop
     let connectionID: UInt64
     var sessionID: TracingSessionID?
+    /// Counts this consumer's ReadBuffers calls: a read in parts stops when a newer one starts.
+    var readGeneration: UInt64 = 0
     var observedEvents: Set<ObservableEvents.TypeEnum> = []
     private(set) var connected = true
 

@@ -287,36 +287,52 @@ final class TraceBuffer {
 
     /// Reads (and removes) every packet that can be read now, in order per sequence.
     func readPackets() -> [BufferedPacket] {
+        readPackets(maxChunkBytes: .max).packets
+    }
+
+    /// Reads (and removes) packets that can be read now, in order per sequence, stopping once
+    /// chunks of about `maxChunkBytes` were consumed; `complete` is false when it stopped early
+    /// (the next call goes on where this one stopped). This is how a large buffer is read in
+    /// parts that go to the consumer while the next part is read.
+    func readPackets(maxChunkBytes: Int) -> (packets: [BufferedPacket], complete: Bool) {
         var packets: [BufferedPacket] = []
+        var budget = maxChunkBytes
         // Sequences in (producer, writer) order, as Perfetto's buffer index is sorted: this is
         // also the order in which the session hands out trusted packet sequence ids.
         let keys = sequences.keys.sorted { ($0.producerID, $0.writerID) < ($1.producerID, $1.writerID) }
+        var complete = true
         for key in keys {
-            read(sequences[key]!, into: &packets)
+            guard read(sequences[key]!, into: &packets, budget: &budget) else {
+                complete = false
+                break
+            }
         }
         pruneInsertionOrder()
-        return packets
+        return (packets, complete)
     }
 
-    private func read(_ sequence: Sequence, into packets: inout [BufferedPacket]) {
+    /// Reads `sequence` as far as it can be read; false when `budget` ran out first.
+    private func read(_ sequence: Sequence, into packets: inout [BufferedPacket], budget: inout Int) -> Bool {
         while !sequence.chunks.isEmpty {
+            guard budget > 0 else { return false }
             let expected = sequence.nextChunkID ?? sequence.chunks.keys.min()!
             guard let chunk = sequence.chunks[expected] else {
                 // A gap: the chunk was overwritten, discarded or never committed. Wait if
                 // nothing newer exists; otherwise skip to the next chunk we have.
-                guard let later = sequence.chunks.keys.lazy.filter({ $0 > expected }).min() else { return }
+                guard let later = sequence.chunks.keys.lazy.filter({ $0 > expected }).min() else { return true }
                 loseReassembly(sequence)
                 sequence.dataLost = true
                 sequence.nextChunkID = later
                 continue
             }
-            if chunk.needsPatching { return }
+            if chunk.needsPatching { return true }
             consume(chunk, of: sequence, into: &packets)
+            budget -= chunk.bytes.count
             if !chunk.isComplete {
                 // Its writer may add more: wait here for the next copy of it.
                 sequence.chunks[expected]?.recordsRead = chunk.packetCount
                 sequence.nextChunkID = expected
-                return
+                return true
             }
             sequence.chunks[expected] = nil
             usedBytes -= chunk.bytes.count
@@ -325,6 +341,7 @@ final class TraceBuffer {
             stats.bytesRead += UInt64(chunk.bytes.count)
             sequence.nextChunkID = expected &+ 1
         }
+        return true
     }
 
     private func consume(_ chunk: StoredChunk, of sequence: Sequence, into packets: inout [BufferedPacket]) {

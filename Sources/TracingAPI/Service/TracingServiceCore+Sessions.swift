@@ -446,13 +446,47 @@ extension TracingServiceCore {
             post { [weak client = consumer.consumer] in client?.onTraceData([], hasMore: false) }
             return
         }
+        consumer.readGeneration &+= 1
+        readPart(of: session.id, for: consumer, generation: consumer.readGeneration, first: true)
+    }
+
+    /// Reads the next part of the session's buffers for `consumer` and posts it; posts the
+    /// part after it unless this one read everything (then the stats close the read).
+    private func readPart(
+        of sessionID: TracingSessionID, for consumer: LocalConsumerEndpoint, generation: UInt64, first: Bool
+    ) {
+        // A newer ReadBuffers of this consumer goes on from where this one stopped.
+        guard consumer.readGeneration == generation else { return }
+        guard let session = sessions[sessionID], consumer.sessionID == sessionID else {
+            post { [weak client = consumer.consumer] in client?.onTraceData([], hasMore: false) }
+            return
+        }
+        var packets: [TracePacketData] = []
+        var complete = true
         // A session written into a file is read by the file writer only, as in Perfetto.
-        let packets = session.isWritingIntoFile ? [] : collectPackets(session)
+        if !session.isWritingIntoFile {
+            if first { packets = leadingPackets(session) }
+            complete = appendBufferPackets(session, into: &packets, maxChunkBytes: readPartChunkBytes)
+            if complete { packets.append(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)) }
+        }
         let batches = TraceDataBatches(packets)
-        post { [weak client = consumer.consumer] in
-            guard let client else { return }
+        let readNext: () -> Void = { [weak self, weak consumer] in
+            guard let self, let consumer, consumer.connected else { return }
+            self.readPart(of: sessionID, for: consumer, generation: generation, first: false)
+        }
+        post { [weak self, weak client = consumer.consumer] in
+            guard let self, let client else { return }
             for (index, batch) in batches.enumerated() {
-                client.onTraceData(batch, hasMore: index < batches.count - 1)
+                client.onTraceData(batch, hasMore: !complete || index < batches.count - 1)
+            }
+            guard !complete else { return }
+            // The next part once this one is on its way: at once for a consumer in this
+            // process, when the connection has taken it for one over ConsumerPort (reading on
+            // ahead of the socket would only pile the whole buffer up in memory first).
+            if let paced = client as? PacedTraceDataConsumer {
+                paced.whenReadyForMoreTraceData(readNext)
+            } else {
+                self.post(readNext)
             }
         }
     }
@@ -460,6 +494,15 @@ extension TracingServiceCore {
     /// Everything readable now: service packets, then producers' packets stamped with trusted
     /// fields, then the stats.
     func collectPackets(_ session: TracingSession) -> [TracePacketData] {
+        var packets = leadingPackets(session)
+        _ = appendBufferPackets(session, into: &packets, maxChunkBytes: .max)
+        packets.append(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID))
+        return packets
+    }
+
+    /// The service's packets that open a read: the config (once per session), a clock
+    /// snapshot, what relays sent, and the service's events.
+    private func leadingPackets(_ session: TracingSession) -> [TracePacketData] {
         var packets: [TracePacketData] = []
         let serviceUID = options.serviceUID
         if !session.configEmitted {
@@ -469,9 +512,19 @@ extension TracingServiceCore {
         packets.append(ServicePackets.clockSnapshot(uid: serviceUID))
         packets.append(contentsOf: relayPackets(for: session, uid: serviceUID))
         packets.append(contentsOf: session.takeServiceEvents(uid: serviceUID))
+        return packets
+    }
+
+    /// Producers' packets of the session's buffers, stamped with trusted fields, until about
+    /// `maxChunkBytes` of chunks per buffer were read. Returns whether every buffer was read
+    /// through.
+    private func appendBufferPackets(
+        _ session: TracingSession, into packets: inout [TracePacketData], maxChunkBytes: Int
+    ) -> Bool {
         for bufferID in session.bufferIDs {
             guard let buffer = buffers[bufferID] else { continue }
-            for packet in buffer.readPackets() {
+            let part = buffer.readPackets(maxChunkBytes: maxChunkBytes)
+            for packet in part.packets {
                 guard PacketValidation.isAcceptable(packet.bytes) else {
                     session.invalidPackets += 1
                     continue
@@ -483,9 +536,9 @@ extension TracingServiceCore {
                     previousPacketDropped: packet.previousPacketDropped)
                 packets.append(TracePacketData(bytes: bytes))
             }
+            if !part.complete { return false }
         }
-        packets.append(ServicePackets.traceStats(traceStats(for: session), uid: serviceUID))
-        return packets
+        return true
     }
 
     func freeBuffers(consumer: LocalConsumerEndpoint) {
