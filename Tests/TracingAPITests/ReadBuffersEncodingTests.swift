@@ -42,13 +42,15 @@ struct ReadBuffersEncodingTests {
                 ReadBuffersSlicer.encode(reply, packets: Self.packets, into: UnsafeMutableRawBufferPointer(buffer))
                 count = reply.encodedSize
             }
-            #expect(written == expected)
+            #expect(Self.equal(written, expected), "reply of \(reply.slices.count) slices differs from SwiftProtobuf's")
         }
     }
 
     @Test func slicesGlueBackIntoThePackets() throws {
         var reassembler = TracePacketReassembler()
+        var directReassembler = TracePacketReassembler()
         var glued: [TracePacketData] = []
+        var direct: [TracePacketData] = []
         // Planned in two batches, as the service hands them over: indexes continue.
         let half = Self.packets.count / 2
         let first = Array(Self.packets[..<half])
@@ -60,8 +62,37 @@ struct ReadBuffersEncodingTests {
                 count = reply.encodedSize
             }
             glued += reassembler.append(try Perfetto_Protos_ReadBuffersResponse(serializedBytes: bytes))
+            direct += try #require(bytes.withUnsafeBytes { directReassembler.append(encoded: $0) })
         }
-        #expect(glued.map(\.bytes) == Self.packets.map(\.bytes))
+        // Through SwiftProtobuf and read straight from the bytes alike.
+        #expect(glued.count == Self.packets.count && direct.count == Self.packets.count)
+        #expect(sameBytes(glued, Self.packets))
+        #expect(sameBytes(direct, Self.packets))
+    }
+
+    /// Compared without printing megabytes when they differ.
+    private static func equal(_ bytes: [UInt8], _ expected: [UInt8]) -> Bool { bytes == expected }
+
+    /// Compared without printing megabytes when they differ.
+    private func sameBytes(_ packets: [TracePacketData], _ expected: [TracePacketData]) -> Bool {
+        packets.map(\.bytes) == expected.map(\.bytes)
+    }
+
+    @Test func readingStraightFromTheBytesSkipsUnknownFieldsAndRefusesMalformedOnes() throws {
+        var reassembler = TracePacketReassembler()
+        // slices { data: "ab" last: false unknown 7: 1 }, unknown field 9 "x",
+        // slices { data: "zz" data: "cd" last: true }: the last `data` counts, as in protobuf.
+        let bytes: [UInt8] = [0x12, 0x08, 0x0A, 0x02, 0x61, 0x62, 0x10, 0x00, 0x38, 0x01,
+                              0x4A, 0x01, 0x78,
+                              0x12, 0x0A, 0x0A, 0x02, 0x7A, 0x7A, 0x0A, 0x02, 0x63, 0x64, 0x10, 0x01]
+        let expected = try Perfetto_Protos_ReadBuffersResponse(serializedBytes: bytes)
+        #expect(expected.slices.map(\.data) == [Data("ab".utf8), Data("cd".utf8)])
+        let packets = try #require(bytes.withUnsafeBytes { reassembler.append(encoded: $0) })
+        #expect(packets.map(\.bytes) == [Array("abcd".utf8)])
+        // Cut short, a slice whose data is a varint, a group: not a ReadBuffersResponse.
+        for malformed: [UInt8] in [[0x12, 0x08, 0x0A], [0x12, 0x02, 0x08, 0x01], [0x13, 0x14]] {
+            #expect(malformed.withUnsafeBytes { reassembler.append(encoded: $0) } == nil)
+        }
     }
 
     @Test func noPacketsIsOneEmptyReply() {

@@ -119,6 +119,40 @@ open class ServiceProxy: @unchecked Sendable {
         return sendInvoke(on: client, methodAt: index, arguments: consume arguments, fd: fd, callback: callback)
     }
 
+    /// Like ``invoke(methodAt:_:fd:reply:)``, but each reply reaches `reply` still encoded:
+    /// the bytes of its `Reply` message, valid only during that call, or nil with the error
+    /// when the call failed. For a caller that parses a bulky reply itself (ConsumerPort's
+    /// trace data). Over a direct binding the reply messages are encoded for it. Loop-only.
+    package final func invokeEncoded<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>(
+        methodAt index: Int, _ request: Request, replyType: Reply.Type,
+        reply: @escaping (_ bytes: UnsafeRawBufferPointer?, _ hasMore: Bool, _ error: IPCError?) -> Void
+    ) {
+        if directBinding != nil, state == .bound {
+            send(methodAt: index, request, fd: nil, reply: { (result: AsyncResult<Reply>) in
+                guard let message = result.message, let bytes: [UInt8] = try? message.serializedBytes() else {
+                    return reply(nil, false, result.error ?? IPCError(.remoteFailure, "the reply could not be encoded"))
+                }
+                bytes.withUnsafeBytes { reply($0, result.hasMore, nil) }
+            })
+            return
+        }
+        let raw: (RawReply) -> Void = { result in
+            reply(result.bytes, result.bytes != nil && result.hasMore, result.bytes == nil ? result.error : nil)
+        }
+        let client: IPCClient
+        switch frameCallTarget(methodAt: index) {
+        case .success(let target): client = target
+        case .failure(let error): return rejectLater(raw, error)
+        }
+        let arguments: OutgoingFrame.Payload
+        do {
+            arguments = try request.serializedBytes()
+        } catch {
+            return rejectLater(raw, IPCError(.invalidArgument, "cannot encode \(Request.protoMessageName): \(error)"))
+        }
+        _ = sendInvoke(on: client, methodAt: index, arguments: consume arguments, fd: nil, callback: raw)
+    }
+
     /// The client to send a call over frames on, or why it cannot be sent now (the weak
     /// client is loaded once per call). Traps off the loop.
     @usableFromInline

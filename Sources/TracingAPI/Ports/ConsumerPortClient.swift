@@ -135,16 +135,21 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
         guard !ended else { return failLater(finish) }
         let settle = expectReply(onFailure: finish)
         whenBound { [weak self] port in
-            port.readBuffers(.init()) { result in
+            // The slices are read straight from each reply's bytes: a full buffer is tens of
+            // thousands of packets, and a Slice message with its own Data per packet cost more
+            // than everything else the client does.
+            port.invokeEncoded(
+                methodAt: port.descriptor.methods.firstIndex { $0.name == "ReadBuffers" } ?? -1, Perfetto_Protos_ReadBuffersRequest(),
+                replyType: Perfetto_Protos_ReadBuffersResponse.self
+            ) { bytes, hasMore, error in
                 guard let self else { return }
-                guard let response = result.message else {
+                guard let bytes, let packets = self.reassembler.append(encoded: bytes) else {
                     self.reassembler.reset()
-                    if settle(result.error) { finish() }
+                    if settle(error ?? IPCError(.protocolViolation, "undecodable ReadBuffersResponse")) { finish() }
                     return
                 }
-                let packets = self.reassembler.append(response)
-                if !result.hasMore {
-                    guard settle(result.error) else { return }
+                if !hasMore {
+                    guard settle(nil) else { return }
                     self.reassembler.reset()
                     self.consumer?.onTraceData(packets, hasMore: false)
                 } else if !packets.isEmpty {

@@ -135,6 +135,43 @@ struct TracePacketReassembler {
         return packets
     }
 
+    /// Appends the slices of one encoded ReadBuffersResponse, read straight from its bytes
+    /// (no Slice messages, no copy per slice but into the packet); returns the packets they
+    /// complete, or nil if the bytes are not a ReadBuffersResponse. As in protobuf, a field
+    /// repeated within a slice counts its last value, and unknown fields are skipped.
+    mutating func append(encoded bytes: UnsafeRawBufferPointer) -> [TracePacketData]? {
+        var packets: [TracePacketData] = []
+        let wellFormed = ProtoEncoding.walkFields(in: bytes) { field in
+            guard field.number == 2 else { return true }  // `slices`; nothing else is known
+            guard field.wireType == 2 else { return false }
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[field.bytes])
+            var data = 0..<0
+            var isLast = false
+            let sliceWellFormed = ProtoEncoding.walkFields(in: slice) { inner in
+                switch (inner.number, inner.wireType) {
+                case (1, 2): data = inner.bytes
+                case (2, 0): isLast = inner.varint != 0
+                case (1, _), (2, _): return false
+                default: break
+                }
+                return true
+            }
+            guard sliceWellFormed else { return false }
+            let dataBytes = UnsafeRawBufferPointer(rebasing: slice[data])
+            if isLast && pending.isEmpty {
+                packets.append(TracePacketData(bytes: [UInt8](dataBytes)))
+            } else {
+                pending.append(contentsOf: dataBytes)
+                if isLast {
+                    packets.append(TracePacketData(bytes: pending))
+                    pending = []
+                }
+            }
+            return true
+        }
+        return wellFormed ? packets : nil
+    }
+
     /// Drops a packet left unfinished (the stream ended in its middle).
     mutating func reset() { pending = [] }
 }

@@ -79,21 +79,42 @@ enum ProtoEncoding {
     /// Walks the top-level fields of `bytes`, calling `visit` with each field number.
     /// Returns false if the bytes are not a well-formed message (groups count as malformed).
     static func forEachField(in bytes: UnsafeRawBufferPointer, _ visit: (Int) -> Bool) -> Bool {
+        walkFields(in: bytes) { visit($0.number) }
+    }
+
+    /// One field as `walkFields` finds it: a varint's value, or where a length-delimited
+    /// field's bytes are (fixed-size fields carry neither).
+    struct Field {
+        let number: Int
+        let wireType: UInt64
+        /// The value of a varint field (0 for the other types).
+        let varint: UInt64
+        /// The bytes of a length-delimited field (empty for the other types).
+        let bytes: Range<Int>
+    }
+
+    /// Walks the top-level fields of `bytes` until `visit` returns false. Returns false if
+    /// `visit` did, or if the bytes are not a well-formed message (groups count as malformed).
+    static func walkFields(in bytes: UnsafeRawBufferPointer, _ visit: (Field) -> Bool) -> Bool {
         var position = 0
         let end = bytes.count
         func readVarint() -> UInt64? { ProtoEncoding.readVarint(bytes, at: &position) }
         while position < end {
             guard let key = readVarint() else { return false }
-            let field = key >> 3
-            guard field > 0, field < (1 << 29) else { return false }
+            let number = key >> 3
+            guard number > 0, number < (1 << 29) else { return false }
+            var varint: UInt64 = 0
+            var range = position..<position
             switch key & 7 {
             case 0:
-                guard readVarint() != nil else { return false }
+                guard let value = readVarint() else { return false }
+                varint = value
             case 1:
                 guard end - position >= 8 else { return false }
                 position += 8
             case 2:
                 guard let length = readVarint(), length <= UInt64(end - position) else { return false }
+                range = position..<(position + Int(length))
                 position += Int(length)
             case 5:
                 guard end - position >= 4 else { return false }
@@ -101,7 +122,7 @@ enum ProtoEncoding {
             default:
                 return false
             }
-            guard visit(Int(field)) else { return false }
+            guard visit(Field(number: Int(number), wireType: key & 7, varint: varint, bytes: range)) else { return false }
         }
         return true
     }
