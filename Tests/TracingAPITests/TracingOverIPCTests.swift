@@ -212,14 +212,13 @@ struct TracingOverIPCTests {
         #expect(consumer.decodedPackets().last?.hasTraceStats ?? false)
     }
 
-    @Test(arguments: TracingBinding.all)
-    func aReadLargerThanAFrameArrivesWholeAndInOrder(_ binding: TracingBinding) throws {
-        let world = try binding.make()
-        defer { world.tearDown() }
+    /// A session holding 60 test packets (timestamps 0..<60) ending in `payload`, flushed and
+    /// ready to read.
+    private func sessionOfSixtyPackets(
+        _ world: TracingWorld, payload: String
+    ) -> RecordingConsumer {
         let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source")])
-        let payload = String(repeating: "x", count: 3000)
         producer.onStart = { _, writer in
-            // ~180 KiB: more than a frame holds, within the shared memory the writer has.
             for index in 0..<60 { writer.writeTestPacket(timestamp: UInt64(index), "\(index) \(payload)") }
             writer.flush()
         }
@@ -230,6 +229,16 @@ struct TracingOverIPCTests {
         consumer.endpoint.flush(timeoutMs: 2000, flags: FlushFlags()) { flushed = $0 }
         world.run(until: { flushed != nil })
         #expect(flushed == true)
+        return consumer
+    }
+
+    @Test(arguments: TracingBinding.all)
+    func aReadLargerThanAFrameArrivesWholeAndInOrder(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        // ~180 KiB: more than a frame holds, within the shared memory the writer has.
+        let payload = String(repeating: "x", count: 3000)
+        let consumer = sessionOfSixtyPackets(world, payload: payload)
         read(consumer, world)
         let written = consumer.producerPackets()
         #expect(written.count == 60)
@@ -242,18 +251,8 @@ struct TracingOverIPCTests {
         let world = try binding.make()
         defer { world.tearDown() }
         world.core.readPartChunkBytes = 1  // every chunk a part of its own, each read on its own turn
-        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source")])
         let payload = String(repeating: "y", count: 2000)
-        producer.onStart = { _, writer in
-            for index in 0..<60 { writer.writeTestPacket(timestamp: UInt64(index), "\(index) \(payload)") }
-            writer.flush()
-        }
-        let consumer = connectedConsumer(world)
-        consumer.endpoint.enableTracing(TracingConfigs.config(buffers: [(4096, .ringBuffer)]), outputFile: nil)
-        world.run(until: { producer.started.count == 1 })
-        var flushed: Bool?
-        consumer.endpoint.flush(timeoutMs: 2000, flags: FlushFlags()) { flushed = $0 }
-        world.run(until: { flushed != nil })
+        let consumer = sessionOfSixtyPackets(world, payload: payload)
         read(consumer, world)
         // ~120 KiB in chunks of a few KiB: one batch (one reply) or more per part.
         #expect(consumer.batchesHasMore.count >= 20)
