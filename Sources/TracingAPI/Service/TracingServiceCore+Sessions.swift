@@ -524,14 +524,21 @@ extension TracingServiceCore {
         for bufferID in session.bufferIDs {
             guard let buffer = buffers[bufferID] else { continue }
             let part = buffer.readPackets(maxChunkBytes: maxChunkBytes)
+            // Packets come sequence by sequence: look each sequence's id up once per run.
+            var lastSequence: SequenceKey?
+            var sequenceID: UInt32 = 0
             for packet in part.packets {
                 guard PacketValidation.isAcceptable(packet.bytes) else {
                     session.invalidPackets += 1
                     continue
                 }
+                if packet.sequence != lastSequence {
+                    lastSequence = packet.sequence
+                    sequenceID = session.sequenceID(for: packet.sequence)
+                }
                 var bytes = packet.bytes
                 PacketValidation.appendTrustedFields(
-                    to: &bytes, uid: packet.producerUID, sequenceID: session.sequenceID(for: packet.sequence),
+                    to: &bytes, uid: packet.producerUID, sequenceID: sequenceID,
                     pid: packet.producerPID, machineID: packet.machineID,
                     previousPacketDropped: packet.previousPacketDropped)
                 packets.append(TracePacketData(bytes: bytes))
