@@ -292,9 +292,9 @@ final class TraceBuffer {
 
     /// Reads (and removes) packets that can be read now, in order per sequence, stopping once
     /// chunks of about `maxChunkBytes` were consumed; `complete` is false when it stopped early
-    /// (the next call goes on where this one stopped). This is how a large buffer is read in
-    /// parts that go to the consumer while the next part is read.
-    func readPackets(maxChunkBytes: Int) -> (packets: [BufferedPacket], complete: Bool) {
+    /// (the next call goes on where this one stopped), `chunkBytes` is what was consumed. This
+    /// is how a large buffer is read in parts that go to the consumer while the next is read.
+    func readPackets(maxChunkBytes: Int) -> (packets: [BufferedPacket], complete: Bool, chunkBytes: Int) {
         var packets: [BufferedPacket] = []
         var budget = maxChunkBytes
         // Sequences in (producer, writer) order, as Perfetto's buffer index is sorted: this is
@@ -308,7 +308,7 @@ final class TraceBuffer {
             }
         }
         pruneInsertionOrder()
-        return (packets, complete)
+        return (packets, complete, maxChunkBytes - budget)
     }
 
     /// Reads `sequence` as far as it can be read; false when `budget` ran out first.

@@ -447,13 +447,18 @@ extension TracingServiceCore {
             return
         }
         consumer.readGeneration &+= 1
-        readPart(of: session.id, for: consumer, generation: consumer.readGeneration, first: true)
+        // A read takes what the buffers hold now: on a session whose producers write faster than
+        // it reads, it still ends (what comes meanwhile waits for the next read).
+        let heldBytes = session.bufferIDs.reduce(0) { $0 + (buffers[$1]?.usedBytes ?? 0) }
+        readPart(of: session.id, for: consumer, generation: consumer.readGeneration, first: true, remaining: heldBytes)
     }
 
     /// Reads the next part of the session's buffers for `consumer` and posts it; posts the
-    /// part after it unless this one read everything (then the stats close the read).
+    /// part after it unless this one read everything, or the `remaining` chunk bytes the read
+    /// started with (then the stats close the read).
     private func readPart(
-        of sessionID: TracingSessionID, for consumer: LocalConsumerEndpoint, generation: UInt64, first: Bool
+        of sessionID: TracingSessionID, for consumer: LocalConsumerEndpoint, generation: UInt64, first: Bool,
+        remaining: Int
     ) {
         // A newer ReadBuffers of this consumer goes on from where this one stopped.
         guard consumer.readGeneration == generation else { return }
@@ -463,16 +468,19 @@ extension TracingServiceCore {
         }
         var packets: [TracePacketData] = []
         var complete = true
+        var left = remaining
         // A session written into a file is read by the file writer only, as in Perfetto.
         if !session.isWritingIntoFile {
             if first { packets = leadingPackets(session) }
-            complete = appendBufferPackets(session, into: &packets, maxChunkBytes: readPartChunkBytes)
+            let part = appendBufferPackets(session, into: &packets, maxChunkBytes: max(1, min(readPartChunkBytes, remaining)))
+            left -= part.chunkBytes
+            complete = part.complete || left <= 0
             if complete { packets.append(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)) }
         }
         let batches = TraceDataBatches(packets)
         let readNext: () -> Void = { [weak self, weak consumer] in
             guard let self, let consumer, consumer.connected else { return }
-            self.readPart(of: sessionID, for: consumer, generation: generation, first: false)
+            self.readPart(of: sessionID, for: consumer, generation: generation, first: false, remaining: left)
         }
         post { [weak self, weak client = consumer.consumer] in
             guard let self, let client else { return }
@@ -517,10 +525,11 @@ extension TracingServiceCore {
 
     /// Producers' packets of the session's buffers, stamped with trusted fields, until about
     /// `maxChunkBytes` of chunks per buffer were read. Returns whether every buffer was read
-    /// through.
+    /// through, and the chunk bytes consumed.
     private func appendBufferPackets(
         _ session: TracingSession, into packets: inout [TracePacketData], maxChunkBytes: Int
-    ) -> Bool {
+    ) -> (complete: Bool, chunkBytes: Int) {
+        var chunkBytes = 0
         for bufferID in session.bufferIDs {
             guard let buffer = buffers[bufferID] else { continue }
             let part = buffer.readPackets(maxChunkBytes: maxChunkBytes)
@@ -543,9 +552,10 @@ extension TracingServiceCore {
                     previousPacketDropped: packet.previousPacketDropped)
                 packets.append(TracePacketData(bytes: bytes))
             }
-            if !part.complete { return false }
+            chunkBytes += part.chunkBytes
+            if !part.complete { return (false, chunkBytes) }
         }
-        return true
+        return (true, chunkBytes)
     }
 
     func freeBuffers(consumer: LocalConsumerEndpoint) {

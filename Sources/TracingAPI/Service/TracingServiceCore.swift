@@ -88,13 +88,13 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         self.options = options
     }
 
-    /// Runs `body` on a later loop turn: callbacks never run inside the call that caused them.
     /// Chunk bytes one part of a ReadBuffers reads before handing its packets over; the next
     /// part is read on a later turn, while the consumer's connection sends the first (a 64 MiB
     /// buffer used to be read whole first, the consumer idle meanwhile). Loop-only; tests set
     /// it small to read in many parts.
     var readPartChunkBytes = 2 << 20
 
+    /// Runs `body` on a later loop turn: callbacks never run inside the call that caused them.
     func post(_ body: @escaping () -> Void) {
         _ = eventLoop.scheduleTask(after: .zero, body)
     }
