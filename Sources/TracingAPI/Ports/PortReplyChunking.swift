@@ -73,48 +73,38 @@ enum ReadBuffersSlicer {
     /// per slice, `slices` (field 2) holding `data` (field 1) and `last_slice_for_packet`
     /// (field 2, written when false too). `buffer` is exactly `reply.encodedSize` bytes.
     static func encode(_ reply: Reply, packets: [TracePacketData], into buffer: UnsafeMutableRawBufferPointer) {
-        var at = 0
+        guard !reply.slices.isEmpty, let start = buffer.baseAddress else { return }
+        var at = start
         func put(_ byte: UInt8) {
-            buffer[at] = byte
+            at.storeBytes(of: byte, as: UInt8.self)
             at += 1
-        }
-        func putVarint(_ value: Int) {
-            var value = UInt(value)
-            while value >= 0x80 {
-                put(UInt8(truncatingIfNeeded: value) | 0x80)
-                value >>= 7
-            }
-            put(UInt8(value))
         }
         for slice in reply.slices {
             let count = slice.end - slice.start
             put(0x12)
-            putVarint(1 + varintSize(count) + count + 2)
+            at += ProtoEncoding.storeVarint(UInt64(sliceMessageSize(count)), to: at)
             put(0x0A)
-            putVarint(count)
+            at += ProtoEncoding.storeVarint(UInt64(count), to: at)
             packets[slice.packet].bytes.withUnsafeBytes { bytes in
-                (buffer.baseAddress! + at).copyMemory(from: bytes.baseAddress! + slice.start, byteCount: count)
+                at.copyMemory(from: bytes.baseAddress! + slice.start, byteCount: count)
             }
             at += count
             put(0x10)
             put(slice.isLast ? 1 : 0)
         }
-        precondition(at == buffer.count, "ReadBuffersResponse size mismatch")
+        precondition(at - start == buffer.count, "ReadBuffersResponse size mismatch")
     }
 
+    /// A Slice message holding `count` bytes of data: data's tag, length and bytes, then
+    /// last_slice_for_packet's tag and value.
+    private static func sliceMessageSize(_ count: Int) -> Int {
+        1 + ProtoEncoding.varintSize(UInt64(count)) + count + 2
+    }
+
+    /// A slice within the reply: its tag, length and message.
     private static func encodedSize(ofSliceWith count: Int) -> Int {
-        let slice = 1 + varintSize(count) + count + 2
-        return 1 + varintSize(slice) + slice
-    }
-
-    private static func varintSize(_ value: Int) -> Int {
-        var size = 1
-        var value = UInt(value) >> 7
-        while value != 0 {
-            size += 1
-            value >>= 7
-        }
-        return size
+        let slice = sliceMessageSize(count)
+        return 1 + ProtoEncoding.varintSize(UInt64(slice)) + slice
     }
 }
 
