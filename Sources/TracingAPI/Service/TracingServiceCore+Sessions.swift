@@ -532,20 +532,24 @@ extension TracingServiceCore {
         var chunkBytes = 0
         for bufferID in session.bufferIDs {
             guard let buffer = buffers[bufferID] else { continue }
-            let part = buffer.readPackets(maxChunkBytes: maxChunkBytes)
+            var part = buffer.readPackets(maxChunkBytes: maxChunkBytes)
             // Packets come sequence by sequence: look each sequence's id up once per run.
             var lastSequence: SequenceKey?
             var sequenceID: UInt32 = 0
-            for packet in part.packets {
-                guard PacketValidation.isAcceptable(packet.bytes) else {
+            for index in part.packets.indices {
+                // Taken out of the array (no other reference left), so that the trusted fields
+                // go into the room the buffer reserved for them rather than into a copy.
+                var bytes = [UInt8]()
+                swap(&bytes, &part.packets[index].bytes)
+                guard PacketValidation.isAcceptable(bytes) else {
                     session.invalidPackets += 1
                     continue
                 }
+                let packet = part.packets[index]
                 if packet.sequence != lastSequence {
                     lastSequence = packet.sequence
                     sequenceID = session.sequenceID(for: packet.sequence)
                 }
-                var bytes = packet.bytes
                 PacketValidation.appendTrustedFields(
                     to: &bytes, uid: packet.producerUID, sequenceID: sequenceID,
                     pid: packet.producerPID, machineID: packet.machineID,
