@@ -167,6 +167,14 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
     ) {
         consumer(context).endpoint.queryServiceState(sessionsOnly: request.sessionsOnly) { success, state in
             guard success else { return reply.reject() }
+            // The usual case, a state that fits one reply, is encoded once and sent as it is.
+            var whole = Perfetto_Protos_QueryServiceStateResponse()
+            whole.serviceState = state
+            if let bytes: [UInt8] = try? whole.serializedBytes(), bytes.count < ServiceStateChunks.chunkBudget {
+                return reply.resolve(serializedSize: bytes.count, hasMore: false) { frame in
+                    bytes.withUnsafeBytes { frame.copyMemory(from: $0) }
+                }
+            }
             let chunks = ServiceStateChunks.split(state)
             for (index, chunk) in chunks.enumerated() {
                 var response = Perfetto_Protos_QueryServiceStateResponse()

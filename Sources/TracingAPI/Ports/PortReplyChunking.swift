@@ -225,8 +225,6 @@ enum ServiceStateChunks {
     /// or sessions take several chunks too, and one entry too large for a chunk of its own (a
     /// producer's name of 100 KiB) is trimmed rather than failing every query.
     static func split(_ state: TracingServiceState) -> [TracingServiceState] {
-        // The usual case, a state that fits one reply, costs one encoding here.
-        if serializedSize(state) < chunkBudget { return [state] }
         var head = state
         let entries = state.producers.map(Entry.producer) + state.dataSources.map(Entry.dataSource)
             + state.tracingSessions.map(Entry.session)
