@@ -138,12 +138,11 @@ extension Deferred where Message: SwiftProtobuf.Message {
     /// to a caller in this process they are decoded into a `Message` first, and bytes that do not
     /// decode reject the call. With `hasMore`, the Deferred stays open for more replies.
     package func resolve(serializedSize size: Int, hasMore: Bool, write: (UnsafeMutableRawBufferPointer) -> Void) {
-        guard let target else { return }
-        if case .wire(let sink, _) = target {
-            if !hasMore { self.target = nil }
-            if sink.sendSerialized(size: size, hasMore: hasMore, write: write) { return }
-            self.target = target
+        if case .wire(let sink, _)? = target, !sink.isForwarding {
+            if !hasMore { target = nil }
+            return sink.sendSerialized(size: size, hasMore: hasMore, write: write)
         }
+        guard target != nil else { return }
         let bytes = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
             write(UnsafeMutableRawBufferPointer(buffer))
             initialized = size

@@ -82,15 +82,13 @@ public final class IPCReplySink {
     }
 
     /// Sends a reply whose message the service serialized itself: `write` fills the frame's
-    /// `size` message bytes in place. Returns false, sending nothing, on a forwarding sink (the
-    /// caller then delivers a decoded message instead).
-    func sendSerialized(size: Int, hasMore: Bool, write: (UnsafeMutableRawBufferPointer) -> Void) -> Bool {
-        guard !finished else { return true }
-        guard !isForwarding else { return false }
+    /// `size` message bytes in place. Not for a forwarding sink (give it a decoded message).
+    func sendSerialized(size: Int, hasMore: Bool, write: (UnsafeMutableRawBufferPointer) -> Void) {
+        precondition(!isForwarding, "a forwarding sink takes messages")
+        guard !finished else { return }
         var payload = OutgoingFrame.Payload(repeating: 0, count: size)
         payload.withUnsafeMutableBytes(write)
         sendEncoded(success: true, hasMore: hasMore, payload: consume payload, fd: nil)
-        return true
     }
 
     @usableFromInline

@@ -96,24 +96,33 @@ open class ServiceProxy: @unchecked Sendable {
             binding.loop.preconditionInEventLoop()
             return binding.call(methodAt: index, request, fd: fd, reply: reply, from: self)
         }
+        // Not `reply.map(Self.decoding)`: a closure through generic `map` costs two
+        // reabstraction thunks, two allocations per call.
+        var callback: ((RawReply) -> Void)?
+        if let reply { callback = Self.decoding(reply) }
+        return sendFrame(methodAt: index, request, fd: fd, callback: callback)
+    }
+
+    /// Sends a call over the client's connection; `callback` gets each reply still encoded
+    /// (or the rejection, on a later turn, if the call cannot be sent).
+    @inlinable
+    final func sendFrame<Request: SwiftProtobuf.Message>(
+        methodAt index: Int, _ request: Request, fd: Int32?, callback: ((RawReply) -> Void)?
+    ) -> UInt64? {
         let client: IPCClient
         switch frameCallTarget(methodAt: index) {
         case .success(let target): client = target
         case .failure(let error):
-            rejectLater(reply, error)
+            rejectLater(callback, error)
             return nil
         }
         let arguments: OutgoingFrame.Payload
         do {
             arguments = try request.serializedBytes()
         } catch {
-            rejectLater(reply, IPCError(.invalidArgument, "cannot encode \(Request.protoMessageName): \(error)"))
+            rejectLater(callback, IPCError(.invalidArgument, "cannot encode \(Request.protoMessageName): \(error)"))
             return nil
         }
-        // Not `reply.map(Self.decoding)`: a closure through generic `map` costs two
-        // reabstraction thunks, two allocations per call.
-        var callback: ((RawReply) -> Void)?
-        if let reply { callback = Self.decoding(reply) }
         // `consume` all the way down: the frame is finished in the payload's own storage, which
         // must stay uniquely referenced (a copy here would cost a copy-on-write of the frame).
         return sendInvoke(on: client, methodAt: index, arguments: consume arguments, fd: fd, callback: callback)
@@ -136,21 +145,9 @@ open class ServiceProxy: @unchecked Sendable {
             })
             return
         }
-        let raw: (RawReply) -> Void = { result in
+        _ = sendFrame(methodAt: index, request, fd: nil) { result in
             reply(result.bytes, result.bytes != nil && result.hasMore, result.bytes == nil ? result.error : nil)
         }
-        let client: IPCClient
-        switch frameCallTarget(methodAt: index) {
-        case .success(let target): client = target
-        case .failure(let error): return rejectLater(raw, error)
-        }
-        let arguments: OutgoingFrame.Payload
-        do {
-            arguments = try request.serializedBytes()
-        } catch {
-            return rejectLater(raw, IPCError(.invalidArgument, "cannot encode \(Request.protoMessageName): \(error)"))
-        }
-        _ = sendInvoke(on: client, methodAt: index, arguments: consume arguments, fd: nil, callback: raw)
     }
 
     /// The client to send a call over frames on, or why it cannot be sent now (the weak
@@ -176,7 +173,7 @@ open class ServiceProxy: @unchecked Sendable {
     }
 
     /// The index in ``descriptor`` of the method called `name`, or -1.
-    final func methodIndex(named name: String) -> Int {
+    package final func methodIndex(named name: String) -> Int {
         descriptor.methods.firstIndex { $0.name == name } ?? -1
     }
 
@@ -196,6 +193,7 @@ open class ServiceProxy: @unchecked Sendable {
     }
 
     /// ``rejectLater(_:_:)`` for a reply callback of the frame path.
+    @usableFromInline
     func rejectLater(_ reply: ((RawReply) -> Void)?, _ error: IPCError) {
         guard let reply else { return }
         callLater { reply(RawReply(rejectedWith: error)) }

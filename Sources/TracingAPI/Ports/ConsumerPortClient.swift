@@ -139,7 +139,7 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
             // thousands of packets, and a Slice message with its own Data per packet cost more
             // than everything else the client does.
             port.invokeEncoded(
-                methodAt: port.descriptor.methods.firstIndex { $0.name == "ReadBuffers" } ?? -1, Perfetto_Protos_ReadBuffersRequest(),
+                methodAt: port.methodIndex(named: "ReadBuffers"), Perfetto_Protos_ReadBuffersRequest(),
                 replyType: Perfetto_Protos_ReadBuffersResponse.self
             ) { bytes, hasMore, error in
                 guard let self else { return }
