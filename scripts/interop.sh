@@ -11,13 +11,7 @@
 set -euo pipefail
 real=${1:?usage: scripts/interop.sh PERFETTO_OUT_DIR}
 cd "$(dirname "$0")/.."
-swift build -c release --product tracebox >/dev/null
-ours=$(swift build -c release --show-bin-path)/tracebox
-work=$(mktemp -d)
-export PERFETTO_PRODUCER_SOCK_NAME=$work/p.sock PERFETTO_CONSUMER_SOCK_NAME=$work/c.sock
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source scripts/lib/beside-perfetto.sh
 failed=0
 
 count() { # $1 = trace, $2 = field pattern; prints the number of top-level packets with it
@@ -26,13 +20,6 @@ count() { # $1 = trace, $2 = field pattern; prints the number of top-level packe
 expect() { # $1 = label, $2 = got, $3 = wanted
   if [ "$2" -ge "$3" ]; then echo "ok    $1: $2"; else echo "FAIL  $1: $2, wanted $3"; failed=1; fi
 }
-service() { # $1 = binary (+ args): starts a service on fresh sockets
-  rm -f "$work"/p.sock "$work"/c.sock
-  "$@" >"$work/service.log" 2>&1 & service_pid=$!; pids+=($service_pid)
-  for _ in $(seq 100); do [ -S "$work/c.sock" ] && return; sleep 0.05; done
-  echo "service did not start: $(cat "$work/service.log")"; exit 1
-}
-stop_service() { kill "$service_pid"; wait "$service_pid" 2>/dev/null || true; }
 
 printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "track_event" } }' 'duration_ms: 2000' > "$work/sdk.txt"
 printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "tracebox.test" } }' \

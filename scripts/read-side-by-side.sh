@@ -11,21 +11,14 @@ set -euo pipefail
 real=${1:?usage: scripts/read-side-by-side.sh PERFETTO_OUT_DIR [rounds]}
 rounds=${2:-3}
 cd "$(dirname "$0")/.."
-swift build -c release --product tracebox >/dev/null
-ours=$(swift build -c release --show-bin-path)/tracebox
-work=$(mktemp -d)
-export PERFETTO_PRODUCER_SOCK_NAME=$work/p.sock PERFETTO_CONSUMER_SOCK_NAME=$work/c.sock
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source scripts/lib/beside-perfetto.sh
 printf '%s\n' 'buffers { size_kb: 131072 }' 'data_sources { config { name: "tracebox.test" } }' \
   'duration_ms: 2000' > "$work/read.txt"
 
 one() { # $1 = label, $2... = service command
   local label=$1; shift
-  rm -f "$work"/p.sock "$work"/c.sock "$work/out.pftrace"
-  "$@" >"$work/service.log" 2>&1 & local service=$!; pids+=($service)
-  for _ in $(seq 100); do [ -S "$work/c.sock" ] && break; sleep 0.05; done
+  rm -f "$work/out.pftrace"
+  service "$@"
   # Packets of ~1 KiB from two threads for the whole session: the 128 MiB ring is full (or
   # nearly) when the session stops.
   "$ours" producer --continuous --threads 2 -p 1000 --interval-us 0 >/dev/null 2>&1 & local producer=$!; pids+=($producer)
@@ -38,7 +31,8 @@ one() { # $1 = label, $2... = service command
   bytes=$(stat -c %s "$work/out.pftrace")
   ms=$(( (end - start) / 1000000 - 2000 ))
   echo "$label: $(( bytes / 1048576 )) MiB read in ${ms} ms after the session ($(( bytes / 1000 / (ms > 0 ? ms : 1) )) MB/s)"
-  kill "$producer" "$service"; wait "$producer" "$service" 2>/dev/null || true
+  kill "$producer"; wait "$producer" 2>/dev/null || true
+  stop_service
 }
 for _ in $(seq "$rounds"); do
   one "our traced   " "$ours" traced
