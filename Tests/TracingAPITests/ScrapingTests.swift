@@ -41,6 +41,31 @@ final class ScrapingTests {
         #expect(texts(consumer) == ["uncommitted 0", "uncommitted 1", "uncommitted 2"])
     }
 
+    @Test func aChunkWaitingForPatchesOfAGoneProducerIsReadWithoutThePacketItWaitedFor() throws {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.writers.count == 1 })
+        loop.runUntilIdle()
+        let writer = try #require(producer.writers.values.first)
+        for index in 0..<3 { writer.writeTestPacket(timestamp: UInt64(index), "before \(index)") }
+        // Spans into the next chunk: its nested length becomes a patch the writer still holds,
+        // and the returned chunk is flagged as waiting for it.
+        writer.writeTestPacket(timestamp: 3, String(repeating: "x", count: 6000))
+        writer.writeTestPacket(timestamp: 4, "after")
+        let chunks = try #require(service.connectedProducers.first?.readableSharedMemory?.scrapeChunks())
+        #expect(chunks.contains { $0.header.flags.contains(.needsPatching) })
+
+        // The process dies before its commit and patches go out.
+        producer.endpoint.disconnect()
+        loop.runUntilIdle()
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors.count == 1 })
+        consumer.read(on: loop)
+        #expect(texts(consumer) == ["before 0", "before 1", "before 2", "after"])
+        #expect(consumer.producerPackets().last?.previousPacketDropped == 1, "the lost packet is marked")
+    }
+
     @Test func aFlushThatTimesOutScrapesAndTheLaterCommitAddsOnlyWhatIsNew() throws {
         let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         producer.acknowledgesFlushes = false

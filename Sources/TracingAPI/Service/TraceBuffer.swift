@@ -233,6 +233,25 @@ final class TraceBuffer {
         sequence.chunks[chunkID]?.needsPatching = false
     }
 
+    /// The producer is gone: no patch and no committed copy of its chunks will come. A chunk
+    /// waiting for patches is read without its last record (the packet the patches were for,
+    /// which went on in the next chunk and is lost), instead of blocking the packets before it
+    /// in the chunk and every chunk after it; a chunk scraped while being written is final.
+    func producerDisconnected(_ producerID: UInt16) {
+        for (key, sequence) in sequences where key.producerID == producerID {
+            for chunkID in Array(sequence.chunks.keys) {
+                guard var chunk = sequence.chunks[chunkID], chunk.needsPatching || !chunk.isComplete else { continue }
+                if chunk.needsPatching {
+                    chunk.needsPatching = false
+                    chunk.packetCount = max(chunk.recordsRead, chunk.packetCount - 1)
+                    chunk.flags.remove(.lastPacketContinuesOnNextChunk)
+                }
+                chunk.isComplete = true
+                sequence.chunks[chunkID] = chunk
+            }
+        }
+    }
+
     private func sequenceFor(_ key: SequenceKey, uid: UInt32, pid: Int32) -> Sequence {
         if let existing = sequences[key] { return existing }
         let sequence = Sequence(key: key, uid: uid, pid: pid)

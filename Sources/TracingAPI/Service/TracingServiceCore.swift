@@ -308,6 +308,8 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     func producerDisconnected(_ id: ProducerID) {
         // What it finished writing but never committed is read before it goes.
         if let endpoint = producers[id]?.object { scrapeSharedMemory(of: endpoint) }
+        // Nothing more will come from it: what waits for its patches or commits is read as is.
+        for buffer in buffers.values { buffer.producerDisconnected(id) }
         let endpoint = producers.removeValue(forKey: id)?.object
         endpoint?.markDisconnected()
         for session in sessions.values {
