@@ -362,6 +362,51 @@ struct TracingOverIPCTests {
         #expect(capabilities?.hasQueryCapabilities_p == true)
     }
 
+    /// The service keeps the producers' part of the state between queries: every change shows.
+    @Test(arguments: TracingBinding.all)
+    func theServiceStateFollowsProducersAndDataSourcesAsTheyChange(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let first = connectedProducer(world, name: "first", dataSources: [TracingConfigs.descriptor("a"), TracingConfigs.descriptor("b")])
+        var second: RecordingProducer? = connectedProducer(world, name: "second", dataSources: [TracingConfigs.descriptor("c")])
+        defer { withExtendedLifetime(first) {} }
+        let consumer = connectedConsumer(world)
+        func query(sessionsOnly: Bool = false) -> TracingServiceState? {
+            var state: TracingServiceState?
+            consumer.endpoint.queryServiceState(sessionsOnly: sessionsOnly) { success, value in
+                #expect(success)
+                state = value
+            }
+            world.run(until: { state != nil })
+            return state
+        }
+        func dataSources() -> [String] {
+            (query()?.dataSources ?? []).map { "\($0.producerID):\($0.dsDescriptor.name)" }
+        }
+        #expect(dataSources() == ["1:a", "1:b", "2:c"])
+        #expect(dataSources() == ["1:a", "1:b", "2:c"], "asked twice, the same")
+
+        second!.endpoint.registerDataSource(TracingConfigs.descriptor("d"))
+        world.settle()
+        #expect(dataSources() == ["1:a", "1:b", "2:c", "2:d"])
+
+        var updated = TracingConfigs.descriptor("a")
+        updated.willNotifyOnStop = true
+        first.endpoint.updateDataSource(updated)
+        world.settle()
+        #expect(query()?.dataSources.first?.dsDescriptor.willNotifyOnStop == true)
+
+        first.endpoint.unregisterDataSource(named: "b")
+        world.settle()
+        #expect(dataSources() == ["1:a", "2:c", "2:d"])
+
+        second = nil  // released: the producer disconnects
+        world.run(until: { world.core.connectedProducers.count == 1 })
+        #expect(query()?.producers.map(\.name) == ["first"])
+        #expect(dataSources() == ["1:a"])
+        #expect(query(sessionsOnly: true)?.producers.isEmpty == true)
+    }
+
     @Test(arguments: TracingBinding.all)
     func aConsumerThatGoesAwayFreesItsSessionAndAProducerThatGoesAwayIsStopped(_ binding: TracingBinding) throws {
         let world = try binding.make()

@@ -165,17 +165,20 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
         _ request: Perfetto_Protos_QueryServiceStateRequest, context: IPCCallContext,
         reply: Deferred<Perfetto_Protos_QueryServiceStateResponse>
     ) {
-        consumer(context).endpoint.queryServiceState(sessionsOnly: request.sessionsOnly) { success, state in
+        consumer(context).endpoint.queryEncodedServiceState(sessionsOnly: request.sessionsOnly) { success, state in
             guard success else { return reply.reject() }
-            // The usual case, a state that fits one reply, is encoded once and sent as it is.
-            var whole = Perfetto_Protos_QueryServiceStateResponse()
-            whole.serviceState = state
-            if let bytes: [UInt8] = try? whole.serializedBytes(), bytes.count < ServiceStateChunks.chunkBudget {
-                return reply.resolve(serializedSize: bytes.count, hasMore: false) { frame in
-                    bytes.withUnsafeBytes { frame.copyMemory(from: $0) }
+            // The usual case, a state that fits one reply: its bytes become the reply's
+            // service_state field as they are.
+            let replySize = 1 + ProtoEncoding.varintSize(UInt64(state.count)) + state.count
+            if replySize < ServiceStateChunks.chunkBudget {
+                return reply.resolve(serializedSize: replySize, hasMore: false) { frame in
+                    frame.storeBytes(of: 0x0A, as: UInt8.self)  // field 1, length-delimited
+                    let header = 1 + ProtoEncoding.storeVarint(UInt64(state.count), to: frame.baseAddress! + 1)
+                    state.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: frame[header...]).copyMemory(from: $0) }
                 }
             }
-            let chunks = ServiceStateChunks.split(state)
+            guard let whole = try? TracingServiceState(serializedBytes: state) else { return reply.reject() }
+            let chunks = ServiceStateChunks.split(whole)
             for (index, chunk) in chunks.enumerated() {
                 var response = Perfetto_Protos_QueryServiceStateResponse()
                 response.serviceState = chunk

@@ -80,6 +80,13 @@ final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
         service.post { callback(true, state) }
     }
 
+    /// The same state, encoded as a `TracingServiceState` message: what ConsumerPort sends.
+    func queryEncodedServiceState(sessionsOnly: Bool, _ callback: @escaping (Bool, [UInt8]) -> Void) {
+        guard let service = liveService else { return }
+        let bytes = service.encodedServiceState(sessionsOnly: sessionsOnly, for: uid)
+        service.post { callback(bytes != nil, bytes ?? []) }
+    }
+
     func queryCapabilities(_ callback: @escaping (TracingServiceCapabilities) -> Void) {
         guard let service = liveService else { return }
         var capabilities = TracingServiceCapabilities()

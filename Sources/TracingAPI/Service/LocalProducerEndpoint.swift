@@ -32,7 +32,9 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     private(set) var sharedMemory: SharedMemoryBuffer?
     private(set) var sharedMemoryArbiter: SharedMemoryArbiter?
     private(set) var isSharedMemoryProvidedByProducer = false
-    var dataSources: [String: DataSourceDescriptor] = [:]
+    var dataSources: [String: DataSourceDescriptor] = [:] {
+        didSet { service?.producersChanged() }
+    }
     /// Serialized bytes of `dataSources` (bounded by the service's options).
     var dataSourceBytes = 0
     var writers: [WriterID: BufferID] = [:]

@@ -60,7 +60,9 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     public let eventLoop: any IPCEventLoop
     let options: Options
 
-    var producers: [ProducerID: Weak<LocalProducerEndpoint>] = [:]
+    var producers: [ProducerID: Weak<LocalProducerEndpoint>] = [:] {
+        didSet { producersChanged() }
+    }
     var consumers: [UInt64: Weak<LocalConsumerEndpoint>] = [:]
     var sessions: [TracingSessionID: TracingSession] = [:]
     var buffers: [BufferID: TraceBuffer] = [:]
@@ -72,6 +74,10 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     var nextInstanceID: DataSourceInstanceID = 1
     var nextFlushID: FlushRequestID = 1
     private var nextBufferID: BufferID = 1
+
+    /// The producers and data sources of the service state, encoded once for every
+    /// QueryServiceState until one comes, goes or changes (see `encodedServiceState`).
+    var encodedProducers: EncodedProducers?
 
     // Service-wide counters (TraceStats).
     var producersSeen: UInt64 = 0
@@ -399,23 +405,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     /// sessions cover every session, as Perfetto's do.
     func serviceState(sessionsOnly: Bool, for uid: UInt32) -> TracingServiceState {
         var state = TracingServiceState()
-        if !sessionsOnly {
-            for producer in connectedProducers {
-                var entry = TracingServiceState.Producer()
-                entry.id = Int32(producer.id)
-                entry.name = producer.name
-                entry.uid = Int32(bitPattern: producer.uid)
-                entry.pid = producer.pid
-                if !producer.sdkVersion.isEmpty { entry.sdkVersion = producer.sdkVersion }
-                state.producers.append(entry)
-                for name in producer.dataSources.keys.sorted() {
-                    var dataSource = TracingServiceState.DataSource()
-                    dataSource.producerID = Int32(producer.id)
-                    dataSource.dsDescriptor = producer.dataSources[name]!
-                    state.dataSources.append(dataSource)
-                }
-            }
-        }
+        if !sessionsOnly { appendProducers(connectedProducers, to: &state) }
         for session in sessions.values.sorted(by: { $0.id < $1.id }) where session.isVisible(to: uid) {
             var entry = TracingServiceState.TracingSession()
             entry.id = session.id
@@ -434,6 +424,25 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         state.numSessionsStarted = Int32(sessions.values.filter { $0.state == .started }.count)
         state.tracingServiceVersion = "swift-perfetto-ipc"
         return state
+    }
+
+    /// `producers` and their data sources (by name), as the state shows them.
+    func appendProducers(_ producers: [LocalProducerEndpoint], to state: inout TracingServiceState) {
+        for producer in producers {
+            var entry = TracingServiceState.Producer()
+            entry.id = Int32(producer.id)
+            entry.name = producer.name
+            entry.uid = Int32(bitPattern: producer.uid)
+            entry.pid = producer.pid
+            if !producer.sdkVersion.isEmpty { entry.sdkVersion = producer.sdkVersion }
+            state.producers.append(entry)
+            for name in producer.dataSources.keys.sorted() {
+                var dataSource = TracingServiceState.DataSource()
+                dataSource.producerID = Int32(producer.id)
+                dataSource.dsDescriptor = producer.dataSources[name]!
+                state.dataSources.append(dataSource)
+            }
+        }
     }
 
     func traceStats(for session: TracingSession?) -> TraceStats {
