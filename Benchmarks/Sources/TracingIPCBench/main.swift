@@ -13,7 +13,7 @@
 //   read       ReadBuffers of a full 64 MiB buffer; floor: the same bytes through a plain unix
 //              socket between two threads.
 //   rtt        QueryCapabilities and QueryServiceState (20 producers connected), p50, against an
-//              Echo round trip to the same process.
+//              Echo round trip to the same process, the three calls taking turns.
 //   idle       the service's resident memory per idle producer and per idle consumer connection.
 //
 // With PERFETTO_TRACED=/path/to/perfetto/out/rel/traced, the produce figures are also measured
@@ -392,14 +392,18 @@ nonisolated func runBenchmarks() throws {
             consumer.endpoint = system.connectConsumer(consumer, uid: getuid())
         }
         waitFor(loop) { idle.allSatisfy(\.connected) && consumer.connected }
-        func p50(_ iterations: Int, _ call: @escaping (@escaping () -> Void) -> Void) -> Double {
-            var samples: [Double] = []
-            for index in 0..<(iterations + 100) {
-                let start = now()
-                loop.wait(call)
-                if index >= 100 { samples.append((now() - start) * 1e6) }
+        /// p50 of each call, the calls taking turns (one of each per round), so that all see
+        /// the same moments of the VM: measured one after another, their floors drifted 2x apart.
+        func interleavedP50(_ rounds: Int, _ calls: [(@escaping () -> Void) -> Void]) -> [Double] {
+            var samples = Array(repeating: [Double](), count: calls.count)
+            for round in 0..<(rounds + 200) {
+                for (index, call) in calls.enumerated() {
+                    let start = now()
+                    loop.wait(call)
+                    if round >= 200 { samples[index].append((now() - start) * 1e6) }
+                }
             }
-            return samples.sorted()[samples.count / 2]
+            return samples.map { $0.sorted()[$0.count / 2] }
         }
         let echoClient = loop.sync { IPCClient(backend: .unixSocket(directory + "/echo.sock", loop: loop.loop)) }
         let echo = Pfpeers_EchoServiceProxy()
@@ -412,15 +416,18 @@ nonisolated func runBenchmarks() throws {
             let callback = Box(done)
             echo.echo(request, reply: { _ in callback.value() })
         }
-        // Echo before and after the ConsumerPort calls: the VM's speed drifts within a run.
-        let echoBefore = p50(2000, echoCall)
-        let capabilities = p50(2000) { done in consumer.endpoint.queryCapabilities { _ in done() } }
-        let state = p50(2000) { done in consumer.endpoint.queryServiceState(sessionsOnly: false) { _, _ in done() } }
-        let echoAfter = p50(2000, echoCall)
-        let echoRTT = (echoBefore + echoAfter) / 2
-        print("rtt p50: QueryCapabilities \(format(capabilities))us (\(format(capabilities / echoRTT))x echo), "
+        let p50s = interleavedP50(2000, [
+            echoCall,
+            { done in consumer.endpoint.queryCapabilities { _ in done() } },
+            { done in consumer.endpoint.queryServiceState(sessionsOnly: false) { _, _ in done() } },
+        ])
+        let (echoRTT, capabilities, state) = (p50s[0], p50s[1], p50s[2])
+        // Echo calls back to back are faster than echo calls between others: both are shown.
+        let echoAlone = interleavedP50(2000, [echoCall])[0]
+        print("rtt p50 (calls taking turns): QueryCapabilities \(format(capabilities))us (\(format(capabilities / echoRTT))x echo), "
             + "QueryServiceState with 20 producers \(format(state))us (\(format(state / echoRTT))x echo), "
-            + "echo \(format(echoBefore))us before, \(format(echoAfter))us after")
+            + "echo \(format(echoRTT))us; echo back to back \(format(echoAlone))us "
+            + "(\(format(capabilities / echoAlone))x, \(format(state / echoAlone))x)")
         loop.sync {
             for producer in idle { producer.endpoint.disconnect() }
             consumer.endpoint.disconnect()
