@@ -362,6 +362,30 @@ struct TracingOverIPCTests {
         #expect(capabilities?.hasQueryCapabilities_p == true)
     }
 
+    /// Disconnecting is the end of what the producer sent, not the loss of it: the chunks and
+    /// patches its writers handed back, and the calls it made, in the same turn, land first.
+    @Test(arguments: TracingBinding.all)
+    func aProducerThatWritesAndDisconnectsInOneTurnLosesNothing(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let payload = String(repeating: "w", count: 2000)  // two packets a chunk, one across each pair
+        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source")])
+        producer.onStart = { _, writer in
+            for index in 0..<9 { writer.writeTestPacket(timestamp: UInt64(index), "\(index) \(payload)") }
+            writer.flush()
+            producer.endpoint.disconnect()
+        }
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        world.run(until: { producer.started.count == 1 })
+        world.run(until: { world.core.connectedProducers.isEmpty }, "the producer is still connected")
+        consumer.endpoint.disableTracing()
+        world.run(until: { consumer.disabledErrors.count == 1 })
+        read(consumer, world)
+        #expect(consumer.producerPackets().map(\.timestamp) == (0..<9).map(UInt64.init))
+        #expect(consumer.producerPackets().allSatisfy { $0.forTesting.str.hasSuffix(payload) })
+    }
+
     /// The service keeps the producers' part of the state between queries: every change shows.
     @Test(arguments: TracingBinding.all)
     func theServiceStateFollowsProducersAndDataSourcesAsTheyChange(_ binding: TracingBinding) throws {

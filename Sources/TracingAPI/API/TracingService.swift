@@ -98,7 +98,9 @@ public protocol ProducerEndpoint: AnyObject {
     func activateTriggers(_ names: [String])
     /// Calls `callback` once the service has processed everything sent before.
     func sync(_ callback: @escaping () -> Void)
-    /// Disconnects; running instances of this producer are dropped from their sessions.
+    /// Disconnects after what was already handed over (calls made before, and the chunks and
+    /// patches writers returned), as a socket's end comes after the bytes sent on it; running
+    /// instances of this producer are then dropped from their sessions.
     func disconnect()
 }
 

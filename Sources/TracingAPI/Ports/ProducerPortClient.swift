@@ -202,7 +202,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     // MARK: Commands from the service
 
     private func handle(_ command: Perfetto_Protos_GetAsyncCommandResponse, fileDescriptor: ScopedFD?) {
-        guard let producer else { return }
+        guard !closed, let producer else { return }
         switch command.cmd {
         case .setupTracing(let setup)?:
             setUpTracing(setup, fileDescriptor: fileDescriptor)
@@ -418,12 +418,18 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
         }
     }
 
+    /// Ends the connection after what is already on its way: writers' registrations and the
+    /// commits (chunks and patches) they handed over before this call, still queued on the
+    /// loop, are sent first, as over one socket they come before its end. Commands from the
+    /// service arriving meanwhile are ignored.
     public func disconnect() {
         eventLoop.preconditionInEventLoop()
         guard !closed else { return }
         closed = true
         reconnectTask?.cancel()
         reconnectTask = nil
-        client?.close()
+        // Holds the endpoint until then: the queued work finds it even if it is released now.
+        let endpoint = UncheckedSendableBox(self)
+        eventLoop.execute { endpoint.value.client?.close() }
     }
 }

@@ -199,7 +199,7 @@ public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
     public func clientDidDisconnect(_ client: IPCClientInfo) {
         guard let producer = producers.removeValue(forKey: client.clientID) else { return }
         producer.closeCommands()
-        producer.endpoint.disconnectAfterPendingCalls()
+        producer.endpoint.disconnect()
     }
 }
 

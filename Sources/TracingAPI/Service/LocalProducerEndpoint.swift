@@ -231,16 +231,14 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         inOrder { _, _ in callback() }
     }
 
+    /// Disconnects once the calls already on their way have been applied, as over a socket:
+    /// writers' registrations and the commits they handed over before this call (queued on the
+    /// loop) land first, then the producer is gone. Called from ProducerPort when a
+    /// connection ends, so a last CommitData read in the same turn lands too (for a producer
+    /// under emulation it is the only copy of that data).
     func disconnect() {
         eventLoop.preconditionInEventLoop()
         guard connected else { return }
-        service?.producerDisconnected(id)
-    }
-
-    /// Disconnects once the calls already on their way have been applied: a producer's last
-    /// CommitData, read in the same turn as the end of its connection, lands first (for a
-    /// producer under emulation it is the only copy of that data).
-    func disconnectAfterPendingCalls() {
         inOrder { endpoint, service in service.producerDisconnected(endpoint.id) }
     }
 
