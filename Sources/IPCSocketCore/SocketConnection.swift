@@ -148,7 +148,7 @@ final class SocketConnection: IPCConnection {
             finishConnecting()
         case .connected:
             if ready.contains(.writable), !sendQueue.isEmpty { flushQueue() }
-            if ready.contains(.readable), fd >= 0 { readAvailable() }
+            if ready.contains(.readable), fd >= 0 { readAvailable(endOfStreamReported: ready.contains(.hangup)) }
         case .disconnected:
             break
         }
@@ -177,7 +177,9 @@ final class SocketConnection: IPCConnection {
         delegate?.connectionDidConnect(self)
     }
 
-    private func readAvailable() {
+    /// Reads what the socket holds. `endOfStreamReported`: the event that woke us also said
+    /// the peer closed (or shut down writing), so the read goes on until end of stream.
+    private func readAvailable(endOfStreamReported: Bool = false) {
         // Bounded so one busy peer cannot starve the others on the loop.
         for _ in 0..<16 {
             let space = receiveSpace()
@@ -196,22 +198,25 @@ final class SocketConnection: IPCConnection {
             }
             delegate?.connection(self, didReceive: received.byteCount, fileDescriptor: received.fd)
             guard state == .connected else { return }  // the delegate closed us
+            guard received.byteCount < space.count else { continue }
             // Level-triggered, a short read means drained enough: the loop reports the rest.
-            // Edge-triggered it does not: a read also stops where a message with fds begins,
-            // and an end of stream queued behind the data brings no new edge; read on until
-            // the kernel says it would block.
-            guard edgeTriggered || received.byteCount == space.count else { return }
+            // Edge-triggered, it means the socket is empty, unless the read ended after a
+            // message with fds (the kernel ends a read there, and only there: reading on would
+            // find the next message) or the end of stream came with this event (it brings no
+            // edge of its own). Bytes and an end of stream arriving after the event was taken
+            // bring a new edge. So no read is spent on being told EAGAIN, once per message.
+            if !edgeTriggered || (received.fd == nil && !endOfStreamReported) { return }
         }
         // Bytes may be left: level-triggered, the loop reports them again; edge-triggered, it
         // would not, so continue on a later turn (after the other connections had theirs).
-        if edgeTriggered { continueReadingLater() }
+        if edgeTriggered { continueReadingLater(endOfStreamReported: endOfStreamReported) }
     }
 
-    private func continueReadingLater() {
+    private func continueReadingLater(endOfStreamReported: Bool) {
         let box = WeakBox(self)
         loop.execute {
             guard let connection = box.object, connection.state == .connected, connection.fd >= 0 else { return }
-            connection.readAvailable()
+            connection.readAvailable(endOfStreamReported: endOfStreamReported)
         }
     }
 

@@ -288,7 +288,9 @@ public final class EpollEventLoop: IPCEventLoop, @unchecked Sendable {
 
     private static func readiness(_ mask: UInt32) -> FileDescriptorEvents {
         var events: FileDescriptorEvents = []
-        if mask & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue) != 0 { events.insert(.readable) }
+        if mask & EPOLLIN.rawValue != 0 { events.insert(.readable) }
+        // The peer shut down writing: what it sent, then end of stream, is to be read.
+        if mask & EPOLLRDHUP.rawValue != 0 { events.formUnion([.readable, .hangup]) }
         if mask & EPOLLOUT.rawValue != 0 { events.insert(.writable) }
         if mask & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { events.formUnion([.hangup, .readable]) }
         return events

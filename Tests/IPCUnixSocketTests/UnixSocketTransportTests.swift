@@ -208,6 +208,36 @@ struct UnixSocketTransportTests {
         #expect(connection.state == .disconnected)
     }
 
+    /// epoll reads stop at a short read (no EAGAIN read per message), but the kernel also ends
+    /// a read after a message with fds: what follows it, with no new edge, is read too.
+    @Test func messagesOnEitherSideOfOneWithAnFDArriveFromOneEvent() throws {
+        let harness = try SocketHarness()
+        let (mine, theirs) = FileDescriptors.socketPair()
+        let events = RecordingConnectionDelegate()
+        let connection = try harness.transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        let attached = FileDescriptors.memfd(named: "between", content: Array("attached".utf8))
+        #expect(Array("before".utf8).withUnsafeBytes { write(mine.rawValue, $0.baseAddress, $0.count) } == 6)
+        #expect(FileDescriptors.sendWithFDs(mine.rawValue, bytes: Array("with".utf8), fds: [attached.rawValue]))
+        #expect(Array("after".utf8).withUnsafeBytes { write(mine.rawValue, $0.baseAddress, $0.count) } == 5)
+        harness.run(until: { events.received.count == 15 })
+        #expect(events.received == Array("beforewithafter".utf8))
+        #expect(events.receivedFDs.map { FileDescriptors.content(of: $0.rawValue) } == [Array("attached".utf8)])
+        #expect(connection.state == .connected)
+    }
+
+    /// A peer that shuts down writing after its last bytes: both reach us from one event.
+    @Test func aShutdownRightBehindDataIsReported() throws {
+        let harness = try SocketHarness()
+        let (mine, theirs) = FileDescriptors.socketPair()
+        let events = RecordingConnectionDelegate()
+        let connection = try harness.transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        #expect([UInt8](repeating: 6, count: 50).withUnsafeBytes { write(mine.rawValue, $0.baseAddress, $0.count) } == 50)
+        #expect(shutdown(mine.rawValue, Int32(SHUT_WR)) == 0)
+        harness.run(until: { events.isDisconnected })
+        #expect(events.received.count == 50)
+        #expect(connection.state == .disconnected)
+    }
+
     @Test func extraFileDescriptorsInOneMessageAreClosed() throws {
         let harness = try SocketHarness()
         let (mine, theirs) = FileDescriptors.socketPair()
