@@ -165,19 +165,19 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
         _ request: Perfetto_Protos_QueryServiceStateRequest, context: IPCCallContext,
         reply: Deferred<Perfetto_Protos_QueryServiceStateResponse>
     ) {
-        consumer(context).endpoint.queryEncodedServiceState(sessionsOnly: request.sessionsOnly) { success, state in
+        consumer(context).endpoint.queryEncodedServiceState(sessionsOnly: request.sessionsOnly) { success, encoded in
             guard success else { return reply.reject() }
             // The usual case, a state that fits one reply: its bytes become the reply's
             // service_state field as they are.
-            let replySize = 1 + ProtoEncoding.varintSize(UInt64(state.count)) + state.count
+            let replySize = 1 + ProtoEncoding.varintSize(UInt64(encoded.count)) + encoded.count
             if replySize < ServiceStateChunks.chunkBudget {
                 return reply.resolve(serializedSize: replySize, hasMore: false) { frame in
                     frame.storeBytes(of: 0x0A, as: UInt8.self)  // field 1, length-delimited
-                    let header = 1 + ProtoEncoding.storeVarint(UInt64(state.count), to: frame.baseAddress! + 1)
-                    state.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: frame[header...]).copyMemory(from: $0) }
+                    let header = 1 + ProtoEncoding.storeVarint(UInt64(encoded.count), to: frame.baseAddress! + 1)
+                    encoded.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: frame[header...]).copyMemory(from: $0) }
                 }
             }
-            guard let whole = try? TracingServiceState(serializedBytes: state) else { return reply.reject() }
+            guard let whole = try? TracingServiceState(serializedBytes: encoded) else { return reply.reject() }
             let chunks = ServiceStateChunks.split(whole)
             for (index, chunk) in chunks.enumerated() {
                 var response = Perfetto_Protos_QueryServiceStateResponse()
