@@ -25,6 +25,17 @@ final class SocketHarness {
 
     func path(_ name: String = "test.sock") -> String { directory.path + "/" + name }
 
+    /// A socket pair whose one end is a connection on the loop: the test writes raw bytes
+    /// into the other.
+    func adoptedSocketPair(
+        receiveSpace: Int = 64 * 1024
+    ) throws -> (peer: ScopedFD, connection: any IPCConnection, events: RecordingConnectionDelegate) {
+        let (mine, theirs) = FileDescriptors.socketPair()
+        let events = RecordingConnectionDelegate(receiveSpace: receiveSpace)
+        let connection = try transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        return (mine, connection, events)
+    }
+
     /// Drives the loop until `condition` holds; fails the test after 5 s.
     @discardableResult
     func run(until condition: () -> Bool, _ comment: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
@@ -183,9 +194,7 @@ struct UnixSocketTransportTests {
     /// that takes far more reads than the per-event bound (16), without new bytes arriving.
     @Test func aBurstLongerThanOneEventsReadsArrivesWhole() throws {
         let harness = try SocketHarness()
-        let (mine, theirs) = FileDescriptors.socketPair()
-        let events = RecordingConnectionDelegate(receiveSpace: 64)
-        let connection = try harness.transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        let (mine, connection, events) = try harness.adoptedSocketPair(receiveSpace: 64)
         let burst = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
         #expect(burst.withUnsafeBytes { write(mine.rawValue, $0.baseAddress, $0.count) } == burst.count)
         harness.run(until: { events.received.count == burst.count })  // 157 reads of 64 bytes
@@ -197,9 +206,7 @@ struct UnixSocketTransportTests {
     /// An end of stream queued behind data brings no readiness event of its own.
     @Test func anEndOfStreamRightBehindDataIsReported() throws {
         let harness = try SocketHarness()
-        let (mine, theirs) = FileDescriptors.socketPair()
-        let events = RecordingConnectionDelegate()
-        let connection = try harness.transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        let (mine, connection, events) = try harness.adoptedSocketPair()
         #expect([UInt8](repeating: 5, count: 100).withUnsafeBytes { write(mine.rawValue, $0.baseAddress, $0.count) } == 100)
         mine.close()
         harness.run(until: { events.isDisconnected })
@@ -212,9 +219,7 @@ struct UnixSocketTransportTests {
     /// a read after a message with fds: what follows it, with no new edge, is read too.
     @Test func messagesOnEitherSideOfOneWithAnFDArriveFromOneEvent() throws {
         let harness = try SocketHarness()
-        let (mine, theirs) = FileDescriptors.socketPair()
-        let events = RecordingConnectionDelegate()
-        let connection = try harness.transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        let (mine, connection, events) = try harness.adoptedSocketPair()
         let attached = FileDescriptors.memfd(named: "between", content: Array("attached".utf8))
         #expect(Array("before".utf8).withUnsafeBytes { write(mine.rawValue, $0.baseAddress, $0.count) } == 6)
         #expect(FileDescriptors.sendWithFDs(mine.rawValue, bytes: Array("with".utf8), fds: [attached.rawValue]))
@@ -228,9 +233,7 @@ struct UnixSocketTransportTests {
     /// A peer that shuts down writing after its last bytes: both reach us from one event.
     @Test func aShutdownRightBehindDataIsReported() throws {
         let harness = try SocketHarness()
-        let (mine, theirs) = FileDescriptors.socketPair()
-        let events = RecordingConnectionDelegate()
-        let connection = try harness.transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        let (mine, connection, events) = try harness.adoptedSocketPair()
         #expect([UInt8](repeating: 6, count: 50).withUnsafeBytes { write(mine.rawValue, $0.baseAddress, $0.count) } == 50)
         #expect(shutdown(mine.rawValue, Int32(SHUT_WR)) == 0)
         harness.run(until: { events.isDisconnected })
@@ -240,9 +243,7 @@ struct UnixSocketTransportTests {
 
     @Test func extraFileDescriptorsInOneMessageAreClosed() throws {
         let harness = try SocketHarness()
-        let (mine, theirs) = FileDescriptors.socketPair()
-        let events = RecordingConnectionDelegate()
-        let connection = try harness.transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        let (mine, connection, events) = try harness.adoptedSocketPair()
         let probes = (0..<3).map { FileDescriptors.memfd(named: "probe-\($0)", content: [UInt8($0)]) }
         let before = FileDescriptors.openDescriptors()
         #expect(FileDescriptors.sendWithFDs(mine.rawValue, bytes: [1, 2, 3], fds: probes.map(\.rawValue)))
@@ -257,9 +258,7 @@ struct UnixSocketTransportTests {
 
     @Test func tooManyFileDescriptorsDropTheConnectionWithoutLeaks() throws {
         let harness = try SocketHarness()
-        let (mine, theirs) = FileDescriptors.socketPair()
-        let events = RecordingConnectionDelegate()
-        let connection = try harness.transport.adoptConnection(fd: theirs.release(), options: .default, delegate: events)
+        let (mine, connection, events) = try harness.adoptedSocketPair()
         let probes = (0..<12).map { FileDescriptors.memfd(named: "flood-\($0)", content: [UInt8($0)]) }
         let before = Set(FileDescriptors.openDescriptors())
         #expect(FileDescriptors.sendWithFDs(mine.rawValue, bytes: [9], fds: probes.map(\.rawValue)))

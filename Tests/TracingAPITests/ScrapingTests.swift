@@ -17,6 +17,16 @@ final class ScrapingTests {
         service = TracingServiceCore(eventLoop: loop)
     }
 
+    /// A producer in a started session, its writer registered with the service.
+    private func startedSession() throws -> (RecordingProducer, RecordingConsumer, TraceWriter) {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { producer.writers.count == 1 })
+        loop.runUntilIdle()
+        return (producer, consumer, try #require(producer.writers.values.first))
+    }
+
     private func texts(_ consumer: RecordingConsumer) -> [String] {
         consumer.producerPackets().map(\.forTesting.str)
     }
@@ -42,12 +52,7 @@ final class ScrapingTests {
     }
 
     @Test func aChunkWaitingForPatchesOfAGoneProducerIsReadWithoutThePacketItWaitedFor() throws {
-        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: service)
-        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
-        drive(loop, until: { producer.writers.count == 1 })
-        loop.runUntilIdle()
-        let writer = try #require(producer.writers.values.first)
+        let (producer, consumer, writer) = try startedSession()
         for index in 0..<3 { writer.writeTestPacket(timestamp: UInt64(index), "before \(index)") }
         // Spans into the next chunk: its nested length becomes a patch the writer still holds,
         // and the returned chunk is flagged as waiting for it.
@@ -93,12 +98,8 @@ final class ScrapingTests {
     }
 
     @Test func aPacketStillBeingWrittenIsNeverScraped() throws {
-        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: service)
-        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
-        drive(loop, until: { producer.writers.count == 1 })
-        loop.runUntilIdle()
-        let writer = try #require(producer.writers.values.first)
+        let (producer, consumer, writer) = try startedSession()
+        defer { withExtendedLifetime(producer) {} }
         let endpoint = try #require(service.connectedProducers.first)
         for index in 0..<2 { writer.writeTestPacket(timestamp: UInt64(index), "finished \(index)") }
         var counted: [Int] = []
