@@ -386,6 +386,29 @@ struct TracingOverIPCTests {
         #expect(consumer.producerPackets().allSatisfy { $0.forTesting.str.hasSuffix(payload) })
     }
 
+    /// Releasing a producer's endpoint disconnects it, and what its writers handed over first
+    /// still lands: its commits and patches, and what its writers finished.
+    @Test(arguments: TracingBinding.all)
+    func aProducerReleasedRightAfterWritingLosesNothing(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let payload = String(repeating: "r", count: 2000)
+        var producer: RecordingProducer? = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        world.run(until: { producer?.started.count == 1 })
+        world.settle()  // the writer's registration reaches the service
+        let writer = try #require(producer?.writers.values.first)
+        for index in 0..<9 { writer.writeTestPacket(timestamp: UInt64(index), "\(index) \(payload)") }
+        writer.flush()
+        producer = nil
+        world.run(until: { world.core.connectedProducers.isEmpty }, "the producer is still connected")
+        consumer.endpoint.disableTracing()
+        world.run(until: { consumer.disabledErrors.count == 1 })
+        read(consumer, world)
+        #expect(consumer.producerPackets().map(\.timestamp) == (0..<9).map(UInt64.init))
+    }
+
     /// The service keeps the producers' part of the state between queries: every change shows.
     @Test(arguments: TracingBinding.all)
     func theServiceStateFollowsProducersAndDataSourcesAsTheyChange(_ binding: TracingBinding) throws {

@@ -93,6 +93,12 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
 
     deinit {
         reconnectTask?.cancel()
+        // Released (which disconnects): what writers handed over goes out before the
+        // connection closes, as disconnect() would send it; the commit queued for it would no
+        // longer find this endpoint.
+        if eventLoop.inEventLoop, initialized, sharedMemoryArbiter != nil {
+            commitFromArbiter(flushRequestID: nil, completion: nil)
+        }
     }
 
     /// Whether the service accepted the connection and it is still up.
@@ -272,7 +278,12 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
                 }
             },
             registerWriter: { writer, buffer in
-                loop.execute { endpoint.object?.registerTraceWriter(writer, targetBuffer: buffer) }
+                // At once on the loop, ahead of the writer's first commit: the service scrapes
+                // only writers it knows.
+                guard loop.inEventLoop else {
+                    return loop.execute { endpoint.object?.registerTraceWriter(writer, targetBuffer: buffer) }
+                }
+                endpoint.object?.registerTraceWriter(writer, targetBuffer: buffer)
             },
             unregisterWriter: { writer in
                 loop.execute { endpoint.object?.unregisterTraceWriter(writer) }
@@ -413,6 +424,8 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
             eventLoop.execute { endpoint.object?.pendingSyncs.removeValue(forKey: id)?() }
             return
         }
+        // "Everything sent before" includes what writers handed over, still queued for a commit.
+        commitFromArbiter(flushRequestID: nil, completion: nil)
         port.sync(Perfetto_Protos_SyncRequest()) { [weak self] _ in
             self?.pendingSyncs.removeValue(forKey: id)?()
         }

@@ -87,6 +87,12 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     deinit {
         // Releasing the endpoint disconnects, as destroying Perfetto's endpoint does.
         guard connected, let service else { return }
+        if eventLoop.inEventLoop {
+            // The shared memory goes with this endpoint: what writers handed over (queued for a
+            // commit that would no longer find us) and what they finished is taken now.
+            commitFromArbiter(flushRequestID: nil, completion: nil)
+            service.scrapeSharedMemory(of: self)
+        }
         let id = self.id
         let box = UncheckedSendableBox(service)
         eventLoop.execute { box.value.producerDisconnected(id) }
@@ -133,7 +139,12 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
                 loop.execute { endpoint.value.object?.commitFromArbiter(flushRequestID: flushRequestID, completion: completion) }
             },
             registerWriter: { writer, buffer in
-                loop.execute { endpoint.value.object?.registerTraceWriter(writer, targetBuffer: buffer) }
+                // At once on the loop: a writer created and used in one turn is known to the
+                // service by the time it scrapes (on a flush, a stop or a disconnect).
+                guard loop.inEventLoop else {
+                    return loop.execute { endpoint.value.object?.registerTraceWriter(writer, targetBuffer: buffer) }
+                }
+                endpoint.value.object?.registerTraceWriter(writer, targetBuffer: buffer)
             },
             unregisterWriter: { writer in
                 loop.execute { endpoint.value.object?.unregisterTraceWriter(writer) }
