@@ -50,6 +50,10 @@ final class TracingSoakTests: TraceboxFixture {
     }
 
     static var verbose: Bool { ProcessInfo.processInfo.environment["PERFETTO_TRACING_SOAK"] != nil }
+    /// Built with AddressSanitizer (`scripts/sanitize.sh address`), as the service spawned from
+    /// the same build is: it keeps freed memory in quarantine (256 MB by default), so the
+    /// service's resident memory grows whatever the service does.
+    static let underAddressSanitizer = dlsym(nil, "__asan_init") != nil
 
     @Test func producersWriteWhileConsumersStartReadCloneAndStopSessions() throws {
         let scale = Scale.current
@@ -136,7 +140,9 @@ final class TracingSoakTests: TraceboxFixture {
         #expect(abandoned == 0, context)
         if let early, let late {
             #expect(late.fds <= early.fds, context)
-            #expect(late.rssKb <= early.rssKb + max(early.rssKb / 4, 8 * 1024), context)
+            if !Self.underAddressSanitizer {
+                #expect(late.rssKb <= early.rssKb + max(early.rssKb / 4, 8 * 1024), context)
+            }
         } else {
             Issue.record("no samples of the service: \(report)")
         }
