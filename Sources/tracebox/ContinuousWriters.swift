@@ -9,7 +9,6 @@
 // write, for a free chunk, as long as its stall policy allows.
 
 import IPCProtocol
-import Synchronization
 import TracingAPI
 
 #if canImport(Glibc)
@@ -72,13 +71,13 @@ final class ContinuousWriters: Sendable {
 
     private let settings: Settings
     private let loop: any IPCEventLoop
-    private let state: Mutex<State>
-    private let threads = Mutex<[pthread_t]>([])
+    private let state: ThreadLock<State>
+    private let threads = ThreadLock<[pthread_t]>([])
 
     init(settings: Settings, loop: any IPCEventLoop) {
         self.settings = settings
         self.loop = loop
-        state = Mutex(State(flushedGeneration: Array(repeating: 0, count: settings.threads)))
+        state = ThreadLock(State(flushedGeneration: Array(repeating: 0, count: settings.threads)))
     }
 
     /// Starts the writer threads (idle until an instance starts).
