@@ -76,6 +76,7 @@ let package = Package(
             name: "TrackEventTracing",
             dependencies: [
                 "TrackEvent",
+                "IPCProtocol",  // ThreadLock
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "Instrumentation", package: "swift-distributed-tracing"),
             ]

@@ -12,6 +12,7 @@
 //   that one ends (slices on a track must nest).
 
 import Instrumentation
+import IPCProtocol
 import Synchronization
 import Tracing
 import TrackEvent
@@ -106,7 +107,7 @@ final class TrackNode: Sendable {
         /// annotations: ended as soon as the spans above them end.
         var deferred: [UInt64: [(String, DebugValue)]] = [:]
     }
-    let state = Mutex(State())
+    let state = ThreadLock(State())
 
     init(track: Track) {
         self.track = track
@@ -128,7 +129,7 @@ public final class PerfettoSpan: Tracing.Span {
     public let context: InstrumentationContext
     private let identity: SpanIdentity
     private let category: TrackEventCategory
-    private let state: Mutex<State>
+    private let state: ThreadLock<State>
 
     init(operationName: String, parentContext: InstrumentationContext, kind: SpanKind, category: TrackEventCategory) {
         self.category = category
@@ -165,7 +166,7 @@ public final class PerfettoSpan: Tracing.Span {
         var context = parentContext
         context[PerfettoSpanKey.self] = identity
         self.context = context
-        state = Mutex(State(operationName: operationName))
+        state = ThreadLock(State(operationName: operationName))
     }
 
     public var operationName: String {
