@@ -93,12 +93,8 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
 
     deinit {
         reconnectTask?.cancel()
-        // Released (which disconnects): what writers handed over goes out before the
-        // connection closes, as disconnect() would send it; the commit queued for it would no
-        // longer find this endpoint.
-        if eventLoop.inEventLoop, initialized, sharedMemoryArbiter != nil {
-            commitFromArbiter(flushRequestID: nil, completion: nil)
-        }
+        // Released, which disconnects: as in disconnect(). Off the loop nothing can be sent.
+        if eventLoop.inEventLoop { sendWhatWritersHandedOver() }
     }
 
     /// Whether the service accepted the connection and it is still up.
@@ -208,7 +204,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     // MARK: Commands from the service
 
     private func handle(_ command: Perfetto_Protos_GetAsyncCommandResponse, fileDescriptor: ScopedFD?) {
-        guard !closed, let producer else { return }
+        guard let producer else { return }
         switch command.cmd {
         case .setupTracing(let setup)?:
             setUpTracing(setup, fileDescriptor: fileDescriptor)
@@ -291,6 +287,12 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
             // A writer stalling on this loop would stop the commits that free its chunks.
             isServiceThread: { loop.inEventLoop })
         sharedMemoryArbiter = SharedMemoryArbiter(buffer: mapping, emulatesSharedMemory: usesSharedMemoryEmulation, sink: sink)
+    }
+
+    /// Sends, now, the chunks and patches writers handed over that wait for the commit the
+    /// arbiter queued on the loop: so a Sync, or the end of the connection, comes after them.
+    private func sendWhatWritersHandedOver() {
+        commitFromArbiter(flushRequestID: nil, completion: nil)
     }
 
     private func commitFromArbiter(flushRequestID: UInt64?, completion: (@Sendable () -> Void)?) {
@@ -424,25 +426,21 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
             eventLoop.execute { endpoint.object?.pendingSyncs.removeValue(forKey: id)?() }
             return
         }
-        // "Everything sent before" includes what writers handed over, still queued for a commit.
-        commitFromArbiter(flushRequestID: nil, completion: nil)
+        sendWhatWritersHandedOver()  // "everything sent before" includes it
         port.sync(Perfetto_Protos_SyncRequest()) { [weak self] _ in
             self?.pendingSyncs.removeValue(forKey: id)?()
         }
     }
 
-    /// Ends the connection after what is already on its way: writers' registrations and the
-    /// commits (chunks and patches) they handed over before this call, still queued on the
-    /// loop, are sent first, as over one socket they come before its end. Commands from the
-    /// service arriving meanwhile are ignored.
+    /// Ends the connection after what writers handed over before this call (chunks and
+    /// patches still waiting for their commit), as over one socket they come before its end.
     public func disconnect() {
         eventLoop.preconditionInEventLoop()
         guard !closed else { return }
         closed = true
         reconnectTask?.cancel()
         reconnectTask = nil
-        // Holds the endpoint until then: the queued work finds it even if it is released now.
-        let endpoint = UncheckedSendableBox(self)
-        eventLoop.execute { endpoint.value.client?.close() }
+        sendWhatWritersHandedOver()
+        client?.close()
     }
 }
