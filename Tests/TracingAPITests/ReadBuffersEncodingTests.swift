@@ -47,8 +47,8 @@ struct ReadBuffersEncodingTests {
     }
 
     @Test func slicesGlueBackIntoThePackets() throws {
-        var reassembler = TracePacketReassembler()
         var directReassembler = TracePacketReassembler()
+        var pending: [UInt8] = []
         var glued: [TracePacketData] = []
         var direct: [TracePacketData] = []
         // Planned in two batches, as the service hands them over: indexes continue.
@@ -61,7 +61,14 @@ struct ReadBuffersEncodingTests {
                 ReadBuffersSlicer.encode(reply, packets: Self.packets, into: UnsafeMutableRawBufferPointer(buffer))
                 count = reply.encodedSize
             }
-            glued += reassembler.append(try Perfetto_Protos_ReadBuffersResponse(serializedBytes: bytes))
+            // SwiftProtobuf's view of the same reply, glued as its fields say.
+            for slice in try Perfetto_Protos_ReadBuffersResponse(serializedBytes: bytes).slices {
+                pending += slice.data
+                if slice.lastSliceForPacket {
+                    glued.append(TracePacketData(bytes: pending))
+                    pending = []
+                }
+            }
             direct += try #require(bytes.withUnsafeBytes { directReassembler.append(encoded: $0) })
         }
         // Through SwiftProtobuf and read straight from the bytes alike.

@@ -112,19 +112,6 @@ enum ReadBuffersSlicer {
 struct TracePacketReassembler {
     private var pending: [UInt8] = []
 
-    /// Appends the slices of one reply; returns the packets they complete.
-    mutating func append(_ response: Perfetto_Protos_ReadBuffersResponse) -> [TracePacketData] {
-        var packets: [TracePacketData] = []
-        for slice in response.slices {
-            pending.append(contentsOf: slice.data)
-            if slice.lastSliceForPacket {
-                packets.append(TracePacketData(bytes: pending))
-                pending = []
-            }
-        }
-        return packets
-    }
-
     /// Appends the slices of one encoded ReadBuffersResponse, read straight from its bytes
     /// (no Slice messages, no copy per slice but into the packet); returns the packets they
     /// complete, or nil if the bytes are not a ReadBuffersResponse. As in protobuf, a field
