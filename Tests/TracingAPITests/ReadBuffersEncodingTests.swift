@@ -14,17 +14,39 @@ import Foundation
 
 @Suite("ReadBuffers reply encoding")
 struct ReadBuffersEncodingTests {
-    /// Empty, small, exactly one slice, one byte over, several slices long, then many small.
-    static let packets: [TracePacketData] = {
-        let sizes = [0, 1, 127, 128, 16_383, 16_384, ReadBuffersSlicer.maxSliceSize, ReadBuffersSlicer.maxSliceSize + 1, 300_000]
-            + Array(repeating: 1000, count: 400)
-        return sizes.enumerated().map { index, size in
-            TracePacketData(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &+ index) })
-        }
+    /// trusted_uid 1000, trusted_packet_sequence_id 2, trusted_pid 4242.
+    static let trustedSuffix: [UInt8] = [0x18, 0xE8, 0x07, 0x50, 0x02, 0xF8, 0x04, 0x92, 0x21]
+
+    /// Body sizes, and whether the service appends trusted fields: empty, small, exactly one
+    /// slice, one byte over, several slices long, a slice cut inside the trusted fields, then
+    /// many small.
+    static let layout: [(size: Int, trusted: Bool)] = {
+        let maxSlice = ReadBuffersSlicer.maxSliceSize
+        let sizes = [0, 1, 127, 128, 16_383, 16_384, maxSlice, maxSlice + 1, 300_000]
+        return sizes.flatMap { [($0, false), ($0, true)] } + [(maxSlice - 3, true)]
+            + Array(repeating: (1000, true), count: 400)
     }()
 
+    /// The bytes each packet must arrive as.
+    static let packets: [TracePacketData] = layout.enumerated().map { index, entry in
+        TracePacketData(bytes: body(index, entry.size) + (entry.trusted ? trustedSuffix : []))
+    }
+
+    /// The same packets as the service hands them over: bodies inside a larger storage (as in
+    /// a chunk), trusted fields apart.
+    static let parts: [TracePacketParts] = layout.enumerated().map { index, entry in
+        guard entry.trusted else { return TracePacketParts(TracePacketData(bytes: body(index, entry.size))) }
+        let storage = [0xEE, 0xEE, 0xEE] + body(index, entry.size) + [0xEE]
+        return TracePacketParts(
+            storage: storage, body: 3..<(3 + entry.size), trusted: TrustedFields(uid: 1000, sequenceID: 2, pid: 4242))
+    }
+
+    private static func body(_ index: Int, _ size: Int) -> [UInt8] {
+        (0..<size).map { UInt8(truncatingIfNeeded: $0 &+ index) }
+    }
+
     @Test func eachReplyIsWhatSwiftProtobufWritesForItsSlices() throws {
-        let replies = ReadBuffersSlicer.plan(Self.packets, hasMore: false)
+        let replies = ReadBuffersSlicer.plan(Self.parts, hasMore: false)
         #expect(replies.count > 3)
         #expect(replies.dropLast().allSatisfy(\.hasMore) && replies.last?.hasMore == false)
         for reply in replies {
@@ -39,7 +61,7 @@ struct ReadBuffersEncodingTests {
             #expect(reply.encodedSize == expected.count)
             #expect(reply.encodedSize <= ReadBuffersSlicer.replyBudget)
             let written = [UInt8](unsafeUninitializedCapacity: reply.encodedSize) { buffer, count in
-                ReadBuffersSlicer.encode(reply, packets: Self.packets, into: UnsafeMutableRawBufferPointer(buffer))
+                ReadBuffersSlicer.encode(reply, packets: Self.parts, into: UnsafeMutableRawBufferPointer(buffer))
                 count = reply.encodedSize
             }
             #expect(Self.equal(written, expected), "reply of \(reply.slices.count) slices differs from SwiftProtobuf's")
@@ -52,13 +74,13 @@ struct ReadBuffersEncodingTests {
         var glued: [TracePacketData] = []
         var direct: [TracePacketData] = []
         // Planned in two batches, as the service hands them over: indexes continue.
-        let half = Self.packets.count / 2
-        let first = Array(Self.packets[..<half])
+        let half = Self.parts.count / 2
+        let first = Array(Self.parts[..<half])
         let replies = ReadBuffersSlicer.plan(first, hasMore: true)
-            + ReadBuffersSlicer.plan(Array(Self.packets[half...]), firstIndex: half, hasMore: false)
+            + ReadBuffersSlicer.plan(Array(Self.parts[half...]), firstIndex: half, hasMore: false)
         for reply in replies {
             let bytes = [UInt8](unsafeUninitializedCapacity: reply.encodedSize) { buffer, count in
-                ReadBuffersSlicer.encode(reply, packets: Self.packets, into: UnsafeMutableRawBufferPointer(buffer))
+                ReadBuffersSlicer.encode(reply, packets: Self.parts, into: UnsafeMutableRawBufferPointer(buffer))
                 count = reply.encodedSize
             }
             // SwiftProtobuf's view of the same reply, glued as its fields say.
@@ -100,6 +122,20 @@ struct ReadBuffersEncodingTests {
         for malformed: [UInt8] in [[0x12, 0x08, 0x0A], [0x12, 0x02, 0x08, 0x01], [0x13, 0x14]] {
             #expect(malformed.withUnsafeBytes { reassembler.append(encoded: $0) } == nil)
         }
+    }
+
+    @Test func trustedFieldsAtTheirLargestDecodeAsWhatTheServiceMeant() throws {
+        // Negative int32s take ten bytes; every optional field present.
+        let fields = TrustedFields(
+            uid: UInt32.max, sequenceID: UInt32.max, pid: Int32.min, machineID: UInt32.max, previousPacketDropped: true)
+        #expect(fields.count == 39 && fields.count <= TrustedFields.capacity)
+        var bytes: [UInt8] = []
+        fields.append(to: &bytes)
+        let packet = try TracePacket(serializedBytes: bytes)
+        #expect(packet.trustedUid == -1 && packet.trustedPacketSequenceID == UInt32.max)
+        #expect(packet.trustedPid == Int32.min && packet.machineID == UInt32.max && packet.previousPacketDropped == 1)
+        // Machine 0 (this one) and no drop are left out, as Perfetto does.
+        #expect(TrustedFields(uid: 1000, sequenceID: 2, pid: 4242).count == Self.trustedSuffix.count)
     }
 
     @Test func noPacketsIsOneEmptyReply() {

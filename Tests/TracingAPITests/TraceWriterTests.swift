@@ -45,10 +45,8 @@ final class TraceWriterTests {
 
     /// The trusted fields the service appends for the first (or a later) packet of sequence 2.
     private func trustedSuffix(first: Bool) -> [UInt8] {
-        var suffix: [UInt8] = []
-        PacketValidation.appendTrustedFields(
-            to: &suffix, uid: 1000, sequenceID: 2, pid: 4242, previousPacketDropped: first)
-        return suffix
+        // trusted_uid 1000, trusted_packet_sequence_id 2, trusted_pid 4242, previous_packet_dropped.
+        [0x18, 0xE8, 0x07, 0x50, 0x02, 0xF8, 0x04, 0x92, 0x21] + (first ? [0xD0, 0x02, 0x01] : [])
     }
 
     private func producerPacketBytes(_ consumer: RecordingConsumer) -> [[UInt8]] {

@@ -228,6 +228,10 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
 /// A consumer that passes trace data on at its own pace: the service reads the next part of a
 /// ReadBuffers only when it asks for it.
 protocol PacedTraceDataConsumer: AnyObject {
+    /// Trace data as the service read it, not yet copied out of its buffers (in place of
+    /// `Consumer.onTraceData`).
+    func onTracePackets(_ packets: [TracePacketParts], hasMore: Bool)
+
     /// Calls `next` once, when what was handed over so far is on its way (perhaps at once).
     func whenReadyForMoreTraceData(_ next: @escaping () -> Void)
 }
@@ -253,7 +257,7 @@ final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
     /// ReadBuffers replies planned but not handed to the connection yet, from `heldReadIndex`
     /// on, and the packets they slice (encoded straight into each reply's frame as it goes).
     private var heldReadReplies: [ReadBuffersSlicer.Reply] = []
-    private var heldPackets: [TracePacketData] = []
+    private var heldPackets: [TracePacketParts] = []
     private var heldReadIndex = 0
     private var readRetry: (any ScheduledTask)?
     /// Held-back replies wait for the connection to drain its queue.
@@ -300,6 +304,10 @@ final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
     }
 
     func onTraceData(_ packets: [TracePacketData], hasMore: Bool) {
+        onTracePackets(packets.map(TracePacketParts.init), hasMore: hasMore)
+    }
+
+    func onTracePackets(_ packets: [TracePacketParts], hasMore: Bool) {
         guard readReply != nil else { return }
         heldReadReplies.append(contentsOf: ReadBuffersSlicer.plan(packets, firstIndex: heldPackets.count, hasMore: hasMore))
         heldPackets.append(contentsOf: packets)

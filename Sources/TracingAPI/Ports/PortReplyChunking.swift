@@ -43,12 +43,12 @@ enum ReadBuffersSlicer {
 
     /// The replies carrying `packets` (the slices count packets from `firstIndex`); the last
     /// has `hasMore`, the others have more.
-    static func plan(_ packets: [TracePacketData], firstIndex: Int = 0, hasMore: Bool) -> [Reply] {
+    static func plan(_ packets: [TracePacketParts], firstIndex: Int = 0, hasMore: Bool) -> [Reply] {
         var replies: [Reply] = []
         var current = Reply()
         var currentBudget = 0
         for (offset, packet) in packets.enumerated() {
-            let count = packet.bytes.count
+            let count = packet.count
             var start = 0
             repeat {
                 let end = min(start + maxSliceSize, count)
@@ -72,7 +72,7 @@ enum ReadBuffersSlicer {
     /// Writes `reply` as a ReadBuffersResponse, byte for byte what SwiftProtobuf writes for it:
     /// per slice, `slices` (field 2) holding `data` (field 1) and `last_slice_for_packet`
     /// (field 2, written when false too). `buffer` is exactly `reply.encodedSize` bytes.
-    static func encode(_ reply: Reply, packets: [TracePacketData], into buffer: UnsafeMutableRawBufferPointer) {
+    static func encode(_ reply: Reply, packets: [TracePacketParts], into buffer: UnsafeMutableRawBufferPointer) {
         guard !reply.slices.isEmpty, let start = buffer.baseAddress else { return }
         var at = start
         func put(_ byte: UInt8) {
@@ -85,9 +85,7 @@ enum ReadBuffersSlicer {
             at += ProtoEncoding.storeVarint(UInt64(sliceMessageSize(count)), to: at)
             put(0x0A)
             at += ProtoEncoding.storeVarint(UInt64(count), to: at)
-            packets[slice.packet].bytes.withUnsafeBytes { bytes in
-                at.copyMemory(from: bytes.baseAddress! + slice.start, byteCount: count)
-            }
+            packets[slice.packet].copyBytes(slice.start..<slice.end, to: at)
             at += count
             put(0x10)
             put(slice.isLast ? 1 : 0)

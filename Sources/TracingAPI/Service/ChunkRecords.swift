@@ -3,6 +3,8 @@
 // chunk that lies (a size past its end, a bad varint) yields the records before the lie and
 // reports itself as malformed.
 
+import CPerfettoIPCLinux
+
 /// One record of a chunk: a whole packet, or a fragment of one.
 struct ChunkRecord: Equatable {
     /// Byte range of the fragment inside the chunk copy (header excluded).
@@ -11,35 +13,29 @@ struct ChunkRecord: Equatable {
     var isDropMarker: Bool
 }
 
-/// The records of a chunk, and whether the walk stopped early at malformed bytes.
-struct ChunkRecords {
-    var records: [ChunkRecord] = []
-    var malformed = false
-
-    /// Walks `count` records of `chunk` (the whole chunk, header included).
-    init(chunk: [UInt8], count: Int) {
-        records.reserveCapacity(count)
-        chunk.withUnsafeBytes { bytes in
-            var position = SharedMemoryABI.chunkHeaderSize
-            let end = bytes.count
-            for _ in 0..<count {
-                // Sizes never need more than 5 bytes; the SDK writes 1 to 4.
-                guard let size = ProtoEncoding.readVarint(bytes, at: &position, maxBytes: 5) else {
-                    malformed = true
-                    return
-                }
-                if size == UInt64(SharedMemoryABI.packetSizeDropPacket) {
-                    records.append(ChunkRecord(range: position..<position, isDropMarker: true))
-                    continue
-                }
-                guard size <= UInt64(end - position) else {
-                    malformed = true
-                    return
-                }
-                let next = position + Int(size)
-                records.append(ChunkRecord(range: position..<next, isDropMarker: false))
-                position = next
+/// Walking the records of a chunk.
+enum ChunkRecords {
+    /// Calls `visit` with the index and range of each of the first `count` records of `chunk`
+    /// (the whole chunk, header included), in order, as it finds them (nothing is collected).
+    /// Returns false if the walk stopped early at malformed bytes.
+    static func walk(_ chunk: UnsafeRawBufferPointer, count: Int, _ visit: (Int, ChunkRecord) -> Void) -> Bool {
+        // The chunk was stored a while ago and is likely out of the caches: the walk below
+        // jumps from record to record, each jump a miss unless the lines are on their way.
+        CPerfettoIPC_prefetch(chunk.baseAddress, chunk.count)
+        var position = SharedMemoryABI.chunkHeaderSize
+        let end = chunk.count
+        for index in 0..<count {
+            // Sizes never need more than 5 bytes; the SDK writes 1 to 4.
+            guard let size = ProtoEncoding.readVarint(chunk, at: &position, maxBytes: 5) else { return false }
+            if size == UInt64(SharedMemoryABI.packetSizeDropPacket) {
+                visit(index, ChunkRecord(range: position..<position, isDropMarker: true))
+                continue
             }
+            guard size <= UInt64(end - position) else { return false }
+            let next = position + Int(size)
+            visit(index, ChunkRecord(range: position..<next, isDropMarker: false))
+            position = next
         }
+        return true
     }
 }

@@ -18,7 +18,10 @@ struct SequenceKey: Hashable {
 
 /// A packet read out of a buffer, with what the service knows about where it came from.
 struct BufferedPacket {
-    var bytes: [UInt8]
+    /// The packet is `storage[body]`: a range of the chunk it was read from (not copied), or
+    /// the whole of an array glued from fragments.
+    var storage: [UInt8]
+    var body: Range<Int>
     var sequence: SequenceKey
     var producerUID: UInt32
     var producerPID: Int32
@@ -28,6 +31,9 @@ struct BufferedPacket {
     /// first packet read from the sequence (the service cannot know what came before it; Perfetto
     /// marks those too).
     var previousPacketDropped: Bool
+
+    /// The packet's bytes, copied out.
+    var bytes: [UInt8] { Array(storage[body]) }
 }
 
 /// Counters of one buffer, named after Perfetto's `TraceStats.BufferStats`.
@@ -92,9 +98,6 @@ final class TraceBuffer {
             self.pid = pid
         }
     }
-
-    /// Upper bound of the bytes PacketValidation.appendTrustedFields adds.
-    static let trustedFieldsReserve = 32
 
     let capacity: Int
     let policy: FillPolicy
@@ -354,6 +357,12 @@ final class TraceBuffer {
                 return true
             }
             sequence.chunks[expected] = nil
+            // Read in the order written (one writer, or one at a time), the chunk is the oldest
+            // in the eviction order: its entry goes now rather than waiting for a prune.
+            if insertionHead < insertionOrder.count, insertionOrder[insertionHead].serial == chunk.serial {
+                insertionHead += 1
+                compactInsertionOrder()
+            }
             usedBytes -= chunk.bytes.count
             storedChunkCount -= 1
             stats.chunksRead += 1
@@ -364,61 +373,73 @@ final class TraceBuffer {
     }
 
     private func consume(_ chunk: StoredChunk, of sequence: Sequence, into packets: inout [BufferedPacket]) {
-        let walk = ChunkRecords(chunk: chunk.bytes, count: chunk.packetCount)
         let last = chunk.packetCount - 1
-        for (index, record) in walk.records.enumerated() where index >= chunk.recordsRead {
-            if record.isDropMarker {
-                loseReassembly(sequence)
-                sequence.dataLost = true
-                stats.traceWriterPacketLoss += 1
-                continue
+        let wellFormed = chunk.bytes.withUnsafeBytes { bytes in
+            ChunkRecords.walk(bytes, count: chunk.packetCount) { index, record in
+                guard index >= chunk.recordsRead else { return }
+                consume(record, at: index, last: last, of: chunk, sequence: sequence, into: &packets)
             }
-            let continuesFromPrevious = index == 0 && chunk.flags.contains(.firstPacketContinuesFromPreviousChunk)
-            let continuesOnNext = index == last && chunk.flags.contains(.lastPacketContinuesOnNextChunk)
-                && !walk.malformed
-            let fragment = chunk.bytes[record.range]
-            var packet: [UInt8]
-            if continuesFromPrevious {
-                switch sequence.reassembly {
-                case .collecting(let head):
-                    packet = head
-                    packet.append(contentsOf: fragment)
-                case .none, .discarding:
-                    // The head of this packet never reached us.
-                    if case .none = sequence.reassembly { sequence.dataLost = true }
-                    sequence.reassembly = continuesOnNext ? .discarding : .none
-                    continue
-                }
-            } else {
-                if case .collecting = sequence.reassembly {
-                    // A new packet started before the previous one ended: the tail is lost.
-                    sequence.dataLost = true
-                }
-                if fragment.isEmpty && !continuesOnNext {
-                    sequence.reassembly = .none
-                    continue  // zero-size records are padding, not packets
-                }
-                // Room for the trusted fields the service appends, so that is not a second allocation.
-                packet = []
-                packet.reserveCapacity(fragment.count + TraceBuffer.trustedFieldsReserve)
-                packet.append(contentsOf: fragment)
-            }
-            if continuesOnNext {
-                sequence.reassembly = .collecting(packet)
-                continue
-            }
-            sequence.reassembly = .none
-            packets.append(BufferedPacket(
-                bytes: packet, sequence: sequence.key, producerUID: sequence.uid, producerPID: sequence.pid,
-                machineID: sequence.machineID, previousPacketDropped: sequence.dataLost || !sequence.anyPacketRead))
-            sequence.dataLost = false
-            sequence.anyPacketRead = true
         }
-        if walk.malformed {
+        if !wellFormed {
             stats.abiViolations += 1
             loseReassembly(sequence)
             sequence.dataLost = true
         }
+    }
+
+    /// One record of `chunk`: a packet, the start, middle or end of one, or a drop marker.
+    /// (The last record exists only if the chunk is well formed up to it, so its flags hold.)
+    private func consume(
+        _ record: ChunkRecord, at index: Int, last: Int, of chunk: StoredChunk, sequence: Sequence,
+        into packets: inout [BufferedPacket]
+    ) {
+        if record.isDropMarker {
+            loseReassembly(sequence)
+            sequence.dataLost = true
+            stats.traceWriterPacketLoss += 1
+            return
+        }
+        let continuesFromPrevious = index == 0 && chunk.flags.contains(.firstPacketContinuesFromPreviousChunk)
+        let continuesOnNext = index == last && chunk.flags.contains(.lastPacketContinuesOnNextChunk)
+        let fragment = chunk.bytes[record.range]
+        // A packet whole in this chunk stays where it is; one glued from fragments is an
+        // array of its own.
+        var packet: (storage: [UInt8], body: Range<Int>)
+        if continuesFromPrevious {
+            switch sequence.reassembly {
+            case .collecting(var head):
+                sequence.reassembly = .none  // so that `head` is the only reference left
+                head.append(contentsOf: fragment)
+                if continuesOnNext {
+                    sequence.reassembly = .collecting(head)
+                    return
+                }
+                packet = (head, head.indices)
+            case .none, .discarding:
+                // The head of this packet never reached us.
+                if case .none = sequence.reassembly { sequence.dataLost = true }
+                sequence.reassembly = continuesOnNext ? .discarding : .none
+                return
+            }
+        } else {
+            if case .collecting = sequence.reassembly {
+                // A new packet started before the previous one ended: the tail is lost.
+                sequence.dataLost = true
+            }
+            sequence.reassembly = .none
+            if fragment.isEmpty && !continuesOnNext { return }  // zero-size records are padding, not packets
+            if continuesOnNext {
+                sequence.reassembly = .collecting(Array(fragment))
+                return
+            }
+            packet = (chunk.bytes, record.range)
+        }
+        packets.append(BufferedPacket(
+            storage: packet.storage, body: packet.body, sequence: sequence.key, producerUID: sequence.uid,
+            producerPID: sequence.pid, machineID: sequence.machineID,
+            previousPacketDropped: sequence.dataLost || !sequence.anyPacketRead))
+        sequence.dataLost = false
+        sequence.anyPacketRead = true
     }
 
     private func loseReassembly(_ sequence: Sequence) {

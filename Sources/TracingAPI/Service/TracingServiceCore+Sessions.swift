@@ -466,45 +466,47 @@ extension TracingServiceCore {
             post { [weak client = consumer.consumer] in client?.onTraceData([], hasMore: false) }
             return
         }
-        var packets: [TracePacketData] = []
+        var packets: [TracePacketParts] = []
         var complete = true
         var left = remaining
         // A session written into a file is read by the file writer only, as in Perfetto.
         if !session.isWritingIntoFile {
-            if first { packets = leadingPackets(session) }
+            if first { packets = leadingPackets(session).map(TracePacketParts.init) }
             let part = appendBufferPackets(session, into: &packets, maxChunkBytes: max(1, min(readPartChunkBytes, remaining)))
             left -= part.chunkBytes
             complete = part.complete || left <= 0
-            if complete { packets.append(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)) }
+            if complete {
+                packets.append(TracePacketParts(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)))
+            }
         }
-        let batches = TraceDataBatches(packets)
         let readNext: () -> Void = { [weak self, weak consumer] in
             guard let self, let consumer, consumer.connected else { return }
             self.readPart(of: sessionID, for: consumer, generation: generation, first: false, remaining: left)
         }
         post { [weak self, weak client = consumer.consumer] in
             guard let self, let client else { return }
-            for (index, batch) in batches.enumerated() {
-                client.onTraceData(batch, hasMore: !complete || index < batches.count - 1)
-            }
-            guard !complete else { return }
             // The next part once this one is on its way: at once for a consumer in this
             // process, when the connection has taken it for one over ConsumerPort (reading on
             // ahead of the socket would only pile the whole buffer up in memory first).
             if let paced = client as? PacedTraceDataConsumer {
-                paced.whenReadyForMoreTraceData(readNext)
-            } else {
-                self.post(readNext)
+                paced.onTracePackets(packets, hasMore: !complete)
+                if !complete { paced.whenReadyForMoreTraceData(readNext) }
+                return
             }
+            let batches = TraceDataBatches(packets)
+            for (index, batch) in batches.enumerated() {
+                client.onTraceData(batch, hasMore: !complete || index < batches.count - 1)
+            }
+            if !complete { self.post(readNext) }
         }
     }
 
     /// Everything readable now: service packets, then producers' packets stamped with trusted
     /// fields, then the stats.
-    func collectPackets(_ session: TracingSession) -> [TracePacketData] {
-        var packets = leadingPackets(session)
+    func collectPackets(_ session: TracingSession) -> [TracePacketParts] {
+        var packets = leadingPackets(session).map(TracePacketParts.init)
         _ = appendBufferPackets(session, into: &packets, maxChunkBytes: .max)
-        packets.append(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID))
+        packets.append(TracePacketParts(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)))
         return packets
     }
 
@@ -527,34 +529,38 @@ extension TracingServiceCore {
     /// `maxChunkBytes` of chunks per buffer were read. Returns whether every buffer was read
     /// through, and the chunk bytes consumed.
     private func appendBufferPackets(
-        _ session: TracingSession, into packets: inout [TracePacketData], maxChunkBytes: Int
+        _ session: TracingSession, into packets: inout [TracePacketParts], maxChunkBytes: Int
     ) -> (complete: Bool, chunkBytes: Int) {
         var chunkBytes = 0
         for bufferID in session.bufferIDs {
             guard let buffer = buffers[bufferID] else { continue }
-            var part = buffer.readPackets(maxChunkBytes: maxChunkBytes)
-            // Packets come sequence by sequence: look each sequence's id up once per run.
+            let part = buffer.readPackets(maxChunkBytes: maxChunkBytes)
+            packets.reserveCapacity(packets.count + part.packets.count)
+            // Packets come sequence by sequence: their trusted fields (which say the sequence,
+            // and whether data was lost before the packet) are encoded once per run.
             var lastSequence: SequenceKey?
-            var sequenceID: UInt32 = 0
-            for index in part.packets.indices {
-                // Taken out of the array (no other reference left), so that the trusted fields
-                // go into the room the buffer reserved for them rather than into a copy.
-                var bytes = [UInt8]()
-                swap(&bytes, &part.packets[index].bytes)
-                guard PacketValidation.isAcceptable(bytes) else {
+            var trusted = (afterLoss: TrustedFields(), otherwise: TrustedFields())
+            for packet in part.packets {
+                let acceptable = packet.storage.withUnsafeBytes { bytes in
+                    PacketValidation.isAcceptable(UnsafeRawBufferPointer(rebasing: bytes[packet.body]))
+                }
+                guard acceptable else {
                     session.invalidPackets += 1
                     continue
                 }
-                let packet = part.packets[index]
                 if packet.sequence != lastSequence {
                     lastSequence = packet.sequence
-                    sequenceID = session.sequenceID(for: packet.sequence)
+                    let sequenceID = session.sequenceID(for: packet.sequence)
+                    let fields = { (dropped: Bool) in
+                        TrustedFields(
+                            uid: packet.producerUID, sequenceID: sequenceID, pid: packet.producerPID,
+                            machineID: packet.machineID, previousPacketDropped: dropped)
+                    }
+                    trusted = (fields(true), fields(false))
                 }
-                PacketValidation.appendTrustedFields(
-                    to: &bytes, uid: packet.producerUID, sequenceID: sequenceID,
-                    pid: packet.producerPID, machineID: packet.machineID,
-                    previousPacketDropped: packet.previousPacketDropped)
-                packets.append(TracePacketData(bytes: bytes))
+                packets.append(TracePacketParts(
+                    storage: packet.storage, body: packet.body,
+                    trusted: packet.previousPacketDropped ? trusted.afterLoss : trusted.otherwise))
             }
             chunkBytes += part.chunkBytes
             if !part.complete { return (false, chunkBytes) }
@@ -610,12 +616,12 @@ extension TracingServiceCore {
         var reachedLimit = false
         var output: [UInt8] = []
         for packet in collectPackets(session) {
-            let framed = TraceFile.framedPacketSize(packet.bytes.count)
+            let framed = TraceFile.framedPacketSize(packet.count)
             if limit > 0, session.bytesWrittenIntoFile + UInt64(output.count + framed) > limit {
                 reachedLimit = true
                 break
             }
-            TraceFile.appendFramedPacket(packet.bytes, to: &output)
+            TraceFile.appendFramedPacket(packet, to: &output)
         }
         if file.write(output) {
             session.bytesWrittenIntoFile += UInt64(output.count)
@@ -634,19 +640,20 @@ extension TracingServiceCore {
 }
 
 /// Splits packets into the batches a consumer receives (bounded by count and bytes).
-private func TraceDataBatches(_ packets: [TracePacketData]) -> [[TracePacketData]] {
+private func TraceDataBatches(_ packets: [TracePacketParts]) -> [[TracePacketData]] {
     var batches: [[TracePacketData]] = []
     var current: [TracePacketData] = []
     var bytes = 0
     for packet in packets {
-        if !current.isEmpty && (current.count >= 256 || bytes + packet.bytes.count > 1 << 20) {
+        if !current.isEmpty && (current.count >= 256 || bytes + packet.count > 1 << 20) {
             batches.append(current)
             current = []
             bytes = 0
         }
-        current.append(packet)
-        bytes += packet.bytes.count
+        current.append(packet.packet)
+        bytes += packet.count
     }
     batches.append(current)
     return batches
 }
+

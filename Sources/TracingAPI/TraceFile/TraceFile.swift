@@ -23,6 +23,17 @@ public enum TraceFile {
         output.append(contentsOf: packet)
     }
 
+    /// Appends one packet read out of a buffer with its preamble, copying its parts straight in.
+    static func appendFramedPacket(_ packet: TracePacketParts, to output: inout [UInt8]) {
+        output.append(packetTag)
+        ProtoEncoding.appendVarint(UInt64(packet.count), to: &output)
+        let count = packet.count
+        output.append(contentsOf: repeatElement(0, count: count))
+        output.withUnsafeMutableBytes { bytes in
+            packet.copyBytes(0..<count, to: bytes.baseAddress! + bytes.count - count)
+        }
+    }
+
     /// A whole trace file for `packets`.
     public static func encode(_ packets: [TracePacketData]) -> [UInt8] {
         var output: [UInt8] = []
