@@ -10,8 +10,8 @@
 //              CommitData into the session's buffer; floors: the in-process service (same code,
 //              no sockets) and a memcpy of the same bytes. Writers stall rather than drop: a
 //              packet lost fails the run.
-//   read       ReadBuffers of a full 64 MiB buffer; floor: the same bytes through a plain unix
-//              socket between two threads.
+//   read       ReadBuffers of a full 64 MiB buffer, five rounds; floor: the same bytes through
+//              a plain unix socket between two threads, right after each round; the median ratio.
 //   rtt        QueryCapabilities and QueryServiceState (20 producers connected), p50, against an
 //              Echo round trip to the same process, the three calls taking turns.
 //   idle       the service's resident memory per idle producer and per idle consumer connection.
@@ -99,6 +99,20 @@ func residentBytes(_ pid: pid_t) -> Int {
         }
     }
     return resident * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
+/// CPU seconds (user and system) a process has used, from /proc.
+func cpuSeconds(_ pid: pid_t) -> Double {
+    guard let file = fopen("/proc/\(pid)/stat", "r") else { return 0 }
+    defer { fclose(file) }
+    var line = [CChar](repeating: 0, count: 4096)
+    guard fgets(&line, Int32(line.count), file) != nil else { return 0 }
+    let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    guard let close = text.lastIndex(of: ")") else { return 0 }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
 /// A producer of `bench.source`: its writers are made per run.
@@ -252,6 +266,94 @@ enum Thread {
 
 // MARK: Main
 
+// MARK: Read
+
+/// Rounds of the read section: one 64 MiB read takes tens of milliseconds, shorter than the
+/// VM's swings, so the median of several is reported.
+let readRounds = 5
+
+/// Fills a 64 MiB buffer over IPC, then times one ReadBuffers of all of it, and a plain unix
+/// socket copy of the same bytes (one thread writing, one reading) right after it.
+func readRound(system: SystemTracingService, loop: Loop, service: pid_t)
+    -> (seconds: Double, floorSeconds: Double, wholeTraceFloorSeconds: Double, bytes: Int, packets: Int, consumerGrowth: Int,
+        serviceBusy: Double)
+{
+    let producer = BenchProducer()
+    let consumer = BenchConsumer()
+    loop.sync {
+        producer.endpoint = system.connectProducer(producer, options: .init(name: "reader-bench", sharedMemorySizeHint: 4 << 20))
+        producer.endpoint.registerDataSource(descriptor())
+        consumer.endpoint = system.connectConsumer(consumer, uid: getuid())
+    }
+    waitFor(loop) { producer.connected && consumer.connected }
+    loop.sync { consumer.endpoint.enableTracing(config(bufferMiB: 64), outputFile: nil) }
+    waitFor(loop) { producer.started != nil }
+    let writer = loop.sync { producer.endpoint.createTraceWriter(targetBuffer: producer.started!.buffer, policy: .stall(timeout: .seconds(10)))! }
+    let payload = [UInt8](repeating: 0x62, count: 1000)
+    payload.withUnsafeBytes { bytes in
+        for index in 0..<(64 * 1024 - 2048) { writer.newTracePacket { $0.appendVarint(8, UInt64(index)); $0.appendBytes(900, bytes) } }
+    }
+    writer.flush()
+    loop.wait { done in consumer.endpoint.flush(timeoutMs: 60_000, flags: FlushFlags()) { _ in done() } }
+    let before = residentBytes(getpid())
+    let serviceCPU = cpuSeconds(service)
+    let start = now()
+    loop.sync { consumer.endpoint.readBuffers() }
+    waitFor(loop) { consumer.readDone }
+    let seconds = now() - start
+    let busy = (cpuSeconds(service) - serviceCPU) / seconds
+    let growth = residentBytes(getpid()) - before
+    loop.sync {
+        writer.close()
+        consumer.endpoint.freeBuffers()
+        producer.endpoint.disconnect()
+        consumer.endpoint.disconnect()
+    }
+    return (seconds, socketCopySeconds(consumer.bytes, wholeTrace: false), socketCopySeconds(consumer.bytes, wholeTrace: true),
+            consumer.bytes, consumer.received, growth, busy)
+}
+
+/// Seconds to copy `total` bytes through a unix socket from one thread to another, written
+/// 128 KiB at a time from one buffer that stays in the caches (`wholeTrace` false), or from a
+/// buffer of `total` bytes written just before, as a trace is held in memory (true).
+func socketCopySeconds(_ total: Int, wholeTrace: Bool) -> Double {
+    var fds: [Int32] = [0, 0]
+    socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds)
+    let reader = Box(fds[1])
+    let readerDone = DispatchSemaphore(value: 0)
+    Thread.detach {
+        var buffer = [UInt8](repeating: 0, count: 128 * 1024)
+        var remaining = total
+        while remaining > 0 {
+            let count = buffer.withUnsafeMutableBytes { read(reader.value, $0.baseAddress, min($0.count, remaining)) }
+            if count <= 0 { break }
+            remaining -= count
+        }
+        readerDone.signal()
+    }
+    let source = [UInt8](repeating: 0x63, count: wholeTrace ? total : 128 * 1024)
+    let start = now()
+    var sent = 0
+    source.withUnsafeBytes { bytes in
+        while sent < total {
+            let offset = wholeTrace ? sent : 0
+            let count = write(fds[0], bytes.baseAddress! + offset, min(128 * 1024, total - sent))
+            if count <= 0 { break }
+            sent += count
+        }
+    }
+    readerDone.wait()
+    let seconds = now() - start
+    close(fds[0])
+    close(fds[1])
+    return seconds
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted[sorted.count / 2]
+}
+
 /// Everything runs outside the main actor: closures made here are handed to the loop thread.
 nonisolated func runBenchmarks() throws {
 
@@ -316,68 +418,31 @@ nonisolated func runBenchmarks() throws {
         }
     }
 
-    // Read: fill a 64 MiB buffer over IPC, then time ReadBuffers.
+    // Read: fill a 64 MiB buffer over IPC, then time ReadBuffers; each round beside its floor.
     if sections.contains("read") {
-        let producer = BenchProducer()
-        let consumer = BenchConsumer()
-        loop.sync {
-            producer.endpoint = system.connectProducer(producer, options: .init(name: "reader-bench", sharedMemorySizeHint: 4 << 20))
-            producer.endpoint.registerDataSource(descriptor())
-            consumer.endpoint = system.connectConsumer(consumer, uid: getuid())
-        }
-        waitFor(loop) { producer.connected && consumer.connected }
-        loop.sync { consumer.endpoint.enableTracing(config(bufferMiB: 64), outputFile: nil) }
-        waitFor(loop) { producer.started != nil }
-        let writer = loop.sync { producer.endpoint.createTraceWriter(targetBuffer: producer.started!.buffer, policy: .stall(timeout: .seconds(10)))! }
-        let payload = [UInt8](repeating: 0x62, count: 1000)
-        payload.withUnsafeBytes { bytes in
-            for index in 0..<(64 * 1024 - 2048) { writer.newTracePacket { $0.appendVarint(8, UInt64(index)); $0.appendBytes(900, bytes) } }
-        }
-        writer.flush()
-        loop.wait { done in consumer.endpoint.flush(timeoutMs: 60_000, flags: FlushFlags()) { _ in done() } }
-        let before = residentBytes(getpid())
-        let start = now()
-        loop.sync { consumer.endpoint.readBuffers() }
-        waitFor(loop) { consumer.readDone }
-        let seconds = now() - start
-        let peak = residentBytes(getpid()) - before
-        // Floor: the same bytes through a plain unix socket, one thread writing, one reading.
-        var fds: [Int32] = [0, 0]
-        socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds)
-        let total = consumer.bytes
-        let reader = Box(fds[1])
-        let readerDone = DispatchSemaphore(value: 0)
-        Thread.detach {
-            var buffer = [UInt8](repeating: 0, count: 128 * 1024)
-            var remaining = total
-            while remaining > 0 {
-                let count = buffer.withUnsafeMutableBytes { read(reader.value, $0.baseAddress, min($0.count, remaining)) }
-                if count <= 0 { break }
-                remaining -= count
+        var ratios: [Double] = []
+        var wholeTraceRatios: [Double] = []
+        var rates: [Double] = []
+        var growth = 0.0
+        for round in 0..<readRounds {
+            let result = readRound(system: system, loop: loop, service: child)
+            ratios.append(result.floorSeconds / result.seconds)
+            wholeTraceRatios.append(result.wholeTraceFloorSeconds / result.seconds)
+            rates.append(Double(result.bytes) / result.seconds / 1e6)
+            if round == 0 {
+                growth = Double(result.consumerGrowth) / Double(result.bytes)
+                print("read \(result.packets) packets, \(format(Double(result.bytes) / 1048576, 1)) MiB per round, \(readRounds) rounds")
             }
-            readerDone.signal()
+            let megabytesPerSecond = { (seconds: Double) in format(Double(result.bytes) / seconds / 1e6, 0) }
+            print("  round \(round + 1): ReadBuffers \(format(rates.last!, 0)) MB/s, service busy "
+                + "\(format(result.serviceBusy * 100, 0))% of it; plain socket \(megabytesPerSecond(result.floorSeconds)) MB/s "
+                + "(ratio \(format(ratios.last!))x), from the whole trace in memory \(megabytesPerSecond(result.wholeTraceFloorSeconds)) MB/s "
+                + "(ratio \(format(wholeTraceRatios.last!))x)")
         }
-        let chunk = [UInt8](repeating: 0x63, count: 128 * 1024)
-        let floorStart = now()
-        var sent = 0
-        while sent < total {
-            let count = chunk.withUnsafeBytes { write(fds[0], $0.baseAddress, min($0.count, total - sent)) }
-            if count <= 0 { break }
-            sent += count
-        }
-        readerDone.wait()
-        let floor = now() - floorStart
-        close(fds[0])
-        close(fds[1])
-        print("read \(consumer.received) packets, \(format(Double(total) / 1048576, 1)) MiB: ReadBuffers \(format(Double(total) / seconds / 1e6, 0)) MB/s, "
-            + "plain socket \(format(Double(total) / floor / 1e6, 0)) MB/s; ratio \(format(floor / seconds))x; "
-            + "consumer memory grew \(format(Double(peak) / Double(total)))x the trace")
-        loop.sync {
-            writer.close()
-            consumer.endpoint.freeBuffers()
-            producer.endpoint.disconnect()
-            consumer.endpoint.disconnect()
-        }
+        print("read: ReadBuffers median \(format(median(rates), 0)) MB/s; median ratio to a plain socket copy "
+            + "\(format(median(ratios)))x (\(format(ratios.min()!))–\(format(ratios.max()!))x), to one from the whole trace in memory "
+            + "\(format(median(wholeTraceRatios)))x (\(format(wholeTraceRatios.min()!))–\(format(wholeTraceRatios.max()!))x); "
+            + "consumer memory grew \(format(growth))x the trace")
     }
 
     // Round trips: ConsumerPort calls with 20 producers connected, against Echo to the same process.
