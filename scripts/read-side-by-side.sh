@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reading a full trace buffer from our traced and from Perfetto's, side by side, with the same
-# producer (ours) and the same client (Perfetto's perfetto), alternating. Needs Perfetto's
-# traced and perfetto built from its public source (../shared/TRACING.md, last section).
+# producer (ours), alternating, each with Perfetto's client (perfetto) and with ours (tracebox
+# perfetto). Needs Perfetto's traced and perfetto built from its public source
+# (../shared/TRACING.md, last section).
 #
 #   scripts/read-side-by-side.sh /path/to/perfetto/out/rel [rounds]
 #
@@ -15,8 +16,8 @@ source scripts/lib/beside-perfetto.sh
 printf '%s\n' 'buffers { size_kb: 131072 }' 'data_sources { config { name: "tracebox.test" } }' \
   'duration_ms: 2000' > "$work/read.txt"
 
-one() { # $1 = label, $2... = service command
-  local label=$1; shift
+one() { # $1 = label, $2 = client command, $3... = service command
+  local label=$1 client=$2; shift 2
   rm -f "$work/out.pftrace"
   service "$@"
   # Packets of ~1 KiB from two threads for the whole session: the 128 MiB ring is full (or
@@ -25,7 +26,7 @@ one() { # $1 = label, $2... = service command
   sleep 0.3
   local start end
   start=$(date +%s%N)
-  "$real/perfetto" -c "$work/read.txt" --txt -o "$work/out.pftrace" >/dev/null 2>&1
+  $client -c "$work/read.txt" --txt -o "$work/out.pftrace" >/dev/null 2>&1
   end=$(date +%s%N)
   local bytes ms
   bytes=$(stat -c %s "$work/out.pftrace")
@@ -35,6 +36,8 @@ one() { # $1 = label, $2... = service command
   stop_service
 }
 for _ in $(seq "$rounds"); do
-  one "our traced   " "$ours" traced
-  one "real traced  " "$real/traced"
+  one "our traced,  Perfetto's client" "$real/perfetto" "$ours" traced
+  one "real traced, Perfetto's client" "$real/perfetto" "$real/traced"
+  one "our traced,  our client       " "$ours perfetto" "$ours" traced
+  one "real traced, our client       " "$ours perfetto" "$real/traced"
 done

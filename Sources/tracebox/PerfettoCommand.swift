@@ -127,13 +127,18 @@ struct PerfettoCommand: ParsableCommand {
             packets = written.packets
             bytes = written.bytes
         } else {
+            let output = TraceOutput(fd: outputFD)
+            session.output = output
             session.endpoint.readBuffers()
             runner.run(until: { session.readFinished || session.disconnected })
-            let output = TraceFile.encode(session.packets)
-            try writeAll(output, to: outputFD)
-            packets = session.packets.count
-            bytes = output.count
-            stats = lastTraceStats(in: session.packets)
+            output.flush()
+            if let error = output.error {
+                printError("tracebox perfetto: cannot write \(out == "-" ? "stdout" : out!): \(error)")
+                throw ExitCode.failure
+            }
+            packets = output.packets
+            bytes = output.bytes
+            stats = output.traceStats
         }
         session.endpoint.freeBuffers()
         runner.run(until: { false }, timeout: .milliseconds(50))  // lets FreeBuffers leave
@@ -201,6 +206,8 @@ struct PerfettoCommand: ParsableCommand {
 /// The consumer a command drives: remembers what the service said.
 final class ConsumerSession: Consumer {
     var endpoint: (any ConsumerEndpoint)!
+    /// Where trace data goes as it arrives; without one, it is kept in `packets`.
+    var output: TraceOutput?
     private(set) var connected = false
     private(set) var disconnected = false
     private(set) var disabledError: String?
@@ -212,7 +219,11 @@ final class ConsumerSession: Consumer {
     func onDisconnect() { disconnected = true }
     func onTracingDisabled(error: String) { disabledError = error }
     func onTraceData(_ packets: [TracePacketData], hasMore: Bool) {
-        self.packets.append(contentsOf: packets)
+        if let output {
+            output.append(packets)
+        } else {
+            self.packets.append(contentsOf: packets)
+        }
         if !hasMore { readFinished = true }
     }
     func onTraceStats(success: Bool, _ stats: TraceStats) { self.stats = stats }

@@ -135,6 +135,22 @@ final class TraceboxTests: TraceboxFixture {
         #expect(recorder.standardError.contains("line 3: unknown field \"no_such_field\""), Comment(rawValue: recorder.standardError))
     }
 
+    @Test func aTraceThatCannotBeWrittenIsOneClearLineAndAFailure() throws {
+        let service = try startService()
+        defer { service.signal(SIGTERM); service.wait() }
+        let text = """
+            buffers { size_kb: 1024 }
+            data_sources { config { name: "tracebox.test" } }
+            duration_ms: 100
+            """
+        // Every write to /dev/full fails with ENOSPC, as a full disk does.
+        let recorder = try start(["perfetto", "-c", try config(text, name: "full.txt"), "--txt", "-o", "/dev/full"], name: "full")
+        #expect(recorder.wait() == 1)
+        #expect(recorder.standardError.contains("cannot write /dev/full: write: No space left on device"),
+                Comment(rawValue: recorder.standardError))
+        #expect(recorder.standardError.split(separator: "\n").count == 1, Comment(rawValue: recorder.standardError))
+    }
+
     @Test func ctrlCEndsARecordingEarlyAndKeepsWhatWasRecorded() throws {
         let service = try startService()
         defer { service.signal(SIGTERM); service.wait() }
