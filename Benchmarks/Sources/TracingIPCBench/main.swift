@@ -8,8 +8,8 @@
 //
 //   produce    packets of 40 B and 1 KiB from 1 and 4 writer threads, committed through
 //              CommitData into the session's buffer; floors: the in-process service (same code,
-//              no sockets) and a memcpy of the same bytes. Writers stall rather than drop: a
-//              packet lost fails the run.
+//              no sockets) and a memcpy of the same bytes; five rounds taking turns, medians.
+//              Writers stall rather than drop: a packet lost fails the run.
 //   read       ReadBuffers of a full 64 MiB buffer, five rounds; floor: the same bytes through
 //              a plain unix socket between two threads, right after each round; the median ratio.
 //   rtt        QueryCapabilities and QueryServiceState (20 producers connected), p50, against an
@@ -268,6 +268,9 @@ enum Thread {
 
 // MARK: Read
 
+/// Rounds of each produce figure: medians of runs taking turns.
+let produceRounds = 5
+
 /// Rounds of the read section: one 64 MiB read takes tens of milliseconds, shorter than the
 /// VM's swings, so the median of several is reported.
 let readRounds = 5
@@ -403,17 +406,36 @@ nonisolated func runBenchmarks() throws {
     for (size, label) in [(40, "40B"), (1024, "1KiB")] where sections.contains("produce") {
         let count = size == 40 ? packets : packets / 8
         for threads in [1, 4] {
-            let ipc = produce(service: system, loop: loop, threads: threads, count: count, size: size)
-            let local = produce(service: inProcess, loop: loop, threads: threads, count: count, size: size)
+            // Rounds taking turns (IPC, in-process, Perfetto's traced), so that each ratio
+            // compares runs made in the same moments; the medians are reported.
+            var ipcSeconds: [Double] = [], localSeconds: [Double] = [], realSeconds: [Double] = []
+            var ratios: [Double] = [], realRatios: [Double] = []
+            var lost: UInt64 = 0, realLost: UInt64 = 0
+            for _ in 0..<produceRounds {
+                let ipc = produce(service: system, loop: loop, threads: threads, count: count, size: size)
+                let local = produce(service: inProcess, loop: loop, threads: threads, count: count, size: size)
+                ipcSeconds.append(ipc.seconds)
+                localSeconds.append(local.seconds)
+                ratios.append(ipc.seconds / local.seconds)
+                lost += ipc.lost + local.lost
+                if let realSystem {
+                    let real = produce(service: realSystem, loop: loop, threads: threads, count: count, size: size)
+                    realSeconds.append(real.seconds)
+                    realRatios.append(ipc.seconds / real.seconds)
+                    realLost += real.lost
+                }
+            }
             let copy = memcpySeconds(count: count * threads, size: size)
             let total = Double(count * threads)
-            print("produce \(label) x\(threads) threads: ipc \(format(total / ipc.seconds / 1e6))M packets/s "
-                + "\(format(total * Double(size) / ipc.seconds / 1e6, 0)) MB/s, in-process \(format(total / local.seconds / 1e6))M/s, "
-                + "memcpy \(format(total / copy / 1e6, 0))M/s; ipc/in-process \(format(ipc.seconds / local.seconds))x; lost \(ipc.lost + local.lost)")
-            if let realSystem {
-                let real = produce(service: realSystem, loop: loop, threads: threads, count: count, size: size)
-                print("  the same into Perfetto's traced: \(format(total / real.seconds / 1e6))M packets/s; "
-                    + "ours/traced time \(format(ipc.seconds / real.seconds))x; lost \(real.lost)")
+            let ipc = median(ipcSeconds), local = median(localSeconds)
+            print("produce \(label) x\(threads) threads: ipc \(format(total / ipc / 1e6))M packets/s "
+                + "\(format(total * Double(size) / ipc / 1e6, 0)) MB/s, in-process \(format(total / local / 1e6))M/s, "
+                + "memcpy \(format(total / copy / 1e6, 0))M/s; ipc/in-process \(format(median(ratios)))x "
+                + "(\(format(ratios.min()!))–\(format(ratios.max()!))x); lost \(lost)")
+            if realSystem != nil {
+                print("  the same into Perfetto's traced: \(format(total / median(realSeconds) / 1e6))M packets/s; "
+                    + "ours/traced time \(format(median(realRatios)))x (\(format(realRatios.min()!))–\(format(realRatios.max()!))x); "
+                    + "lost \(realLost)")
             }
         }
     }
