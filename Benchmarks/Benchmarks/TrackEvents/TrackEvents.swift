@@ -25,7 +25,7 @@ let benchmarks: @Sendable () -> Void = {
         metrics: [.wallClock, .mallocCountTotal], timeUnits: .microseconds, maxDuration: .seconds(3))
 
     try! TrackEvent.initialize([.bench, .off], backends: [.inProcess], producerName: "TrackEvents")
-    nonisolated(unsafe) let session = try! TrackEventSession.start(
+    let session = try! TrackEventSession.start(
         .trackEvent(enabling: ["bench"], disabling: ["*"], bufferSizeKB: 64 * 1024))
     let counterTrack = CounterTrack("bench counter")
 

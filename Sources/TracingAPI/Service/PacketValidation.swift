@@ -3,8 +3,9 @@
 //
 // Producers must not forge what only the service may say: a packet that sets any of the
 // reserved fields (or is not a well-formed message) is dropped and counted as invalid. Packets
-// that pass get the trusted fields appended, so the result still parses as one TracePacket
-// and the service's values win over anything earlier in the bytes.
+// that pass get the trusted fields appended (`TrustedFields`, in TracePacketParts.swift), so the
+// result still parses as one TracePacket and the service's values win over anything earlier in
+// the bytes.
 
 enum PacketValidation {
     /// Whether a TracePacket field is one only the service may write.
@@ -32,10 +33,6 @@ enum PacketValidation {
     /// Whether a producer's packet is a well-formed message free of reserved fields.
     static func isAcceptable(_ packet: UnsafeRawBufferPointer) -> Bool {
         ProtoEncoding.forEachField(in: packet) { !isReserved($0) }
-    }
-
-    static func isAcceptable(_ packet: [UInt8]) -> Bool {
-        packet.withUnsafeBytes { isAcceptable($0) }
     }
 }
 

@@ -31,9 +31,6 @@ struct BufferedPacket {
     /// first packet read from the sequence (the service cannot know what came before it; Perfetto
     /// marks those too).
     var previousPacketDropped: Bool
-
-    /// The packet's bytes, copied out.
-    var bytes: [UInt8] { Array(storage[body]) }
 }
 
 /// Counters of one buffer, named after Perfetto's `TraceStats.BufferStats`.

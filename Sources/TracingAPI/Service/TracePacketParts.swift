@@ -46,8 +46,14 @@ struct TracePacketParts {
         }
     }
 
+    /// Appends the packet's bytes to `output`.
+    func append(to output: inout [UInt8]) {
+        storage.withUnsafeBytes { output.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[body])) }
+        trusted.append(to: &output)
+    }
+
     /// The packet as one array (for a consumer in this process).
-    var packet: TracePacketData {
+    var joined: TracePacketData {
         if trusted.count == 0 && body == storage.indices { return TracePacketData(bytes: storage) }
         return TracePacketData(bytes: [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
             copyBytes(0..<count, to: buffer.baseAddress!)

@@ -650,10 +650,9 @@ private func TraceDataBatches(_ packets: [TracePacketParts]) -> [[TracePacketDat
             current = []
             bytes = 0
         }
-        current.append(packet.packet)
+        current.append(packet.joined)
         bytes += packet.count
     }
     batches.append(current)
     return batches
 }
-

@@ -27,11 +27,7 @@ public enum TraceFile {
     static func appendFramedPacket(_ packet: TracePacketParts, to output: inout [UInt8]) {
         output.append(packetTag)
         ProtoEncoding.appendVarint(UInt64(packet.count), to: &output)
-        let count = packet.count
-        output.append(contentsOf: repeatElement(0, count: count))
-        output.withUnsafeMutableBytes { bytes in
-            packet.copyBytes(0..<count, to: bytes.baseAddress! + bytes.count - count)
-        }
+        packet.append(to: &output)
     }
 
     /// A whole trace file for `packets`.
