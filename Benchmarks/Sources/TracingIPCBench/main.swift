@@ -177,22 +177,31 @@ func waitFor(_ loop: Loop, _ condition: @escaping () -> Bool) {
     while !loop.sync(condition), now() < deadline { usleep(200) }
 }
 
+/// A producer of `bench.source` (4 MiB of shared memory) and a consumer, connected to
+/// `service`, with a session of one `bufferMiB` buffer started and the data source running.
+func startSession(service: any TracingService, loop: Loop, producerName: String, bufferMiB: UInt32)
+    -> (BenchProducer, BenchConsumer)
+{
+    let producer = BenchProducer()
+    let consumer = BenchConsumer()
+    loop.sync {
+        producer.endpoint = service.connectProducer(producer, options: .init(name: producerName, sharedMemorySizeHint: 4 << 20))
+        producer.endpoint.registerDataSource(descriptor())
+        consumer.endpoint = service.connectConsumer(consumer, uid: getuid())
+    }
+    waitFor(loop) { producer.connected && consumer.connected }
+    loop.sync { consumer.endpoint.enableTracing(config(bufferMiB: bufferMiB), outputFile: nil) }
+    waitFor(loop) { producer.started != nil }
+    return (producer, consumer)
+}
+
 // MARK: Produce
 
 /// Seconds for `threads` writers to write `count` packets of `size` payload bytes each and
 /// have every one of them in the service's buffer.
 func produce(service: any TracingService, loop: Loop, threads: Int, count: Int, size: Int) -> (seconds: Double, lost: UInt64) {
-    let producer = BenchProducer()
-    let consumer = BenchConsumer()
-    loop.sync {
-        producer.endpoint = service.connectProducer(producer, options: .init(name: "bench", sharedMemorySizeHint: 4 << 20))
-        producer.endpoint.registerDataSource(descriptor())
-        consumer.endpoint = service.connectConsumer(consumer, uid: getuid())
-    }
-    waitFor(loop) { producer.connected && consumer.connected }
     let bufferMiB = UInt32(max(64, (count * threads * (size + 24)) >> 20 + 16))
-    loop.sync { consumer.endpoint.enableTracing(config(bufferMiB: bufferMiB), outputFile: nil) }
-    waitFor(loop) { producer.started != nil }
+    let (producer, consumer) = startSession(service: service, loop: loop, producerName: "bench", bufferMiB: bufferMiB)
     let writers: [TraceWriter] = loop.sync {
         (0..<threads).compactMap { _ in producer.endpoint.createTraceWriter(targetBuffer: producer.started!.buffer, policy: .stall(timeout: .seconds(10))) }
     }
@@ -281,16 +290,7 @@ func readRound(system: SystemTracingService, loop: Loop, service: pid_t)
     -> (seconds: Double, floorSeconds: Double, wholeTraceFloorSeconds: Double, bytes: Int, packets: Int, consumerGrowth: Int,
         serviceBusy: Double)
 {
-    let producer = BenchProducer()
-    let consumer = BenchConsumer()
-    loop.sync {
-        producer.endpoint = system.connectProducer(producer, options: .init(name: "reader-bench", sharedMemorySizeHint: 4 << 20))
-        producer.endpoint.registerDataSource(descriptor())
-        consumer.endpoint = system.connectConsumer(consumer, uid: getuid())
-    }
-    waitFor(loop) { producer.connected && consumer.connected }
-    loop.sync { consumer.endpoint.enableTracing(config(bufferMiB: 64), outputFile: nil) }
-    waitFor(loop) { producer.started != nil }
+    let (producer, consumer) = startSession(service: system, loop: loop, producerName: "reader-bench", bufferMiB: 64)
     let writer = loop.sync { producer.endpoint.createTraceWriter(targetBuffer: producer.started!.buffer, policy: .stall(timeout: .seconds(10)))! }
     let payload = [UInt8](repeating: 0x62, count: 1000)
     payload.withUnsafeBytes { bytes in
