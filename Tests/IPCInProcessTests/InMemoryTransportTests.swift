@@ -1,5 +1,6 @@
 // The in-memory transport keeps the socket transports' promise about slow peers: a sender whose
-// undelivered bytes would pass maxQueuedSendBytes is dropped, rather than queueing for ever.
+// undelivered bytes would pass maxQueuedSendBytes is dropped, rather than queueing for ever. An
+// end never points at a peer that is gone (the ends hold each other unowned).
 
 import IPCInProcess
 import IPCProtocol
@@ -28,6 +29,34 @@ struct InMemoryTransportTests {
         #expect(events.events.last == .disconnected(.sendQueueFull))
         #expect(client.state == .disconnected)
         #expect(loop.run(until: { server.delegates[0].isDisconnected }), "the peer sees end of stream")
+        withExtendedLifetime(listener) {}
+    }
+
+    /// Closes every connection it is handed, at once, and keeps none.
+    private final class RefusingListener: IPCListenerDelegate {
+        var beforeClosing: (() -> Void)?
+        func listener(_ listener: any IPCListener, didAccept connection: any IPCConnection) {
+            beforeClosing?()
+            connection.close()
+        }
+    }
+
+    @Test func aServerEndClosedAndReleasedAsItIsAcceptedIsNeverWrittenTo() throws {
+        let loop = ManualEventLoop()
+        let transport = InProcessTransport(loop: loop)
+        let refusing = RefusingListener()
+        let listener = try transport.listen(at: "refusing", options: .default, delegate: refusing)
+        let events = RecordingConnectionDelegate()
+        let client = transport.connect(to: "refusing", options: .default, delegate: events)
+        // A task that runs after the accepting turn, when the server end is gone, and before
+        // the client hears that it closed.
+        final class Outcome: @unchecked Sendable { var sent: Bool? }  // loop-confined
+        let sentAfterwards = Outcome()
+        let unchecked = UncheckedSendableBox(client)
+        refusing.beforeClosing = { loop.execute { sentAfterwards.sent = unchecked.value.send([1, 2, 3]) } }
+        #expect(loop.run(until: { events.isDisconnected }))
+        #expect(sentAfterwards.sent == false, "nothing to send to: the server end is gone")
+        #expect(events.events == [.connected, .disconnected(nil)])
         withExtendedLifetime(listener) {}
     }
 
