@@ -215,14 +215,15 @@ final class TraceBuffer {
         producerID: UInt16, writerID: UInt16, chunkID: UInt32, offset: Int, data: [UInt8]
     ) -> Bool {
         let key = SequenceKey(producerID: producerID, writerID: writerID)
-        guard let sequence = sequences[key], var chunk = sequence.chunks[chunkID], data.count == 4,
-              offset >= 0, offset <= chunk.bytes.count - SharedMemoryABI.chunkHeaderSize - data.count else {
+        guard let sequence = sequences[key], let size = sequence.chunks[chunkID]?.bytes.count, data.count == 4,
+              offset >= 0, offset <= size - SharedMemoryABI.chunkHeaderSize - data.count else {
             stats.patchesFailed += 1
             return false
         }
         let start = SharedMemoryABI.chunkHeaderSize + offset
-        chunk.bytes.replaceSubrange(start..<start + data.count, with: data)
-        sequence.chunks[chunkID] = chunk
+        // In place: a copy of the chunk taken out of the table would share its bytes, and the
+        // patch would copy the whole chunk.
+        sequence.chunks[chunkID]!.bytes.replaceSubrange(start..<start + data.count, with: data)
         stats.patchesSucceeded += 1
         return true
     }
