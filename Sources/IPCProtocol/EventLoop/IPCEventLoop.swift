@@ -83,6 +83,13 @@ extension IPCEventLoop {
         precondition(inEventLoop, "expected to run on the event loop's thread")
     }
 
+    /// Runs `task` now when called on the loop, else posts it. For the library's own
+    /// bookkeeping that must be in place before the caller's next step (a deinit's cleanup, a
+    /// writer's registration); never for a user's callback, which always runs on a later turn.
+    package func runNowOrPost(_ task: @escaping @Sendable () -> Void) {
+        if inEventLoop { task() } else { execute(task) }
+    }
+
     /// Traps unless called on the loop. Use at the entry of loop-only API.
     @inlinable
     public func preconditionInEventLoop(file: StaticString = #fileID, line: UInt = #line) {

@@ -157,17 +157,13 @@ public final class IPCClient: IPCConnectionDelegate {
         // The last reference may go on another thread (a task, a test's main thread): the
         // connection is then closed on its loop, where everything about it happens.
         if let connection {
-            if eventLoop.inEventLoop {
-                connection.close()
-            } else {
-                let box = UncheckedSendableBox(connection)
-                eventLoop.execute { box.value.close() }
-            }
+            let box = UncheckedSendableBox(connection)
+            eventLoop.runNowOrPost { box.value.close() }
         }
         let bindings = directBindings
         if !bindings.isEmpty {
             let box = UncheckedSendableBox(bindings)
-            if eventLoop.inEventLoop { bindings.forEach { $0.abandon() } } else { eventLoop.execute { box.value.forEach { $0.abandon() } } }
+            eventLoop.runNowOrPost { box.value.forEach { $0.abandon() } }
         }
     }
 

@@ -52,11 +52,7 @@ open class ServiceProxy: @unchecked Sendable {
     deinit {
         guard let loop = eventLoop else { return }
         let box = UncheckedSendableBox((Weak(client), directBinding, ObjectIdentifier(self)))
-        if loop.inEventLoop {
-            Self.forget(box.value)
-        } else {
-            loop.execute { Self.forget(box.value) }
-        }
+        loop.runNowOrPost { Self.forget(box.value) }
     }
 
     /// Releases what the client or direct binding keeps for a proxy that is going away.

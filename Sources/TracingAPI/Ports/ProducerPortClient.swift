@@ -276,10 +276,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
             registerWriter: { writer, buffer in
                 // At once on the loop, ahead of the writer's first commit: the service scrapes
                 // only writers it knows.
-                guard loop.inEventLoop else {
-                    return loop.execute { endpoint.object?.registerTraceWriter(writer, targetBuffer: buffer) }
-                }
-                endpoint.object?.registerTraceWriter(writer, targetBuffer: buffer)
+                loop.runNowOrPost { endpoint.object?.registerTraceWriter(writer, targetBuffer: buffer) }
             },
             unregisterWriter: { writer in
                 loop.execute { endpoint.object?.unregisterTraceWriter(writer) }

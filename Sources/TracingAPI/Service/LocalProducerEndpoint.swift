@@ -141,10 +141,7 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
             registerWriter: { writer, buffer in
                 // At once on the loop: a writer created and used in one turn is known to the
                 // service by the time it scrapes (on a flush, a stop or a disconnect).
-                guard loop.inEventLoop else {
-                    return loop.execute { endpoint.value.object?.registerTraceWriter(writer, targetBuffer: buffer) }
-                }
-                endpoint.value.object?.registerTraceWriter(writer, targetBuffer: buffer)
+                loop.runNowOrPost { endpoint.value.object?.registerTraceWriter(writer, targetBuffer: buffer) }
             },
             unregisterWriter: { writer in
                 loop.execute { endpoint.value.object?.unregisterTraceWriter(writer) }
