@@ -22,6 +22,8 @@ final class SocketListener: IPCListener {
     private var fd: Int32
     private var watch: (any FileDescriptorWatch)?
     private let socketFile: String?
+    /// A failed accept was reported and none has succeeded since.
+    private var acceptFailureReported = false
 
     init(
         fd: Int32, address: String, socketFile: String?, isUnixDomain: Bool, options: ConnectionOptions,
@@ -55,9 +57,13 @@ final class SocketListener: IPCListener {
             if accepted < 0 {
                 let error = errno
                 if error == EINTR || error == ECONNABORTED { continue }
-                if error == EMFILE || error == ENFILE { pauseAccepting() }
+                if error == EAGAIN || error == EWOULDBLOCK { return }
+                // Out of descriptors (EMFILE, ENFILE) or kernel memory: the peer stays queued.
+                reportAcceptFailure(errno: error)
+                pauseAccepting()
                 return
             }
+            acceptFailureReported = false
             let connection = SocketConnection(
                 fd: accepted, state: .connecting, address: address, isUnixDomain: isUnixDomain,
                 options: options, loop: loop)
@@ -75,8 +81,16 @@ final class SocketListener: IPCListener {
         }
     }
 
-    /// Out of descriptors: stop polling the listening socket for a moment instead of spinning
-    /// on a connection we cannot accept.
+    /// Tells the delegate once per run of failures: the retries below would repeat it ten
+    /// times a second.
+    private func reportAcceptFailure(errno error: Int32) {
+        guard !acceptFailureReported else { return }
+        acceptFailureReported = true
+        delegate?.listener(self, didFailToAccept: .systemCall("accept", errno: error, address: address))
+    }
+
+    /// Stops polling the listening socket for a moment instead of spinning on a connection
+    /// it cannot accept now (the socket stays readable while the peer waits).
     private func pauseAccepting() {
         watch?.setEvents([])
         _ = loop.scheduleTask(after: .milliseconds(100)) { [weak self] in

@@ -1,6 +1,7 @@
 // The tracing service's defences with real processes: who may connect to its socket files, what
-// a process of another uid sees and is stamped with, and a producer frozen with SIGSTOP in the
-// middle of a session (its flush and stop end by their timeouts; everyone else goes on).
+// a process of another uid sees and is stamped with, a producer frozen with SIGSTOP in the
+// middle of a session (its flush and stop end by their timeouts; everyone else goes on), and
+// more peers than the service has descriptors for.
 
 import Foundation
 import Glibc
@@ -134,5 +135,30 @@ final class HostileProcessTests: TraceboxFixture {
         let recorder2 = try start(["perfetto", "-c", try config(secondText, name: "second.txt"), "--txt", "-o", second], name: "recorder-2")
         #expect(recorder2.wait() == 0, Comment(rawValue: recorder2.standardError))
         #expect(again.wait() == 0)
+    }
+
+    // MARK: Out of descriptors
+
+    @Test func aServiceOutOfDescriptorsSaysSoOnceAndServesNewcomersWhenSomeAreFree() throws {
+        // 40 descriptors: the service's own dozen and fewer than 30 connections.
+        let service = try start(["traced"], name: "traced", wrapper: ["/usr/bin/prlimit", "--nofile=40"])
+        try #require(poll(seconds: 20) { service.standardOutput.contains("tracebox traced: producers at") })
+        let warning = "cannot accept new clients on \(producerSocket)"
+        var log: String { service.standardOutput + service.standardError }
+        // Connects succeed (the kernel queues them); the service cannot take them all.
+        var peers = (0..<60).map { _ in FileDescriptors.connectedUnixSocket(path: producerSocket) }
+        #expect(poll(seconds: 20) { log.contains(warning) }, Comment(rawValue: log))
+        // It tries again ten times a second meanwhile, and does not say so each time.
+        #expect(!poll(seconds: 0.5) { log.components(separatedBy: warning).count > 2 }, Comment(rawValue: log))
+
+        peers.removeAll()
+        // The service takes the queued peers (gone: closed at once), and newcomers again.
+        let producer = try start(["producer", "-d", "newcomer.source", "-n", "1"], name: "newcomer")
+        let state = query(until: "data source newcomer.source", name: "query")
+        #expect(state.contains("data source newcomer.source"), Comment(rawValue: log))
+        producer.signal(SIGTERM)
+        _ = producer.wait()
+        service.signal(SIGTERM)
+        #expect(service.wait() == 0)
     }
 }

@@ -150,6 +150,11 @@ public final class IPCHost: IPCListenerDelegate {
         accept(connection)
     }
 
+    /// Logged: new clients wait until descriptors are free again (other clients are served).
+    public func listener(_ listener: any IPCListener, didFailToAccept error: IPCError) {
+        logger.warning("cannot accept new clients on \(listener.address), they wait until this succeeds again: \(error.message)")
+    }
+
     private func accept(_ connection: any IPCConnection) {
         let id = takeClientID()
         do {

@@ -42,6 +42,16 @@ public protocol IPCListenerDelegate: AnyObject {
     /// A peer connected. Set the connection's delegate before returning, or its first bytes
     /// are discarded.
     func listener(_ listener: any IPCListener, didAccept connection: any IPCConnection)
+
+    /// A waiting peer could not be accepted (the process is out of file descriptors, or the
+    /// kernel out of memory). Peers stay queued and the listener tries again shortly; this is
+    /// reported once, and again only after an accept has succeeded in between.
+    func listener(_ listener: any IPCListener, didFailToAccept error: IPCError)
+}
+
+extension IPCListenerDelegate {
+    /// Ignores the failure: the listener goes on trying.
+    public func listener(_ listener: any IPCListener, didFailToAccept error: IPCError) {}
 }
 
 /// The lifecycle of a connection.
