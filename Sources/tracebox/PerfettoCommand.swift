@@ -237,7 +237,9 @@ func lastTraceStats(in packets: [TracePacketData]) -> TraceStats? {
     return nil
 }
 
-/// Losses a recording had, from the trace stats.
+/// Losses a recording had, from its buffers' stats. The service-wide counts beside them
+/// (`chunks_discarded`, `patches_discarded`: commits of any producer that named no valid
+/// chunk or buffer) are not this recording's loss; they stay in the trace's stats.
 struct Losses {
     let overwritten: UInt64
     let discarded: UInt64
@@ -246,7 +248,7 @@ struct Losses {
     init(_ stats: TraceStats?) {
         let buffers = stats?.bufferStats ?? []
         overwritten = buffers.reduce(0) { $0 + $1.chunksOverwritten }
-        discarded = buffers.reduce(0) { $0 + $1.chunksDiscarded } + (stats?.chunksDiscarded ?? 0)
+        discarded = buffers.reduce(0) { $0 + $1.chunksDiscarded }
         dropped = buffers.reduce(0) { $0 + $1.traceWriterPacketLoss }
     }
 

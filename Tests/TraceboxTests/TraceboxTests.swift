@@ -48,6 +48,44 @@ final class TraceboxTests: TraceboxFixture {
         #expect(recorder.standardError.contains("nothing lost"), Comment(rawValue: recorder.standardError))
     }
 
+    /// The loss `tracebox perfetto` reports is its own session's: chunks the service discarded
+    /// from another producer's lying commits are counted service-wide, in every session's stats.
+    @Test func anotherProducersDiscardedCommitsAreNotThisRecordingsLoss() throws {
+        let service = try startService()
+        defer { service.signal(SIGTERM); service.wait() }
+        // A producer commits a chunk of a page it has not got, and waits for Sync's answer.
+        let liar = RawFramePeer(socket: FileDescriptors.connectedUnixSocket(path: producerSocket))
+        liar.send(TestFrames.bind("ProducerPort", requestID: 1))
+        try #require(poll(seconds: 20) { liar.poll() >= 1 })
+        let bound = liar.frames[0].msgBindServiceReply
+        let methods = Dictionary(uniqueKeysWithValues: bound.methods.map { ($0.name, $0.id) })
+        func call(_ method: String, _ arguments: Data, requestID: UInt64) {
+            liar.send(TestFrames.invoke(
+                serviceID: bound.serviceID, methodID: methods[method] ?? 0, arguments: arguments, requestID: requestID))
+        }
+        var lie = CommitDataRequest()
+        lie.chunksToMove = [.with { $0.page = 9_999; $0.chunk = 0; $0.targetBuffer = 0 }]
+        call("InitializeConnection", try Perfetto_Protos_InitializeConnectionRequest.with { $0.producerName = "liar" }.serializedData(), requestID: 2)
+        call("CommitData", try lie.serializedData(), requestID: 3)
+        call("Sync", try Perfetto_Protos_SyncRequest().serializedData(), requestID: 4)
+        #expect(poll(seconds: 20) { liar.poll() >= 4 && liar.frames.contains { $0.requestID == 4 } })
+
+        let producer = try start(["producer", "-n", "3"], name: "producer")
+        _ = query(until: "data source tracebox.test", name: "query")
+        let out = directory.path + "/out.pftrace"
+        let text = """
+            buffers { size_kb: 1024 }
+            data_sources { config { name: "tracebox.test" } }
+            duration_ms: 300
+            """
+        let recorder = try start(["perfetto", "-c", try config(text), "--txt", "-o", out], name: "perfetto")
+        #expect(recorder.wait() == 0, Comment(rawValue: recorder.standardError))
+        #expect(producer.wait() == 0)
+        let stats = try trace(out).last { if case .traceStats? = $0.data { true } else { false } }?.traceStats
+        #expect(stats?.chunksDiscarded == 1, "the liar's chunk, counted service-wide")
+        #expect(recorder.standardError.contains("nothing lost"), Comment(rawValue: recorder.standardError))
+    }
+
     @Test func aProducerKilledMidWriteLosesNothingItFinished() throws {
         let service = try startService()
         defer { service.signal(SIGTERM); service.wait() }
