@@ -563,6 +563,56 @@ struct TracingOverIPCTests {
     }
 
     @Test(arguments: TracingBinding.overIPC)
+    func completedChunksWaitForTheBatchingIntervalUnlessAFlushOrHalfTheMemoryWantsThem(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        var options = ProducerConnectionOptions(name: "batching")
+        options.commitBatchingInterval = .seconds(3600)
+        let producer = RecordingProducer(
+            service: world.clients, name: "batching", dataSources: [TracingConfigs.descriptor("test.source")], options: options)
+        world.run(until: { producer.connects == 1 })
+        world.run(until: { world.core.connectedProducers.first?.dataSources.isEmpty == false })
+        var started: TraceWriter?
+        producer.onStart = { _, writer in started = writer }
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(buffers: [(4096, .ringBuffer)]), outputFile: nil)
+        world.run(until: { started != nil })
+        let writer = try #require(started)
+        let endpoint = try #require(producer.endpoint as? RemoteProducerEndpoint)
+        let text = String(repeating: "x", count: 1000)
+        func write(_ range: Range<Int>) {
+            for index in range { writer.writeTestPacket(timestamp: UInt64(index), "\(index) \(text)") }
+        }
+        func flush() {
+            var flushed: Bool?
+            consumer.endpoint.flush(timeoutMs: 2000, flags: FlushFlags()) { flushed = $0 }
+            world.run(until: { flushed != nil })
+            #expect(flushed == true)
+        }
+        #expect(endpoint.commitsSent == 0)
+
+        // Four packets of ~1 KiB fill a 4 KiB chunk. The first commit after a quiet spell goes at once.
+        write(0..<5)
+        world.run(until: { endpoint.commitsSent == 1 })
+        // Chunks completed soon after wait for the interval (an hour here).
+        write(5..<20)
+        world.settle()
+        #expect(endpoint.commitsSent == 1)
+        // A flush does not wait.
+        flush()
+        read(consumer, world)
+        #expect(consumer.producerPackets().map(\.timestamp) == (0..<20).map(UInt64.init))
+        // Nor do chunks filling half the shared memory (256 KiB): 40 chunks here.
+        let beforeHalf = endpoint.commitsSent
+        write(20..<180)
+        world.run(until: { endpoint.commitsSent == beforeHalf + 1 }, "half the shared memory waited for the interval")
+
+        flush()
+        read(consumer, world)
+        #expect(consumer.producerPackets().map(\.timestamp) == (0..<180).map(UInt64.init))
+    }
+
+    @Test(arguments: TracingBinding.overIPC)
     func startupTracingMemoryThatIsNotSealedIsRefusedAndTheServiceMakesItsOwn(_ binding: TracingBinding) throws {
         let world = try binding.make()
         defer { world.tearDown() }

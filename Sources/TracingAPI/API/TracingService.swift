@@ -52,6 +52,14 @@ public struct ProducerConnectionOptions: Sendable {
     /// and disconnect (Perfetto's `smb_scraping_mode`), so a producer that dies loses nothing it
     /// finished writing. On by default, as Perfetto's SDK asks for it.
     public var scrapesSharedMemory = true
+    /// Over ProducerPort: the shortest time between two commits of chunks writers completed
+    /// (Perfetto's commit batching). A commit after a quiet spell goes at once; one due sooner
+    /// waits for the rest of the interval and carries every chunk finished meanwhile, so a
+    /// producer writing small packets fast sends one CommitData (and wakes the service once)
+    /// per interval instead of per chunk. Flushes, writers waiting for a free chunk, and chunks
+    /// filling half the shared memory commit at once. Zero commits every chunk on the loop's
+    /// next turn. The in-process service takes chunks on its next turn regardless.
+    public var commitBatchingInterval: Duration = .milliseconds(1)
 
     public init(
         name: String, identity: PeerIdentity = PeerIdentity(), sharedMemorySizeHint: Int = 0,

@@ -72,6 +72,12 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     public private(set) var usesSharedMemoryEmulation = false
     /// Writers and their target buffers, for scraping under emulation.
     private var writerTargets: [WriterID: BufferID] = [:]
+    /// When the last batched commit went out, and the commit held back until
+    /// `options.commitBatchingInterval` has passed since (see ``commitBatched()``).
+    private var lastBatchedCommit: ContinuousClock.Instant?
+    private var heldBackCommit: (any ScheduledTask)?
+    /// CommitData requests sent on this endpoint, every connection included (diagnostics, tests).
+    public private(set) var commitsSent = 0
 
     /// The size of the producer's own buffer under emulation (Perfetto's, 1 MiB).
     static let emulatedSharedMemorySize = 1024 * 1024
@@ -93,6 +99,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
 
     deinit {
         reconnectTask?.cancel()
+        heldBackCommit?.cancel()
         // Released, which disconnects: as in disconnect(). Off the loop nothing can be sent.
         if eventLoop.inEventLoop { sendWhatWritersHandedOver() }
     }
@@ -173,6 +180,8 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
         client = nil
         sharedMemoryArbiter = nil
         sharedMemory = nil
+        heldBackCommit?.cancel()
+        heldBackCommit = nil
         isSharedMemoryProvidedByProducer = false
         usesSharedMemoryEmulation = false
         writerTargets = [:]
@@ -262,7 +271,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
         let loop = eventLoop
         let endpoint = WeakBox(self)
         let sink = SharedMemoryArbiter.Sink(
-            scheduleCommit: { [memory = WeakBox(mapping)] flushRequestID, completion in
+            scheduleCommit: { [memory = WeakBox(mapping)] flushRequestID, batched, completion in
                 loop.execute {
                     // A writer left on the memory of a lost connection must not take the
                     // pending batch of the current one: its commits go nowhere.
@@ -270,7 +279,11 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
                         completion?()
                         return
                     }
-                    current.commitFromArbiter(flushRequestID: flushRequestID, completion: completion)
+                    if batched {
+                        current.commitBatched()
+                    } else {
+                        current.commitFromArbiter(flushRequestID: flushRequestID, completion: completion)
+                    }
                 }
             },
             registerWriter: { writer, buffer in
@@ -289,6 +302,26 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     /// Sends, now, the chunks and patches writers handed over that wait for the commit the
     /// arbiter queued on the loop: so a Sync, or the end of the connection, comes after them.
     private func sendWhatWritersHandedOver() {
+        commitFromArbiter(flushRequestID: nil, completion: nil)
+    }
+
+    /// A commit nothing waits on but its chunks: at most one per `commitBatchingInterval`. The
+    /// first after a quiet spell goes at once; one coming sooner is held back until the
+    /// interval has passed, and carries everything writers finish meanwhile.
+    private func commitBatched() {
+        guard heldBackCommit == nil else { return }
+        let now = ContinuousClock.now
+        let interval = options.commitBatchingInterval
+        if interval > .zero, let last = lastBatchedCommit, now < last + interval {
+            heldBackCommit = eventLoop.scheduleTask(after: last + interval - now) { [weak self] in
+                guard let self else { return }
+                self.heldBackCommit = nil
+                self.lastBatchedCommit = ContinuousClock.now
+                self.commitFromArbiter(flushRequestID: nil, completion: nil)
+            }
+            return
+        }
+        lastBatchedCommit = now
         commitFromArbiter(flushRequestID: nil, completion: nil)
     }
 
@@ -376,6 +409,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
             if let completion { eventLoop.execute { [completion = UncheckedSendableBox(completion)] in completion.value() } }
             return
         }
+        commitsSent += 1
         guard let completion else {
             port.commitData(request, reply: nil)
             return
@@ -437,6 +471,8 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
         closed = true
         reconnectTask?.cancel()
         reconnectTask = nil
+        heldBackCommit?.cancel()
+        heldBackCommit = nil
         sendWhatWritersHandedOver()
         client?.close()
     }

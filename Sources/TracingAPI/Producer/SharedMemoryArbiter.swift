@@ -1,7 +1,10 @@
 // The producer side of a shared-memory buffer (Perfetto's SharedMemoryArbiterImpl): hands
 // free chunks to trace writers, collects the chunks they complete and the patches they owe
-// into one pending CommitDataRequest, and has the service's loop take it on its next turn, so
-// many chunks travel in one commit.
+// into one pending CommitDataRequest, and has the loop take it, so many chunks travel in one
+// commit. A commit of completed chunks may be batched (the endpoint decides how long it
+// waits); one is asked for at once when a flush wants it, when a writer waits for a free
+// chunk, or when the chunks waiting fill half the buffer (Perfetto's rule, so writers do not
+// run out of chunks while a batch waits).
 //
 // Thread-safe: writers on any thread take and return chunks; the chunk states themselves move
 // by compare-and-swap in the page headers, the pending commit sits behind a lock.
@@ -40,7 +43,9 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
     struct Sink: Sendable {
         /// Runs a commit on the loop: everything pending then (``takePendingCommit()``), plus an
         /// optional flush acknowledgement; `completion` runs once the service applied it.
-        var scheduleCommit: @Sendable (_ flushRequestID: UInt64?, _ completion: (@Sendable () -> Void)?) -> Void
+        /// `batched`: nothing waits on it but the chunks themselves, so the endpoint may hold it
+        /// back to gather more (without a flush id or completion only).
+        var scheduleCommit: @Sendable (_ flushRequestID: UInt64?, _ batched: Bool, _ completion: (@Sendable () -> Void)?) -> Void
         var registerWriter: @Sendable (_ writerID: UInt16, _ targetBuffer: UInt16) -> Void
         var unregisterWriter: @Sendable (_ writerID: UInt16) -> Void
         /// Whether the caller runs on the thread that frees chunks (stalling there would hang).
@@ -49,12 +54,18 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
 
     private struct State {
         var pending = Perfetto_Protos_CommitDataRequest()
-        var commitScheduled = false
+        /// Bytes of the completed chunks in `pending`.
+        var pendingChunkBytes = 0
+        var commitScheduled = ScheduledCommit.none
         var nextPage = 0
         var usedWriterIDs = Set<UInt16>()
         var nextWriterID: UInt16 = 1
         var chunksAcquired: UInt64 = 0
         var chunksUnavailable: UInt64 = 0
+    }
+
+    private enum ScheduledCommit {
+        case none, batched, immediate
     }
 
     /// The buffer shared with the service.
@@ -88,7 +99,8 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
     public func flushPendingCommitData(
         flushRequestID: UInt64? = nil, completion: (@Sendable () -> Void)? = nil
     ) {
-        sink.scheduleCommit(flushRequestID, completion)
+        state.withLock { $0.commitScheduled = .immediate }
+        sink.scheduleCommit(flushRequestID, false, completion)
     }
 
     // MARK: Writers' side
@@ -168,28 +180,35 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
         move.page = UInt32(chunk.page)
         move.chunk = UInt32(chunk.index)
         move.targetBuffer = UInt32(targetBuffer)
-        enqueue(move: move, patches: patches)
+        enqueue(move: move, chunkSize: chunk.size, patches: patches)
     }
 
     /// Queues patches for chunks already returned.
     func enqueuePatches(_ patches: [Perfetto_Protos_CommitDataRequest.ChunkToPatch]) {
         guard !patches.isEmpty else { return }
-        enqueue(move: nil, patches: patches)
+        enqueue(move: nil, chunkSize: 0, patches: patches)
     }
 
     private func enqueue(
-        move: Perfetto_Protos_CommitDataRequest.ChunksToMove?,
+        move: Perfetto_Protos_CommitDataRequest.ChunksToMove?, chunkSize: Int,
         patches: [Perfetto_Protos_CommitDataRequest.ChunkToPatch]
     ) {
-        let schedule = state.withLock { state in
+        let schedule = state.withLock { state -> ScheduledCommit in
             if let move { state.pending.chunksToMove.append(move) }
             state.pending.chunksToPatch.append(contentsOf: patches)
-            defer { state.commitScheduled = true }
-            return !state.commitScheduled
+            state.pendingChunkBytes += chunkSize
+            let wanted: ScheduledCommit = state.pendingChunkBytes * 2 >= buffer.size ? .immediate : .batched
+            switch (state.commitScheduled, wanted) {
+            case (.none, _), (.batched, .immediate):
+                state.commitScheduled = wanted
+                return wanted
+            default:
+                return .none
+            }
         }
-        guard schedule else { return }
-        // One commit per loop turn carries everything queued until then.
-        sink.scheduleCommit(nil, nil)
+        guard schedule != .none else { return }
+        // One commit carries everything queued until it runs.
+        sink.scheduleCommit(nil, schedule == .batched, nil)
     }
 
     /// Takes the batch queued so far: the one place pending chunks and patches leave the
@@ -198,7 +217,8 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
         var request = state.withLock { state in
             defer {
                 state.pending = Perfetto_Protos_CommitDataRequest()
-                state.commitScheduled = false
+                state.pendingChunkBytes = 0
+                state.commitScheduled = .none
             }
             return state.pending
         }

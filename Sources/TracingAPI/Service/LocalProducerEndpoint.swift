@@ -135,7 +135,8 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         // (releasing the endpoint is how a producer disconnects).
         let endpoint = UncheckedSendableBox(Weak(self))
         let sink = SharedMemoryArbiter.Sink(
-            scheduleCommit: { flushRequestID, completion in
+            // In the service's own process a commit is a call, not a message: nothing to batch.
+            scheduleCommit: { flushRequestID, _, completion in
                 loop.execute { endpoint.value.object?.commitFromArbiter(flushRequestID: flushRequestID, completion: completion) }
             },
             registerWriter: { writer, buffer in
