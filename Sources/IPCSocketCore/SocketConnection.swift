@@ -45,6 +45,8 @@ final class SocketConnection: IPCConnection {
     private var sendDeadline: (any ScheduledTask)?
     /// Fallback receive space when no delegate is set: the bytes are discarded.
     private var discardBuffer: UnsafeMutableRawBufferPointer?
+    /// Not reading from the peer for now (``setReadingPaused(_:)``).
+    private var readingPaused = false
 
     /// Wraps an fd that is connected (accepted or adopted) or connecting.
     init(
@@ -82,13 +84,23 @@ final class SocketConnection: IPCConnection {
             peer = PeerIdentity(remoteAddress: describeSocketAddress(fd: fd, peer: true) ?? address)
         }
         state = .connected
-        let events: FileDescriptorEvents =
-            edgeTriggered ? [.readable, .writable, .edgeTriggered] : sendQueue.isEmpty ? .readable : [.readable, .writable]
         if let watch {
-            watch.setEvents(events)
+            watch.setEvents(watchedEvents)
         } else {
-            watch = try loop.watch(fd, for: events) { [weak self] ready in self?.handle(ready) }
+            watch = try loop.watch(fd, for: watchedEvents) { [weak self] ready in self?.handle(ready) }
         }
+    }
+
+    /// What the loop watches for once connected: reading unless paused; writing always when
+    /// edge-triggered, else only while bytes wait in the queue.
+    private var watchedEvents: FileDescriptorEvents {
+        var events: FileDescriptorEvents = readingPaused ? [] : .readable
+        if edgeTriggered {
+            events.formUnion([.writable, .edgeTriggered])
+        } else if !sendQueue.isEmpty {
+            events.insert(.writable)
+        }
+        return events
     }
 
     /// Watches a connecting socket for the end of its non-blocking connect.
@@ -180,6 +192,7 @@ final class SocketConnection: IPCConnection {
     /// Reads what the socket holds. `endOfStreamReported`: the event that woke us also said
     /// the peer closed (or shut down writing), so the read goes on until end of stream.
     private func readAvailable(endOfStreamReported: Bool = false) {
+        guard !readingPaused else { return }  // resuming reads what came meanwhile
         // Bounded so one busy peer cannot starve the others on the loop.
         for _ in 0..<16 {
             let space = receiveSpace()
@@ -197,7 +210,7 @@ final class SocketConnection: IPCConnection {
                 return
             }
             delegate?.connection(self, didReceive: received.byteCount, fileDescriptor: received.fd)
-            guard state == .connected else { return }  // the delegate closed us
+            guard state == .connected, !readingPaused else { return }  // the delegate closed or paused us
             guard received.byteCount < space.count else { continue }
             // Level-triggered, a short read means drained enough: the loop reports the rest.
             // Edge-triggered, it means the socket is empty, unless the read ended after a
@@ -275,7 +288,7 @@ final class SocketConnection: IPCConnection {
         let wasEmpty = sendQueue.isEmpty
         sendQueue.append(bytes, fd: owned)
         if wasEmpty {
-            if !edgeTriggered { watch?.setEvents([.readable, .writable]) }
+            if !edgeTriggered { watch?.setEvents(watchedEvents) }
             let timeout = options.sendTimeout
             sendDeadline = loop.scheduleTask(after: timeout) { [weak self] in
                 guard let self, !self.sendQueue.isEmpty else { return }
@@ -302,11 +315,22 @@ final class SocketConnection: IPCConnection {
         if sendQueue.isEmpty {
             sendDeadline?.cancel()
             sendDeadline = nil
-            if !edgeTriggered { watch?.setEvents(.readable) }
+            if !edgeTriggered { watch?.setEvents(watchedEvents) }
             let waiters = drainWaiters
             drainWaiters.removeAll()
             for waiter in waiters { waiter() }
         }
+    }
+
+    func setReadingPaused(_ paused: Bool) -> Bool {
+        loop.preconditionInEventLoop()
+        guard state == .connected else { return false }
+        guard paused != readingPaused else { return true }
+        readingPaused = paused
+        watch?.setEvents(watchedEvents)
+        // Bytes (or the end of stream) that arrived while paused bring no new edge.
+        if !paused { continueReadingLater(endOfStreamReported: false) }
+        return true
     }
 
     func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool {

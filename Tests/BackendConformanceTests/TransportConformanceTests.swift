@@ -111,4 +111,43 @@ struct TransportConformanceTests {
         #expect(error?.code == .addressInUse)
         first.close()
     }
+
+    @Test(arguments: BackendUnderTest.all)
+    func aConnectionThatPausesReadingGetsThePeersBytesWhenItResumes(_ backend: BackendUnderTest) throws {
+        let fixture = try backend.make()
+        defer { fixture.tearDown() }
+        let (listener, server, client, events) = try pair(fixture)
+        let accepted = server.connections[0]
+        guard accepted.setReadingPaused(true) else {
+            // The in-memory transport cannot pause (documented default); nothing else to check.
+            #expect(fixture is InMemoryFixture)
+            listener.close()
+            return
+        }
+        #expect(client.send(Array("held".utf8)))
+        // Twenty loop turns (each polls the sockets): a reading connection would have the bytes.
+        let turns = LoopTurns(loop: fixture.loop)
+        turns.start()
+        #expect(fixture.run(until: { turns.count == 20 }))
+        #expect(server.delegates[0].received.isEmpty, "read while paused")
+        // The other direction is not affected.
+        #expect(accepted.send(Array("back".utf8)))
+        #expect(fixture.run(until: { events.received.count == 4 }))
+
+        #expect(accepted.setReadingPaused(false))
+        #expect(fixture.run(until: { server.delegates[0].received == Array("held".utf8) }))
+        listener.close()
+    }
+}
+
+/// Posts itself again until it has run 20 times (loop-confined, hence unchecked).
+final class LoopTurns: @unchecked Sendable {
+    let loop: any IPCEventLoop
+    private(set) var count = 0
+    init(loop: any IPCEventLoop) { self.loop = loop }
+    func start() { loop.execute { self.turn() } }
+    private func turn() {
+        count += 1
+        if count < 20 { loop.execute { self.turn() } }
+    }
 }

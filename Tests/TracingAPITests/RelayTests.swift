@@ -4,6 +4,7 @@
 // relay reach the host through two real connections (unix to the relay, TCP to the host).
 
 import Foundation
+import Glibc
 import IPCProtocol
 import IPCUnixSocket
 import Testing
@@ -408,6 +409,76 @@ struct RemoteProducerTests {
             "the TCP producer went with the unix one")
         #expect(fixture.host.connectedProducerCount == 1)
         tcp.close()
+    }
+
+    /// A producer that writes faster than the link to the host takes is slowed down by its own
+    /// socket, not dropped: the relay stops reading from it while more than a megabyte waits
+    /// for the host, and goes on when the host has taken it.
+    @Test func aProducerFasterThanTheHostIsSlowedDownNotDropped() throws {
+        let loop = try EpollEventLoop()
+        let transport = UnixSocketTransport(loop: loop)
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        // A host that accepts and reads nothing until told.
+        let host = RecordingListenerDelegate()
+        host.onAccept = { connection, _ in connection.setReadingPaused(true) }
+        let hostListener = try transport.listen(at: "127.0.0.1:0", options: .default, delegate: host)
+        defer { hostListener.close() }
+        var options = TracingRelay.Options()
+        options.machineIDHint = RelayFixture.guestHint
+        let relayPath = directory.path + "/relay.sock"
+        let relay = try TracingRelay(
+            transport: transport, producerAddresses: [relayPath], hostAddress: hostListener.address, options: options)
+        defer { relay.close() }
+        let producer = FileDescriptors.connectedUnixSocket(path: relayPath)
+        _ = fcntl(producer.rawValue, F_SETFL, fcntl(producer.rawValue, F_GETFL) | O_NONBLOCK)
+        // The relay's own RelayPort connection and the producer's.
+        #expect(loop.run(until: { host.connections.count == 2 }, timeout: .seconds(5)))
+
+        // More than the relay's send-queue bound (16 MiB): without flow control it drops both sides.
+        let total = 24 << 20
+        let pattern = (0..<(64 * 1024)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        var written = 0
+        func writable() -> Bool {
+            var poller = pollfd(fd: producer.rawValue, events: Int16(POLLOUT), revents: 0)
+            return Glibc.poll(&poller, 1, 0) > 0 && poller.revents & Int16(POLLOUT) != 0
+        }
+        /// Writes until done, or until the socket stays full for `patience` while the loop runs.
+        func write(patience: Duration) {
+            while written < total {
+                let offset = written % pattern.count
+                let n = pattern.withUnsafeBytes {
+                    Glibc.send(producer.rawValue, $0.baseAddress! + offset, min($0.count - offset, total - written), Int32(MSG_NOSIGNAL))
+                }
+                if n > 0 {
+                    written += n
+                } else if n < 0 && errno == EAGAIN {
+                    guard loop.run(until: writable, timeout: patience) else { return }
+                } else {
+                    Issue.record("the relay dropped the producer after \(written) bytes (errno \(errno))")
+                    return
+                }
+            }
+        }
+        write(patience: .milliseconds(300))
+        #expect(written < total / 4, "the producer was never slowed down: \(written) bytes went out")
+
+        // The host reads again: the producer's bytes all arrive, in order, after the relay's
+        // SetPeerIdentity frame.
+        for connection in host.connections { connection.setReadingPaused(false) }
+        write(patience: .seconds(5))
+        #expect(written == total)
+        let carried = host.delegates.max { $0.received.count < $1.received.count }
+        #expect(loop.run(until: { (carried?.received.count ?? 0) >= total }, timeout: .seconds(10)))
+        let received = carried?.received ?? []
+        let identityLength = received.count >= 4 ? 4 + Int(received.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }) : 0
+        let producerBytes = received.dropFirst(identityLength)
+        #expect(producerBytes.count == total)
+        let start = producerBytes.startIndex
+        let intact = stride(from: 0, to: producerBytes.count, by: pattern.count).allSatisfy {
+            Array(producerBytes[(start + $0)..<min(start + $0 + pattern.count, producerBytes.endIndex)]) == pattern
+        }
+        #expect(intact, "bytes lost or out of order")
     }
 
     /// Perfetto's SDK ends a short-lived process with a last CommitData and closes at once:

@@ -101,12 +101,23 @@ public protocol IPCConnection: AnyObject {
     /// transport cannot tell: the caller then looks at ``queuedSendBytes`` again later. The
     /// default returns false.
     func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool
+
+    /// Stops (`true`) or resumes (`false`) reading from the peer. While paused nothing is
+    /// received: the peer's bytes wait in the kernel and its sends back up in its own socket,
+    /// which slows it down (flow control for a connection whose bytes go on to a slower one).
+    /// Returns false when the connection is not connected or the transport cannot pause; the
+    /// default returns false. Loop-only.
+    @discardableResult
+    func setReadingPaused(_ paused: Bool) -> Bool
 }
 
 extension IPCConnection {
     public var queuedSendBytes: Int { 0 }
 
     public func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool { false }
+
+    @discardableResult
+    public func setReadingPaused(_ paused: Bool) -> Bool { false }
 
     @discardableResult
     public func send(owning bytes: consuming [UInt8], range: Range<Int>, fd: Int32?) -> Bool {

@@ -9,6 +9,10 @@
 //   peer and asks for shared-memory emulation, so producers never depend on one.
 // * Bytes for a host not connected yet wait here, up to `maxPendingBytes`; past that, or when
 //   either side fails, both sides are closed. The producer reconnects through the relay.
+// * Flow control: when more than `maxQueuedBytes` wait to go out on one side (a producer
+//   faster than the link to the host, or a host faster than a producer reads), the relay stops
+//   reading from the other side until they have gone, so the sender is slowed down by its own
+//   socket instead of being dropped when the queue passes its bound.
 // * A producer that closes has its last bytes delivered before the host side is closed.
 
 import IPCProtocol
@@ -18,6 +22,8 @@ final class RelayedConnection: IPCConnectionDelegate {
     static let maxPendingBytes = 4 * 1024 * 1024
     /// How long a closing producer's last bytes may take to leave for the host.
     static let drainTimeout: Duration = .seconds(10)
+    /// Bytes queued on one side past which the relay stops reading from the other.
+    static let maxQueuedBytes = 1024 * 1024
 
     private let local: any IPCConnection
     private var remote: (any IPCConnection)?
@@ -119,10 +125,23 @@ final class RelayedConnection: IPCConnectionDelegate {
                 pendingForRemote.append(contentsOf: bytes)
                 return
             }
-            if !remote.send(bytes, fd: nil) { close() }
+            forward(bytes, to: remote, from: local)
         } else {
             bytesToProducer += byteCount
-            if !local.send(UnsafeRawBufferPointer(rebasing: remoteSpace[0..<byteCount]), fd: nil) { close() }
+            forward(UnsafeRawBufferPointer(rebasing: remoteSpace[0..<byteCount]), to: local, from: connection)
         }
+    }
+
+    /// Sends `bytes` on `destination`; past `maxQueuedBytes` queued there, stops reading from
+    /// `source` until the queue has drained.
+    private func forward(_ bytes: UnsafeRawBufferPointer, to destination: any IPCConnection, from source: any IPCConnection) {
+        guard destination.send(bytes, fd: nil) else { return close() }
+        guard destination.queuedSendBytes > Self.maxQueuedBytes, source.setReadingPaused(true) else { return }
+        let resumed = destination.whenSendQueueDrains { [weak self, weak source] in
+            guard let self, !self.isClosed else { return }
+            source?.setReadingPaused(false)
+        }
+        // A transport that cannot say when it drained: read on rather than stall for good.
+        if !resumed { source.setReadingPaused(false) }
     }
 }
