@@ -328,8 +328,10 @@ final class SocketConnection: IPCConnection {
         guard paused != readingPaused else { return true }
         readingPaused = paused
         watch?.setEvents(watchedEvents)
-        // Bytes (or the end of stream) that arrived while paused bring no new edge.
-        if !paused { continueReadingLater(endOfStreamReported: false) }
+        // Bytes and an end of stream that arrived while paused were not read, and an edge-
+        // triggered loop owes no new event for them (epoll happens to report again when the
+        // watch changes): read on resume until the kernel would block or the stream ends.
+        if !paused { continueReadingLater(endOfStreamReported: true) }
         return true
     }
 

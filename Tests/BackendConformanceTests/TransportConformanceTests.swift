@@ -136,6 +136,18 @@ struct TransportConformanceTests {
 
         #expect(accepted.setReadingPaused(false))
         #expect(fixture.run(until: { server.delegates[0].received == Array("held".utf8) }))
+
+        // A peer that says its last and closes while reading is paused is heard on resume.
+        #expect(accepted.setReadingPaused(true))
+        #expect(client.send(Array(" bye".utf8)))
+        client.close()
+        let more = LoopTurns(loop: fixture.loop)
+        more.start()
+        #expect(fixture.run(until: { more.count == 20 }))
+        #expect(!server.delegates[0].isDisconnected, "noticed the close while paused")
+        #expect(accepted.setReadingPaused(false))
+        #expect(fixture.run(until: { server.delegates[0].isDisconnected }))
+        #expect(server.delegates[0].received == Array("held bye".utf8))
         listener.close()
     }
 }
