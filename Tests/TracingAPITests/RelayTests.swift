@@ -435,8 +435,8 @@ struct RemoteProducerTests {
         // The relay's own RelayPort connection and the producer's.
         #expect(loop.run(until: { host.connections.count == 2 }, timeout: .seconds(5)))
 
-        // More than the relay's send-queue bound (16 MiB): without flow control it drops both sides.
-        let total = 24 << 20
+        // Twice the relay's send-queue bound (16 MiB): without flow control it drops both sides.
+        let total = 32 << 20
         let pattern = (0..<(64 * 1024)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
         var written = 0
         func writable() -> Bool {
@@ -461,7 +461,9 @@ struct RemoteProducerTests {
             }
         }
         write(patience: .milliseconds(300))
-        #expect(written < total / 4, "the producer was never slowed down: \(written) bytes went out")
+        // Held back: the relay's megabyte and what the kernel buffers on both links (TCP's grow
+        // to a few MiB each).
+        #expect(written < total / 2, "the producer was never slowed down: \(written) bytes went out")
 
         // The host reads again: the producer's bytes all arrive, in order, after the relay's
         // SetPeerIdentity frame.
