@@ -5,6 +5,8 @@
 // `ConnectionOptions.maxQueuedSendBytes` is dropped (sendQueueFull) rather than queue forever.
 // The two ends point at each other unowned, and each clears the other's pointer when it closes
 // or goes, so neither ever points at a peer that is gone (both live on one loop).
+// An end that pauses reading keeps its inbox (and a peer's close) until it resumes; its peer
+// sees the bytes as queued and hears when they have all been delivered.
 
 import IPCProtocol
 
@@ -33,6 +35,12 @@ final class InMemoryConnection: IPCConnection {
     @exclusivity(unchecked) private var deliveryScheduled = false
     /// Posted to deliver the inbox; made once, so a send allocates no task of its own.
     private var deliveryTask: (@Sendable () -> Void)?
+    /// Not delivering the inbox for now (``setReadingPaused(_:)``), and whether the peer closed
+    /// meanwhile (reported after the inbox, on resume).
+    private var readingPaused = false
+    private var peerClosedWhilePaused = false
+    /// Called when the peer has taken everything this end sent (``whenSendQueueDrains(_:)``).
+    private var drainWaiters: [() -> Void] = []
     /// The most bytes this end may have waiting undelivered at its peer.
     let maxQueuedSendBytes: Int
     var queuedSendBytes: Int { other?.undeliveredBytes ?? 0 }
@@ -116,9 +124,37 @@ final class InMemoryConnection: IPCConnection {
         let wasConnected = state == .connected
         state = .disconnected
         delegate = nil
+        drainWaiters.removeAll()
         dropInbox()
         if wasConnected, let other { other.peerClosed() }
         other = nil
+    }
+
+    func setReadingPaused(_ paused: Bool) -> Bool {
+        loop.preconditionInEventLoop()
+        guard state == .connected else { return false }
+        guard paused != readingPaused else { return true }
+        readingPaused = paused
+        guard !paused else { return true }
+        if peerClosedWhilePaused {
+            let token = self.token
+            loop.execute { token.connection?.finishAfterPeerClosed() }
+        } else if inboxHead < inbox.count {
+            scheduleDelivery()
+        }
+        return true
+    }
+
+    func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool {
+        loop.preconditionInEventLoop()
+        guard state == .connected else { return false }
+        guard queuedSendBytes == 0 else {
+            drainWaiters.append(callback)
+            return true
+        }
+        let unchecked = UncheckedSendableBox(callback)
+        loop.execute { unchecked.value() }
+        return true
     }
 
     /// The peer is not taking what we send: close, and report it on a later loop turn, as the
@@ -158,7 +194,7 @@ final class InMemoryConnection: IPCConnection {
 
     private func deliver() {
         deliveryScheduled = false
-        while state == .connected, inboxHead < inbox.count {
+        while state == .connected, !readingPaused, inboxHead < inbox.count {
             guard let delegate else { dropInbox(); return }
             let space = delegate.receiveSpace(for: self)
             precondition(space.count > 0, "receive space must not be empty")
@@ -183,19 +219,32 @@ final class InMemoryConnection: IPCConnection {
             delegate.connection(self, didReceive: count, fileDescriptor: fd)
         }
         if state == .disconnected { dropInbox() }
+        // The sender's queue has drained: tell whoever waits for it.
+        if undeliveredBytes == 0, let other, !other.drainWaiters.isEmpty {
+            let waiters = other.drainWaiters
+            other.drainWaiters.removeAll()
+            for waiter in waiters { waiter() }
+        }
     }
 
     /// The other end went away: deliver what is already here, then report end of stream.
     private func peerClosed() {
         other = nil
         let token = self.token
-        loop.execute {
-            guard let connection = token.connection, connection.state == .connected else { return }
-            connection.deliver()
-            guard connection.state == .connected else { return }
-            connection.state = .disconnected
-            connection.delegate?.connection(connection, didDisconnect: nil)
+        loop.execute { token.connection?.finishAfterPeerClosed() }
+    }
+
+    /// Delivers what the closed peer sent, then reports end of stream (once resumed, if paused).
+    private func finishAfterPeerClosed() {
+        guard state == .connected else { return }
+        deliver()
+        guard state == .connected else { return }
+        guard !readingPaused else {
+            peerClosedWhilePaused = true
+            return
         }
+        state = .disconnected
+        delegate?.connection(self, didDisconnect: nil)
     }
 
     private func dropInbox() {
