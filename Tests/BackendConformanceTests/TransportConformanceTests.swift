@@ -123,7 +123,7 @@ struct TransportConformanceTests {
         // Twenty loop turns (each polls the sockets): a reading connection would have the bytes.
         let turns = LoopTurns(loop: fixture.loop)
         turns.start()
-        #expect(fixture.run(until: { turns.count == 20 }))
+        #expect(fixture.run(until: { turns.count == LoopTurns.total }))
         #expect(server.delegates[0].received.isEmpty, "read while paused")
         // The other direction is not affected.
         #expect(accepted.send(Array("back".utf8)))
@@ -141,23 +141,11 @@ struct TransportConformanceTests {
         client.close()
         let more = LoopTurns(loop: fixture.loop)
         more.start()
-        #expect(fixture.run(until: { more.count == 20 }))
+        #expect(fixture.run(until: { more.count == LoopTurns.total }))
         #expect(!server.delegates[0].isDisconnected, "noticed the close while paused")
         #expect(accepted.setReadingPaused(false))
         #expect(fixture.run(until: { server.delegates[0].isDisconnected }))
         #expect(server.delegates[0].received == Array("held bye".utf8))
         listener.close()
-    }
-}
-
-/// Posts itself again until it has run 20 times (loop-confined, hence unchecked).
-final class LoopTurns: @unchecked Sendable {
-    let loop: any IPCEventLoop
-    private(set) var count = 0
-    init(loop: any IPCEventLoop) { self.loop = loop }
-    func start() { loop.execute { self.turn() } }
-    private func turn() {
-        count += 1
-        if count < 20 { loop.execute { self.turn() } }
     }
 }

@@ -53,9 +53,9 @@ final class TracingWorld {
     /// Lets the work already queued, and what it causes a few hops later, happen: a task that
     /// posts itself again 20 times runs last (posted tasks run in order on every loop).
     func settle() {
-        let hopper = Hopper(loop: loop)
-        loop.execute { hopper.hop() }
-        _ = runLoop { hopper.count >= 20 }
+        let turns = LoopTurns(loop: loop)
+        turns.start()
+        _ = runLoop { turns.count == LoopTurns.total }
     }
 
     func tearDown() {
@@ -142,17 +142,6 @@ struct TracingBinding: Sendable, CustomTestStringConvertible {
             transport: transport, producerAddress: producer, consumerAddress: consumer,
             reconnectPolicy: ReconnectPolicy(initialDelay: .milliseconds(10), maximumDelay: .milliseconds(40)))
         return TracingWorld(loop: loop, core: core, clients: clients, host: host, run: run, cleanUp: cleanUp)
-    }
-}
-
-/// Posts itself again until it has run 20 times (loop-confined, hence unchecked).
-final class Hopper: @unchecked Sendable {
-    let loop: any IPCEventLoop
-    var count = 0
-    init(loop: any IPCEventLoop) { self.loop = loop }
-    func hop() {
-        count += 1
-        if count < 20 { loop.execute { self.hop() } }
     }
 }
 
