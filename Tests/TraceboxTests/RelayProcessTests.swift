@@ -71,6 +71,43 @@ final class RelayProcessTests: TraceboxFixture {
         #expect((clockSync.first?.remoteClockSync.syncedClocks.count ?? 0) >= 2, "a PING and an UPDATE exchange at least")
     }
 
+    @Test func aRelayOutOfDescriptorsSaysSoOnceAndCarriesNewcomersWhenSomeAreFree() throws {
+        let service = try startService(["--producer-socket", producerSocket + ",127.0.0.1:0", "--enable-relay-endpoint"])
+        defer { service.signal(SIGTERM); service.wait() }
+        let tcp = try #require(
+            service.standardOutput.split(separator: ",").first { $0.hasPrefix("127.0.0.1:") }?
+                .prefix { $0 != " " }.description,
+            "traced did not say its TCP address: \(service.standardOutput)")
+        // 40 descriptors: each producer carried costs the relay two (its own and the host's).
+        let guestSocket = directory.path + "/guest-producer.sock"
+        let relay = try start(
+            ["relay", "--relay-socket", tcp, "--producer-socket", guestSocket], name: "relay",
+            wrapper: ["/usr/bin/prlimit", "--nofile=40"])
+        defer { relay.signal(SIGTERM); relay.wait() }
+        #expect(poll(seconds: 20) { relay.standardOutput.contains("tracebox relay: producers at") }, Comment(rawValue: relay.standardError))
+        let warning = "cannot accept new producers on \(guestSocket)"
+        var log: String { relay.standardOutput + relay.standardError }
+        let descriptors = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(relay.pid)/fd").count) ?? -1 }
+        let idle = descriptors()
+        var peers = (0..<40).map { _ in FileDescriptors.connectedUnixSocket(path: guestSocket) }
+        #expect(poll(seconds: 20) { log.contains(warning) }, Comment(rawValue: log))
+        // It tries again ten times a second, and a producer it accepts but cannot carry (no
+        // descriptor for the host side) frees one: neither is said again at once.
+        #expect(!poll(seconds: 0.5) { log.components(separatedBy: warning).count > 2 }, Comment(rawValue: log))
+        #expect(log.components(separatedBy: "cannot carry a producer to the host service").count <= 2, Comment(rawValue: log))
+
+        peers.removeAll()
+        // The relay takes the peers still queued (gone: dropped at once) and is back where it was.
+        #expect(poll(seconds: 20) { descriptors() == idle }, "the relay kept \(descriptors()) descriptors, \(idle) before")
+        let guest = try Subprocess(
+            ["producer", "-d", "newcomer.source", "-n", "1"], environment: ["PERFETTO_PRODUCER_SOCK_NAME": guestSocket],
+            directory: directory.path, name: "newcomer")
+        let state = query(until: "data source newcomer.source", name: "query")
+        #expect(state.contains("data source newcomer.source"), Comment(rawValue: log))
+        guest.signal(SIGTERM)
+        _ = guest.wait()
+    }
+
     @Test func aRelayWithoutAHostSaysHowToNameOne() throws {
         var environment = self.environment
         environment["PERFETTO_RELAY_SOCK_NAME"] = ""

@@ -7,6 +7,7 @@ import Foundation
 import Glibc
 import IPCProtocol
 import IPCUnixSocket
+import Logging
 import Testing
 import TestSupport
 
@@ -36,7 +37,7 @@ final class RelayFixture {
 
     init(
         clockSyncInterval: Duration = .milliseconds(20), remoteAddress: String = "127.0.0.1:0",
-        relayTarget: @escaping (String) -> String = { $0 }
+        relayTarget: @escaping (String) -> String = { $0 }, relayLogger: Logger = .quiet
     ) throws {
         tcpAddress = remoteAddress
         self.relayTarget = relayTarget
@@ -51,6 +52,7 @@ final class RelayFixture {
         options.machineName = "guest"
         options.clockSyncInterval = clockSyncInterval
         options.reconnectPolicy = ReconnectPolicy(initialDelay: .milliseconds(10), maximumDelay: .milliseconds(50))
+        options.logger = relayLogger
         relay = try TracingRelay(
             transport: transport, producerAddresses: [relayPath], hostAddress: relayTarget(tcpAddress), options: options)
         hostClients = SystemTracingService(
@@ -305,6 +307,35 @@ struct RelayTests {
         let consumer = fixture.record(["guest.source"], expectStarted: 1) { $0.traceAllMachines = true }
         RelayFixture.expectAll(consumer.producerPackets(), "guest.source", count: 10)
         #expect(consumer.producerPackets().allSatisfy { $0.machineID == RelayFixture.guestMachineID })
+    }
+
+    @Test func aRelayThatCannotReachItsHostSaysSoOnceWhileItKeepsTrying() throws {
+        let log = LogRecord()
+        let fixture = try RelayFixture(relayLogger: log.logger)
+        fixture.run(until: { fixture.relay.hostConnectionCount == 1 })
+        let host = fixture.tcpAddress
+        fixture.host.close()
+        // 10 ms, 20 ms, then every 50 ms: some twenty attempts in a second, all refused.
+        let start = ContinuousClock.now
+        fixture.run(until: { ContinuousClock.now - start > .seconds(1) })
+        #expect(log.lines(at: .warning).count == 1, "\(log.all)")
+        #expect(log.lines(at: .warning).first?.hasPrefix("warning: lost the host service at \(host): ") == true, "\(log.all)")
+        #expect(log.lines(at: .notice).isEmpty)
+        // It was trying all along: a host on the same address is found again.
+        try fixture.startHost()
+        fixture.run(until: { fixture.relay.hostConnectionCount == 2 }, "the relay gave up")
+        #expect(log.lines(at: .warning).count == 1, "\(log.all)")
+        #expect(log.lines(at: .notice) == ["notice: reached the host service at \(host) again"], "\(log.all)")
+    }
+
+    @Test func aRepeatedWarningIsSaidOnceThenEveryIntervalWithItsCount() {
+        var warning = RepeatedWarning()
+        let start = ContinuousClock.now
+        #expect(warning.occurred(now: start) == "")
+        #expect(warning.occurred(now: start + .seconds(1)) == nil)
+        #expect(warning.occurred(now: start + .seconds(9)) == nil)
+        #expect(warning.occurred(now: start + .seconds(10)) == " (and 2 times more since it was last said)")
+        #expect(warning.occurred(now: start + .seconds(25)) == "")
     }
 
     @Test func peerIdentityCountsOnlyOnceAndOnlyAcrossMachines() throws {

@@ -1,9 +1,11 @@
 // The relay's own line to the host service (Perfetto's RelayClient): binds RelayPort, sends
 // InitRelay with this machine's system info, then keeps clocks in step with SyncClock — a PING
 // exchange, then an UPDATE exchange right after it, every `clockSyncInterval` — and connects
-// again, with a growing delay, when the host goes away.
+// again, with a growing delay, when the host goes away. It says when it loses the host and when
+// it finds it again, not at every attempt in between.
 
 import IPCProtocol
+import Logging
 
 /// A relay's RelayPort connection to the host service. Loop-bound.
 final class RelayClient {
@@ -15,6 +17,7 @@ final class RelayClient {
         var clockSyncInterval: Duration
         var reconnectPolicy: ReconnectPolicy
         var serviceVersion: String
+        var logger: Logger
     }
 
     let eventLoop: any IPCEventLoop
@@ -25,6 +28,8 @@ final class RelayClient {
     private var timer: (any ScheduledTask)?
     private var nextDelay: Duration
     private var closed = false
+    /// A warning went out since the host was last reached: further failures are not repeated.
+    private var toldUnreachable = false
 
     /// The RelayPort is bound and InitRelay went out.
     private(set) var isConnected = false
@@ -54,7 +59,8 @@ final class RelayClient {
 
     private func connect() {
         let client = IPCClient(
-            transport: transport, connectingTo: configuration.hostAddress, options: configuration.connectionOptions)
+            transport: transport, connectingTo: configuration.hostAddress, options: configuration.connectionOptions,
+            logger: configuration.logger)
         client.announcedMachineIDHint = configuration.machineIDHint
         client.announcedMachineName = configuration.machineName
         let port = Perfetto_Protos_RelayPortProxy()
@@ -64,13 +70,13 @@ final class RelayClient {
             guard let self, let port, port === self.port else { return }
             self.connected(port)
         }
-        port.onConnectionFailed = { [weak self, weak port] _ in
+        port.onConnectionFailed = { [weak self, weak port] error in
             guard let self, let port, port === self.port else { return }
-            self.ended()
+            self.ended(error, wasConnected: false)
         }
-        port.onDisconnect = { [weak self, weak port] _ in
+        port.onDisconnect = { [weak self, weak port] error in
             guard let self, let port, port === self.port else { return }
-            self.ended()
+            self.ended(error, wasConnected: true)
         }
         client.bind(port)
     }
@@ -78,6 +84,10 @@ final class RelayClient {
     private func connected(_ port: Perfetto_Protos_RelayPortProxy) {
         isConnected = true
         connectionCount += 1
+        if toldUnreachable {
+            configuration.logger.notice("reached the host service at \(configuration.hostAddress) again")
+            toldUnreachable = false
+        }
         nextDelay = configuration.reconnectPolicy.initialDelay
         var request = Perfetto_Protos_InitRelayRequest()
         request.systemInfo = MachineSystemInfo.current(serviceVersion: configuration.serviceVersion)
@@ -110,13 +120,21 @@ final class RelayClient {
         }
     }
 
-    private func ended() {
+    private func ended(_ error: IPCError, wasConnected: Bool) {
         isConnected = false
         timer?.cancel()
         timer = nil
         client = nil
         port = nil
-        guard !closed, configuration.reconnectPolicy.isEnabled else { return }
+        guard !closed else { return }
+        let retrying = configuration.reconnectPolicy.isEnabled
+        if !toldUnreachable {
+            toldUnreachable = true
+            let what = wasConnected ? "lost" : "cannot reach"
+            let next = retrying ? "; trying again until it answers" : ""
+            configuration.logger.warning("\(what) the host service at \(configuration.hostAddress): \(error.message)\(next)")
+        }
+        guard retrying else { return }
         let delay = nextDelay
         nextDelay = min(nextDelay * 2, configuration.reconnectPolicy.maximumDelay)
         timer = eventLoop.scheduleTask(after: delay) { [weak self] in

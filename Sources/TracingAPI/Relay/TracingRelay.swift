@@ -10,6 +10,7 @@
 // traced_relay in front of our service.
 
 import IPCProtocol
+import Logging
 
 /// Carries this machine's producers to a tracing service on another machine.
 ///
@@ -37,6 +38,9 @@ public final class TracingRelay: IPCListenerDelegate {
         public var hostConnectionOptions = ConnectionOptions()
         /// Tunables of the listeners producers connect to (e.g. the socket file's mode).
         public var listenerOptions = ConnectionOptions()
+        /// Where the relay says what goes wrong: producers it cannot accept (out of file
+        /// descriptors), the host service lost and found again.
+        public var logger = Logger(label: "perfetto.relay")
 
         public init() {}
     }
@@ -51,6 +55,11 @@ public final class TracingRelay: IPCListenerDelegate {
     private var relayClient: RelayClient?
     private let machineIDHint: String?
     private let machineName: String
+    /// What goes wrong with new producers, said at most every ten seconds each: a relay short of
+    /// descriptors accepts, cannot open the host side, drops that producer and accepts the next
+    /// (so the listener reports its shortage again after every accept).
+    private var acceptFailures = RepeatedWarning()
+    private var hostSideFailures = RepeatedWarning()
 
     /// Listens at every producer address and connects to the host. Loop-only.
     ///
@@ -79,7 +88,7 @@ public final class TracingRelay: IPCListenerDelegate {
                 hostAddress: hostAddress, connectionOptions: options.hostConnectionOptions,
                 machineIDHint: machineIDHint, machineName: machineName,
                 clockSyncInterval: options.clockSyncInterval, reconnectPolicy: options.reconnectPolicy,
-                serviceVersion: "swift-perfetto-ipc relay"))
+                serviceVersion: "swift-perfetto-ipc relay", logger: options.logger))
     }
 
     /// The addresses producers connect to (TCP port 0 resolved).
@@ -116,11 +125,43 @@ public final class TracingRelay: IPCListenerDelegate {
         identity.setPeerIdentity.machineName = machineName
         let relayed = RelayedConnection(
             local: connection, transport: transport, hostAddress: hostAddress, options: options.hostConnectionOptions,
-            identity: identity
+            identity: identity,
+            onHostOutcome: { [weak self] outcome in self?.hostSide(outcome) }
         ) { [weak self] closed in
             guard let self, let existing = self.carried[ObjectIdentifier(closed)], existing === closed else { return }
             self.carried[ObjectIdentifier(closed)] = nil
         }
         carried[ObjectIdentifier(relayed)] = relayed
+    }
+
+    /// Logged (at most every ten seconds): producers wait in the listen queue until descriptors
+    /// are free (those already carried go on).
+    public func listener(_ listener: any IPCListener, didFailToAccept error: IPCError) {
+        guard let repeats = acceptFailures.occurred() else { return }
+        options.logger.warning(
+            "cannot accept new producers on \(listener.address), they wait until this succeeds again: \(error.message)\(repeats)")
+    }
+
+    private func hostSide(_ outcome: Result<Void, IPCError>) {
+        guard case .failure(let error) = outcome, let repeats = hostSideFailures.occurred() else { return }
+        options.logger.warning(
+            "cannot carry a producer to the host service at \(hostAddress), it was disconnected to try again: \(error.message)\(repeats)")
+    }
+}
+
+/// A warning said once, then at most every `interval`, with how often it happened meanwhile.
+struct RepeatedWarning {
+    var interval: Duration = .seconds(10)
+    private var lastSaid: ContinuousClock.Instant?
+    private var unsaid = 0
+
+    /// Nil: stay quiet. Otherwise say it, followed by the returned text (the repeats not said).
+    mutating func occurred(now: ContinuousClock.Instant = .now) -> String? {
+        if let lastSaid, now - lastSaid < interval {
+            unsaid += 1
+            return nil
+        }
+        defer { lastSaid = now; unsaid = 0 }
+        return unsaid == 0 ? "" : " (and \(unsaid) times more since it was last said)"
     }
 }
