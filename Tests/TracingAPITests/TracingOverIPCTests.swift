@@ -552,6 +552,37 @@ struct TracingOverIPCTests {
     }
 
     @Test(arguments: TracingBinding.overIPC)
+    func aFlushIsAcknowledgedInTheCommitThatCarriesWhatTheWritersFlushed(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let producer = RecordingProducer(
+            service: world.clients, name: "flushing", dataSources: [TracingConfigs.descriptor("test.source")])
+        world.run(until: { producer.connects == 1 })
+        world.run(until: { world.core.connectedProducers.first?.dataSources.isEmpty == false })
+        var started: TraceWriter?
+        producer.onStart = { _, writer in started = writer }
+        let consumer = connectedConsumer(world)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        world.run(until: { started != nil })
+        let writer = try #require(started)
+        let endpoint = try #require(producer.endpoint as? RemoteProducerEndpoint)
+        for round in 0..<3 {
+            // In a chunk the writer still holds: only the flush sends it.
+            writer.writeTestPacket(timestamp: UInt64(round), "round \(round)")
+            world.settle()
+            let before = endpoint.commitsSent
+            var flushed: Bool?
+            consumer.endpoint.flush(timeoutMs: 2000, flags: FlushFlags()) { flushed = $0 }
+            world.run(until: { flushed != nil })
+            #expect(flushed == true)
+            world.settle()
+            #expect(endpoint.commitsSent == before + 1, "the writer's chunk and the acknowledgement travel together")
+        }
+        read(consumer, world)
+        #expect(consumer.producerPackets().map(\.timestamp) == [0, 1, 2])
+    }
+
+    @Test(arguments: TracingBinding.overIPC)
     func completedChunksWaitForTheBatchingIntervalUnlessAFlushOrHalfTheMemoryWantsThem(_ binding: TracingBinding) throws {
         let world = try binding.make()
         defer { world.tearDown() }

@@ -271,7 +271,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
         let loop = eventLoop
         let endpoint = WeakBox(self)
         let sink = SharedMemoryArbiter.Sink(
-            scheduleCommit: { [memory = WeakBox(mapping)] flushRequestID, batched, completion in
+            scheduleCommit: { [memory = WeakBox(mapping)] batched, completion in
                 loop.execute {
                     // A writer left on the memory of a lost connection must not take the
                     // pending batch of the current one: its commits go nowhere.
@@ -282,7 +282,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
                     if batched {
                         current.commitBatched()
                     } else {
-                        current.commitFromArbiter(flushRequestID: flushRequestID, completion: completion)
+                        current.commitFromArbiter(completion: completion)
                     }
                 }
             },
@@ -302,7 +302,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     /// Sends, now, the chunks and patches writers handed over that wait for the commit the
     /// arbiter queued on the loop: so a Sync, or the end of the connection, comes after them.
     private func sendWhatWritersHandedOver() {
-        commitFromArbiter(flushRequestID: nil, completion: nil)
+        commitFromArbiter(completion: nil)
     }
 
     /// A commit nothing waits on but its chunks: at most one per `commitBatchingInterval`. The
@@ -317,22 +317,21 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
                 guard let self else { return }
                 self.heldBackCommit = nil
                 self.lastBatchedCommit = ContinuousClock.now
-                self.commitFromArbiter(flushRequestID: nil, completion: nil)
+                self.commitFromArbiter(completion: nil)
             }
             return
         }
         lastBatchedCommit = now
-        commitFromArbiter(flushRequestID: nil, completion: nil)
+        commitFromArbiter(completion: nil)
     }
 
-    private func commitFromArbiter(flushRequestID: UInt64?, completion: (@Sendable () -> Void)?) {
+    private func commitFromArbiter(completion: (@Sendable () -> Void)?) {
         guard let arbiter = sharedMemoryArbiter else {
             completion?()
             return
         }
         var request = arbiter.takePendingCommit()
-        if let flushRequestID {
-            request.flushRequestID = flushRequestID
+        if request.hasFlushRequestID {
             if arbiter.emulatesSharedMemory && options.scrapesSharedMemory {
                 // The service cannot scrape our buffer: what writers finished so far comes along.
                 request.chunksToMove += arbiter.scrapeEmulatedChunks(targets: writerTargets)

@@ -41,11 +41,11 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
 
     /// Where commits and writer registrations go (the producer endpoint, on its loop).
     struct Sink: Sendable {
-        /// Runs a commit on the loop: everything pending then (``takePendingCommit()``), plus an
-        /// optional flush acknowledgement; `completion` runs once the service applied it.
+        /// Runs a commit on the loop: everything pending then (``takePendingCommit()``), flush
+        /// acknowledgements included; `completion` runs once the service applied it.
         /// `batched`: nothing waits on it but the chunks themselves, so the endpoint may hold it
-        /// back to gather more (without a flush id or completion only).
-        var scheduleCommit: @Sendable (_ flushRequestID: UInt64?, _ batched: Bool, _ completion: (@Sendable () -> Void)?) -> Void
+        /// back to gather more (without a completion only).
+        var scheduleCommit: @Sendable (_ batched: Bool, _ completion: (@Sendable () -> Void)?) -> Void
         var registerWriter: @Sendable (_ writerID: UInt16, _ targetBuffer: UInt16) -> Void
         var unregisterWriter: @Sendable (_ writerID: UInt16) -> Void
         /// Whether the caller runs on the thread that frees chunks (stalling there would hang).
@@ -54,6 +54,10 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
 
     private struct State {
         var pending = Perfetto_Protos_CommitDataRequest()
+        /// Flush acknowledgements not sent yet, oldest first: one rides on each commit (a
+        /// CommitData has room for one), so a producer that flushes its writers and then
+        /// acknowledges sends one message, as Perfetto's does, not two.
+        var pendingFlushAcks: [UInt64] = []
         /// Bytes of the completed chunks in `pending`.
         var pendingChunkBytes = 0
         var commitScheduled = ScheduledCommit.none
@@ -95,12 +99,16 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
     }
 
     /// Sends whatever is pending (completed chunks, patches) and an optional flush
-    /// acknowledgement; `completion` runs on the service's loop after the service applied it.
+    /// acknowledgement, which goes with the chunks of a commit already on its way if there is
+    /// one; `completion` runs on the service's loop after the service applied it.
     public func flushPendingCommitData(
         flushRequestID: UInt64? = nil, completion: (@Sendable () -> Void)? = nil
     ) {
-        state.withLock { $0.commitScheduled = .immediate }
-        sink.scheduleCommit(flushRequestID, false, completion)
+        state.withLock { state in
+            state.commitScheduled = .immediate
+            if let flushRequestID { state.pendingFlushAcks.append(flushRequestID) }
+        }
+        sink.scheduleCommit(false, completion)
     }
 
     // MARK: Writers' side
@@ -208,11 +216,12 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
         }
         guard schedule != .none else { return }
         // One commit carries everything queued until it runs.
-        sink.scheduleCommit(nil, schedule == .batched, nil)
+        sink.scheduleCommit(schedule == .batched, nil)
     }
 
-    /// Takes the batch queued so far: the one place pending chunks and patches leave the
-    /// arbiter, on the loop, when a scheduled commit runs.
+    /// Takes the batch queued so far and the oldest flush acknowledgement not sent: the one
+    /// place they leave the arbiter, on the loop, when a scheduled commit runs (each
+    /// acknowledgement scheduled its own, so none is left behind).
     func takePendingCommit() -> Perfetto_Protos_CommitDataRequest {
         var request = state.withLock { state in
             defer {
@@ -220,7 +229,9 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
                 state.pendingChunkBytes = 0
                 state.commitScheduled = .none
             }
-            return state.pending
+            var request = state.pending
+            if !state.pendingFlushAcks.isEmpty { request.flushRequestID = state.pendingFlushAcks.removeFirst() }
+            return request
         }
         if emulatesSharedMemory {
             // The chunks are complete, so no writer touches them: copy them out and free them.

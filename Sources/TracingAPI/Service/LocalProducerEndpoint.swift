@@ -90,7 +90,7 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         if eventLoop.inEventLoop {
             // The shared memory goes with this endpoint: what writers handed over (queued for a
             // commit that would no longer find us) and what they finished is taken now.
-            commitFromArbiter(flushRequestID: nil, completion: nil)
+            commitFromArbiter(completion: nil)
             service.scrapeSharedMemory(of: self)
         }
         let id = self.id
@@ -136,8 +136,8 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         let endpoint = UncheckedSendableBox(Weak(self))
         let sink = SharedMemoryArbiter.Sink(
             // In the service's own process a commit is a call, not a message: nothing to batch.
-            scheduleCommit: { flushRequestID, _, completion in
-                loop.execute { endpoint.value.object?.commitFromArbiter(flushRequestID: flushRequestID, completion: completion) }
+            scheduleCommit: { _, completion in
+                loop.execute { endpoint.value.object?.commitFromArbiter(completion: completion) }
             },
             registerWriter: { writer, buffer in
                 // At once on the loop: a writer created and used in one turn is known to the
@@ -215,9 +215,8 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     }
 
     /// A commit scheduled by the arbiter: picks up everything batched until now.
-    private func commitFromArbiter(flushRequestID: UInt64?, completion: (@Sendable () -> Void)?) {
-        guard var request = sharedMemoryArbiter?.takePendingCommit() else { return }
-        if let flushRequestID { request.flushRequestID = flushRequestID }
+    private func commitFromArbiter(completion: (@Sendable () -> Void)?) {
+        guard let request = sharedMemoryArbiter?.takePendingCommit() else { return }
         guard !request.chunksToMove.isEmpty || !request.chunksToPatch.isEmpty || request.hasFlushRequestID
             || completion != nil else { return }
         guard connected, let service else { return }
