@@ -33,10 +33,14 @@ let package = Package(
         // Thin wrappers for Linux calls Glibc does not import (epoll, eventfd, timerfd,
         // memfd_create, accept4, struct ucred, the CMSG macros). No logic lives here.
         .target(name: "CPerfettoIPCLinux"),
+        // Declares the Swift runtime's `swift_tryRetain`, which weak references without side
+        // tables are built on (IPCProtocol's Weak.swift).
+        .target(name: "CSwiftRuntime"),
         // The wire format, the frame codec and (later) the RPC core: backend-neutral.
         .target(
             name: "IPCProtocol",
             dependencies: [
+                "CSwiftRuntime",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
             ]

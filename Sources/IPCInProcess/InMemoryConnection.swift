@@ -15,7 +15,16 @@ import Glibc
 #endif
 
 final class InMemoryConnection: IPCConnection {
-    weak var delegate: (any IPCConnectionDelegate)?
+    /// Held weakly, without giving the delegate a side table (IPCProtocol's Weak.swift).
+    var delegate: (any IPCConnectionDelegate)? {
+        get { ObjectAnchor.load(delegateAnchor?.address) { delegateReference } }
+        set {
+            delegateAnchor = newValue.map { ObjectAnchor($0) }
+            delegateReference = newValue
+        }
+    }
+    @exclusivity(unchecked) private var delegateAnchor: ObjectAnchor?
+    @exclusivity(unchecked) private unowned(unsafe) var delegateReference: (any IPCConnectionDelegate)?
     private(set) var state: ConnectionState = .connecting
     let peer: PeerIdentity
     let loop: any IPCEventLoop

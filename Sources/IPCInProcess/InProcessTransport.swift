@@ -99,7 +99,16 @@ public final class InProcessNetwork: Sendable {
 final class InProcessListener: IPCListener {
     let name: String
     let loop: any IPCEventLoop
-    private weak var delegate: (any IPCListenerDelegate)?
+    /// Held weakly, without giving the delegate (a host) a side table (IPCProtocol's Weak.swift).
+    private var delegate: (any IPCListenerDelegate)? {
+        get { ObjectAnchor.load(delegateAnchor?.address) { delegateReference } }
+        set {
+            delegateAnchor = newValue.map { ObjectAnchor($0) }
+            delegateReference = newValue
+        }
+    }
+    @exclusivity(unchecked) private var delegateAnchor: ObjectAnchor?
+    @exclusivity(unchecked) private unowned(unsafe) var delegateReference: (any IPCListenerDelegate)?
     private let network: InProcessNetwork
     private var closed = false
     /// Applied to every accepted connection (from the listen options).
@@ -112,8 +121,8 @@ final class InProcessListener: IPCListener {
         self.name = name
         self.loop = loop
         self.network = network
-        self.delegate = delegate
         self.maxQueuedSendBytes = maxQueuedSendBytes
+        self.delegate = delegate
     }
 
     deinit { network.unregister(self) }

@@ -216,7 +216,16 @@ extension SocketConnection {
 /// Stands in for a connection whose address was unusable, so `connect` can still report the
 /// failure through the delegate on a later loop turn.
 final class FailedConnection: IPCConnection {
-    weak var delegate: (any IPCConnectionDelegate)?
+    /// Held weakly, without giving the delegate a side table (IPCProtocol's Weak.swift).
+    var delegate: (any IPCConnectionDelegate)? {
+        get { ObjectAnchor.load(delegateAnchor?.address) { delegateReference } }
+        set {
+            delegateAnchor = newValue.map { ObjectAnchor($0) }
+            delegateReference = newValue
+        }
+    }
+    @exclusivity(unchecked) private var delegateAnchor: ObjectAnchor?
+    @exclusivity(unchecked) private unowned(unsafe) var delegateReference: (any IPCConnectionDelegate)?
     var state: ConnectionState = .connecting
     let peer = PeerIdentity()
     private let loop: any IPCEventLoop

@@ -18,7 +18,16 @@ final class SocketListener: IPCListener {
     private let loop: any IPCEventLoop
     private let options: ConnectionOptions
     private let isUnixDomain: Bool
-    private weak var delegate: (any IPCListenerDelegate)?
+    /// Held weakly, without giving the delegate a side table (IPCProtocol's Weak.swift).
+    private var delegate: (any IPCListenerDelegate)? {
+        get { ObjectAnchor.load(delegateAnchor?.address) { delegateReference } }
+        set {
+            delegateAnchor = newValue.map { ObjectAnchor($0) }
+            delegateReference = newValue
+        }
+    }
+    @exclusivity(unchecked) private var delegateAnchor: ObjectAnchor?
+    @exclusivity(unchecked) private unowned(unsafe) var delegateReference: (any IPCListenerDelegate)?
     private var fd: Int32
     private var watch: (any FileDescriptorWatch)?
     private let socketFile: String?

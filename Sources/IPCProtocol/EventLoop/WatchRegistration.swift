@@ -6,7 +6,9 @@ package final class WatchRegistration<Loop: AnyObject>: FileDescriptorWatch {
     package let id: UInt64
     package let fd: Int32
     package private(set) var events: FileDescriptorEvents
-    private weak var loop: Loop?
+    /// Weak without a side table for the loop (Weak.swift): every task posted retains it.
+    private let loopAnchor: ObjectAnchor
+    private var loop: Loop? { ObjectAnchor.load(loopAnchor.address) }
     private var handler: ((FileDescriptorEvents) -> Void)?
     private let applyEvents: (Loop, WatchRegistration) -> Void
     private let remove: (Loop, WatchRegistration) -> Void
@@ -21,7 +23,7 @@ package final class WatchRegistration<Loop: AnyObject>: FileDescriptorWatch {
         self.id = id
         self.fd = fd
         self.events = events
-        self.loop = loop
+        self.loopAnchor = ObjectAnchor(loop)
         self.handler = handler
         self.applyEvents = applyEvents
         self.remove = remove

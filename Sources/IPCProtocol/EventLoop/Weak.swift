@@ -1,15 +1,69 @@
-// A weak reference as a value: for tables and posted tasks that must not keep an object alive.
+// Weak references for the objects every call goes through (clients, hosts, proxies,
+// connections, loops), without Swift's `weak`.
+//
+// A `weak` reference gives its object a side table, and from then on every retain and release
+// of that object takes the runtime's slow path: for the objects on a call's path, about a sixth
+// of an in-memory call. These hold an unowned reference instead, which keeps only the object's
+// memory alive (no side table), and load the object by asking the runtime to retain it unless
+// it has begun to deinitialize (`swift_tryRetain`): a weak load, with the same answers, from
+// any thread. What it costs: an object that is gone keeps its memory (not its fields) until
+// the last reference to it goes.
+//
+// * Loads read only `address`: copying an anchor would retain and release its unowned part.
+// * The unowned reference is never Optional ("no object" is a nil anchor): with Swift 6.3.1 a
+//   struct holding an `unowned(safe) var x: AnyObject?` loses its enum layout, and a Dictionary
+//   lookup of a missing key returns a value instead of nil (WeakTests checks both).
 
-/// Holds `object` weakly.
+import CSwiftRuntime
+
+/// The memory of an object, kept without keeping the object alive, and its address.
+package struct ObjectAnchor {
+    private unowned(safe) let anchor: AnyObject
+    /// Where the object is. Read this, not the anchor, to load it.
+    package let address: UnsafeMutableRawPointer
+
+    package init(_ object: AnyObject) {
+        anchor = object
+        address = Unmanaged.passUnretained(object).toOpaque()
+    }
+
+    /// The object at `address`, retained, or nil if there is none or it has begun to
+    /// deinitialize. `address` must come from an anchor that is still held.
+    @inline(__always)
+    package static func load<Object: AnyObject>(_ address: UnsafeMutableRawPointer?, as type: Object.Type = Object.self)
+        -> Object?
+    {
+        guard let address, swift_tryRetain(address) != nil else { return nil }
+        return Unmanaged<Object>.fromOpaque(address).takeRetainedValue()
+    }
+
+    /// `read()` while the object at `address` is held, or nil if it is gone or going. For a
+    /// reference kept `unowned(unsafe)` beside the anchor (a delegate, whose type is an
+    /// existential): `read` copies it, which is safe while the object is held.
+    @inline(__always)
+    package static func load<Value>(_ address: UnsafeMutableRawPointer?, _ read: () -> Value?) -> Value? {
+        guard let address, swift_tryRetain(address) != nil else { return nil }
+        defer { Unmanaged<AnyObject>.fromOpaque(address).release() }
+        return read()
+    }
+}
+
+/// Holds `object` weakly: nil once it has begun to deinitialize.
 package struct Weak<Object: AnyObject> {
-    package weak var object: Object?
-    package init(_ object: Object?) { self.object = object }
+    private var anchor: ObjectAnchor?
+    package init(_ object: Object?) { anchor = object.map { ObjectAnchor($0) } }
+
+    package var object: Object? {
+        @inline(__always) get { ObjectAnchor.load(anchor?.address) }
+        set { anchor = newValue.map { ObjectAnchor($0) } }
+    }
 }
 
 /// A weak reference in a box of its own, for a task that is made once and posted many times:
-/// reading it is one weak load, where a ``Weak`` captured by value is copied on every run.
+/// reading it is one load, where a ``Weak`` captured by value is copied on every run.
 /// Unchecked Sendable like ``UncheckedSendableBox``: the object is only used on its loop.
 package final class WeakBox<Object: AnyObject>: @unchecked Sendable {
-    package weak var object: Object?
-    package init(_ object: Object?) { self.object = object }
+    private let anchor: ObjectAnchor?
+    package init(_ object: Object?) { anchor = object.map { ObjectAnchor($0) } }
+    package var object: Object? { ObjectAnchor.load(anchor?.address) }
 }

@@ -24,9 +24,12 @@ import Darwin
 /// One proxy's direct connection to one service of a host. Loop-bound.
 @usableFromInline
 final class DirectServiceBinding {
-    private weak var host: IPCHost?
+    /// Weak without side tables for the host and the proxy (Weak.swift).
+    private let hostAnchor: ObjectAnchor
+    private var host: IPCHost? { ObjectAnchor.load(hostAnchor.address) }
     /// Told when the binding ends; never read per call.
-    private weak var proxy: ServiceProxy?
+    private let proxyAnchor: ObjectAnchor
+    private var proxy: ServiceProxy? { ObjectAnchor.load(proxyAnchor.address) }
     @usableFromInline let service: any IPCService
     let clientInfo: IPCClientInfo
     @usableFromInline let loop: any IPCEventLoop
@@ -66,8 +69,8 @@ final class DirectServiceBinding {
     }
 
     init(host: IPCHost, service: any IPCService, proxy: ServiceProxy, clientInfo: IPCClientInfo) {
-        self.host = host
-        self.proxy = proxy
+        hostAnchor = ObjectAnchor(host)
+        proxyAnchor = ObjectAnchor(proxy)
         proxyID = ObjectIdentifier(proxy)
         self.service = service
         self.clientInfo = clientInfo

@@ -34,7 +34,12 @@ open class ServiceProxy: @unchecked Sendable {
     /// The connection ended after a successful bind. Outstanding calls were rejected first.
     public var onDisconnect: ((IPCError) -> Void)?
 
-    weak var client: IPCClient?
+    /// Held weakly (Weak.swift: no side table for the client, whose every call passes here).
+    var client: IPCClient? {
+        get { ObjectAnchor.load(clientAnchor?.address) }
+        set { clientAnchor = newValue.map { ObjectAnchor($0) } }
+    }
+    @exclusivity(unchecked) private var clientAnchor: ObjectAnchor?
     /// Set when bound through the direct short circuit instead of frames.
     @usableFromInline var directBinding: DirectServiceBinding?
     private let loop = ThreadLock<(any IPCEventLoop)?>(nil)
