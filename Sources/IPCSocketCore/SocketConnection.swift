@@ -24,7 +24,8 @@ import IPCProtocol
 
 /// A connection over a POSIX stream socket.
 final class SocketConnection: IPCConnection {
-    /// Held weakly, without giving the delegate a side table (IPCProtocol's Weak.swift).
+    /// Held weakly, without giving the delegate a side table (IPCProtocol's Weak.swift; the
+    /// connection's own handlers hold it the same way, so it has none either).
     var delegate: (any IPCConnectionDelegate)? {
         get { ObjectAnchor.load(delegateAnchor?.address) { delegateReference } }
         set {
@@ -96,7 +97,7 @@ final class SocketConnection: IPCConnection {
         if let watch {
             watch.setEvents(watchedEvents)
         } else {
-            watch = try loop.watch(fd, for: watchedEvents) { [weak self] ready in self?.handle(ready) }
+            watch = try loop.watch(fd, for: watchedEvents) { [this = Weak(self)] ready in this.object?.handle(ready) }
         }
     }
 
@@ -114,7 +115,7 @@ final class SocketConnection: IPCConnection {
 
     /// Watches a connecting socket for the end of its non-blocking connect.
     func awaitConnectCompletion() throws(IPCError) {
-        watch = try loop.watch(fd, for: .writable) { [weak self] ready in self?.handle(ready) }
+        watch = try loop.watch(fd, for: .writable) { [this = Weak(self)] ready in this.object?.handle(ready) }
     }
 
     func close() {
@@ -144,8 +145,8 @@ final class SocketConnection: IPCConnection {
     private func fail(_ error: IPCError?, deferred: Bool) {
         let wasConnecting = state == .connecting
         guard tearDown() else { return }
-        let report: () -> Void = { [weak self] in
-            guard let self, let delegate = self.delegate else { return }
+        let report: () -> Void = { [this = Weak(self)] in
+            guard let self = this.object, let delegate = self.delegate else { return }
             if wasConnecting {
                 delegate.connection(self, didFailToConnect: error ?? IPCError(.connectionFailed, "connection failed", address: self.address))
             } else {
@@ -299,8 +300,8 @@ final class SocketConnection: IPCConnection {
         if wasEmpty {
             if !edgeTriggered { watch?.setEvents(watchedEvents) }
             let timeout = options.sendTimeout
-            sendDeadline = loop.scheduleTask(after: timeout) { [weak self] in
-                guard let self, !self.sendQueue.isEmpty else { return }
+            sendDeadline = loop.scheduleTask(after: timeout) { [this = Weak(self)] in
+                guard let self = this.object, !self.sendQueue.isEmpty else { return }
                 self.fail(
                     IPCError(.sendTimeout, "peer did not read \(self.sendQueue.byteCount) queued bytes within \(timeout)", address: self.address),
                     deferred: false)
