@@ -17,14 +17,10 @@ import Glibc
 final class InMemoryConnection: IPCConnection {
     /// Held weakly, without giving the delegate a side table (IPCProtocol's Weak.swift).
     var delegate: (any IPCConnectionDelegate)? {
-        get { ObjectAnchor.load(delegateAnchor?.address) { delegateReference } }
-        set {
-            delegateAnchor = newValue.map { ObjectAnchor($0) }
-            delegateReference = newValue
-        }
+        get { delegateStorage.delegate }
+        set { delegateStorage.delegate = newValue }
     }
-    @exclusivity(unchecked) private var delegateAnchor: ObjectAnchor?
-    @exclusivity(unchecked) private unowned(unsafe) var delegateReference: (any IPCConnectionDelegate)?
+    private let delegateStorage = WeakConnectionDelegate()
     private(set) var state: ConnectionState = .connecting
     let peer: PeerIdentity
     let loop: any IPCEventLoop

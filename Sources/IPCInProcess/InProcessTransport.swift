@@ -101,14 +101,10 @@ final class InProcessListener: IPCListener {
     let loop: any IPCEventLoop
     /// Held weakly, without giving the delegate (a host) a side table (IPCProtocol's Weak.swift).
     private var delegate: (any IPCListenerDelegate)? {
-        get { ObjectAnchor.load(delegateAnchor?.address) { delegateReference } }
-        set {
-            delegateAnchor = newValue.map { ObjectAnchor($0) }
-            delegateReference = newValue
-        }
+        get { delegateStorage.delegate }
+        set { delegateStorage.delegate = newValue }
     }
-    @exclusivity(unchecked) private var delegateAnchor: ObjectAnchor?
-    @exclusivity(unchecked) private unowned(unsafe) var delegateReference: (any IPCListenerDelegate)?
+    private let delegateStorage = WeakListenerDelegate()
     private let network: InProcessNetwork
     private var closed = false
     /// Applied to every accepted connection (from the listen options).

@@ -27,14 +27,10 @@ final class SocketConnection: IPCConnection {
     /// Held weakly, without giving the delegate a side table (IPCProtocol's Weak.swift; the
     /// connection's own handlers hold it the same way, so it has none either).
     var delegate: (any IPCConnectionDelegate)? {
-        get { ObjectAnchor.load(delegateAnchor?.address) { delegateReference } }
-        set {
-            delegateAnchor = newValue.map { ObjectAnchor($0) }
-            delegateReference = newValue
-        }
+        get { delegateStorage.delegate }
+        set { delegateStorage.delegate = newValue }
     }
-    @exclusivity(unchecked) private var delegateAnchor: ObjectAnchor?
-    @exclusivity(unchecked) private unowned(unsafe) var delegateReference: (any IPCConnectionDelegate)?
+    private let delegateStorage = WeakConnectionDelegate()
     private(set) var state: ConnectionState
     private(set) var peer = PeerIdentity()
 

@@ -18,16 +18,12 @@ final class SocketListener: IPCListener {
     private let loop: any IPCEventLoop
     private let options: ConnectionOptions
     private let isUnixDomain: Bool
-    /// Held weakly, without giving the delegate a side table (IPCProtocol's Weak.swift).
+    /// Held weakly, without giving the delegate (a host) a side table (IPCProtocol's Weak.swift).
     private var delegate: (any IPCListenerDelegate)? {
-        get { ObjectAnchor.load(delegateAnchor?.address) { delegateReference } }
-        set {
-            delegateAnchor = newValue.map { ObjectAnchor($0) }
-            delegateReference = newValue
-        }
+        get { delegateStorage.delegate }
+        set { delegateStorage.delegate = newValue }
     }
-    @exclusivity(unchecked) private var delegateAnchor: ObjectAnchor?
-    @exclusivity(unchecked) private unowned(unsafe) var delegateReference: (any IPCListenerDelegate)?
+    private let delegateStorage = WeakListenerDelegate()
     private var fd: Int32
     private var watch: (any FileDescriptorWatch)?
     private let socketFile: String?

@@ -67,3 +67,38 @@ package final class WeakBox<Object: AnyObject>: @unchecked Sendable {
     package init(_ object: Object?) { anchor = object.map { ObjectAnchor($0) } }
     package var object: Object? { ObjectAnchor.load(anchor?.address) }
 }
+
+/// A connection's delegate, held weakly without a side table: what connections store, so that
+/// the clients and hosts they deliver to keep fast reference counting. Loop-bound.
+package final class WeakConnectionDelegate {
+    @exclusivity(unchecked) private var anchor: ObjectAnchor?
+    /// Copied only while `anchor`'s object is held (a delegate's type is an existential, which
+    /// `Weak` cannot hold).
+    @exclusivity(unchecked) private unowned(unsafe) var reference: (any IPCConnectionDelegate)?
+
+    package init() {}
+
+    package var delegate: (any IPCConnectionDelegate)? {
+        get { ObjectAnchor.load(anchor?.address) { reference } }
+        set {
+            anchor = newValue.map { ObjectAnchor($0) }
+            reference = newValue
+        }
+    }
+}
+
+/// A listener's delegate (a host), held like ``WeakConnectionDelegate``. Loop-bound.
+package final class WeakListenerDelegate {
+    @exclusivity(unchecked) private var anchor: ObjectAnchor?
+    @exclusivity(unchecked) private unowned(unsafe) var reference: (any IPCListenerDelegate)?
+
+    package init() {}
+
+    package var delegate: (any IPCListenerDelegate)? {
+        get { ObjectAnchor.load(anchor?.address) { reference } }
+        set {
+            anchor = newValue.map { ObjectAnchor($0) }
+            reference = newValue
+        }
+    }
+}
