@@ -18,13 +18,22 @@ final class RelayProcessTests: TraceboxFixture {
     /// bits of FNV-1a-64, as Perfetto's traced derives it (computed outside this project).
     static let guestMachineID: UInt32 = 2_558_014_163
 
-    @Test func aGuestsProducerIsRecordedThroughTheRelayWithItsMachine() throws {
+    /// The host: `tracebox traced` on the unix socket and on a TCP port for relays, with the
+    /// relay endpoint on. Returns it and its TCP address.
+    private func startHost() throws -> (Subprocess, String) {
         let service = try startService(["--producer-socket", producerSocket + ",127.0.0.1:0", "--enable-relay-endpoint"])
+        let tcp = service.standardOutput.split(separator: ",").first { $0.hasPrefix("127.0.0.1:") }?
+            .prefix { $0 != " " }.description
+        if tcp == nil {
+            service.signal(SIGTERM)
+            service.wait()
+        }
+        return (service, try #require(tcp, "traced did not say its TCP address: \(service.standardOutput)"))
+    }
+
+    @Test func aGuestsProducerIsRecordedThroughTheRelayWithItsMachine() throws {
+        let (service, tcp) = try startHost()
         defer { service.signal(SIGTERM); service.wait() }
-        let tcp = try #require(
-            service.standardOutput.split(separator: ",").first { $0.hasPrefix("127.0.0.1:") }?
-                .prefix { $0 != " " }.description,
-            "traced did not say its TCP address: \(service.standardOutput)")
 
         let guestSocket = directory.path + "/guest-producer.sock"
         let relay = try start(
@@ -72,12 +81,8 @@ final class RelayProcessTests: TraceboxFixture {
     }
 
     @Test func aRelayOutOfDescriptorsSaysSoOnceAndCarriesNewcomersWhenSomeAreFree() throws {
-        let service = try startService(["--producer-socket", producerSocket + ",127.0.0.1:0", "--enable-relay-endpoint"])
+        let (service, tcp) = try startHost()
         defer { service.signal(SIGTERM); service.wait() }
-        let tcp = try #require(
-            service.standardOutput.split(separator: ",").first { $0.hasPrefix("127.0.0.1:") }?
-                .prefix { $0 != " " }.description,
-            "traced did not say its TCP address: \(service.standardOutput)")
         // 40 descriptors: each producer carried costs the relay two (its own and the host's).
         let guestSocket = directory.path + "/guest-producer.sock"
         let relay = try start(
