@@ -25,17 +25,20 @@ extension IPCBackend {
 
 extension InProcessNetwork: IPCDirectRegistry {
     public func registerDirectHost(_ host: IPCHost, name: String) throws(IPCError) {
+        var holder: IPCHost?  // released after the lock: a host's deinit takes the lock
         let taken = directHosts.withLock { table -> Bool in
-            if table[name]?.object != nil { return true }
+            holder = table[name]?.object
+            if holder != nil { return true }
             table[name] = Weak(host)
             return false
         }
+        holder = nil
         if taken { throw IPCError(.addressInUse, "a direct host already uses \"\(name)\"", address: name) }
     }
 
     public func unregisterDirectHost(_ host: IPCHost, name: String) {
         directHosts.withLock { table in
-            if table[name]?.object === host || table[name]?.object == nil { table[name] = nil }
+            if table[name]?.refers(to: host) == true { table[name] = nil }
         }
     }
 

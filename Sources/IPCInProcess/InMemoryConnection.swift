@@ -169,10 +169,11 @@ final class InMemoryConnection: IPCConnection {
             .sendQueueFull,
             "peer is not reading: \(queued) bytes would be queued, the limit is \(maxQueuedSendBytes)",
             address: address)
-        let delegate = self.delegate  // close() forgets it
+        let delegate = WeakConnectionDelegate()  // close() forgets ours
+        delegate.delegate = self.delegate
         close()
-        let report: () -> Void = { [token, weak delegate] in
-            guard let connection = token.connection, let delegate else { return }
+        let report: () -> Void = { [token] in
+            guard let connection = token.connection, let delegate = delegate.delegate else { return }
             delegate.connection(connection, didDisconnect: error)
         }
         let unchecked = UncheckedSendableBox(report)

@@ -73,19 +73,24 @@ public final class InProcessNetwork: Sendable {
     public static let shared = InProcessNetwork()
 
     func register(_ listener: InProcessListener) throws(IPCError) {
+        var holder: InProcessListener?  // released after the lock: its deinit takes the lock
         let taken = listeners.withLock { table -> Bool in
-            if table[listener.name]?.object != nil { return true }
+            holder = table[listener.name]?.object
+            if holder != nil { return true }
             table[listener.name] = Weak(listener)
             return false
         }
+        holder = nil
         if taken {
             throw IPCError(.addressInUse, "an in-process listener already uses \"\(listener.name)\"", address: listener.name)
         }
     }
 
+    /// Called from the listener's deinit (where the entry's reference already reads nil): the
+    /// entry goes, and the listener's memory it kept with it.
     func unregister(_ listener: InProcessListener) {
         listeners.withLock { table in
-            if table[listener.name]?.object === listener { table[listener.name] = nil }
+            if table[listener.name]?.refers(to: listener) == true { table[listener.name] = nil }
         }
     }
 

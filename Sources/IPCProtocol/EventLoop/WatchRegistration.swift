@@ -7,8 +7,8 @@ package final class WatchRegistration<Loop: AnyObject>: FileDescriptorWatch {
     package let fd: Int32
     package private(set) var events: FileDescriptorEvents
     /// Weak without a side table for the loop (Weak.swift): every task posted retains it.
-    private let loopAnchor: ObjectAnchor
-    private var loop: Loop? { ObjectAnchor.load(loopAnchor.address) }
+    private let loopReference: Weak<Loop>
+    private var loop: Loop? { loopReference.object }
     private var handler: ((FileDescriptorEvents) -> Void)?
     private let applyEvents: (Loop, WatchRegistration) -> Void
     private let remove: (Loop, WatchRegistration) -> Void
@@ -23,7 +23,7 @@ package final class WatchRegistration<Loop: AnyObject>: FileDescriptorWatch {
         self.id = id
         self.fd = fd
         self.events = events
-        self.loopAnchor = ObjectAnchor(loop)
+        self.loopReference = Weak(loop)
         self.handler = handler
         self.applyEvents = applyEvents
         self.remove = remove

@@ -5,14 +5,20 @@
 // of that object takes the runtime's slow path: for the objects on a call's path, about a sixth
 // of an in-memory call. These hold an unowned reference instead, which keeps only the object's
 // memory alive (no side table), and load the object by asking the runtime to retain it unless
-// it has begun to deinitialize (`swift_tryRetain`): a weak load, with the same answers, from
-// any thread. What it costs: an object that is gone keeps its memory (not its fields) until
-// the last reference to it goes.
+// it has begun to deinitialize (`swift_tryRetain`): a weak load, with the same answers, even
+// while the object's last strong reference goes on another thread. What it costs: an object
+// that is gone keeps its memory (not its fields) until the last anchor to it goes.
 //
+// * A reference is read and written like any variable: not written on one thread while read
+//   on another (with these, that would be a use after free, not only a wrong answer). The
+//   ones in the IPC core are loop-bound, or behind a lock.
 // * Loads read only `address`: copying an anchor would retain and release its unowned part.
-// * The unowned reference is never Optional ("no object" is a nil anchor): with Swift 6.3.1 a
-//   struct holding an `unowned(safe) var x: AnyObject?` loses its enum layout, and a Dictionary
-//   lookup of a missing key returns a value instead of nil (WeakTests checks both).
+// * No unowned reference here is Optional ("no object" is a nil anchor). With Swift 6.3.1, an
+//   Optional unowned or unowned(unsafe) reference (to a class or an existential) inside a
+//   struct or an enum payload breaks the enum layout around it: a Dictionary lookup of a
+//   missing key returns a value, and Optionals made in generic code read wrong in specialized
+//   code (WeakTests). The delegate boxes below keep theirs in a class, which is not affected;
+//   never move it into a struct.
 
 import CSwiftRuntime
 
@@ -28,7 +34,8 @@ package struct ObjectAnchor {
     }
 
     /// The object at `address`, retained, or nil if there is none or it has begun to
-    /// deinitialize. `address` must come from an anchor that is still held.
+    /// deinitialize. `address` must come from an anchor that is held, and not written by
+    /// another thread, until this returns.
     @inline(__always)
     package static func load<Object: AnyObject>(_ address: UnsafeMutableRawPointer?, as type: Object.Type = Object.self)
         -> Object?
@@ -43,8 +50,14 @@ package struct ObjectAnchor {
     @inline(__always)
     package static func load<Value>(_ address: UnsafeMutableRawPointer?, _ read: () -> Value?) -> Value? {
         guard let address, swift_tryRetain(address) != nil else { return nil }
-        defer { Unmanaged<AnyObject>.fromOpaque(address).release() }
-        return read()
+        let held = Unmanaged<AnyObject>.fromOpaque(address).takeRetainedValue()
+        return withExtendedLifetime(held) { read() }
+    }
+
+    /// Whether this anchors `object` (no retain: the anchor keeps the address from being
+    /// reused, so it names the same object even once that object is gone).
+    package func refers(to object: AnyObject) -> Bool {
+        address == Unmanaged.passUnretained(object).toOpaque()
     }
 }
 
@@ -54,8 +67,16 @@ package struct Weak<Object: AnyObject> {
     package init(_ object: Object?) { anchor = object.map { ObjectAnchor($0) } }
 
     package var object: Object? {
-        @inline(__always) get { ObjectAnchor.load(anchor?.address) }
+        @inline(__always) get { withExtendedLifetime(anchor) { ObjectAnchor.load(anchor?.address) } }
         set { anchor = newValue.map { ObjectAnchor($0) } }
+    }
+
+    /// Whether this references `object`, gone or not, without retaining anything: for a table
+    /// entry an object removes in its own deinit, where ``object`` already reads nil (and where
+    /// a load under the table's lock could end up releasing the last reference to another
+    /// object, whose deinit would take the same lock).
+    package func refers(to object: AnyObject) -> Bool {
+        anchor?.refers(to: object) ?? false
     }
 }
 
@@ -65,7 +86,7 @@ package struct Weak<Object: AnyObject> {
 package final class WeakBox<Object: AnyObject>: @unchecked Sendable {
     private let anchor: ObjectAnchor?
     package init(_ object: Object?) { anchor = object.map { ObjectAnchor($0) } }
-    package var object: Object? { ObjectAnchor.load(anchor?.address) }
+    package var object: Object? { withExtendedLifetime(anchor) { ObjectAnchor.load(anchor?.address) } }
 }
 
 /// A connection's delegate, held weakly without a side table: what connections store, so that

@@ -25,11 +25,11 @@ import Darwin
 @usableFromInline
 final class DirectServiceBinding {
     /// Weak without side tables for the host and the proxy (Weak.swift).
-    private let hostAnchor: ObjectAnchor
-    private var host: IPCHost? { ObjectAnchor.load(hostAnchor.address) }
+    private let hostReference: Weak<IPCHost>
+    private var host: IPCHost? { hostReference.object }
     /// Told when the binding ends; never read per call.
-    private let proxyAnchor: ObjectAnchor
-    private var proxy: ServiceProxy? { ObjectAnchor.load(proxyAnchor.address) }
+    private let proxyReference: Weak<ServiceProxy>
+    private var proxy: ServiceProxy? { proxyReference.object }
     @usableFromInline let service: any IPCService
     let clientInfo: IPCClientInfo
     @usableFromInline let loop: any IPCEventLoop
@@ -69,8 +69,8 @@ final class DirectServiceBinding {
     }
 
     init(host: IPCHost, service: any IPCService, proxy: ServiceProxy, clientInfo: IPCClientInfo) {
-        hostAnchor = ObjectAnchor(host)
-        proxyAnchor = ObjectAnchor(proxy)
+        hostReference = Weak(host)
+        proxyReference = Weak(proxy)
         proxyID = ObjectIdentifier(proxy)
         self.service = service
         self.clientInfo = clientInfo

@@ -26,23 +26,29 @@ struct WeakTests {
 
     final class Probe {
         var reference: Weak<SelfLookup>?
-        var seenInDeinit: Bool?
+        var loadedInDeinit: Bool?
+        var referredToInDeinit: Bool?
     }
     final class SelfLookup {
         let probe: Probe
         init(_ probe: Probe) { self.probe = probe }
         // As an in-process listener unregisters itself: by looking itself up.
-        deinit { probe.seenInDeinit = probe.reference?.object != nil }
+        deinit {
+            probe.loadedInDeinit = probe.reference?.object != nil
+            probe.referredToInDeinit = probe.reference?.refers(to: self)
+        }
     }
 
-    @Test func anObjectLooksGoneFromItsOwnDeinitAsWithWeak() {
+    @Test func anObjectLooksGoneFromItsOwnDeinitButCanStillFindItsEntry() {
         let probe = Probe()
         do {
             let object = SelfLookup(probe)
             probe.reference = Weak(object)
             #expect(probe.reference?.object === object)
+            #expect(probe.reference?.refers(to: SelfLookup(Probe())) == false)
         }
-        #expect(probe.seenInDeinit == false)
+        #expect(probe.loadedInDeinit == false, "a load in deinit is nil, as a weak load is")
+        #expect(probe.referredToInDeinit == true, "the entry still names it, for removal")
     }
 
     @Test func aMissingKeyIsNilAndAPresentOneIsNot() {
@@ -59,6 +65,18 @@ struct WeakTests {
         anchors["kept"] = ObjectAnchor(target)
         #expect(anchors["missing"] == nil)
         #expect(anchors["kept"]?.address == Unmanaged.passUnretained(target).toOpaque())
+    }
+
+    /// Made in unspecialized generic code, read in code that knows the type.
+    @_optimize(none)
+    static func nothing<Object: AnyObject>(_: Object.Type) -> Weak<Object>? { nil }
+    @_optimize(none)
+    static func emptyReference<Object: AnyObject>(_: Object.Type) -> Weak<Object>? { Weak(nil) }
+
+    @Test func optionalsMadeInGenericCodeReadTheSameInConcreteCode() {
+        #expect(Self.nothing(Target.self) == nil)
+        let empty = Self.emptyReference(Target.self)
+        #expect(empty != nil && empty?.object == nil)
     }
 
     final class Holder: @unchecked Sendable {
