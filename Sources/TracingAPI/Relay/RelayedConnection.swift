@@ -34,8 +34,8 @@ final class RelayedConnection: IPCConnectionDelegate {
     private var remoteConnected = false
     private(set) var isClosed = false
     private let onClose: (RelayedConnection) -> Void
-    /// Told once whether the host side could be made.
-    private let onHostOutcome: (Result<Void, IPCError>) -> Void
+    /// Told when the host side could not be made (the producer is then dropped).
+    private let onHostUnreachable: (IPCError) -> Void
     private var drainTask: (any ScheduledTask)?
 
     /// Bytes carried each way, for diagnostics and tests.
@@ -44,13 +44,13 @@ final class RelayedConnection: IPCConnectionDelegate {
 
     init(
         local: any IPCConnection, transport: any IPCTransport, hostAddress: String, options: ConnectionOptions,
-        identity: IPCFrame, onHostOutcome: @escaping (Result<Void, IPCError>) -> Void,
+        identity: IPCFrame, onHostUnreachable: @escaping (IPCError) -> Void,
         onClose: @escaping (RelayedConnection) -> Void
     ) {
         self.local = local
         self.eventLoop = transport.eventLoop
         self.onClose = onClose
-        self.onHostOutcome = onHostOutcome
+        self.onHostUnreachable = onHostUnreachable
         localSpace = .allocate(byteCount: 64 * 1024, alignment: 16)
         remoteSpace = .allocate(byteCount: 64 * 1024, alignment: 16)
         // Queued before anything of the producer's: the host takes only the first one.
@@ -85,14 +85,13 @@ final class RelayedConnection: IPCConnectionDelegate {
     func connectionDidConnect(_ connection: any IPCConnection) {
         guard connection === remote, !isClosed else { return }
         remoteConnected = true
-        onHostOutcome(.success(()))
         let pending = pendingForRemote
         pendingForRemote = []
         if !pending.isEmpty, !connection.send(owning: pending, range: 0..<pending.count, fd: nil) { close() }
     }
 
     func connection(_ connection: any IPCConnection, didFailToConnect error: IPCError) {
-        if connection === remote, !isClosed { onHostOutcome(.failure(error)) }
+        if connection === remote, !isClosed { onHostUnreachable(error) }
         close()
     }
 

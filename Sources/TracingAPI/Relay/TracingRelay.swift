@@ -126,7 +126,7 @@ public final class TracingRelay: IPCListenerDelegate {
         let relayed = RelayedConnection(
             local: connection, transport: transport, hostAddress: hostAddress, options: options.hostConnectionOptions,
             identity: identity,
-            onHostOutcome: { [weak self] outcome in self?.hostSide(outcome) }
+            onHostUnreachable: { [weak self] error in self?.hostUnreachable(error) }
         ) { [weak self] closed in
             guard let self, let existing = self.carried[ObjectIdentifier(closed)], existing === closed else { return }
             self.carried[ObjectIdentifier(closed)] = nil
@@ -142,8 +142,8 @@ public final class TracingRelay: IPCListenerDelegate {
             "cannot accept new producers on \(listener.address), they wait until this succeeds again: \(error.message)\(repeats)")
     }
 
-    private func hostSide(_ outcome: Result<Void, IPCError>) {
-        guard case .failure(let error) = outcome, let repeats = hostSideFailures.occurred() else { return }
+    private func hostUnreachable(_ error: IPCError) {
+        guard let repeats = hostSideFailures.occurred() else { return }
         options.logger.warning(
             "cannot carry a producer to the host service at \(hostAddress), it was disconnected to try again: \(error.message)\(repeats)")
     }
