@@ -7,6 +7,10 @@
 #   static    --static-swift-stdlib
 #   static+   --static-swift-stdlib, linked by lld with packed relative relocations (DT_RELR,
 #             glibc >= 2.36): the relocation table is not paged in at start
+#   exe       -static-executable: one file, glibc and libstdc++ linked in too, not position
+#             independent (no relocations at start). Name lookups of TCP addresses still load
+#             glibc's NSS modules at run time (the linker warns about getaddrinfo); numeric
+#             addresses and unix sockets need nothing besides the binary.
 # With a Perfetto build of Benchmarks/PerfettoCppEcho (scripts/perfetto-cpp-echo.sh), its C++ host
 # is measured beside them.
 #
@@ -52,10 +56,12 @@ dynamic=$(build .build)
 static=$(build .build-static --static-swift-stdlib)
 packed=$(build .build-static-packed --static-swift-stdlib -Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld \
   -Xlinker -z -Xlinker pack-relative-relocs)
+executable=$(build .build-static-executable -Xswiftc -static-executable)
 printf '%-10s %9s %9s %9s %11s %12s\n' build host_kB anon_kB file_kB client_kB stripped_B
 measure dynamic "$dynamic"
 measure static "$static"
 measure static+ "$packed"
+measure exe "$executable"
 if [ -n "$perfetto" ]; then
   theirs=$perfetto/out/swift_pfecho/pf_ipc_echo
   "$theirs" serve --socket "$work/pf.sock" >/dev/null & host=$!; pids+=($host)

@@ -5,6 +5,9 @@
 //   minimal-echo serve /tmp/echo.sock     serves EchoService until killed
 //   minimal-echo call /tmp/echo.sock      one Echo call; prints the reply's data; stays up
 //                                          with --idle (to be measured) until killed
+//
+// Smallest as one static executable (6.4 MB resident idle here, BENCHMARKS.md):
+//   swift build -c release --product minimal-echo -Xswiftc -static-executable
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
