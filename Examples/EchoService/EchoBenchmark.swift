@@ -187,7 +187,7 @@ private final class UncheckedBenchmarkBox: @unchecked Sendable {
         if self.run == nil {
             self.run = run
             // Unowned: the box outlives the run (the caller waits for `done`, then drops both).
-            onReply = { [unowned self] result in self.replied(result) }
+            onReply = { [unowned(unsafe) self] result in self.replied(result) }
         }
         guard run.issued < run.warmup + run.iterations else {
             onReply = nil

@@ -9,9 +9,10 @@
 //
 // Why it looks the way it does: a Deferred is made for every call, so it is the one object a
 // call allocates on the service side. Hosts and direct bindings attach their bookkeeping as a
-// target case (no closure, no sink object, no generic protocol), and the hot methods are
-// `@inlinable` so that generated code, which knows `Message`, runs them specialized: no
-// generic-metadata lookups per call.
+// route with its fields (no closure, no sink object, no generic protocol), the fields' layout
+// does not depend on `Message` (so the unspecialized deinit needs no metadata), and the hot
+// methods are `@inlinable` so that generated code, which knows `Message`, runs them
+// specialized: no generic-metadata lookups per call.
 
 import SwiftProtobuf
 
@@ -19,47 +20,65 @@ import SwiftProtobuf
 ///
 /// Loop-bound: use it on the loop of the host or client it came from.
 public final class Deferred<Message> {
-    /// Where results go.
-    @usableFromInline
-    enum Target {
-        /// A callback bound by the user (or the async façade).
-        case callback((AsyncResult<Message>) -> Void)
-        /// The caller's callback, through a direct binding that keeps the call's bookkeeping.
-        /// Unmanaged: the binding detaches every Deferred it tracks before it goes away.
-        case direct((AsyncResult<Message>) -> Void, Unmanaged<DirectServiceBinding>, requestID: UInt64)
-        /// An IPC host's reply channel: results are encoded and sent as InvokeMethodReply.
-        case wire(IPCReplySink, encode: (Message) throws -> OutgoingFrame.Payload)
-    }
-    /// Unchecked exclusivity: read and cleared before any callback runs, never across one.
-    @exclusivity(unchecked) @usableFromInline var target: Target?
+    // Where results go (`DeferredRoute`), with the fields each route uses. Fields whose layout
+    // does not depend on `Message` (closures and class references) rather than one enum generic
+    // in it: a Deferred is made and destroyed once per call, and destroying a field of a
+    // `Message`-dependent type (or testing whether it is nil) looks its metadata up in the
+    // runtime's cache, from the unspecialized deinit, every time. (For the same reason the
+    // route's enum is not nested in the generic class.)
+    // Unchecked exclusivity: read and cleared before any callback runs, never across one.
+    @exclusivity(unchecked) @usableFromInline var route: DeferredRoute = .none
+    @exclusivity(unchecked) @usableFromInline var callback: ((AsyncResult<Message>) -> Void)?
+    @exclusivity(unchecked) @usableFromInline var binding: Unmanaged<DirectServiceBinding>?
+    @exclusivity(unchecked) @usableFromInline var requestID: UInt64 = 0
+    @exclusivity(unchecked) @usableFromInline var sink: IPCReplySink?
+    @exclusivity(unchecked) @usableFromInline var encode: ((Message) throws -> OutgoingFrame.Payload)?
 
     /// An unbound Deferred: resolving it does nothing until ``bind(_:)``.
     public init() {}
 
     /// A Deferred whose outcome goes to `callback`.
     public init(_ callback: @escaping (AsyncResult<Message>) -> Void) {
-        target = .callback(callback)
+        route = .callback
+        self.callback = callback
     }
 
+    /// A Deferred whose outcome goes to `callback` through a direct binding.
     @inlinable
-    init(target: Target?) {
-        self.target = target
+    init(direct callback: @escaping (AsyncResult<Message>) -> Void, binding: Unmanaged<DirectServiceBinding>, requestID: UInt64) {
+        route = .direct
+        self.callback = callback
+        self.binding = binding
+        self.requestID = requestID
+    }
+
+    /// A Deferred whose outcome is encoded and sent through `sink`.
+    @inlinable
+    init(wire sink: IPCReplySink, encode: @escaping (Message) throws -> OutgoingFrame.Payload) {
+        route = .wire
+        self.sink = sink
+        self.encode = encode
     }
 
     deinit {
-        if target != nil {
-            deliver(.rejected(IPCError(.remoteFailure, "the reply was dropped without being resolved")))
-        }
+        if route != .none { rejectDropped() }
+    }
+
+    /// Out of the deinit's line: a deinit that builds an `AsyncResult<Message>` looks its
+    /// metadata up on entry, also when there is nothing to reject (the usual case).
+    @inline(never)
+    private func rejectDropped() {
+        deliver(.rejected(IPCError(.remoteFailure, "the reply was dropped without being resolved")))
     }
 
     /// Whether a callback is bound and still waiting for a final result.
-    public var isBound: Bool { target != nil }
+    public var isBound: Bool { route != .none }
 
     /// Replies already sent that the caller's connection has not taken yet: 0 unless the call
     /// came over a connection. A streaming service sends its next replies once this is low,
     /// so a long stream never passes the connection's send-queue bound.
     public var queuedSendBytes: Int {
-        guard case .wire(let sink, _) = target else { return 0 }
+        guard route == .wire, let sink else { return 0 }
         return sink.queuedSendBytes
     }
 
@@ -68,14 +87,16 @@ public final class Deferred<Message> {
     /// looking again later. Returns false when that cannot be known (no connection, or a
     /// transport that does not tell): look at ``queuedSendBytes`` again later then.
     public func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool {
-        guard case .wire(let sink, _) = target else { return false }
+        guard route == .wire, let sink else { return false }
         return sink.whenSendQueueDrains(callback)
     }
 
     /// Binds `callback`. A callback already bound is rejected first.
     public func bind(_ callback: @escaping (AsyncResult<Message>) -> Void) {
         reject(IPCError(.cancelled, "the reply was rebound"))
-        target = .callback(callback)
+        clearRoute()
+        route = .callback
+        self.callback = callback
     }
 
     /// Resolves with `message`. With `hasMore`, the Deferred stays open for more replies.
@@ -98,28 +119,62 @@ public final class Deferred<Message> {
 
     @inlinable
     func deliver(_ result: AsyncResult<Message>) {
-        guard let target else { return }
+        let route = self.route
+        guard route != .none else { return }
         let final = !result.hasMore || !result.isSuccess
-        if final { self.target = nil }
-        switch target {
-        case .callback(let callback):
+        switch route {
+        case .none:
+            return
+        case .callback:
+            guard let callback else { return }
+            if final { clearRoute() }
             callback(result)
-        case .direct(let callback, let binding, let requestID):
+        case .direct:
+            guard let callback, let binding else { return }
+            if final { clearRoute() }
             guard binding.takeUnretainedValue().admitReply(to: requestID, final: final) else { return }
             callback(result)
-        case .wire(let sink, let encode):
+        case .wire:
+            guard let sink, let encode else { return }
+            if final { clearRoute() }
             sink.send(result, encode: encode)
         }
+    }
+
+    /// Forgets where results go (after the final one, or before a new route is set).
+    @inlinable
+    func clearRoute() {
+        route = .none
+        callback = nil
+        binding = nil
+        sink = nil
+        encode = nil
     }
 
     /// A direct binding lets go of this call: with `error`, the caller is told; without, the
     /// callback is released uncalled.
     @usableFromInline
     func detachFromBinding(rejecting error: IPCError?) {
-        guard case .direct(let callback, _, _) = target else { return }
-        target = nil
+        guard route == .direct, let callback else { return }
+        clearRoute()
         if let error { callback(.rejected(error)) }
     }
+}
+
+/// Where a Deferred's results go.
+@usableFromInline
+enum DeferredRoute: UInt8 {
+    /// Nothing is bound, or the final result went out.
+    case none
+    /// A callback bound by the user (or the async façade): `callback`.
+    case callback
+    /// The caller's callback (`callback`), through a direct binding that keeps the call's
+    /// bookkeeping (`binding`, `requestID`). Unmanaged: the binding detaches every Deferred
+    /// it tracks before it goes away.
+    case direct
+    /// An IPC host's reply channel (`sink`): results are encoded (`encode`) and sent as
+    /// InvokeMethodReply.
+    case wire
 }
 
 /// What a direct binding keeps of each call it tracks: the Deferred, unretained, so that a
@@ -138,11 +193,11 @@ extension Deferred where Message: SwiftProtobuf.Message {
     /// to a caller in this process they are decoded into a `Message` first, and bytes that do not
     /// decode reject the call. With `hasMore`, the Deferred stays open for more replies.
     package func resolve(serializedSize size: Int, hasMore: Bool, write: (UnsafeMutableRawBufferPointer) -> Void) {
-        if case .wire(let sink, _)? = target, !sink.isForwarding {
-            if !hasMore { target = nil }
+        if route == .wire, let sink, !sink.isForwarding {
+            if !hasMore { clearRoute() }
             return sink.sendSerialized(size: size, hasMore: hasMore, write: write)
         }
-        guard target != nil else { return }
+        guard route != .none else { return }
         let bytes = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
             write(UnsafeMutableRawBufferPointer(buffer))
             initialized = size

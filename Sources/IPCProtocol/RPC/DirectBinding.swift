@@ -109,7 +109,7 @@ final class DirectServiceBinding {
         nextRequestID &+= 1
         let deferred: Deferred<Reply>
         if let reply {
-            deferred = Deferred(target: .direct(reply, Unmanaged.passUnretained(self), requestID: requestID))
+            deferred = Deferred(direct: reply, binding: Unmanaged.passUnretained(self), requestID: requestID)
             track(deferred, requestID: requestID)
         } else {
             deferred = Deferred()
@@ -159,7 +159,10 @@ final class DirectServiceBinding {
     private func drain() {
         drainScheduled = false
         swap(&queue, &running)
-        defer { running.removeAll(keepingCapacity: true) }
+        defer {
+            // One call per turn is the usual case; removeLast is cheaper than removeAll.
+            if running.count == 1 { running.removeLast() } else { running.removeAll(keepingCapacity: true) }
+        }
         guard !ended, !hostIsGone else { return }  // their Deferreds reject themselves
         for work in running {
             guard !ended else { return }

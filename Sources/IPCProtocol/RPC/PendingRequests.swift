@@ -64,8 +64,15 @@ struct PendingRequests<Value> {
 
     /// Removes every entry, keeping the storage.
     mutating func removeAll() {
-        ids.removeAll(keepingCapacity: true)
-        slots.removeAll(keepingCapacity: true)
+        if slots.count == 1 {
+            // The usual case, one call in flight: removeLast is a fraction of what the
+            // general removeAll(keepingCapacity:) costs.
+            ids.removeLast()
+            slots.removeLast()
+        } else {
+            ids.removeAll(keepingCapacity: true)
+            slots.removeAll(keepingCapacity: true)
+        }
         head = 0
         count = 0
     }

@@ -141,7 +141,7 @@ extension Deferred where Message: SwiftProtobuf.Message {
     /// A Deferred whose outcome goes to `sink`.
     @inlinable
     public convenience init(replyingTo sink: IPCReplySink) {
-        self.init(target: .wire(sink, encode: { try $0.serializedBytes() }))
+        self.init(wire: sink, encode: { try $0.serializedBytes() })
     }
 }
 

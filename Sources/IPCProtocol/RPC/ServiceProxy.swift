@@ -23,7 +23,9 @@ open class ServiceProxy: @unchecked Sendable {
     /// The service this proxy talks to.
     public let descriptor: ServiceDescriptor
     /// Where the proxy is in its life.
-    public private(set) var state: State = .unbound
+    // Unchecked exclusivity (Threading.md, "Costs"): read on every call, loop-confined, never
+    // accessed across a call into user code.
+    @exclusivity(unchecked) public private(set) var state: State = .unbound
     /// The error that failed or ended the binding.
     public private(set) var lastError: IPCError?
 
@@ -41,7 +43,7 @@ open class ServiceProxy: @unchecked Sendable {
     }
     @exclusivity(unchecked) private var clientAnchor: ObjectAnchor?
     /// Set when bound through the direct short circuit instead of frames.
-    @usableFromInline var directBinding: DirectServiceBinding?
+    @exclusivity(unchecked) @usableFromInline var directBinding: DirectServiceBinding?
     private let loop = ThreadLock<(any IPCEventLoop)?>(nil)
     /// The loop of the client this proxy was bound to, once bound. Thread-safe.
     public var eventLoop: (any IPCEventLoop)? { loop.withLock { $0 } }
