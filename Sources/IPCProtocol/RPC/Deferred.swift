@@ -19,7 +19,10 @@ import SwiftProtobuf
 /// A reply to be sent later, resolved exactly once (or streamed until `hasMore` is false).
 ///
 /// Loop-bound: use it on the loop of the host or client it came from.
-public final class Deferred<Message> {
+public class Deferred<Message> {
+    // Not final, but every member is, and only this module can subclass it: a call through a
+    // direct binding is a Deferred that also holds its request until it runs (`DirectCall`),
+    // one allocation per call instead of two.
     // Where results go (`DeferredRoute`), with the fields each route uses. Fields whose layout
     // does not depend on `Message` (closures and class references) rather than one enum generic
     // in it: a Deferred is made and destroyed once per call, and destroying a field of a
@@ -27,12 +30,12 @@ public final class Deferred<Message> {
     // runtime's cache, from the unspecialized deinit, every time. (For the same reason the
     // route's enum is not nested in the generic class.)
     // Unchecked exclusivity: read and cleared before any callback runs, never across one.
-    @exclusivity(unchecked) @usableFromInline var route: DeferredRoute = .none
-    @exclusivity(unchecked) @usableFromInline var callback: ((AsyncResult<Message>) -> Void)?
-    @exclusivity(unchecked) @usableFromInline var binding: Unmanaged<DirectServiceBinding>?
-    @exclusivity(unchecked) @usableFromInline var requestID: UInt64 = 0
-    @exclusivity(unchecked) @usableFromInline var sink: IPCReplySink?
-    @exclusivity(unchecked) @usableFromInline var encode: ((Message) throws -> OutgoingFrame.Payload)?
+    @exclusivity(unchecked) @usableFromInline final var route: DeferredRoute = .none
+    @exclusivity(unchecked) @usableFromInline final var callback: ((AsyncResult<Message>) -> Void)?
+    @exclusivity(unchecked) @usableFromInline final var binding: Unmanaged<DirectServiceBinding>?
+    @exclusivity(unchecked) @usableFromInline final var requestID: UInt64 = 0
+    @exclusivity(unchecked) @usableFromInline final var sink: IPCReplySink?
+    @exclusivity(unchecked) @usableFromInline final var encode: ((Message) throws -> OutgoingFrame.Payload)?
 
     /// An unbound Deferred: resolving it does nothing until ``bind(_:)``.
     public init() {}
@@ -67,17 +70,17 @@ public final class Deferred<Message> {
     /// Out of the deinit's line: a deinit that builds an `AsyncResult<Message>` looks its
     /// metadata up on entry, also when there is nothing to reject (the usual case).
     @inline(never)
-    private func rejectDropped() {
+    private final func rejectDropped() {
         deliver(.rejected(IPCError(.remoteFailure, "the reply was dropped without being resolved")))
     }
 
     /// Whether a callback is bound and still waiting for a final result.
-    public var isBound: Bool { route != .none }
+    public final var isBound: Bool { route != .none }
 
     /// Replies already sent that the caller's connection has not taken yet: 0 unless the call
     /// came over a connection. A streaming service sends its next replies once this is low,
     /// so a long stream never passes the connection's send-queue bound.
-    public var queuedSendBytes: Int {
+    public final var queuedSendBytes: Int {
         guard route == .wire, let sink else { return 0 }
         return sink.queuedSendBytes
     }
@@ -86,13 +89,13 @@ public final class Deferred<Message> {
     /// byte to the kernel, so a streaming service can send its next replies at once instead of
     /// looking again later. Returns false when that cannot be known (no connection, or a
     /// transport that does not tell): look at ``queuedSendBytes`` again later then.
-    public func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool {
+    public final func whenSendQueueDrains(_ callback: @escaping () -> Void) -> Bool {
         guard route == .wire, let sink else { return false }
         return sink.whenSendQueueDrains(callback)
     }
 
     /// Binds `callback`. A callback already bound is rejected first.
-    public func bind(_ callback: @escaping (AsyncResult<Message>) -> Void) {
+    public final func bind(_ callback: @escaping (AsyncResult<Message>) -> Void) {
         reject(IPCError(.cancelled, "the reply was rebound"))
         clearRoute()
         route = .callback
@@ -101,24 +104,24 @@ public final class Deferred<Message> {
 
     /// Resolves with `message`. With `hasMore`, the Deferred stays open for more replies.
     @inlinable
-    public func resolve(_ message: Message, hasMore: Bool = false, fileDescriptor: ScopedFD? = nil) {
+    public final func resolve(_ message: Message, hasMore: Bool = false, fileDescriptor: ScopedFD? = nil) {
         deliver(AsyncResult(message, hasMore: hasMore, fileDescriptor: fileDescriptor))
     }
 
     /// Delivers `result` (a reply or a rejection).
     @inlinable
-    public func resolve(_ result: AsyncResult<Message>) {
+    public final func resolve(_ result: AsyncResult<Message>) {
         deliver(result)
     }
 
     /// Rejects: the caller sees a failure. Ends a stream.
     @inlinable
-    public func reject(_ error: IPCError = IPCError(.remoteFailure, "the call was rejected")) {
+    public final func reject(_ error: IPCError = IPCError(.remoteFailure, "the call was rejected")) {
         deliver(.rejected(error))
     }
 
     @inlinable
-    func deliver(_ result: AsyncResult<Message>) {
+    final func deliver(_ result: AsyncResult<Message>) {
         let route = self.route
         guard route != .none else { return }
         let final = !result.hasMore || !result.isSuccess
@@ -143,7 +146,7 @@ public final class Deferred<Message> {
 
     /// Forgets where results go (after the final one, or before a new route is set).
     @inlinable
-    func clearRoute() {
+    final func clearRoute() {
         route = .none
         callback = nil
         binding = nil
@@ -154,7 +157,7 @@ public final class Deferred<Message> {
     /// A direct binding lets go of this call: with `error`, the caller is told; without, the
     /// callback is released uncalled.
     @usableFromInline
-    func detachFromBinding(rejecting error: IPCError?) {
+    final func detachFromBinding(rejecting error: IPCError?) {
         guard route == .direct, let callback else { return }
         clearRoute()
         if let error { callback(.rejected(error)) }
@@ -192,7 +195,7 @@ extension Deferred where Message: SwiftProtobuf.Message {
     /// message as they are, with no message built or encoded (how ConsumerPort sends trace data);
     /// to a caller in this process they are decoded into a `Message` first, and bytes that do not
     /// decode reject the call. With `hasMore`, the Deferred stays open for more replies.
-    package func resolve(serializedSize size: Int, hasMore: Bool, write: (UnsafeMutableRawBufferPointer) -> Void) {
+    package final func resolve(serializedSize size: Int, hasMore: Bool, write: (UnsafeMutableRawBufferPointer) -> Void) {
         if route == .wire, let sink, !sink.isForwarding {
             if !hasMore { clearRoute() }
             return sink.sendSerialized(size: size, hasMore: hasMore, write: write)

@@ -8,10 +8,10 @@
 // * a released proxy or client is never called back;
 // * a file descriptor sent with a call is duplicated for the service, as SCM_RIGHTS would.
 //
-// What a call costs: the Deferred the service receives (it carries the caller's callback, so
-// the reply goes straight to it) and the queued closure that holds the request until the
-// next loop turn. Calls queued in one turn share one posted task. The hot path is
-// `@inlinable`, so generated proxies run it specialized for their message types.
+// What a call costs: the Deferred the service receives, which carries the caller's callback
+// (so the reply goes straight to it) and holds the request until the next loop turn
+// (`DirectCall`, one allocation). Calls queued in one turn share one posted task. The hot path
+// is `@inlinable`, so generated proxies run it specialized for their message types.
 
 import SwiftProtobuf
 
@@ -48,14 +48,9 @@ final class DirectServiceBinding {
     @exclusivity(unchecked) @usableFromInline private(set) var ended = false
     /// Set by the host's deinit, before the posted `end` runs: no call may reach the service.
     var hostIsGone = false
-    /// Calls made since the last drain, run in order on the next loop turn. (In a struct: an
-    /// array of bare closures would wrap each in a reabstraction thunk, one allocation more.)
-    @exclusivity(unchecked) private var queue: [QueuedCall] = []
-    @exclusivity(unchecked) private var running: [QueuedCall] = []
-
-    private struct QueuedCall {
-        let run: (DirectServiceBinding) -> Void
-    }
+    /// Calls made since the last drain, run in order on the next loop turn.
+    @exclusivity(unchecked) private var queue: [any QueuedDirectCall] = []
+    @exclusivity(unchecked) private var running: [any QueuedDirectCall] = []
     @exclusivity(unchecked) private var drainScheduled = false
     /// Posted to run the queue; made once so that a call allocates no task of its own. It
     /// holds the binding strongly (a weak reference would give the binding a side table and
@@ -107,20 +102,11 @@ final class DirectServiceBinding {
         let methodIndex = methodMap[proxyIndex]
         let requestID = nextRequestID
         nextRequestID &+= 1
-        let deferred: Deferred<Reply>
-        if let reply {
-            deferred = Deferred(direct: reply, binding: Unmanaged.passUnretained(self), requestID: requestID)
-            track(deferred, requestID: requestID)
-        } else {
-            deferred = Deferred()
-        }
-        let descriptor = fd.flatMap(Self.duplicate)
-        enqueue { binding in
-            if let descriptor { binding.receive(descriptor) }
-            if !binding.service.invoke(methodIndex: methodIndex, request: request, context: binding.context, reply: deferred) {
-                deferred.reject(binding.rejectedRequestError)
-            }
-        }
+        let call = DirectCall(
+            request, methodIndex: methodIndex, fileDescriptor: fd.flatMap(Self.duplicate), reply: reply,
+            binding: Unmanaged.passUnretained(self), requestID: requestID)
+        if reply != nil { track(call, requestID: requestID) }
+        enqueue(call)
         return requestID
     }
 
@@ -148,8 +134,8 @@ final class DirectServiceBinding {
     }
 
     @usableFromInline
-    func enqueue(_ work: @escaping (DirectServiceBinding) -> Void) {
-        queue.append(QueuedCall(run: work))
+    func enqueue(_ call: any QueuedDirectCall) {
+        queue.append(call)
         guard !drainScheduled, let drainTask else { return }
         drainScheduled = true
         loop.execute(drainTask)
@@ -164,9 +150,9 @@ final class DirectServiceBinding {
             if running.count == 1 { running.removeLast() } else { running.removeAll(keepingCapacity: true) }
         }
         guard !ended, !hostIsGone else { return }  // their Deferreds reject themselves
-        for work in running {
+        for call in running {
             guard !ended else { return }
-            work.run(self)
+            call.run(on: self)
         }
     }
 
@@ -219,5 +205,56 @@ final class DirectServiceBinding {
         guard !ended else { return }
         end(error, notifyProxy: true)
         host?.directBindingEnded(self)
+    }
+}
+
+/// A call queued on a direct binding, run on the next loop turn.
+@usableFromInline
+protocol QueuedDirectCall: AnyObject {
+    func run(on binding: DirectServiceBinding)
+}
+
+/// One call through a direct binding: the Deferred the service resolves, holding the request
+/// (and a duplicate of the fd sent with it) until the call runs. The request stays with it as
+/// long as the service keeps the Deferred (a stream's): a field of the request's own type, not
+/// an Optional of it, so that destroying it needs no metadata lookup.
+@usableFromInline
+final class DirectCall<Request: SwiftProtobuf.Message, Reply: SwiftProtobuf.Message>: Deferred<Reply>, QueuedDirectCall {
+    @usableFromInline let request: Request
+    @usableFromInline let methodIndex: Int
+    @usableFromInline var fileDescriptor: ScopedFD?
+
+    /// With `reply` nil, nobody wants the reply (the Deferred is unbound).
+    @inlinable
+    init(
+        _ request: Request, methodIndex: Int, fileDescriptor: ScopedFD?, reply: ((AsyncResult<Reply>) -> Void)?,
+        binding: Unmanaged<DirectServiceBinding>, requestID: UInt64
+    ) {
+        self.request = request
+        self.methodIndex = methodIndex
+        self.fileDescriptor = fileDescriptor
+        if let reply {
+            super.init(direct: reply, binding: binding, requestID: requestID)
+        } else {
+            super.init()
+        }
+    }
+
+    @usableFromInline
+    func run(on binding: DirectServiceBinding) {
+        if let fileDescriptor {
+            self.fileDescriptor = nil
+            binding.receive(fileDescriptor)
+        }
+        if !binding.service.invoke(methodIndex: methodIndex, request: request, context: binding.context, reply: self as Deferred<Reply>) {
+            rejectUnserved(binding)
+        }
+    }
+
+    /// Out of `run`'s line, which is unspecialized: a rejection builds an
+    /// `AsyncResult<Reply>`, whose metadata would otherwise be looked up on every call.
+    @inline(never)
+    private func rejectUnserved(_ binding: DirectServiceBinding) {
+        reject(binding.rejectedRequestError)
     }
 }
