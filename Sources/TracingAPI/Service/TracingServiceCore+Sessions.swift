@@ -49,8 +49,9 @@ extension TracingServiceCore {
         }
 
         for entry in config.dataSources where !entry.config.name.isEmpty {
+            let patterns = entry.producerNameRegexFilter.compactMap(ProducerNamePattern.init)
             for producer in connectedProducers where producer.dataSources[entry.config.name] != nil {
-                guard matches(entry, producer: producer, in: config) else { continue }
+                guard matches(entry, producer: producer, in: config, patterns: patterns) else { continue }
                 setUpInstance(entry, producer: producer, session: session)
             }
         }
@@ -110,7 +111,13 @@ extension TracingServiceCore {
     /// Whether `producer` serves `entry` of a session with `config`: its machine first (as in
     /// Perfetto v54 and later: only this machine's producers, unless the config sets
     /// `trace_all_machines` or the entry names machines, "host" naming this one), then its name.
-    func matches(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, in config: TraceConfig) -> Bool {
+    /// `patterns` are the entry's `producer_name_regex_filter` compiled already, when the caller
+    /// checks many producers; without them they are compiled here. A pattern that does not
+    /// compile matches nothing.
+    func matches(
+        _ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, in config: TraceConfig,
+        patterns: [ProducerNamePattern]? = nil
+    ) -> Bool {
         let isHost = producer.machineID == 0
         if !entry.machineNameFilter.isEmpty {
             guard entry.machineNameFilter.contains(producer.machineName)
@@ -120,9 +127,8 @@ extension TracingServiceCore {
         }
         if entry.producerNameFilter.isEmpty && entry.producerNameRegexFilter.isEmpty { return true }
         if entry.producerNameFilter.contains(producer.name) { return true }
-        return entry.producerNameRegexFilter.contains { pattern in
-            (try? Regex(pattern).wholeMatch(in: producer.name)) != nil
-        }
+        let patterns = patterns ?? entry.producerNameRegexFilter.compactMap(ProducerNamePattern.init)
+        return patterns.contains { $0.wholeMatch(producer.name) }
     }
 
     func setUpInstance(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, session: TracingSession) {

@@ -349,8 +349,9 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         for session in sessions.values.sorted(by: { $0.id < $1.id }) where session.config.hasTriggerConfig {
             let triggerConfig = session.config.triggerConfig
             for trigger in triggerConfig.triggers where wanted.contains(trigger.name) {
+                // A pattern that does not compile matches nothing.
                 if !trigger.producerNameRegex.isEmpty,
-                   (try? Regex(trigger.producerNameRegex).wholeMatch(in: producer.name)) == nil {
+                   ProducerNamePattern(trigger.producerNameRegex)?.wholeMatch(producer.name) != true {
                     continue
                 }
                 switch triggerConfig.triggerMode {
