@@ -230,6 +230,37 @@ final class TraceWriterTests {
         #expect(packets == 2_000)
     }
 
+    @Test func aPacketThatNeverEndsIsDroppedOnceLargerThanTheBuffer() {
+        // A writer whose packet goes on from chunk to chunk, read as it goes: the fragments are
+        // joined outside the buffer, so without a bound the service's memory grew for as long as
+        // the session lasted. Past the buffer's size the packet is dropped and counted lost.
+        let buffer = TraceBuffer(capacity: 64 * 1024, policy: .ringBuffer)
+        let fragment = [UInt8](repeating: 0x41, count: 4_000)
+        func commit(_ id: UInt32, _ body: [UInt8], flags: ChunkFlags) {
+            let record = SharedMemoryABI.paddedVarint(UInt32(body.count)) + body
+            var chunk = [UInt8](repeating: 0, count: 8) + record
+            let header = ChunkHeader(chunkID: id, writerID: 1, packetCount: 1, flags: flags)
+            chunk.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
+            buffer.copyChunk(chunk, header: header, producerID: 1, uid: 0, pid: 0)
+        }
+        commit(0, fragment, flags: [.lastPacketContinuesOnNextChunk])
+        var read: [BufferedPacket] = []
+        for id in UInt32(1)..<100 {  // ~400 KB of one packet
+            commit(id, fragment, flags: [.firstPacketContinuesFromPreviousChunk, .lastPacketContinuesOnNextChunk])
+            read += buffer.readPackets()
+        }
+        #expect(read.isEmpty)
+        #expect(buffer.stats.traceWriterPacketLoss == 1)
+        // Its last fragment is skipped; the next packet arrives, marked as following a loss.
+        commit(100, fragment, flags: [.firstPacketContinuesFromPreviousChunk])
+        commit(101, [0x08, 0x01], flags: [])
+        read += buffer.readPackets()
+        #expect(read.count == 1)
+        #expect(read.first.map { $0.body.count } == 2)
+        #expect(read.first.map { Array($0.storage[$0.body]) == [0x08, 0x01] } == true)
+        #expect(read.first?.previousPacketDropped == true)
+    }
+
     @Test func aRewrittenChunkIsCountedOnceWhenTheRingBufferWraps() {
         // A chunk committed again (same writer, same id) replaces the stored copy; making room
         // for the new copy must not count the replaced one a second time.

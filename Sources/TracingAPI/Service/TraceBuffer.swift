@@ -407,6 +407,15 @@ final class TraceBuffer {
             switch sequence.reassembly {
             case .collecting(var head):
                 sequence.reassembly = .none  // so that `head` is the only reference left
+                guard head.count + fragment.count <= capacity else {
+                    // Larger than the buffer: Perfetto's buffer could never hold all of its
+                    // fragments at once either. Without this bound a writer whose packet never
+                    // ends grew the service's memory for as long as the session lasted.
+                    sequence.dataLost = true
+                    stats.traceWriterPacketLoss += 1
+                    sequence.reassembly = continuesOnNext ? .discarding : .none
+                    return
+                }
                 head.append(contentsOf: fragment)
                 if continuesOnNext {
                     sequence.reassembly = .collecting(head)
