@@ -309,6 +309,53 @@ struct RelayTests {
         #expect(consumer.producerPackets().allSatisfy { $0.machineID == RelayFixture.guestMachineID })
     }
 
+    /// A host that answers every SyncClock three times (twice with has_more, then a last time).
+    final class RepeatingClockHost: Perfetto_Protos_RelayPortHandler {
+        var pings = 0
+        var updates = 0
+        func initRelay(
+            _ request: Perfetto_Protos_InitRelayRequest, context: IPCCallContext,
+            reply: Deferred<Perfetto_Protos_InitRelayResponse>
+        ) {
+            reply.resolve(Perfetto_Protos_InitRelayResponse())
+        }
+        func syncClock(
+            _ request: Perfetto_Protos_SyncClockRequest, context: IPCCallContext,
+            reply: Deferred<Perfetto_Protos_SyncClockResponse>
+        ) {
+            if request.phase == .ping { pings += 1 } else { updates += 1 }
+            reply.resolve(Perfetto_Protos_SyncClockResponse(), hasMore: true)
+            reply.resolve(Perfetto_Protos_SyncClockResponse(), hasMore: true)
+            reply.resolve(Perfetto_Protos_SyncClockResponse())
+        }
+    }
+
+    @Test func aHostAnsweringOneClockRequestSeveralTimesStartsOneExchange() throws {
+        let loop = try EpollEventLoop()
+        let transport = UnixSocketTransport(loop: loop)
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let service = RepeatingClockHost()
+        let host = try IPCHost(transport: transport, listeningAt: directory.path + "/host.sock", logger: .quiet)
+        #expect(host.expose(service))
+        var options = TracingRelay.Options()
+        options.clockSyncInterval = .seconds(3600)  // one PING and one UPDATE in this test
+        let relay = try TracingRelay(
+            transport: transport, producerAddresses: [directory.path + "/relay.sock"], hostAddress: directory.path + "/host.sock",
+            options: options)
+        drive(loop, seconds: 10, until: { relay.clockSyncCount == 2 }, "the relay never finished its first clock exchange")
+        let turns = LoopTurns(loop: loop)
+        turns.start()
+        drive(loop, seconds: 10, until: { turns.count == LoopTurns.total })
+        // One UPDATE for the PING's last answer; before, each of the three answers sent one, and
+        // each of their three answers scheduled a PING of its own.
+        #expect(service.pings == 1)
+        #expect(service.updates == 1)
+        #expect(relay.clockSyncCount == 2)
+        relay.close()
+        host.close()
+    }
+
     @Test func aRelayThatCannotReachItsHostSaysSoOnceWhileItKeepsTrying() throws {
         let log = LogRecord()
         let fixture = try RelayFixture(relayLogger: log.logger)

@@ -96,7 +96,9 @@ final class RelayClient {
     }
 
     /// One exchange; a PING's answer starts the UPDATE at once, an UPDATE's answer schedules
-    /// the next PING.
+    /// the next PING. Only a request's final reply counts: SyncClock is unary, and a host that
+    /// answered one request several times (`has_more`) made every answer start an exchange of its
+    /// own, each with its own timer, until the relay did nothing but synchronize clocks.
     private func syncClock(_ port: Perfetto_Protos_RelayPortProxy, phase: Perfetto_Protos_SyncClockRequest.Phase) {
         var request = Perfetto_Protos_SyncClockRequest()
         request.phase = phase
@@ -107,12 +109,13 @@ final class RelayClient {
             return entry
         }
         port.syncClock(request) { [weak self, weak port] result in
-            guard let self, let port, port === self.port, result.message != nil else { return }
+            guard let self, let port, port === self.port, result.message != nil, !result.hasMore else { return }
             self.clockSyncCount += 1
             if phase == .ping {
                 self.syncClock(port, phase: .update)
                 return
             }
+            self.timer?.cancel()
             self.timer = self.eventLoop.scheduleTask(after: self.configuration.clockSyncInterval) { [weak self, weak port] in
                 guard let self, let port, port === self.port else { return }
                 self.syncClock(port, phase: .ping)
