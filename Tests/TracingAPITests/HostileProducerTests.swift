@@ -345,6 +345,52 @@ final class HostileProducerTests: SocketTracingFixture {
 
     // MARK: Flush and stop
 
+    @Test func registrationsSentBackToBackApplyInOrder() throws {
+        try withoutLeaks {
+            let producer = try RawProducer(path: producerPath, loop: loop, name: "eager")
+            var register = Perfetto_Protos_RegisterDataSourceRequest()
+            register.dataSourceDescriptor.name = "eager.source"
+            var unregister = Perfetto_Protos_UnregisterDataSourceRequest()
+            unregister.dataSourceName = "eager.source"
+            // Register, Unregister, Register, without waiting for a reply between them.
+            let first = producer.client.call("RegisterDataSource", register)
+            _ = producer.client.call("UnregisterDataSource", unregister)
+            let last = producer.client.call("RegisterDataSource", register)
+            let replies = [first, last].map {
+                producer.client.reply(to: $0, as: Perfetto_Protos_RegisterDataSourceResponse.self)
+            }
+            #expect(replies.map { $0?.error } == ["", ""])
+            producer.sync()
+            #expect(core.connectedProducers.first { $0.name == "eager" }?.dataSources["eager.source"] != nil,
+                    "the last word was Register")
+            producer.close()
+        }
+    }
+
+    @Test func aProducerThatNeverAsksForItsCommandsHasABoundedBacklog() throws {
+        try withoutLeaks {
+            let honest = honestProducer()
+            let deaf = try RawProducer(path: producerPath, loop: loop, asksForCommands: false)
+            deaf.register("deaf.source")
+            let consumer = consumer()
+            consumer.endpoint.enableTracing(config(["deaf.source", "honest.source"]), outputFile: nil)
+            run(until: { honest.started.count == 1 })
+            // Each flush queues one more command for the deaf producer; it ends by its timeout.
+            let flushes = ProducerPortConnection.maxQueuedCommands + 100
+            var ended = 0
+            for _ in 0..<flushes { consumer.endpoint.flush(timeoutMs: 1, flags: FlushFlags()) { _ in ended += 1 } }
+            run(seconds: 30, until: { ended == flushes }, "the flushes never ended")
+            let backlogs = host.producerPorts[0].commandBacklogs
+            #expect(backlogs.map(\.queued).max() == ProducerPortConnection.maxQueuedCommands)
+            #expect(backlogs.map(\.dropped).max() ?? 0 > 0)
+            stopAndRead(consumer)
+            expectComplete(consumer)
+            consumer.endpoint.disconnect()
+            deaf.close()
+            honest.endpoint.disconnect()
+        }
+    }
+
     @Test func flushesAndStopsThatAreNeverAcknowledgedEndByTheirTimeouts() throws {
         try withoutLeaks {
             let honest = honestProducer()

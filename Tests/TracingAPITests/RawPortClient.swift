@@ -127,17 +127,17 @@ final class RawProducer {
     convenience init(
         path: String, loop: EpollEventLoop, name: String = "hostile",
         request: Perfetto_Protos_InitializeConnectionRequest? = nil, fd: Int32? = nil,
-        claimedIdentity: (uid: Int32, pid: Int32)? = nil
+        claimedIdentity: (uid: Int32, pid: Int32)? = nil, asksForCommands: Bool = true
     ) throws {
         self.init(
             client: try RawPortClient(path: path, service: "ProducerPort", loop: loop), name: name, request: request,
-            fd: fd, claimedIdentity: claimedIdentity)
+            fd: fd, claimedIdentity: claimedIdentity, asksForCommands: asksForCommands)
     }
 
     /// The same on a client already bound to ProducerPort (e.g. over TCP).
     init(
         client: RawPortClient, name: String = "hostile", request: Perfetto_Protos_InitializeConnectionRequest? = nil,
-        fd: Int32? = nil, claimedIdentity: (uid: Int32, pid: Int32)? = nil
+        fd: Int32? = nil, claimedIdentity: (uid: Int32, pid: Int32)? = nil, asksForCommands: Bool = true
     ) {
         self.client = client
         if let claimedIdentity { client.claim(uid: claimedIdentity.uid, pid: claimedIdentity.pid) }
@@ -145,7 +145,7 @@ final class RawProducer {
         if !initialize.hasProducerName { initialize.producerName = name }
         let id = client.call("InitializeConnection", initialize, fd: fd)
         initialized = client.reply(to: id, as: Perfetto_Protos_InitializeConnectionResponse.self)
-        commandsRequest = client.call("GetAsyncCommand", Perfetto_Protos_GetAsyncCommandRequest())
+        if asksForCommands { commandsRequest = client.call("GetAsyncCommand", Perfetto_Protos_GetAsyncCommandRequest()) }
     }
 
     /// Uses `memory` (the producer's own, which the service adopted) as the shared memory.

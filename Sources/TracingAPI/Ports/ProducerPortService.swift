@@ -40,6 +40,11 @@ public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
     /// Producers connected through this port (initialized connections).
     public var connectedProducerCount: Int { producers.count }
 
+    /// Commands waiting for each producer's stream, and those dropped because too many waited.
+    var commandBacklogs: [(queued: Int, dropped: Int)] {
+        producers.values.map { ($0.queuedCommandCount, $0.droppedCommands) }
+    }
+
     private func producer(
         for context: IPCCallContext, _ method: String, rejecting reply: Deferred<some Any>
     ) -> ProducerPortConnection? {
@@ -97,9 +102,11 @@ public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
         reply: Deferred<Perfetto_Protos_RegisterDataSourceResponse>
     ) {
         guard let producer = producer(for: context, "RegisterDataSource", rejecting: reply) else { return }
-        var response = Perfetto_Protos_RegisterDataSourceResponse()
-        if let error = producer.endpoint.register(request.dataSourceDescriptor) { response.error = error }
-        reply.resolve(response)
+        producer.endpoint.register(request.dataSourceDescriptor) { error in
+            var response = Perfetto_Protos_RegisterDataSourceResponse()
+            if let error { response.error = error }
+            reply.resolve(response)
+        }
     }
 
     public func unregisterDataSource(
@@ -214,6 +221,15 @@ final class ProducerPortConnection: Producer {
     private var commands: Deferred<Command>?
     /// Commands produced before the producer asked for the stream, in order.
     private var queued: [(command: Command, fd: ScopedFD?)] = []
+    /// At most this many commands wait for a producer that has not asked for its stream (or
+    /// asked with drop_reply). Later ones are dropped, as Perfetto drops every command sent
+    /// before the stream is bound: without a bound, a consumer flushing in a loop grew the
+    /// service's memory for as long as such a producer stayed connected. What a dropped command
+    /// asked for ends by the service's timeouts (a flush, a start, a stop).
+    static let maxQueuedCommands = 256
+    /// Commands dropped because the queue was full.
+    private(set) var droppedCommands = 0
+    var queuedCommandCount: Int { queued.count }
 
     init(clientID: UInt64) {
         self.clientID = clientID
@@ -234,6 +250,10 @@ final class ProducerPortConnection: Producer {
 
     private func send(_ command: Command, fd: ScopedFD? = nil) {
         guard let commands, commands.isBound else {
+            guard queued.count < Self.maxQueuedCommands else {
+                droppedCommands += 1
+                return  // `fd`, if any, is closed as it goes
+            }
             queued.append((command, fd))
             return
         }

@@ -38,6 +38,8 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     /// Serialized bytes of `dataSources` (bounded by the service's options).
     var dataSourceBytes = 0
     var writers: [WriterID: BufferID] = [:]
+    /// Unregistrations waiting for the commits before them, by data source name.
+    private var pendingUnregistrations: [String: Int] = [:]
     /// Buffers of sessions this producer takes part in: the only ones it may commit into.
     var allowedTargetBuffers: Set<BufferID> = []
     private(set) var connected = true
@@ -167,7 +169,18 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     // MARK: ProducerEndpoint
 
     func registerDataSource(_ descriptor: DataSourceDescriptor) {
-        register(descriptor)
+        register(descriptor) { _ in }
+    }
+
+    /// Registers a data source and tells `completion` why the service refused it, if it did:
+    /// at once, or, while an unregistration of the same name waits for the commits before it,
+    /// after that. (Registering at once there made Register, Unregister, Register, sent back to
+    /// back, end unregistered: the second Register was refused as a duplicate, then the
+    /// waiting Unregister removed the data source, and every reply said success.)
+    func register(_ descriptor: DataSourceDescriptor, completion: @escaping (String?) -> Void) {
+        eventLoop.preconditionInEventLoop()
+        guard pendingUnregistrations[descriptor.name] != nil else { return completion(register(descriptor)) }
+        inOrder { endpoint, _ in completion(endpoint.register(descriptor)) }
     }
 
     /// Registers a data source; returns why the service refused it, if it did.
@@ -192,7 +205,13 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     }
 
     func unregisterDataSource(named name: String) {
-        inOrder { endpoint, service in service.unregisterDataSource(name, producer: endpoint) }
+        eventLoop.preconditionInEventLoop()
+        pendingUnregistrations[name, default: 0] += 1
+        inOrder { endpoint, service in
+            let waiting = (endpoint.pendingUnregistrations[name] ?? 1) - 1
+            endpoint.pendingUnregistrations[name] = waiting > 0 ? waiting : nil
+            service.unregisterDataSource(name, producer: endpoint)
+        }
     }
 
     func registerTraceWriter(_ writerID: WriterID, targetBuffer: BufferID) {
