@@ -159,4 +159,14 @@ struct ProducerNamePatternTests {
         #expect(matches("(a*)*", a5000))
         #expect(matches("(.*.*)*X", String(repeating: "x", count: 5000) + "X"))
     }
+
+    @Test("a match that would take too many steps answers no")
+    func matchBudget() throws {
+        // Some thousands of states: a name of 1,000 scalars is within the budget, one of 4,000 is not.
+        let pattern = try #require(ProducerNamePattern("(a{1,100}){1,10}.*"))
+        #expect(pattern.wholeMatch(String(repeating: "a", count: 1_000)))
+        #expect(!pattern.wholeMatch(String(repeating: "a", count: 4_000)))
+        // Short patterns are never refused for long names of the size a producer may have.
+        #expect(matches("a*", String(repeating: "a", count: 100_000)))
+    }
 }

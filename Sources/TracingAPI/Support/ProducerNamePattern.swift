@@ -16,7 +16,10 @@
 // matches), and the anchors `^` and `$` anywhere (the start and the end of the name).
 // Anything else does not compile: backreferences, lookaround, named groups, `\b`, a lone `{`,
 // a pattern longer than 1,024 scalars, nested deeper than 100 groups, or whose NFA would take
-// more than 10,000 states. A pattern that does not compile matches nothing.
+// more than 10,000 states. A pattern that does not compile matches nothing. A match whose cost
+// (NFA states × name length) would pass 4 million steps, some 20 ms, is refused too (no match):
+// producer names are the producers' words and may be long, so a large pattern against a long name
+// must not hold the loop either.
 
 /// A producer-name pattern of a trace config, compiled to match in linear time.
 ///
@@ -33,6 +36,9 @@ struct ProducerNamePattern: Sendable {
     static let maxGroupDepth = 100
     /// The most NFA states a pattern may compile to.
     static let maxStates = 10_000
+    /// The most steps (NFA states × name length in scalars) a match may take; a longer match
+    /// answers false.
+    static let maxMatchSteps = 4_000_000
 
     private let program: [Instruction]
 
@@ -51,6 +57,7 @@ struct ProducerNamePattern: Sendable {
     /// Whether the pattern matches all of `name` (not merely a part of it).
     func wholeMatch(_ name: String) -> Bool {
         let input = Array(name.unicodeScalars)
+        guard program.count * (input.count + 1) <= Self.maxMatchSteps else { return false }
         var current = StateSet(count: program.count)
         var next = StateSet(count: program.count)
         var stack: [Int] = []
