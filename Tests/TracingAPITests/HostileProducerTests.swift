@@ -367,6 +367,30 @@ final class HostileProducerTests: SocketTracingFixture {
         }
     }
 
+    @Test func registeringAndUnregisteringInALoopLeavesNoInstancesBehind() throws {
+        try withoutLeaks {
+            let honest = honestProducer()
+            let churner = try RawProducer(path: producerPath, loop: loop, name: "churner")
+            let consumer = consumer()
+            consumer.endpoint.enableTracing(config(["churn.source", "honest.source"]), outputFile: nil)
+            run(until: { honest.started.count == 1 })
+            let session = try #require(core.sessions.values.first)
+            for round in 0..<300 {
+                // Half of them would wait for a stop acknowledgement this producer never sends.
+                churner.register("churn.source", willNotifyOnStop: round % 2 == 0)
+                churner.unregister("churn.source")
+            }
+            #expect(session.instances.count == 1, "the unregistered instances are gone")
+            #expect(session.instances.first?.name == "honest.source")
+            stopAndRead(consumer)
+            #expect(consumer.disabledErrors == [""])
+            expectComplete(consumer)
+            consumer.endpoint.disconnect()
+            churner.close()
+            honest.endpoint.disconnect()
+        }
+    }
+
     @Test func aProducerThatNeverAsksForItsCommandsHasABoundedBacklog() throws {
         try withoutLeaks {
             let honest = honestProducer()

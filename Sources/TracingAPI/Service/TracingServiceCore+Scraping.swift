@@ -5,10 +5,9 @@
 // whichever copy brings it first.
 
 extension TracingServiceCore {
-    /// Scrapes every producer with an instance in `session`, into the session's buffers.
+    /// Scrapes every producer that had an instance in `session`, into the session's buffers.
     func scrapeSharedMemory(for session: TracingSession) {
-        let producerIDs = Set(session.instances.map(\.producerID))
-        for id in producerIDs.sorted() {
+        for id in session.producersWithInstances.sorted() {
             guard let endpoint = producer(id) else { continue }
             scrapeSharedMemory(of: endpoint, into: Set(session.bufferIDs))
         }

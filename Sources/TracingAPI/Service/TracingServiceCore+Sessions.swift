@@ -153,6 +153,7 @@ extension TracingServiceCore {
             noFlush: descriptor.noFlush, handlesIncrementalStateClear: descriptor.handlesIncrementalStateClear)
         nextInstanceID += 1
         session.instances.append(instance)
+        session.producersWithInstances.insert(producer.id)
         let id = instance.id
         if firstSetup {
             producer.didSetUpTracing = true
@@ -324,6 +325,28 @@ extension TracingServiceCore {
         if session.instances[index].state == .stopped, !wasSetUpOnly {
             notifyInstanceStateChange(session, instance: session.instances[index], producerName: producer.name)
         }
+    }
+
+    /// A data source was unregistered: its instances in `session` are stopped and forgotten at
+    /// once, without waiting for the producer to acknowledge the stop (Perfetto stops them with
+    /// `disable_immediately`). Kept, they piled up: a producer registering and unregistering a
+    /// data source in a loop left one more instance in a running session every time, and every
+    /// later unregistration walked them all.
+    func removeInstances(named name: String, of producer: LocalProducerEndpoint, from session: TracingSession) {
+        var removed = false
+        for index in session.instances.indices
+        where session.instances[index].producerID == producer.id && session.instances[index].name == name {
+            stopInstance(at: index, of: session)
+            if session.instances[index].state == .stopping {
+                session.instances[index].state = .stopped
+                notifyInstanceStateChange(session, instance: session.instances[index], producerName: producer.name)
+            }
+            removed = true
+        }
+        guard removed else { return }
+        session.instances.removeAll { $0.producerID == producer.id && $0.name == name }
+        maybeNotifyAllDataSourcesStarted(session)
+        maybeFinishDisabling(session)
     }
 
     func dataSourceStopped(_ id: DataSourceInstanceID, producer: LocalProducerEndpoint) {

@@ -232,12 +232,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     func unregisterDataSource(_ name: String, producer: LocalProducerEndpoint) {
         guard let old = producer.dataSources.removeValue(forKey: name) else { return }
         producer.dataSourceBytes -= DataSourceDescriptor.size(of: old)
-        for session in sessions.values {
-            for index in session.instances.indices
-            where session.instances[index].producerID == producer.id && session.instances[index].name == name {
-                stopInstance(at: index, of: session)
-            }
-        }
+        for session in sessions.values { removeInstances(named: name, of: producer, from: session) }
     }
 
     /// CommitData: move complete chunks into buffers, apply patches, then acknowledge a flush.

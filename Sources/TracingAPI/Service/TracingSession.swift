@@ -48,6 +48,9 @@ final class TracingSession {
     var state = State.configured
     let bufferIDs: [BufferID]
     var instances: [DataSourceInstance] = []
+    /// Producers that had an instance in the session, those of data sources unregistered since
+    /// included: what a flush or the end of the session scrapes.
+    var producersWithInstances: Set<ProducerID> = []
     var pendingFlushes: [FlushRequestID: PendingFlush] = [:]
     private var sequenceIDs: [SequenceKey: UInt32] = [:]
     private var nextSequenceID: UInt32 = TracingSession.firstProducerSequenceID
