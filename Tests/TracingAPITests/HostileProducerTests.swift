@@ -353,16 +353,22 @@ final class HostileProducerTests: SocketTracingFixture {
             var unregister = Perfetto_Protos_UnregisterDataSourceRequest()
             unregister.dataSourceName = "eager.source"
             // Register, Unregister, Register, without waiting for a reply between them.
+            var update = Perfetto_Protos_UpdateDataSourceRequest()
+            update.dataSourceDescriptor.name = "eager.source"
+            update.dataSourceDescriptor.willNotifyOnStop = true
             let first = producer.client.call("RegisterDataSource", register)
             _ = producer.client.call("UnregisterDataSource", unregister)
             let last = producer.client.call("RegisterDataSource", register)
+            let updated = producer.client.call("UpdateDataSource", update)
             let replies = [first, last].map {
                 producer.client.reply(to: $0, as: Perfetto_Protos_RegisterDataSourceResponse.self)
             }
             #expect(replies.map { $0?.error } == ["", ""])
+            #expect(producer.client.reply(to: updated, as: Perfetto_Protos_UpdateDataSourceResponse.self) != nil)
             producer.sync()
-            #expect(core.connectedProducers.first { $0.name == "eager" }?.dataSources["eager.source"] != nil,
-                    "the last word was Register")
+            let descriptor = core.connectedProducers.first { $0.name == "eager" }?.dataSources["eager.source"]
+            #expect(descriptor != nil, "the last Register counts")
+            #expect(descriptor?.willNotifyOnStop == true, "and the Update after it")
             producer.close()
         }
     }
@@ -391,7 +397,31 @@ final class HostileProducerTests: SocketTracingFixture {
         }
     }
 
-    @Test func aProducerThatNeverAsksForItsCommandsHasABoundedBacklog() throws {
+    @Test func aFlushIsAnsweredForAProducerThatUnregisteredThenLeft() throws {
+        try withoutLeaks {
+            let honest = honestProducer()
+            let leaving = try RawProducer(path: producerPath, loop: loop, name: "leaving")
+            leaving.register("leaving.source")
+            let consumer = consumer()
+            consumer.endpoint.enableTracing(config(["leaving.source", "honest.source"]), outputFile: nil)
+            #expect(leaving.waitForStart() != nil)
+            run(until: { honest.started.count == 1 })
+            var flushed: Bool?
+            consumer.endpoint.flush(timeoutMs: 60_000, flags: FlushFlags()) { flushed = $0 }
+            run(until: { leaving.commands.contains { $0.isFlush } }, "the producer was never asked to flush")
+            // It does not answer; its data source goes, then it goes.
+            leaving.unregister("leaving.source")
+            leaving.close()
+            run(seconds: 10, until: { flushed != nil }, "the flush waited for a producer that left")
+            #expect(flushed == true)
+            stopAndRead(consumer)
+            expectComplete(consumer)
+            consumer.endpoint.disconnect()
+            honest.endpoint.disconnect()
+        }
+    }
+
+    @Test func aProducerThatNeverAsksForItsCommandsMakesTheServiceHoldNothing() throws {
         try withoutLeaks {
             let honest = honestProducer()
             let deaf = try RawProducer(path: producerPath, loop: loop, asksForCommands: false)
@@ -399,14 +429,15 @@ final class HostileProducerTests: SocketTracingFixture {
             let consumer = consumer()
             consumer.endpoint.enableTracing(config(["deaf.source", "honest.source"]), outputFile: nil)
             run(until: { honest.started.count == 1 })
-            // Each flush queues one more command for the deaf producer; it ends by its timeout.
-            let flushes = ProducerPortConnection.maxQueuedCommands + 100
+            // Each flush makes a command for the deaf producer; it ends by its timeout.
+            let flushes = 300
             var ended = 0
             for _ in 0..<flushes { consumer.endpoint.flush(timeoutMs: 1, flags: FlushFlags()) { _ in ended += 1 } }
             run(seconds: 30, until: { ended == flushes }, "the flushes never ended")
             let backlogs = host.producerPorts[0].commandBacklogs
-            #expect(backlogs.map(\.queued).max() == ProducerPortConnection.maxQueuedCommands)
-            #expect(backlogs.map(\.dropped).max() ?? 0 > 0)
+            // Only its setup_tracing waits (with the shared memory); the rest were dropped.
+            #expect(backlogs.map(\.queued).max() == 1)
+            #expect(backlogs.map(\.dropped).max() ?? 0 >= flushes)
             stopAndRead(consumer)
             expectComplete(consumer)
             consumer.endpoint.disconnect()

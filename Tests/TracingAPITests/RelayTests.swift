@@ -309,10 +309,13 @@ struct RelayTests {
         #expect(consumer.producerPackets().allSatisfy { $0.machineID == RelayFixture.guestMachineID })
     }
 
-    /// A host that answers every SyncClock three times (twice with has_more, then a last time).
+    /// A host that answers every SyncClock three times (twice with has_more, then a last time),
+    /// or, with `ending` false, only ever with has_more.
     final class RepeatingClockHost: Perfetto_Protos_RelayPortHandler {
         var pings = 0
         var updates = 0
+        let ending: Bool
+        init(ending: Bool) { self.ending = ending }
         func initRelay(
             _ request: Perfetto_Protos_InitRelayRequest, context: IPCCallContext,
             reply: Deferred<Perfetto_Protos_InitRelayResponse>
@@ -326,16 +329,17 @@ struct RelayTests {
             if request.phase == .ping { pings += 1 } else { updates += 1 }
             reply.resolve(Perfetto_Protos_SyncClockResponse(), hasMore: true)
             reply.resolve(Perfetto_Protos_SyncClockResponse(), hasMore: true)
-            reply.resolve(Perfetto_Protos_SyncClockResponse())
+            if ending { reply.resolve(Perfetto_Protos_SyncClockResponse()) }
         }
     }
 
-    @Test func aHostAnsweringOneClockRequestSeveralTimesStartsOneExchange() throws {
+    @Test(arguments: [true, false])
+    func aHostAnsweringOneClockRequestSeveralTimesStartsOneExchange(ending: Bool) throws {
         let loop = try EpollEventLoop()
         let transport = UnixSocketTransport(loop: loop)
         let directory = TemporaryDirectory()
         defer { directory.remove() }
-        let service = RepeatingClockHost()
+        let service = RepeatingClockHost(ending: ending)
         let host = try IPCHost(transport: transport, listeningAt: directory.path + "/host.sock", logger: .quiet)
         #expect(host.expose(service))
         var options = TracingRelay.Options()
@@ -347,8 +351,8 @@ struct RelayTests {
         let turns = LoopTurns(loop: loop)
         turns.start()
         drive(loop, seconds: 10, until: { turns.count == LoopTurns.total })
-        // One UPDATE for the PING's last answer; before, each of the three answers sent one, and
-        // each of their three answers scheduled a PING of its own.
+        // One UPDATE for the PING's first answer; before, each of the three answers sent one,
+        // and each of their three answers scheduled a PING of its own.
         #expect(service.pings == 1)
         #expect(service.updates == 1)
         #expect(relay.clockSyncCount == 2)

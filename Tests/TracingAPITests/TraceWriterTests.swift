@@ -261,6 +261,27 @@ final class TraceWriterTests {
         #expect(read.first?.previousPacketDropped == true)
     }
 
+    @Test func packetsBeingJoinedOnManySequencesShareOneBound() {
+        // Ten writers, each with a packet that goes on: together they may hold at most the
+        // buffer's size outside it (each alone stays under it).
+        let buffer = TraceBuffer(capacity: 64 * 1024, policy: .ringBuffer)
+        let fragment = [UInt8](repeating: 0x41, count: 4_000)
+        for round in UInt32(0)..<4 {
+            for writer in UInt16(1)...10 {
+                let record = SharedMemoryABI.paddedVarint(UInt32(fragment.count)) + fragment
+                var chunk = [UInt8](repeating: 0, count: 8) + record
+                let flags: ChunkFlags = round == 0 ? [.lastPacketContinuesOnNextChunk]
+                    : [.firstPacketContinuesFromPreviousChunk, .lastPacketContinuesOnNextChunk]
+                let header = ChunkHeader(chunkID: round, writerID: writer, packetCount: 1, flags: flags)
+                chunk.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
+                buffer.copyChunk(chunk, header: header, producerID: 1, uid: 0, pid: 0)
+            }
+            _ = buffer.readPackets()
+            #expect(buffer.reassemblyBytes <= 64 * 1024)
+        }
+        #expect(buffer.stats.traceWriterPacketLoss > 0)
+    }
+
     @Test func aRewrittenChunkIsCountedOnceWhenTheRingBufferWraps() {
         // A chunk committed again (same writer, same id) replaces the stored copy; making room
         // for the new copy must not count the replaced one a second time.

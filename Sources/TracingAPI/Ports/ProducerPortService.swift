@@ -199,8 +199,7 @@ public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
         reply: Deferred<Perfetto_Protos_UpdateDataSourceResponse>
     ) {
         guard let producer = producer(for: context, "UpdateDataSource", rejecting: reply) else { return }
-        producer.endpoint.update(request.dataSourceDescriptor)
-        reply.resolve(.init())
+        producer.endpoint.update(request.dataSourceDescriptor) { _ in reply.resolve(.init()) }
     }
 
     public func clientDidDisconnect(_ client: IPCClientInfo) {
@@ -219,17 +218,16 @@ final class ProducerPortConnection: Producer {
     /// The service's side of this producer (set right after connecting).
     var endpoint: LocalProducerEndpoint!
     private var commands: Deferred<Command>?
-    /// Commands produced before the producer asked for the stream, in order.
-    private var queued: [(command: Command, fd: ScopedFD?)] = []
-    /// At most this many commands wait for a producer that has not asked for its stream (or
-    /// asked with drop_reply). Later ones are dropped, as Perfetto drops every command sent
-    /// before the stream is bound: without a bound, a consumer flushing in a loop grew the
-    /// service's memory for as long as such a producer stayed connected. What a dropped command
-    /// asked for ends by the service's timeouts (a flush, a start, a stop).
-    static let maxQueuedCommands = 256
-    /// Commands dropped because the queue was full.
+    /// The last `setup_tracing` (with the shared memory's fd) produced before the producer asked
+    /// for the stream, sent when it does. Every other command produced meanwhile is dropped, as
+    /// traced drops them: the SDK asks for the stream right after InitializeConnection, before
+    /// it registers anything, and what a dropped command asked for ends by the service's own
+    /// timeouts (a flush, a start, a stop). Queued, they grew the service's memory for as long as
+    /// a producer that never asked (or asked with drop_reply) stayed connected.
+    private var pendingSetup: (command: Command, fd: ScopedFD?)?
+    /// Commands dropped because the producer had not asked for its stream.
     private(set) var droppedCommands = 0
-    var queuedCommandCount: Int { queued.count }
+    var queuedCommandCount: Int { pendingSetup == nil ? 0 : 1 }
 
     init(clientID: UInt64) {
         self.clientID = clientID
@@ -238,23 +236,24 @@ final class ProducerPortConnection: Producer {
     func bindCommands(_ stream: Deferred<Command>) {
         // A newer stream replaces the older one (which is rejected as it is released).
         commands = stream
-        let backlog = queued
-        queued = []
-        for entry in backlog { send(entry.command, fd: entry.fd) }
+        if let setup = pendingSetup {
+            pendingSetup = nil
+            send(setup.command, fd: setup.fd)
+        }
     }
 
     func closeCommands() {
         commands = nil
-        queued = []
+        pendingSetup = nil
     }
 
     private func send(_ command: Command, fd: ScopedFD? = nil) {
         guard let commands, commands.isBound else {
-            guard queued.count < Self.maxQueuedCommands else {
+            if case .setupTracing? = command.cmd {
+                pendingSetup = (command, fd)  // a newer one replaces it (its fd closes as it goes)
+            } else {
                 droppedCommands += 1
-                return  // `fd`, if any, is closed as it goes
             }
-            queued.append((command, fd))
             return
         }
         commands.resolve(command, hasMore: true, fileDescriptor: fd)

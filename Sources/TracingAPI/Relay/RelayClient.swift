@@ -96,7 +96,7 @@ final class RelayClient {
     }
 
     /// One exchange; a PING's answer starts the UPDATE at once, an UPDATE's answer schedules
-    /// the next PING. Only a request's final reply counts: SyncClock is unary, and a host that
+    /// the next PING. Only a request's first answer counts: SyncClock is unary, and a host that
     /// answered one request several times (`has_more`) made every answer start an exchange of its
     /// own, each with its own timer, until the relay did nothing but synchronize clocks.
     private func syncClock(_ port: Perfetto_Protos_RelayPortProxy, phase: Perfetto_Protos_SyncClockRequest.Phase) {
@@ -108,8 +108,11 @@ final class RelayClient {
             entry.timestamp = clock.timestamp
             return entry
         }
+        var answered = false
         port.syncClock(request) { [weak self, weak port] result in
-            guard let self, let port, port === self.port, result.message != nil, !result.hasMore else { return }
+            guard !answered else { return }
+            answered = true
+            guard let self, let port, port === self.port, result.message != nil else { return }
             self.clockSyncCount += 1
             if phase == .ping {
                 self.syncClock(port, phase: .update)

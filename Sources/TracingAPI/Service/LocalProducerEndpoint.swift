@@ -38,8 +38,9 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     /// Serialized bytes of `dataSources` (bounded by the service's options).
     var dataSourceBytes = 0
     var writers: [WriterID: BufferID] = [:]
-    /// Unregistrations waiting for the commits before them, by data source name.
-    private var pendingUnregistrations: [String: Int] = [:]
+    /// Requests about a data source waiting for the commits before them (an unregistration, and
+    /// the registrations and updates behind it), by name.
+    private var pendingNameRequests: [String: Int] = [:]
     /// Buffers of sessions this producer takes part in: the only ones it may commit into.
     var allowedTargetBuffers: Set<BufferID> = []
     private(set) var connected = true
@@ -173,14 +174,40 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     }
 
     /// Registers a data source and tells `completion` why the service refused it, if it did:
-    /// at once, or, while an unregistration of the same name waits for the commits before it,
-    /// after that. (Registering at once there made Register, Unregister, Register, sent back to
-    /// back, end unregistered: the second Register was refused as a duplicate, then the
-    /// waiting Unregister removed the data source, and every reply said success.)
+    /// at once, or, while an earlier request about the same name waits for the commits before
+    /// it (an unregistration), after that. (Registering at once there made Register,
+    /// Unregister, Register, sent back to back, end unregistered: the second Register was
+    /// refused as a duplicate, then the waiting Unregister removed the data source, and every
+    /// reply said success.)
     func register(_ descriptor: DataSourceDescriptor, completion: @escaping (String?) -> Void) {
+        inOrderForName(descriptor.name, completion) { endpoint in endpoint.register(descriptor) }
+    }
+
+    /// Replaces a data source's descriptor, in order with the requests about the same name
+    /// before it, and tells `completion` why the service refused it, if it did.
+    func update(_ descriptor: DataSourceDescriptor, completion: @escaping (String?) -> Void) {
+        inOrderForName(descriptor.name, completion) { endpoint in endpoint.update(descriptor) }
+    }
+
+    /// Runs `request` at once when nothing about `name` waits, else after what waits; its answer
+    /// goes to `completion`, also when the producer disconnects meanwhile.
+    private func inOrderForName(
+        _ name: String, _ completion: @escaping (String?) -> Void, _ request: @escaping (LocalProducerEndpoint) -> String?
+    ) {
         eventLoop.preconditionInEventLoop()
-        guard pendingUnregistrations[descriptor.name] != nil else { return completion(register(descriptor)) }
-        inOrder { endpoint, _ in completion(endpoint.register(descriptor)) }
+        guard pendingNameRequests[name] != nil else { return completion(request(self)) }
+        pendingNameRequests[name, default: 0] += 1
+        let endpoint = UncheckedSendableBox(self)
+        let work = UncheckedSendableBox((request, completion))
+        eventLoop.execute {
+            endpoint.value.finishedNameRequest(name)
+            work.value.1(work.value.0(endpoint.value))  // answers "disconnected" if it is by now
+        }
+    }
+
+    private func finishedNameRequest(_ name: String) {
+        let waiting = (pendingNameRequests[name] ?? 1) - 1
+        pendingNameRequests[name] = waiting > 0 ? waiting : nil
     }
 
     /// Registers a data source; returns why the service refused it, if it did.
@@ -193,7 +220,7 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     }
 
     func updateDataSource(_ descriptor: DataSourceDescriptor) {
-        update(descriptor)
+        update(descriptor) { _ in }
     }
 
     /// Replaces a data source's descriptor; returns why the service refused it, if it did.
@@ -206,10 +233,9 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
 
     func unregisterDataSource(named name: String) {
         eventLoop.preconditionInEventLoop()
-        pendingUnregistrations[name, default: 0] += 1
+        pendingNameRequests[name, default: 0] += 1
         inOrder { endpoint, service in
-            let waiting = (endpoint.pendingUnregistrations[name] ?? 1) - 1
-            endpoint.pendingUnregistrations[name] = waiting > 0 ? waiting : nil
+            endpoint.finishedNameRequest(name)
             service.unregisterDataSource(name, producer: endpoint)
         }
     }

@@ -100,6 +100,9 @@ final class TraceBuffer {
     let policy: FillPolicy
     private(set) var stats = TraceBufferStats()
     private(set) var usedBytes = 0
+    /// Bytes of packets being joined from fragments, across sequences: kept outside the chunks,
+    /// and together at most `capacity`.
+    private(set) var reassemblyBytes = 0
     /// Chunks stored now, across sequences.
     private var storedChunkCount = 0
     private var bytesEverWritten = 0
@@ -124,6 +127,7 @@ final class TraceBuffer {
         let copy = TraceBuffer(capacity: capacity, policy: policy, pruneThreshold: pruneThreshold)
         copy.stats = stats
         copy.usedBytes = usedBytes
+        copy.reassemblyBytes = reassemblyBytes
         copy.storedChunkCount = storedChunkCount
         copy.bytesEverWritten = bytesEverWritten
         copy.insertionOrder = insertionOrder
@@ -407,17 +411,13 @@ final class TraceBuffer {
             switch sequence.reassembly {
             case .collecting(var head):
                 sequence.reassembly = .none  // so that `head` is the only reference left
-                guard head.count + fragment.count <= capacity else {
-                    // Larger than the buffer: Perfetto's buffer could never hold all of its
-                    // fragments at once either. Without this bound a writer whose packet never
-                    // ends grew the service's memory for as long as the session lasted.
-                    sequence.dataLost = true
-                    stats.traceWriterPacketLoss += 1
-                    sequence.reassembly = continuesOnNext ? .discarding : .none
-                    return
+                reassemblyBytes -= head.count
+                guard reassemblyBytes + head.count + fragment.count <= capacity else {
+                    return dropReassembly(sequence, continuesOnNext: continuesOnNext)
                 }
                 head.append(contentsOf: fragment)
                 if continuesOnNext {
+                    reassemblyBytes += head.count
                     sequence.reassembly = .collecting(head)
                     return
                 }
@@ -429,13 +429,14 @@ final class TraceBuffer {
                 return
             }
         } else {
-            if case .collecting = sequence.reassembly {
-                // A new packet started before the previous one ended: the tail is lost.
-                sequence.dataLost = true
-            }
-            sequence.reassembly = .none
+            // A new packet started before the previous one ended: the tail is lost.
+            loseReassembly(sequence)
             if fragment.isEmpty && !continuesOnNext { return }  // zero-size records are padding, not packets
             if continuesOnNext {
+                guard reassemblyBytes + fragment.count <= capacity else {
+                    return dropReassembly(sequence, continuesOnNext: true)
+                }
+                reassemblyBytes += fragment.count
                 sequence.reassembly = .collecting(Array(fragment))
                 return
             }
@@ -450,7 +451,20 @@ final class TraceBuffer {
     }
 
     private func loseReassembly(_ sequence: Sequence) {
-        if case .collecting = sequence.reassembly { sequence.dataLost = true }
+        if case .collecting(let head) = sequence.reassembly {
+            sequence.dataLost = true
+            reassemblyBytes -= head.count
+        }
         sequence.reassembly = .none
+    }
+
+    /// The packet being joined would take the bytes being joined across sequences past the
+    /// buffer's size: it is dropped and counted lost, its later fragments skipped. Perfetto's
+    /// buffer could never hold all of those fragments at once either; unbounded, writers whose
+    /// packets never ended grew the service's memory for as long as the session lasted.
+    private func dropReassembly(_ sequence: Sequence, continuesOnNext: Bool) {
+        sequence.dataLost = true
+        stats.traceWriterPacketLoss += 1
+        sequence.reassembly = continuesOnNext ? .discarding : .none
     }
 }

@@ -232,7 +232,9 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     func unregisterDataSource(_ name: String, producer: LocalProducerEndpoint) {
         guard let old = producer.dataSources.removeValue(forKey: name) else { return }
         producer.dataSourceBytes -= DataSourceDescriptor.size(of: old)
-        for session in sessions.values { removeInstances(named: name, of: producer, from: session) }
+        for session in sessions.values.sorted(by: { $0.id < $1.id }) {
+            removeInstances(named: name, of: producer, from: session)
+        }
     }
 
     /// CommitData: move complete chunks into buffers, apply patches, then acknowledge a flush.
@@ -314,13 +316,16 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         let endpoint = producers.removeValue(forKey: id)?.object
         endpoint?.markDisconnected()
         for session in sessions.values {
+            session.producersWithInstances.remove(id)
+            // Flushes it was asked for are answered for it, also when its instances went first
+            // (its data sources unregistered while a flush waited).
+            for flushID in Array(session.pendingFlushes.keys) { flushAcknowledged(flushID, producer: id) }
             var changed = false
             for index in session.instances.indices where session.instances[index].producerID == id {
                 session.instances[index].state = .stopped
                 changed = true
             }
             guard changed else { continue }
-            for flushID in Array(session.pendingFlushes.keys) { flushAcknowledged(flushID, producer: id) }
             if session.state == .disablingWaitingStopAcks { maybeFinishDisabling(session) }
         }
         guard let endpoint else { return }
