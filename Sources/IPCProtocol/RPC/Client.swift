@@ -411,10 +411,14 @@ public final class IPCClient: IPCConnectionDelegate {
     /// An InvokeMethodReply; `bytes` (the reply) is valid only during the call.
     private func handleReply(requestID: UInt64, success: Bool, hasMore: Bool, bytes: UnsafeRawBufferPointer) {
         let hasMore = success && hasMore
-        guard case .invoke(let proxyID, let callback)? = hasMore ? pending[requestID] : pending.removeValue(for: requestID) else {
+        // Looked at before it is removed: a reply naming a bind's request id must leave the
+        // bind waiting for its own reply (removed first, a hostile host's stray reply made the
+        // bind wait for ever).
+        guard case .invoke(let proxyID, let callback)? = pending[requestID] else {
             logger.debug("reply for unknown or cancelled request \(requestID)")
             return
         }
+        if !hasMore { pending.removeValue(for: requestID) }
         guard boundProxies[proxyID]?.object != nil else { return }
         let fd = receivedFD.take()
         if success {
@@ -427,10 +431,11 @@ public final class IPCClient: IPCConnectionDelegate {
     private func handle(_ frame: IPCFrame) {
         switch frame.msg {
         case .msgBindServiceReply(let reply):
-            guard case .bind(let weakProxy)? = pending.removeValue(for: frame.requestID) else {
+            guard case .bind(let weakProxy)? = pending[frame.requestID] else {
                 logger.debug("bind reply for unknown request \(frame.requestID)")
                 return
             }
+            pending.removeValue(for: frame.requestID)
             guard let proxy = weakProxy.object else { return }
             if reply.success {
                 proxy.didBind(serviceID: reply.serviceID, methods: reply.methods)

@@ -66,6 +66,28 @@ struct ClientTests {
         #expect(!results.all[0].hasMore)
     }
 
+    @Test func aReplyOfTheWrongKindLeavesTheRequestWaitingForItsOwn() throws {
+        let harness = try RPCHarness()
+        let (client, host) = try harness.clientWithRawHost()
+        let proxy = Pfpeers_EchoServiceProxy()
+        let events = ProxyEvents()
+        events.observe(proxy)
+        client.bind(proxy)
+        let bind = try #require(harness.frames(from: host, count: 1).first)
+        // A call's reply naming the bind's request id, then the bind's own reply.
+        host.send(TestFrames.reply(requestID: bind.requestID))
+        host.send(TestFrames.bindReply(requestID: bind.requestID, success: true, serviceID: 7, methods: ["Echo"]))
+        harness.run(until: { events.connected == 1 }, "a stray reply made the bind wait for ever")
+        // And the other way round: a bind's reply naming a call's request id.
+        let results = Results<Pfpeers_EchoReply>()
+        proxy.echo(echoRequest("x"), reply: results.callback)
+        let call = try #require(harness.frames(from: host, count: 2).dropFirst().first)
+        host.send(TestFrames.bindReply(requestID: call.requestID, success: true, serviceID: 8))
+        host.send(TestFrames.reply(requestID: call.requestID))
+        harness.run(until: { results.all.count == 1 }, "a stray bind reply lost the call")
+        #expect(results.all[0].isSuccess)
+    }
+
     @Test func methodIDsComeFromTheBindReplyByName() throws {
         let harness = try RPCHarness()
         let (_, proxy, host, _) = try boundProxy(harness, methods: ["StreamEcho", "Other", "Echo"])
