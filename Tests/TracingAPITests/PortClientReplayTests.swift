@@ -2,6 +2,7 @@
 // Perfetto programs (../shared/interop): a raw host answers with traced's recorded replies,
 // and every request our clients send must equal, field by field, what Perfetto's SDK sent.
 
+import CPerfettoIPCLinux
 import Foundation
 import IPCProtocol
 import IPCUnixSocket
@@ -121,6 +122,31 @@ final class PortClientReplayTests {
         }
         let requestIDs = peer.frames.map(\.requestID)
         #expect(requestIDs == Array(1...UInt64(requestIDs.count)), "request ids count up from 1")
+    }
+
+    @Test func aServiceSharedMemoryThatIsNotSealedIsRefused() throws {
+        // A service that could shrink the buffer after sending it would turn the writers' stores
+        // into SIGBUS in the application's threads: the producer maps only a sealed memfd.
+        let conversation = try CapturedPortConversation("producer_session")
+        let listener = RawListener(path: directory.path + "/p.sock")
+        let service = SystemTracingService(
+            transport: transport, producerAddress: directory.path + "/p.sock", consumerAddress: directory.path + "/c.sock",
+            reconnectPolicy: .never)
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("app.source")])
+        var host: RawFramePeer?
+        run({ host = host ?? listener.accept(); return host != nil }, "the producer did not connect")
+        let peer = try #require(host)
+        run({ peer.poll() >= 1 }, "no BindService")
+        try answer(peer, conversation, 1)
+        run({ peer.poll() >= 3 }, "no InitializeConnection and GetAsyncCommand")
+        try answer(peer, conversation, 2)
+        run({ producer.connects == 1 }, "the producer never connected")
+        let unsealed = ScopedFD(CPerfettoIPC_memfd_create("unsealed", UInt32(CPerfettoIPC_MFD_CLOEXEC | CPerfettoIPC_MFD_ALLOW_SEALING)))
+        #expect(ftruncate(unsealed.rawValue, 256 * 1024) == 0)
+        try answer(peer, conversation, 3, range: 0..<1, fd: unsealed.rawValue)
+        run({ peer.poll() >= 0 && peer.sawEndOfStream }, "the producer kept the connection")
+        #expect(!producer.events.contains("setup-tracing"))
+        #expect(producer.endpoint.sharedMemory == nil)
     }
 
     @Test func ourConsumerSendsWhatTheSDKConsumerSentAndReassemblesTheSameTrace() throws {

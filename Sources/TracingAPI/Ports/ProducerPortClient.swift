@@ -249,8 +249,11 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
             }
         } else if let fileDescriptor {
             let pageSize = Int(setup.sharedBufferPageSizeKb) * 1024
+            // Sealed against resizing, as traced (and our service) seal theirs: a buffer the
+            // service could shrink after sending it would turn the writers' stores into SIGBUS,
+            // in the application's own threads.
             guard let mapping = try? SharedMemoryBuffer.map(
-                fileDescriptor, pageSize: pageSize == 0 ? SharedMemoryABI.defaultPageSize : pageSize, requireSeals: false)
+                fileDescriptor, pageSize: pageSize == 0 ? SharedMemoryABI.defaultPageSize : pageSize, requireSeals: true)
             else {
                 // A buffer we cannot map is a service we cannot trace into.
                 client?.close()
