@@ -1,6 +1,7 @@
 // The producer-name patterns of trace configs (`producer_name_regex_filter` of a data source,
 // `producer_name_regex` of a trigger), matched against the whole producer name as Perfetto
-// does with std::regex (ECMAScript grammar).
+// does: `std::regex_match` with `std::regex(pattern, std::regex::extended)`, that is POSIX
+// extended regular expressions (ERE) as libstdc++ reads them, not ECMAScript.
 //
 // The patterns come from consumers and are hostile input. Swift's Regex backtracks: `(a*)*b`
 // against a name of 26 `a`s kept the service's only event loop busy for 30 s, and every
@@ -8,20 +9,48 @@
 // over the name's Unicode scalars with a set of states, never backtracking: a match costs
 // O(NFA size × name length), whatever the pattern.
 //
-// Supported (an ECMAScript subset): literals, `.`, escapes (`\d \w \s \D \W \S`, `\t \n \r
-// \f \v \0`, `\xHH`, `\uHHHH`, and any escaped scalar that is not an ASCII letter or digit
-// stands for itself), classes `[abc]` `[a-z]` `[^...]` with escapes inside (`[]` matches
-// nothing, `[^]` any scalar), groups `( )` and `(?: )`, alternation `|`, quantifiers `* + ?`
-// `{n}` `{n,}` `{n,m}` (n, m at most 100) and their lazy forms (the same set of whole
-// matches), and the anchors `^` and `$` anywhere (the start and the end of the name).
-// Anything else does not compile: backreferences, lookaround, named groups, `\b`, a lone `{`,
-// a pattern longer than 1,024 scalars, nested deeper than 100 groups, or whose NFA would take
-// more than 10,000 states. A pattern that does not compile matches nothing. A match whose cost
-// (NFA states × name length) would pass 4 million steps, some 20 ms, is refused too (no match):
-// producer names are the producers' words and may be long, so a large pattern against a long name
-// must not hold the loop either.
+// Supported (ERE, as libstdc++'s `_Scanner` and `_Compiler` in bits/regex_scanner.tcc and
+// bits/regex_compiler.tcc read it in extended mode):
+// - literals; `.` matches any scalar but NUL (libstdc++'s POSIX `_AnyMatcher` compares only
+//   against '\0': unlike ECMAScript, `.` matches '\n' and '\r'); `]` and `}` alone are literals.
+// - `\` before one of `.[\()*+?{|^$` is that character (`_M_eat_escape_posix`). Before any
+//   other character that is not an ASCII letter or digit (`\]`, `\}`, `\/`, `\-`, `\é`, ...) it
+//   stands for that character, as libstdc++ reads it in its default GNU mode (under
+//   __STRICT_ANSI__ it throws error_escape). Before an ASCII letter or digit it does not
+//   compile: libstdc++ reads `\d` as a plain `d` (GNU mode) or throws (strict mode), never as
+//   a digit class as ECMAScript does, and `\n`, `\1`, `\x41`, `\b` are no escapes in ERE either;
+//   refusing these is safer than silently matching the letter.
+// - bracket expressions `[abc]`, `[a-z]`, `[^...]`: a `]` first (after `[` or `[^`) is a
+//   literal, so `[]` and `[^]` are unterminated; a backslash is a literal backslash; `-` is a
+//   literal first or last (`[-a]`, `[a-]`) and may end a range (`[!--]`), but a range after a
+//   range (`[a-c-e]`), from a class (`[[:alpha:]-z]`) or reversed (`[z-a]`) does not compile;
+//   a `[` not followed by `:`, `.` or `=` is a literal; the classes `[:alpha:]`, `[:digit:]`, `[:alnum:]`,
+//   `[:space:]`, `[:upper:]`, `[:lower:]`, `[:punct:]`, `[:xdigit:]`, `[:blank:]`,
+//   `[:cntrl:]`, `[:graph:]`, `[:print:]` and libstdc++'s `[:d:]`, `[:s:]`, `[:w:]` (names in
+//   any case), with ASCII semantics. Collating symbols `[.x.]` and equivalence classes `[=x=]`
+//   do not compile.
+// - groups `( )`, alternation `|` (empty alternatives included), the quantifiers `* + ?` `{n}`
+//   `{n,}` `{n,m}` (n, m at most 100) after a character, a bracket expression or a group, and
+//   the anchors `^` and `$` anywhere (the start and the end of the name). A `{` always starts
+//   an interval, as in libstdc++: `a{`, `a{,2}`, `a{x}`, `{1}` do not compile. A group that
+//   can only match the empty string, such as `(^)` or `()`, may be repeated: `(^)*` is `(^)?`,
+//   `(^){3}` is `^`.
+// Anything else does not compile: `^*` (libstdc++ repeats no bare anchor), `(?:`, `(?=` and the
+// other ECMAScript groups, stacked quantifiers `a**`, `a{2}{3}` and so the ECMAScript lazy forms
+// `a*?`, `a+?`, `a??`, `a{1,2}?` (POSIX leaves stacked quantifiers undefined; libstdc++ would
+// read `a*?` as `(a*)?`), NUL outside a bracket expression, a pattern longer than 1,024
+// scalars, nested deeper than 100 groups, or whose NFA would take more than 10,000 states (the
+// size is computed before anything is emitted, and the compiler also stops after a fixed amount
+// of work). A pattern that does not compile matches nothing. A match whose cost (NFA states ×
+// name length) would pass 4 million steps, some 20 ms, is refused too (no match): producer names
+// are the producers' words and may be long, so a large pattern against a long name must not hold
+// the loop either.
+//
+// One difference stays on purpose: libstdc++ matches the bytes of the UTF-8 name, this matcher
+// its Unicode scalars, so `.` and a bracket expression read a whole non-ASCII scalar here (`a.c`
+// matches "aéc"). Patterns and names in ASCII, as producer names are, match the same.
 
-/// A producer-name pattern of a trace config, compiled to match in linear time.
+/// A producer-name pattern of a trace config (POSIX ERE), compiled to match in linear time.
 ///
 /// ```swift
 /// let pattern = ProducerNamePattern("com.example.*")
@@ -43,12 +72,16 @@ struct ProducerNamePattern: Sendable {
     private let program: [Instruction]
 
     /// Compiles `pattern`; nil when it has a syntax error, uses a feature outside the supported
-    /// subset (backreferences, lookaround, ...) or is too large (see the limits above).
+    /// subset (escaped letters, collating symbols, stacked quantifiers, ...) or is too large
+    /// (see the limits above).
     init?(_ pattern: String) {
         let scalars = Array(pattern.unicodeScalars)
         guard scalars.count <= Self.maxPatternLength else { return nil }
         var parser = Parser(scalars: scalars)
         guard let node = parser.parse() else { return nil }
+        // The size is known before anything is emitted: no pattern makes the compiler loop
+        // over copies of its items only to be refused at the end.
+        guard node.stateCount < Self.maxStates else { return nil }  // and one for `accept`
         var compiler = Compiler()
         guard compiler.emit(node), compiler.append(.accept) else { return nil }
         program = compiler.program
@@ -103,18 +136,12 @@ struct ProducerNamePattern: Sendable {
 private struct ScalarSet: Sendable {
     static let maxScalar: UInt32 = 0x10FFFF
 
-    static let digits = ScalarSet([0x30...0x39])
-    static let wordCharacters = ScalarSet([0x30...0x39, 0x41...0x5A, 0x5F...0x5F, 0x61...0x7A])
-    /// ECMAScript's WhiteSpace and LineTerminator.
-    static let whitespace = ScalarSet([
-        0x09...0x0D, 0x20...0x20, 0xA0...0xA0, 0x1680...0x1680, 0x2000...0x200A,
-        0x2028...0x2029, 0x202F...0x202F, 0x205F...0x205F, 0x3000...0x3000, 0xFEFF...0xFEFF,
-    ])
-    /// What `.` matches: anything but a line terminator.
-    static let dot = ScalarSet([0x0A...0x0A, 0x0D...0x0D, 0x2028...0x2029]).inverted()
+    /// What `.` matches: anything but NUL, as libstdc++'s POSIX `_AnyMatcher`.
+    static let dot = ScalarSet([1...maxScalar])
 
     private(set) var ranges: [ClosedRange<UInt32>]
 
+    /// The union of `ranges`, in any order and overlapping or not (sorted once).
     init(_ ranges: [ClosedRange<UInt32>]) {
         var merged: [ClosedRange<UInt32>] = []
         for range in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
@@ -158,9 +185,30 @@ private struct ScalarSet: Sendable {
         result.append(next...Self.maxScalar)
         return ScalarSet(result)
     }
+}
 
-    func union(_ other: ScalarSet) -> ScalarSet {
-        ScalarSet(ranges + other.ranges)
+/// The ranges of a named class of a bracket expression (`[:alpha:]`), in ASCII; nil for a
+/// name libstdc++'s `regex_traits::lookup_classname` does not know. The name is in any case.
+private func namedClassRanges(_ name: String) -> [ClosedRange<UInt32>]? {
+    let digit: [ClosedRange<UInt32>] = [0x30...0x39]
+    let upper: [ClosedRange<UInt32>] = [0x41...0x5A]
+    let lower: [ClosedRange<UInt32>] = [0x61...0x7A]
+    let space: [ClosedRange<UInt32>] = [0x09...0x0D, 0x20...0x20]
+    switch name.lowercased() {
+    case "alpha": return upper + lower
+    case "digit", "d": return digit
+    case "alnum": return digit + upper + lower
+    case "w": return digit + upper + lower + [0x5F...0x5F]
+    case "space", "s": return space
+    case "upper": return upper
+    case "lower": return lower
+    case "punct": return [0x21...0x2F, 0x3A...0x40, 0x5B...0x60, 0x7B...0x7E]
+    case "xdigit": return digit + [0x41...0x46, 0x61...0x66]
+    case "blank": return [0x09...0x09, 0x20...0x20]
+    case "cntrl": return [0x00...0x1F, 0x7F...0x7F]
+    case "graph": return [0x21...0x7E]
+    case "print": return [0x20...0x7E]
+    default: return nil
     }
 }
 
@@ -178,12 +226,43 @@ private indirect enum Node {
     case sequence([Node])
     /// Any one of them.
     case choice([Node])
-    /// The node `min` to `max` times (`max` nil: unbounded).
+    /// The node `min` to `max` times (`max` nil: unbounded). A node that can only match the
+    /// empty string is only ever repeated `{0,1}`, and one that compiles to no state never (see
+    /// `Parser.repeated(_:min:max:)`).
     case repeated(Node, min: Int, max: Int?)
+
+    /// The NFA states the node compiles to, saturating past ``ProducerNamePattern/maxStates``;
+    /// computed over the tree, without expanding repetitions.
+    var stateCount: Int {
+        let cap = ProducerNamePattern.maxStates + 1
+        switch self {
+        case .scalar, .start, .end:
+            return 1
+        case .sequence(let items):
+            return items.reduce(0) { Swift.min(cap, $0 + $1.stateCount) }
+        case .choice(let alternatives):
+            let states = alternatives.reduce(0) { Swift.min(cap, $0 + $1.stateCount) }
+            return Swift.min(cap, states + 2 * (alternatives.count - 1))
+        case .repeated(let item, let min, let max):
+            let size = item.stateCount
+            guard let max else { return Swift.min(cap, size * min + size + 2) }
+            return Swift.min(cap, size * min + (size + 1) * (max - min))
+        }
+    }
+
+    /// Whether the node can only match the empty string (it reads no scalar).
+    var isZeroWidth: Bool {
+        switch self {
+        case .scalar: false
+        case .start, .end: true
+        case .sequence(let nodes), .choice(let nodes): nodes.allSatisfy(\.isZeroWidth)
+        case .repeated(let item, _, let max): max == 0 || item.isZeroWidth
+        }
+    }
 }
 
-/// A recursive-descent parser of the supported ECMAScript subset; every method returns nil on
-/// a pattern that does not compile.
+/// A recursive-descent parser of POSIX extended regular expressions as libstdc++ reads them
+/// (see the file's header); every method returns nil on a pattern that does not compile.
 private struct Parser {
     let scalars: [Unicode.Scalar]
     var position = 0
@@ -216,18 +295,30 @@ private struct Parser {
         return alternatives.count == 1 ? alternatives[0] : .choice(alternatives)
     }
 
-    /// Quantified atoms, up to a `|`, a `)` or the end.
+    /// Quantified atoms and anchors, up to a `|`, a `)` or the end. Nested sequences are
+    /// flattened and empty ones dropped, so every item of a sequence compiles to some state.
     private mutating func parseSequence() -> Node? {
         var items: [Node] = []
         while let scalar = current, scalar != "|", scalar != ")" {
-            guard let atom = parseAtom() else { return nil }
-            guard let item = parseQuantifier(of: atom) else { return nil }
-            items.append(item)
+            let item: Node
+            if scalar == "^" || scalar == "$" {
+                // An anchor is an assertion, no atom: libstdc++ repeats none (`^*` is an error).
+                position += 1
+                item = scalar == "^" ? .start : .end
+            } else {
+                guard let atom = parseAtom(), let quantified = parseQuantifier(of: atom) else { return nil }
+                item = quantified
+            }
+            if case .sequence(let inner) = item {
+                items.append(contentsOf: inner)
+            } else {
+                items.append(item)
+            }
         }
         return items.count == 1 ? items[0] : .sequence(items)
     }
 
-    /// The quantifier after `atom`, if any.
+    /// The quantifier after `atom`, if any; a second quantifier does not compile.
     private mutating func parseQuantifier(of atom: Node) -> Node? {
         let min: Int
         let max: Int?
@@ -247,13 +338,24 @@ private struct Parser {
         default:
             return atom
         }
-        switch atom {
-        case .start, .end: return nil  // nothing to repeat
-        default: break
+        // Stacked quantifiers (`a**`, and so the ECMAScript lazy forms `a*?`) are undefined in
+        // POSIX; they do not compile.
+        if let next = current, next == "*" || next == "+" || next == "?" || next == "{" { return nil }
+        return Self.repeated(atom, min: min, max: max)
+    }
+
+    /// `item` `min` to `max` times, simplified so that no repetition is of a node that can only
+    /// match the empty string: such a node (`()`, `(^)`, `(^|$)`) matches the same however many
+    /// times it is repeated, once or not at all. This keeps `((){100}){100}...` from costing
+    /// 100^k compiler steps for no state at all.
+    private static func repeated(_ item: Node, min: Int, max: Int?) -> Node {
+        if max == 0 { return .sequence([]) }
+        if item.isZeroWidth {
+            if case .sequence(let items) = item, items.isEmpty { return item }
+            return min >= 1 ? item : .repeated(item, min: 0, max: 1)
         }
-        // The lazy form matches the same whole names.
-        if current == "?" { position += 1 }
-        return .repeated(atom, min: min, max: max)
+        if min == 1, max == 1 { return item }
+        return .repeated(item, min: min, max: max)
     }
 
     /// `{n}`, `{n,}` or `{n,m}`.
@@ -300,28 +402,23 @@ private struct Parser {
         case "(":
             return parseGroup()
         case "[":
-            return parseClass().map { .scalar($0) }
+            return parseBracket().map { .scalar($0) }
         case ".":
             return .scalar(.dot)
-        case "^":
-            return .start
-        case "$":
-            return .end
         case "\\":
-            return parseEscape(inClass: false).map { .scalar($0) }
+            return parseEscape().map { .scalar($0) }
         case "*", "+", "?", "{":
             return nil  // nothing to repeat, or a brace that is no quantifier
+        case "\0":
+            return nil  // libstdc++'s extended grammar refuses NUL
         default:
             return .scalar(ScalarSet(scalar: scalar.value))
         }
     }
 
-    /// After `(`: `(...)` or `(?:...)`; lookaround and named groups do not compile.
+    /// After `(`: the group up to its `)`. ERE has no `(?...)` groups: `(?` has nothing to
+    /// repeat and does not compile.
     private mutating func parseGroup() -> Node? {
-        if current == "?" {
-            guard peek(1) == ":" else { return nil }
-            position += 2
-        }
         depth += 1
         guard depth <= ProducerNamePattern.maxGroupDepth, let node = parseChoice(), current == ")" else { return nil }
         position += 1
@@ -329,98 +426,116 @@ private struct Parser {
         return node
     }
 
-    /// After `[`: the class up to its `]`.
-    private mutating func parseClass() -> ScalarSet? {
+    /// After `\`, outside a bracket expression.
+    private mutating func parseEscape() -> ScalarSet? {
+        guard let scalar = current else { return nil }
+        position += 1
+        // `\d`, `\n`, `\1`, `\x41`, `\b`...: no escape of ERE; libstdc++ reads a plain letter or
+        // digit or throws, so they do not compile (see the header).
+        if scalar.isASCII, scalar.properties.isAlphabetic || digitValue(scalar) != nil { return nil }
+        // A special character (`.[\()*+?{|^$`) or any other: that character.
+        return ScalarSet(scalar: scalar.value)
+    }
+
+    /// One item of a bracket expression.
+    private enum BracketItem {
+        case scalar(UInt32)
+        case named([ClosedRange<UInt32>])
+        case dash
+        case close
+    }
+
+    /// After `[`: the bracket expression up to its `]`, following libstdc++'s
+    /// `_M_insert_bracket_matcher` and `_M_expression_term` in POSIX mode. The ranges are
+    /// collected and normalized once, at the end.
+    private mutating func parseBracket() -> ScalarSet? {
         var negated = false
         if current == "^" {
             negated = true
             position += 1
         }
-        var set = ScalarSet([])
-        while true {
-            guard let scalar = current else { return nil }  // no `]`
-            if scalar == "]" {
-                position += 1
-                break
-            }
-            guard let first = parseClassAtom() else { return nil }
-            if current == "-", let after = peek(1), after != "]" {
-                position += 1
-                guard let last = parseClassAtom(),
-                      let low = first.single, let high = last.single, low <= high else { return nil }
-                set = set.union(ScalarSet([low...high]))
-            } else {
-                set = set.union(first)
-            }
-        }
-        return negated ? set.inverted() : set
-    }
-
-    /// One scalar or escape inside a class.
-    private mutating func parseClassAtom() -> ScalarSet? {
-        guard let scalar = current else { return nil }
-        position += 1
-        if scalar == "\\" { return parseEscape(inClass: true) }
-        return ScalarSet(scalar: scalar.value)
-    }
-
-    /// After `\`.
-    private mutating func parseEscape(inClass: Bool) -> ScalarSet? {
-        guard let scalar = current else { return nil }
-        position += 1
-        switch scalar {
-        case "d": return .digits
-        case "D": return ScalarSet.digits.inverted()
-        case "w": return .wordCharacters
-        case "W": return ScalarSet.wordCharacters.inverted()
-        case "s": return .whitespace
-        case "S": return ScalarSet.whitespace.inverted()
-        case "t": return ScalarSet(scalar: 0x09)
-        case "n": return ScalarSet(scalar: 0x0A)
-        case "v": return ScalarSet(scalar: 0x0B)
-        case "f": return ScalarSet(scalar: 0x0C)
-        case "r": return ScalarSet(scalar: 0x0D)
-        case "b" where inClass: return ScalarSet(scalar: 0x08)
-        case "0":
-            // `\0` is NUL; `\0` followed by a digit is an octal escape, not supported.
-            if let next = current, digitValue(next) != nil { return nil }
-            return ScalarSet(scalar: 0)
-        case "x": return parseHex(digits: 2)
-        case "u": return parseHex(digits: 4)
-        default:
-            // Other letters and digits are features not supported (backreferences, `\b`,
-            // `\c`, `\p`, ...) or errors; anything else stands for itself.
-            if scalar.isASCII, scalar.properties.isAlphabetic || digitValue(scalar) != nil { return nil }
-            return ScalarSet(scalar: scalar.value)
-        }
-    }
-
-    /// `digits` hexadecimal digits, after `\x` or `\u`.
-    private mutating func parseHex(digits: Int) -> ScalarSet? {
-        var value: UInt32 = 0
-        for _ in 0..<digits {
-            guard let scalar = current, let digit = hexValue(scalar) else { return nil }
-            value = value * 16 + digit
+        var ranges: [ClosedRange<UInt32>] = []
+        // The last single scalar, not yet added: it may start a range.
+        var pending: UInt32?
+        // Whether the last item was a named class (no range may start there).
+        var afterClass = false
+        // A `]` first is a literal, and so is a `-`.
+        if current == "]" || current == "-" {
+            pending = current!.value
             position += 1
         }
-        // A lone surrogate (`\uD800`) is no scalar of a Swift string: it matches nothing.
-        return ScalarSet(scalar: value)
-    }
-
-    private func hexValue(_ scalar: Unicode.Scalar) -> UInt32? {
-        switch scalar {
-        case "0"..."9": scalar.value - 0x30
-        case "a"..."f": scalar.value - 0x61 + 10
-        case "A"..."F": scalar.value - 0x41 + 10
-        default: nil
+        while true {
+            guard let item = parseBracketItem() else { return nil }
+            switch item {
+            case .close:
+                if let pending { ranges.append(pending...pending) }
+                let set = ScalarSet(ranges)
+                return negated ? set.inverted() : set
+            case .scalar(let value):
+                if let pending { ranges.append(pending...pending) }
+                pending = value
+                afterClass = false
+            case .named(let classRanges):
+                if let pending { ranges.append(pending...pending) }
+                pending = nil
+                ranges.append(contentsOf: classRanges)
+                afterClass = true
+            case .dash:
+                guard let next = parseBracketItem() else { return nil }
+                if case .close = next {
+                    // `-]`: a literal dash at the end.
+                    if let pending { ranges.append(pending...pending) }
+                    ranges.append(0x2D...0x2D)
+                    let set = ScalarSet(ranges)
+                    return negated ? set.inverted() : set
+                }
+                // A range needs a single scalar before; `[[:alpha:]-z]` and `[a-c-e]` are errors.
+                guard !afterClass, let low = pending else { return nil }
+                let high: UInt32
+                switch next {
+                case .scalar(let value): high = value
+                case .dash: high = 0x2D  // `x--`
+                case .named, .close: return nil
+                }
+                guard low <= high else { return nil }
+                ranges.append(low...high)
+                pending = nil
+            }
         }
     }
-}
 
-extension ScalarSet {
-    /// The one scalar of a set of one, for a range's bounds.
-    fileprivate var single: UInt32? {
-        ranges.count == 1 && ranges[0].lowerBound == ranges[0].upperBound ? ranges[0].lowerBound : nil
+    /// The next item inside a bracket expression (a backslash is a literal backslash).
+    private mutating func parseBracketItem() -> BracketItem? {
+        guard let scalar = current else { return nil }  // no `]`
+        position += 1
+        switch scalar {
+        case "]":
+            return .close
+        case "-":
+            return .dash
+        case "[":
+            switch current {
+            case nil:
+                return nil
+            case ":":
+                position += 1
+                // The name runs to the first `:`, which must be followed by `]`.
+                var name = ""
+                while let scalar = current, scalar != ":" {
+                    name.unicodeScalars.append(scalar)
+                    position += 1
+                }
+                guard current == ":", peek(1) == "]", let ranges = namedClassRanges(name) else { return nil }
+                position += 2
+                return .named(ranges)
+            case ".", "=":
+                return nil  // collating symbols and equivalence classes: not supported
+            default:
+                return .scalar(scalar.value)
+            }
+        default:
+            return .scalar(scalar.value)
+        }
     }
 }
 
@@ -442,9 +557,16 @@ private enum Instruction: Sendable {
 }
 
 /// Compiles a ``Node`` to a list of ``Instruction``s (Thompson's construction); `emit` and
-/// `append` return false once the NFA would exceed ``ProducerNamePattern/maxStates``.
+/// `append` return false once the NFA would exceed ``ProducerNamePattern/maxStates``, or once
+/// `emit` has run more than ``Compiler/maxEmits`` times.
 private struct Compiler {
+    /// A backstop on the compiler's work, whatever the checks before it: every node the parser
+    /// makes compiles to some state or has several parts, so a pattern within maxStates takes
+    /// at most some 2 × maxStates calls of `emit`.
+    static let maxEmits = 4 * ProducerNamePattern.maxStates
+
     var program: [Instruction] = []
+    private var emits = 0
 
     mutating func append(_ instruction: Instruction) -> Bool {
         guard program.count < ProducerNamePattern.maxStates else { return false }
@@ -453,6 +575,8 @@ private struct Compiler {
     }
 
     mutating func emit(_ node: Node) -> Bool {
+        emits += 1
+        guard emits <= Self.maxEmits else { return false }
         switch node {
         case .scalar(let set):
             return append(.scalar(set))
@@ -461,7 +585,10 @@ private struct Compiler {
         case .end:
             return append(.end)
         case .sequence(let items):
-            return items.allSatisfy { emit($0) }
+            for item in items {
+                guard emit(item) else { return false }
+            }
+            return true
         case .choice(let alternatives):
             // split(first, next split) first; jump(end) ... last alternative; end
             var jumps: [Int] = []
@@ -476,8 +603,15 @@ private struct Compiler {
             for jump in jumps { program[jump] = .jump(program.count) }
             return true
         case .repeated(let item, let min, let max):
-            for _ in 0..<min {
+            // Emit the item once and, should it compile to nothing (the parser makes no such
+            // repetition), do not repeat it.
+            let before = program.count
+            if min > 0 {
                 guard emit(item) else { return false }
+                if program.count == before { return true }
+                for _ in 1..<min {
+                    guard emit(item) else { return false }
+                }
             }
             guard let max else {
                 // loop: split(body, end); body; jump(loop); end
@@ -489,8 +623,10 @@ private struct Compiler {
             // Up to max - min optional copies; skipping one skips the rest.
             var splits: [Int] = []
             for _ in min..<max {
-                splits.append(program.count)
-                guard append(.split(program.count + 1, 0)), emit(item) else { return false }
+                let split = program.count
+                splits.append(split)
+                guard append(.split(split + 1, 0)), emit(item) else { return false }
+                if program.count == split + 1 { break }  // an empty item: one optional copy is all
             }
             for split in splits { program[split] = .split(split + 1, program.count) }
             return true
