@@ -186,8 +186,11 @@ private final class UncheckedBenchmarkBox: @unchecked Sendable {
     func next(_ run: BenchmarkRun) {
         if self.run == nil {
             self.run = run
-            // Unowned: the box outlives the run (the caller waits for `done`, then drops both).
-            onReply = { [unowned(unsafe) self] result in self.replied(result) }
+            // Strong: calls a host never finished are rejected when the client closes, after the
+            // caller dropped the box (an unowned reference crashed there against a host that
+            // answered every call with has_more). The cycle ends when the run does (`onReply =
+            // nil`), and `replied` ignores what comes after.
+            onReply = { [self] result in self.replied(result) }
         }
         guard run.issued < run.warmup + run.iterations else {
             onReply = nil
