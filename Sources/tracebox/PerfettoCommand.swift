@@ -70,13 +70,19 @@ struct PerfettoCommand: ParsableCommand {
     // MARK: Query
 
     private func runQuery(_ session: ConsumerSession, _ runner: CommandLoop) throws {
-        var state: TracingServiceState?
-        session.endpoint.queryServiceState(sessionsOnly: false) { success, value in state = success ? value : TracingServiceState() }
-        runner.run(until: { state != nil || session.disconnected })
-        guard let state else {
+        var answer: (success: Bool, state: TracingServiceState)?
+        session.endpoint.queryServiceState(sessionsOnly: false) { success, value in answer = (success, value) }
+        runner.run(until: { answer != nil || session.disconnected })
+        guard let answer else {
             printError("tracebox perfetto: the service went away")
             throw ExitCode.failure
         }
+        // A failed query is not an empty service.
+        guard answer.success else {
+            printError("tracebox perfetto: the service did not answer the query (it failed it, or its reply does not decode or passes its bound)")
+            throw ExitCode.failure
+        }
+        let state = answer.state
         if queryRaw {
             let bytes: [UInt8] = try state.serializedBytes()
             try writeAll(bytes, to: STDOUT_FILENO)
@@ -124,6 +130,10 @@ struct PerfettoCommand: ParsableCommand {
             runner.run(until: { session.stats != nil || session.disconnected }, timeout: .seconds(5))
             stats = session.stats
             let written = try readBack(outputFD)
+            if let error = written.error {
+                printError("tracebox perfetto: the file the service wrote is not a trace: \(error)")
+                throw ExitCode.failure
+            }
             packets = written.packets
             bytes = written.bytes
         } else {
@@ -134,6 +144,11 @@ struct PerfettoCommand: ParsableCommand {
             output.flush()
             if let error = output.error {
                 printError("tracebox perfetto: cannot write \(out == "-" ? "stdout" : out!): \(error)")
+                throw ExitCode.failure
+            }
+            // What was written is kept, but a read that ended early is not a complete trace.
+            if let error = session.readError ?? (session.readFinished ? nil : "the tracing service went away") {
+                printError("tracebox perfetto: the trace is incomplete (\(output.packets) packets written): \(error)")
                 throw ExitCode.failure
             }
             packets = output.packets
@@ -194,12 +209,39 @@ struct PerfettoCommand: ParsableCommand {
         return fd
     }
 
-    /// Counts what the service wrote into the file.
-    private func readBack(_ fd: Int32) throws -> (packets: Int, bytes: Int) {
-        guard fd != STDOUT_FILENO else { return (0, 0) }
-        _ = lseek(fd, 0, SEEK_SET)
-        let bytes = try readAll(fd)
-        return ((try? TraceFile.decodePackets(bytes).count) ?? 0, bytes.count)
+    /// Counts the packets the service wrote into the file, reading only their headers (the
+    /// file may be larger than memory; it was once read whole just to be counted), and says
+    /// where it stops being a trace, if it does.
+    private func readBack(_ fd: Int32) throws -> (packets: Int, bytes: Int, error: String?) {
+        guard fd != STDOUT_FILENO else { return (0, 0, nil) }
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { throw SystemError("fstat") }
+        let size = Int(status.st_size)
+        var packets = 0
+        var offset = 0
+        var header = [UInt8](repeating: 0, count: 11)  // the tag and a varint of at most 10 bytes
+        while offset < size {
+            let count = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, min($0.count, size - offset), off_t(offset)) }
+            guard count > 0 else { throw SystemError("read") }
+            guard header[0] == 0x0A else { return (packets, size, "byte \(offset): expected the Trace.packet tag 0x0A") }
+            // The packet's length: a varint after the tag.
+            var length: UInt64 = 0
+            var position = 1
+            var shift: UInt64 = 0
+            while position < count, shift < 64 {
+                let byte = header[position]
+                position += 1
+                length |= UInt64(byte & 0x7F) << shift
+                shift += 7
+                if byte & 0x80 == 0 { break }
+            }
+            guard position > 1, header[position - 1] & 0x80 == 0, length <= UInt64(size - offset - position) else {
+                return (packets, size, "byte \(offset): a packet runs past the end of the file")
+            }
+            offset += position + Int(length)
+            packets += 1
+        }
+        return (packets, size, nil)
     }
 }
 
@@ -213,6 +255,8 @@ final class ConsumerSession: Consumer {
     private(set) var disabledError: String?
     private(set) var packets: [TracePacketData] = []
     private(set) var readFinished = false
+    /// Why the read ended early, if it did.
+    private(set) var readError: String?
     private(set) var stats: TraceStats?
 
     func onConnect() { connected = true }
@@ -226,6 +270,7 @@ final class ConsumerSession: Consumer {
         }
         if !hasMore { readFinished = true }
     }
+    func onTraceDataFailed(error: String) { readError = error }
     func onTraceStats(success: Bool, _ stats: TraceStats) { self.stats = stats }
 }
 

@@ -195,5 +195,26 @@ final class PortClientReplayTests {
         let url = try #require(Bundle.module.url(forResource: "Fixtures/consumer_session", withExtension: "pftrace"))
         let written = try TraceFile.decodePackets([UInt8](Data(contentsOf: url)))
         #expect(consumer.packets == written)
+        #expect(consumer.readFailures.isEmpty)
+
+        // A read the service fails, one it answers with bytes that do not decode, and one the
+        // connection ends: each says why, then ends as every read does.
+        consumer.endpoint.readBuffers()
+        run({ peer.poll() >= 7 }, "no second ReadBuffers")
+        peer.send(TestFrames.reply(requestID: try #require(peer.frames.last).requestID, success: false))
+        run({ consumer.readsCompleted == 2 }, "the failed read did not end")
+        consumer.endpoint.readBuffers()
+        run({ peer.poll() >= 8 }, "no third ReadBuffers")
+        peer.send(TestFrames.reply(requestID: try #require(peer.frames.last).requestID, payload: Data([0x12, 0x05, 0x0A])))
+        run({ consumer.readsCompleted == 3 }, "the undecodable read did not end")
+        consumer.endpoint.readBuffers()
+        run({ peer.poll() >= 9 }, "no fourth ReadBuffers")
+        peer.close()
+        run({ consumer.readsCompleted == 4 }, "the read cut by the connection did not end")
+        #expect(consumer.readFailures.count == 3)
+        #expect(consumer.readFailures.first?.hasPrefix("the service failed the read") == true)
+        #expect(consumer.readFailures.dropFirst().first == "the service sent an undecodable ReadBuffersResponse")
+        #expect(consumer.readFailures.last == "the connection to the service ended")
+        #expect(consumer.packets == written, "nothing more arrived")
     }
 }

@@ -142,4 +142,19 @@ struct ReadBuffersEncodingTests {
         let replies = ReadBuffersSlicer.plan([], hasMore: false)
         #expect(replies == [ReadBuffersSlicer.Reply(slices: [], encodedSize: 0, hasMore: false)])
     }
+
+    @Test func aPacketThatNeverEndsFailsTheReadAtTheBound() throws {
+        // Slices that never say last_slice_for_packet: the client stops gluing at its bound.
+        var reassembler = TracePacketReassembler()
+        reassembler.maxPacketSize = 10_000
+        var slice = Perfetto_Protos_ReadBuffersResponse.Slice()
+        slice.data = Data(repeating: 0x41, count: 4_000)
+        var response = Perfetto_Protos_ReadBuffersResponse()
+        response.slices = [slice]
+        let bytes: [UInt8] = try response.serializedBytes()
+        #expect(bytes.withUnsafeBytes { reassembler.append(encoded: $0) } == [])
+        #expect(bytes.withUnsafeBytes { reassembler.append(encoded: $0) } == [])
+        #expect(bytes.withUnsafeBytes { reassembler.append(encoded: $0) } == nil)
+        #expect(reassembler.failure == "a packet of more than 10000 bytes")
+    }
 }

@@ -102,6 +102,9 @@ final class RecordingConsumer: Consumer {
     }
     func onTraceStats(success: Bool, _ stats: TraceStats) { self.stats.append(stats) }
     func onObservableEvents(_ events: ObservableEvents) { observed.append(events) }
+    /// Why reads ended early, in order.
+    private(set) var readFailures: [String] = []
+    func onTraceDataFailed(error: String) { readFailures.append(error) }
 
     /// Reads completed so far (batches with hasMore = false).
     var readsCompleted: Int { batchesHasMore.filter { !$0 }.count }

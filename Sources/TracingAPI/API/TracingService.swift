@@ -205,11 +205,21 @@ public protocol Consumer: AnyObject {
     func onTracingDisabled(error: String)
     /// A batch of packets from ``ConsumerEndpoint/readBuffers()``; the last batch has `hasMore` false.
     func onTraceData(_ packets: [TracePacketData], hasMore: Bool)
+    /// The read ended before the service's last batch: the service failed it, sent a reply that
+    /// does not decode (or a packet past ``maxReassembledPacketSize``), or the connection ended.
+    /// The last batch (empty, `hasMore` false) follows, so a read always ends the same way; what
+    /// came before this call is all the trace that arrived. Does nothing by default.
+    func onTraceDataFailed(error: String)
     func onTraceStats(success: Bool, _ stats: TraceStats)
     func onObservableEvents(_ events: ObservableEvents)
 }
 
+/// The largest packet a consumer glues back from ReadBuffers slices (128 MiB): a service that
+/// never ends a packet cannot make the consumer's memory grow past it.
+public let maxReassembledPacketSize = 128 * 1024 * 1024
+
 extension Consumer {
+    public func onTraceDataFailed(error: String) {}
     public func onConnect() {}
     public func onDisconnect() {}
     public func onTraceStats(success: Bool, _ stats: TraceStats) {}

@@ -131,9 +131,14 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
     }
 
     public func readBuffers() {
-        let finish: () -> Void = { [weak self] in self?.consumer?.onTraceData([], hasMore: false) }
-        guard !ended else { return failLater(finish) }
-        let settle = expectReply(onFailure: finish)
+        // A read that fails says why, then ends as every read does (an empty last batch): it
+        // once ended only with the empty batch, which looked like a complete trace.
+        let fail: (String) -> Void = { [weak self] reason in
+            self?.consumer?.onTraceDataFailed(error: reason)
+            self?.consumer?.onTraceData([], hasMore: false)
+        }
+        guard !ended else { return failLater { fail("the connection to the service ended") } }
+        let settle = expectReply { fail("the connection to the service ended") }
         whenBound { [weak self] port in
             // The slices are read straight from each reply's bytes: a full buffer is tens of
             // thousands of packets, and a Slice message with its own Data per packet cost more
@@ -144,8 +149,10 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
             ) { bytes, hasMore, error in
                 guard let self else { return }
                 guard let bytes, let packets = self.reassembler.append(encoded: bytes) else {
+                    let reason = error.map { "the service failed the read: \($0.message)" }
+                        ?? "the service sent \(self.reassembler.failure)"
                     self.reassembler.reset()
-                    if settle(error ?? IPCError(.protocolViolation, "undecodable ReadBuffersResponse")) { finish() }
+                    if settle(error ?? IPCError(.protocolViolation, reason)) { fail(reason) }
                     return
                 }
                 if !hasMore {
@@ -209,6 +216,14 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
                     return
                 }
                 // Each chunk is a part of one message: concatenated, their bytes parse as the whole.
+                // At most `maxMergedServiceStateSize`: a service that never ends the reply must
+                // not grow this process's memory without bound.
+                guard merged.count + chunk.count <= Self.maxMergedServiceStateSize else {
+                    if settle(IPCError(.protocolViolation, "QueryServiceState reply past its bound")) {
+                        callback(false, TracingServiceState())
+                    }
+                    return
+                }
                 merged.append(contentsOf: chunk)
                 guard !result.hasMore, settle(result.error) else { return }
                 if let state = try? TracingServiceState(serializedBytes: merged) {
@@ -219,6 +234,10 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
             }
         }
     }
+
+    /// The largest service state a query glues from its reply's parts (64 MiB; a state of ten
+    /// thousand data sources is a few megabytes).
+    static let maxMergedServiceStateSize = 64 * 1024 * 1024
 
     public func queryCapabilities(_ callback: @escaping (TracingServiceCapabilities) -> Void) {
         guard !ended else { return failLater { callback(TracingServiceCapabilities()) } }

@@ -109,13 +109,19 @@ enum ReadBuffersSlicer {
 /// Glues ReadBuffers slices back into packets (the consumer client's side).
 struct TracePacketReassembler {
     private var pending: [UInt8] = []
+    /// The largest packet glued back; a larger one fails the read.
+    var maxPacketSize = maxReassembledPacketSize
+    /// Why the last `append` returned nil.
+    private(set) var failure = ""
 
     /// Appends the slices of one encoded ReadBuffersResponse, read straight from its bytes
     /// (no Slice messages, no copy per slice but into the packet); returns the packets they
-    /// complete, or nil if the bytes are not a ReadBuffersResponse. As in protobuf, a field
+    /// complete, or nil (why in ``failure``) if the bytes are not a ReadBuffersResponse or a
+    /// packet would pass ``maxPacketSize``. As in protobuf, a field
     /// repeated within a slice counts its last value, and unknown fields are skipped.
     mutating func append(encoded bytes: UnsafeRawBufferPointer) -> [TracePacketData]? {
         var packets: [TracePacketData] = []
+        var tooLarge = false
         let wellFormed = ProtoEncoding.walkFields(in: bytes) { field in
             guard field.number == 2 else { return true }  // `slices`; nothing else is known
             guard field.wireType == 2 else { return false }
@@ -133,6 +139,11 @@ struct TracePacketReassembler {
             }
             guard sliceWellFormed else { return false }
             let dataBytes = UnsafeRawBufferPointer(rebasing: slice[data])
+            guard pending.count + dataBytes.count <= maxPacketSize else {
+                failure = "a packet of more than \(maxPacketSize) bytes"
+                tooLarge = true
+                return false
+            }
             if isLast && pending.isEmpty {
                 packets.append(TracePacketData(bytes: [UInt8](dataBytes)))
             } else {
@@ -144,6 +155,7 @@ struct TracePacketReassembler {
             }
             return true
         }
+        if !wellFormed && !tooLarge { failure = "an undecodable ReadBuffersResponse" }
         return wellFormed ? packets : nil
     }
 
