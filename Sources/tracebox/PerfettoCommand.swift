@@ -72,9 +72,10 @@ struct PerfettoCommand: ParsableCommand {
     private func runQuery(_ session: ConsumerSession, _ runner: CommandLoop) throws {
         var answer: (success: Bool, state: TracingServiceState)?
         session.endpoint.queryServiceState(sessionsOnly: false) { success, value in answer = (success, value) }
-        runner.run(until: { answer != nil || session.disconnected })
+        runner.run(until: { answer != nil || session.disconnected }, timeout: Self.serviceAnswerTimeout)
         guard let answer else {
-            printError("tracebox perfetto: the service went away")
+            printError(session.disconnected ? "tracebox perfetto: the service went away"
+                : "tracebox perfetto: the service did not answer the query within \(Self.serviceAnswerTimeout)")
             throw ExitCode.failure
         }
         // A failed query is not an empty service.
@@ -111,7 +112,21 @@ struct PerfettoCommand: ParsableCommand {
         }
         let progress = isatty(STDERR_FILENO) == 1 ? Progress(durationMs: duration, outputFD: traceConfig.writeIntoFile ? outputFD : nil) : nil
         progress?.start(on: runner.loop, session: session)
-        runner.run(until: { session.disabledError != nil || session.disconnected })
+        let ended = { session.disabledError != nil || session.disconnected }
+        if duration > 0 {
+            // A service that does not end the session when it should is asked to, then given up.
+            let deadline = Duration.milliseconds(Int64(duration)) + Self.serviceAnswerTimeout
+            if !runner.run(until: ended, timeout: deadline) {
+                printError("tracebox perfetto: the service did not end the session \(Self.serviceAnswerTimeout) after its duration; stopping it")
+                session.endpoint.disableTracing()
+                guard runner.run(until: ended, timeout: Self.serviceAnswerTimeout) else {
+                    printError("tracebox perfetto: the service did not stop the session either; giving up")
+                    throw ExitCode.failure
+                }
+            }
+        } else {
+            runner.run(until: ended)  // until the service ends it, or SIGINT / SIGTERM asks it to
+        }
         progress?.stop()
         // Lost service: the session ended with it (its disabled error says so too); one line.
         if session.disconnected {
@@ -140,7 +155,17 @@ struct PerfettoCommand: ParsableCommand {
             let output = TraceOutput(fd: outputFD)
             session.output = output
             session.endpoint.readBuffers()
-            runner.run(until: { session.readFinished || session.disconnected })
+            // A read takes as long as the trace is large; a service that sends nothing for
+            // `serviceAnswerTimeout` has stopped sending.
+            var lastProgress = (count: session.batchesReceived, at: ContinuousClock.now)
+            while !runner.run(until: { session.readFinished || session.disconnected }, timeout: .seconds(1)) {
+                if session.batchesReceived != lastProgress.count {
+                    lastProgress = (session.batchesReceived, ContinuousClock.now)
+                } else if ContinuousClock.now - lastProgress.at > Self.serviceAnswerTimeout {
+                    session.readError = "the service sent nothing for \(Self.serviceAnswerTimeout)"
+                    break
+                }
+            }
             output.flush()
             if let error = output.error {
                 printError("tracebox perfetto: cannot write \(out == "-" ? "stdout" : out!): \(error)")
@@ -161,6 +186,10 @@ struct PerfettoCommand: ParsableCommand {
         printError("tracebox perfetto: \(packets) packets, \(bytes) bytes written to \(target)" + Losses(stats).summary)
         guard session.disabledError?.isEmpty ?? false else { throw ExitCode.failure }
     }
+
+    /// How long the service may take to answer a query, to end a session after its duration,
+    /// or to send the next part of a read, before the command gives up with an error.
+    static let serviceAnswerTimeout: Duration = .seconds(30)
 
     private func loadConfig() throws -> TraceConfig {
         let path = config!
@@ -256,13 +285,16 @@ final class ConsumerSession: Consumer {
     private(set) var packets: [TracePacketData] = []
     private(set) var readFinished = false
     /// Why the read ended early, if it did.
-    private(set) var readError: String?
+    var readError: String?
+    /// Batches of trace data received so far.
+    private(set) var batchesReceived = 0
     private(set) var stats: TraceStats?
 
     func onConnect() { connected = true }
     func onDisconnect() { disconnected = true }
     func onTracingDisabled(error: String) { disabledError = error }
     func onTraceData(_ packets: [TracePacketData], hasMore: Bool) {
+        batchesReceived += 1
         if let output {
             output.append(packets)
         } else {
