@@ -149,6 +149,29 @@ final class PortClientReplayTests {
         #expect(producer.endpoint.sharedMemory == nil)
     }
 
+    @Test func aCommandStreamThatEndsIsALostService() throws {
+        // Nothing would start a producer whose command stream ended: it lets the connection go
+        // (and, with a reconnect policy, connects anew) instead of staying connected for ever.
+        let conversation = try CapturedPortConversation("producer_session")
+        let listener = RawListener(path: directory.path + "/p.sock")
+        let service = SystemTracingService(
+            transport: transport, producerAddress: directory.path + "/p.sock", consumerAddress: directory.path + "/c.sock",
+            reconnectPolicy: .never)
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("app.source")])
+        var host: RawFramePeer?
+        run({ host = host ?? listener.accept(); return host != nil }, "the producer did not connect")
+        let peer = try #require(host)
+        run({ peer.poll() >= 1 }, "no BindService")
+        try answer(peer, conversation, 1)
+        run({ peer.poll() >= 3 }, "no InitializeConnection and GetAsyncCommand")
+        try answer(peer, conversation, 2)
+        run({ producer.connects == 1 }, "the producer never connected")
+        let commandStream = try #require(peer.frames.dropFirst(2).first?.requestID)  // GetAsyncCommand, after InitializeConnection
+        peer.send(TestFrames.reply(requestID: commandStream, hasMore: false))
+        run({ peer.poll() >= 0 && peer.sawEndOfStream }, "the producer stayed on a service that sends it nothing")
+        run({ producer.disconnects == 1 }, "the producer was not told")
+    }
+
     @Test func ourConsumerSendsWhatTheSDKConsumerSentAndReassemblesTheSameTrace() throws {
         let conversation = try CapturedPortConversation("consumer_session")
         let captured = conversation.clientFrames

@@ -58,6 +58,10 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     private var initialized = false
     private var closed = false
     private var nextDelay: Duration
+    /// When the current connection was initialized.
+    private var initializedAt = ContinuousClock.now
+    /// A connection that lasted this long resets the reconnection delay.
+    static let stableConnection: Duration = .seconds(1)
     private var reconnectTask: (any ScheduledTask)?
     /// Descriptors registered by the producer, in order: sent again on every connection.
     private var dataSources: [DataSourceDescriptor] = []
@@ -151,14 +155,18 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
             self.connectionInitialized(response)
         }
         port.getAsyncCommand(Perfetto_Protos_GetAsyncCommandRequest()) { [weak self, weak port] result in
-            guard let self, let port, port === self.port, let command = result.message else { return }
-            self.handle(command, fileDescriptor: result.fileDescriptor)
+            guard let self, let port, port === self.port else { return }
+            if let command = result.message { self.handle(command, fileDescriptor: result.fileDescriptor) }
+            // The stream lasts as long as the service serves this producer. One that ends (a
+            // last reply, or a rejection) left a producer connected that nothing would start
+            // again: it is a lost service, and the producer connects anew.
+            if !result.hasMore, result.error?.code != .disconnected, port === self.port { self.client?.close() }
         }
     }
 
     private func connectionInitialized(_ response: Perfetto_Protos_InitializeConnectionResponse) {
         initialized = true
-        nextDelay = reconnectPolicy.initialDelay
+        initializedAt = ContinuousClock.now
         usesSharedMemoryEmulation = response.useShmemEmulation || client?.peer?.isLocal == false
         if let provided = options.producerProvidedSharedMemory {
             if response.usingShmemProvidedByProducer && !usesSharedMemoryEmulation {
@@ -175,6 +183,11 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
 
     private func connectionEnded(_ error: IPCError) {
         let wasInitialized = initialized
+        // The delay starts over only after a connection that lasted: a service that accepts
+        // and then drops producers at once made them reconnect a few times a second for ever.
+        if wasInitialized, ContinuousClock.now - initializedAt >= Self.stableConnection {
+            nextDelay = reconnectPolicy.initialDelay
+        }
         initialized = false
         port = nil
         client = nil
