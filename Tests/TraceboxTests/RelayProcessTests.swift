@@ -102,8 +102,10 @@ final class RelayProcessTests: TraceboxFixture {
         #expect(log.components(separatedBy: "cannot carry a producer to the host service").count <= 2, Comment(rawValue: log))
 
         peers.removeAll()
-        // The relay takes the peers still queued (gone: dropped at once) and is back where it was.
-        #expect(poll(seconds: 20) { descriptors() == idle }, "the relay kept \(descriptors()) descriptors, \(idle) before")
+        // The relay takes the peers still queued (gone: dropped at once) and holds no more
+        // descriptors than before them. (Not exactly as many: one it had open at the first count
+        // was sometimes closed by the end, which a leak could never explain.)
+        #expect(poll(seconds: 20) { descriptors() <= idle }, "the relay kept \(descriptors()) descriptors, \(idle) before")
         let guest = try Subprocess(
             ["producer", "-d", "newcomer.source", "-n", "1"], environment: ["PERFETTO_PRODUCER_SOCK_NAME": guestSocket],
             directory: directory.path, name: "newcomer")
