@@ -124,9 +124,9 @@ final class PortClientReplayTests {
         #expect(requestIDs == Array(1...UInt64(requestIDs.count)), "request ids count up from 1")
     }
 
-    @Test func aServiceSharedMemoryThatIsNotSealedIsRefused() throws {
-        // A service that could shrink the buffer after sending it would turn the writers' stores
-        // into SIGBUS in the application's threads: the producer maps only a sealed memfd.
+    /// A producer (no reconnection) that connected to a raw host, bound ProducerPort and was
+    /// answered InitializeConnection with traced's captured replies.
+    private func initializedProducer() throws -> (RawFramePeer, RecordingProducer, CapturedPortConversation) {
         let conversation = try CapturedPortConversation("producer_session")
         let listener = RawListener(path: directory.path + "/p.sock")
         let service = SystemTracingService(
@@ -141,6 +141,13 @@ final class PortClientReplayTests {
         run({ peer.poll() >= 3 }, "no InitializeConnection and GetAsyncCommand")
         try answer(peer, conversation, 2)
         run({ producer.connects == 1 }, "the producer never connected")
+        return (peer, producer, conversation)
+    }
+
+    @Test func aServiceSharedMemoryThatIsNotSealedIsRefused() throws {
+        // A service that could shrink the buffer after sending it would turn the writers' stores
+        // into SIGBUS in the application's threads: the producer maps only a sealed memfd.
+        let (peer, producer, conversation) = try initializedProducer()
         let unsealed = ScopedFD(CPerfettoIPC_memfd_create("unsealed", UInt32(CPerfettoIPC_MFD_CLOEXEC | CPerfettoIPC_MFD_ALLOW_SEALING)))
         #expect(ftruncate(unsealed.rawValue, 256 * 1024) == 0)
         try answer(peer, conversation, 3, range: 0..<1, fd: unsealed.rawValue)
@@ -152,20 +159,7 @@ final class PortClientReplayTests {
     @Test func aCommandStreamThatEndsIsALostService() throws {
         // Nothing would start a producer whose command stream ended: it lets the connection go
         // (and, with a reconnect policy, connects anew) instead of staying connected for ever.
-        let conversation = try CapturedPortConversation("producer_session")
-        let listener = RawListener(path: directory.path + "/p.sock")
-        let service = SystemTracingService(
-            transport: transport, producerAddress: directory.path + "/p.sock", consumerAddress: directory.path + "/c.sock",
-            reconnectPolicy: .never)
-        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("app.source")])
-        var host: RawFramePeer?
-        run({ host = host ?? listener.accept(); return host != nil }, "the producer did not connect")
-        let peer = try #require(host)
-        run({ peer.poll() >= 1 }, "no BindService")
-        try answer(peer, conversation, 1)
-        run({ peer.poll() >= 3 }, "no InitializeConnection and GetAsyncCommand")
-        try answer(peer, conversation, 2)
-        run({ producer.connects == 1 }, "the producer never connected")
+        let (peer, producer, _) = try initializedProducer()
         let commandStream = try #require(peer.frames.dropFirst(2).first?.requestID)  // GetAsyncCommand, after InitializeConnection
         peer.send(TestFrames.reply(requestID: commandStream, hasMore: false))
         run({ peer.poll() >= 0 && peer.sawEndOfStream }, "the producer stayed on a service that sends it nothing")

@@ -30,16 +30,24 @@ final class Results<Message> {
 
 @Suite("Client")
 struct ClientTests {
-    /// Binds an echo proxy through a raw host that answers with `methods`.
-    func boundProxy(
-        _ harness: RPCHarness, methods: [String] = ["Echo", "StreamEcho"]
-    ) throws -> (IPCClient, Pfpeers_EchoServiceProxy, RawFramePeer, ProxyEvents) {
+    /// An echo proxy asking a raw host to bind it: the BindService frame the host received.
+    func bindingProxy(
+        _ harness: RPCHarness
+    ) throws -> (IPCClient, Pfpeers_EchoServiceProxy, RawFramePeer, ProxyEvents, IPCFrame) {
         let (client, host) = try harness.clientWithRawHost()
         let proxy = Pfpeers_EchoServiceProxy()
         let events = ProxyEvents()
         events.observe(proxy)
         client.bind(proxy)
         let bind = try #require(harness.frames(from: host, count: 1).first)
+        return (client, proxy, host, events, bind)
+    }
+
+    /// Binds an echo proxy through a raw host that answers with `methods`.
+    func boundProxy(
+        _ harness: RPCHarness, methods: [String] = ["Echo", "StreamEcho"]
+    ) throws -> (IPCClient, Pfpeers_EchoServiceProxy, RawFramePeer, ProxyEvents) {
+        let (client, proxy, host, events, bind) = try bindingProxy(harness)
         #expect(bind.msgBindService.serviceName == "EchoService")
         host.send(TestFrames.bindReply(requestID: bind.requestID, success: true, serviceID: 7, methods: methods))
         harness.run(until: { events.connected == 1 })
@@ -68,12 +76,7 @@ struct ClientTests {
 
     @Test func aReplyOfTheWrongKindLeavesTheRequestWaitingForItsOwn() throws {
         let harness = try RPCHarness()
-        let (client, host) = try harness.clientWithRawHost()
-        let proxy = Pfpeers_EchoServiceProxy()
-        let events = ProxyEvents()
-        events.observe(proxy)
-        client.bind(proxy)
-        let bind = try #require(harness.frames(from: host, count: 1).first)
+        let (client, proxy, host, events, bind) = try bindingProxy(harness)
         // A call's reply naming the bind's request id, then the bind's own reply.
         host.send(TestFrames.reply(requestID: bind.requestID))
         host.send(TestFrames.bindReply(requestID: bind.requestID, success: true, serviceID: 7, methods: ["Echo"]))
@@ -86,6 +89,7 @@ struct ClientTests {
         host.send(TestFrames.reply(requestID: call.requestID))
         harness.run(until: { results.all.count == 1 }, "a stray bind reply lost the call")
         #expect(results.all[0].isSuccess)
+        withExtendedLifetime(client) {}
     }
 
     @Test func methodIDsComeFromTheBindReplyByName() throws {
@@ -268,15 +272,11 @@ struct ClientTests {
 
     @Test func unknownServiceFailsTheBinding() throws {
         let harness = try RPCHarness()
-        let (client, host) = try harness.clientWithRawHost()
-        let proxy = Pfpeers_EchoServiceProxy()
-        let events = ProxyEvents()
-        events.observe(proxy)
-        client.bind(proxy)
-        let bind = try #require(harness.frames(from: host, count: 1).first)
+        let (client, proxy, host, events, bind) = try bindingProxy(harness)
         host.send(TestFrames.bindReply(requestID: bind.requestID, success: false))
         harness.run(until: { !events.failures.isEmpty })
         #expect(events.failures == [.serviceNotFound])
+        withExtendedLifetime((client, proxy)) {}
     }
 
     @Test func destroyingTheClientInsideItsDisconnectCallbackIsSafe() throws {
