@@ -19,6 +19,10 @@ import SwiftProtobuf
 /// A reply to be sent later, resolved exactly once (or streamed until `hasMore` is false).
 ///
 /// Loop-bound: use it on the loop of the host or client it came from.
+///
+/// Not `final`, though nothing outside this module can subclass it: a call through a direct
+/// binding hands the service a private subclass that also holds the request, so compare types
+/// with `is Deferred<M>`, never with `type(of:) ==`.
 public class Deferred<Message> {
     // Not final, but every member is, and only this module can subclass it: a call through a
     // direct binding is a Deferred that also holds its request until it runs (`DirectCall`),

@@ -9,9 +9,11 @@
 // * a file descriptor sent with a call is duplicated for the service, as SCM_RIGHTS would.
 //
 // What a call costs: the Deferred the service receives, which carries the caller's callback
-// (so the reply goes straight to it) and holds the request until the next loop turn
-// (`DirectCall`, one allocation). Calls queued in one turn share one posted task. The hot path
-// is `@inlinable`, so generated proxies run it specialized for their message types.
+// (so the reply goes straight to it) and holds the request for the next loop turn (`DirectCall`;
+// the request stays with it as long as the service keeps the Deferred), and the thunk that
+// stores the caller's concretely typed callback where the generic Deferred keeps it: two
+// allocations. Calls queued in one turn share one posted task. The hot path is `@inlinable`, so
+// generated proxies run it specialized for their message types.
 
 import SwiftProtobuf
 
