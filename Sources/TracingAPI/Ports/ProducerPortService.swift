@@ -40,7 +40,8 @@ public final class ProducerPortService: Perfetto_Protos_ProducerPortHandler {
     /// Producers connected through this port (initialized connections).
     public var connectedProducerCount: Int { producers.count }
 
-    /// Commands waiting for each producer's stream, and those dropped because too many waited.
+    /// Commands waiting for each producer's stream (at most its setup_tracing), and those dropped
+    /// because it had not asked for the stream.
     var commandBacklogs: [(queued: Int, dropped: Int)] {
         producers.values.map { ($0.queuedCommandCount, $0.droppedCommands) }
     }
