@@ -44,7 +44,7 @@ extension TracingServiceCore {
                 let running = session.instances.contains {
                     $0.producerID == producer.id && $0.name == entry.config.name && $0.state != .stopped
                 }
-                guard !running, matches(entry, producer: producer, in: session.config) else { continue }
+                guard !running, matches(entry, producer: producer, in: session) else { continue }
                 setUpInstance(entry, producer: producer, session: session)
                 if session.state == .started, let last = session.instances.indices.last {
                     startInstance(at: last, of: session)

@@ -49,9 +49,8 @@ extension TracingServiceCore {
         }
 
         for entry in config.dataSources where !entry.config.name.isEmpty {
-            let patterns = entry.producerNameRegexFilter.compactMap(ProducerNamePattern.init)
             for producer in connectedProducers where producer.dataSources[entry.config.name] != nil {
-                guard matches(entry, producer: producer, in: config, patterns: patterns) else { continue }
+                guard matches(entry, producer: producer, in: session) else { continue }
                 setUpInstance(entry, producer: producer, session: session)
             }
         }
@@ -108,27 +107,21 @@ extension TracingServiceCore {
             + "(\(options.maxTotalBufferBytes / 1024) KiB in all, \(inUse / 1024) KiB in use)"
     }
 
-    /// Whether `producer` serves `entry` of a session with `config`: its machine first (as in
-    /// Perfetto v54 and later: only this machine's producers, unless the config sets
-    /// `trace_all_machines` or the entry names machines, "host" naming this one), then its name.
-    /// `patterns` are the entry's `producer_name_regex_filter` compiled already, when the caller
-    /// checks many producers; without them they are compiled here. A pattern that does not
-    /// compile matches nothing.
-    func matches(
-        _ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, in config: TraceConfig,
-        patterns: [ProducerNamePattern]? = nil
-    ) -> Bool {
+    /// Whether `producer` serves `entry` of `session`: its machine first (as in Perfetto v54 and
+    /// later: only this machine's producers, unless the config sets `trace_all_machines` or the
+    /// entry names machines, "host" naming this one), then its name. A name pattern that does
+    /// not compile matches nothing.
+    func matches(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, in session: TracingSession) -> Bool {
         let isHost = producer.machineID == 0
         if !entry.machineNameFilter.isEmpty {
             guard entry.machineNameFilter.contains(producer.machineName)
                 || (isHost && entry.machineNameFilter.contains("host")) else { return false }
-        } else if !isHost && !config.traceAllMachines {
+        } else if !isHost && !session.config.traceAllMachines {
             return false
         }
         if entry.producerNameFilter.isEmpty && entry.producerNameRegexFilter.isEmpty { return true }
         if entry.producerNameFilter.contains(producer.name) { return true }
-        let patterns = patterns ?? entry.producerNameRegexFilter.compactMap(ProducerNamePattern.init)
-        return patterns.contains { $0.wholeMatch(producer.name) }
+        return entry.producerNameRegexFilter.contains { session.namePattern($0)?.wholeMatch(producer.name) == true }
     }
 
     func setUpInstance(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, session: TracingSession) {

@@ -204,7 +204,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         for session in sessions.values.sorted(by: { $0.id < $1.id })
         where session.state == .configured || session.state == .started {
             for entry in session.config.dataSources where entry.config.name == descriptor.name {
-                guard matches(entry, producer: producer, in: session.config) else { continue }
+                guard matches(entry, producer: producer, in: session) else { continue }
                 setUpInstance(entry, producer: producer, session: session)
                 if session.state == .started, let index = session.instances.indices.last {
                     startInstance(at: index, of: session)
@@ -351,7 +351,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
             for trigger in triggerConfig.triggers where wanted.contains(trigger.name) {
                 // A pattern that does not compile matches nothing.
                 if !trigger.producerNameRegex.isEmpty,
-                   ProducerNamePattern(trigger.producerNameRegex)?.wholeMatch(producer.name) != true {
+                   session.namePattern(trigger.producerNameRegex)?.wholeMatch(producer.name) != true {
                     continue
                 }
                 switch triggerConfig.triggerMode {

@@ -52,6 +52,12 @@ final class TracingSession {
     /// included: what a flush or the end of the session scrapes.
     var producersWithInstances: Set<ProducerID> = []
     var pendingFlushes: [FlushRequestID: PendingFlush] = [:]
+    /// The producer name patterns of this session's config, each compiled once (nil: it does
+    /// not compile). A pattern is checked against every producer that registers a data source
+    /// the session wants and on every trigger; compiling it each time multiplied a large
+    /// config's cost by the producers. Emptied past 1,024 patterns (configs changed again and
+    /// again cannot grow it without bound).
+    private var namePatterns: [String: ProducerNamePattern?] = [:]
     private var sequenceIDs: [SequenceKey: UInt32] = [:]
     private var nextSequenceID: UInt32 = TracingSession.firstProducerSequenceID
     var configEmitted = false
@@ -76,6 +82,15 @@ final class TracingSession {
     /// Service events (tracing started, all data sources started, flushed, disabled) with their
     /// boot-time timestamps, written into the trace at the next read, as Perfetto does.
     private var serviceEvents: [(timestamp: UInt64, event: Perfetto_Protos_TracingServiceEvent)] = []
+
+    /// `text` compiled as a producer name pattern, from the session's cache.
+    func namePattern(_ text: String) -> ProducerNamePattern? {
+        if let compiled = namePatterns[text] { return compiled }
+        if namePatterns.count >= 1024 { namePatterns.removeAll() }
+        let compiled = ProducerNamePattern(text)
+        namePatterns[text] = compiled
+        return compiled
+    }
 
     /// The sequence id the service stamps on its own packets.
     static let servicePacketSequenceID: UInt32 = 1
