@@ -238,39 +238,17 @@ struct PerfettoCommand: ParsableCommand {
         return fd
     }
 
-    /// Counts the packets the service wrote into the file, reading only their headers (the
-    /// file may be larger than memory; it was once read whole just to be counted), and says
-    /// where it stops being a trace, if it does.
+    /// Counts the packets the service wrote into the file (by their headers: the file may be
+    /// larger than memory; it was once read whole just to be counted), and says where it stops
+    /// being a trace, if it does.
     private func readBack(_ fd: Int32) throws -> (packets: Int, bytes: Int, error: String?) {
         guard fd != STDOUT_FILENO else { return (0, 0, nil) }
-        var status = stat()
-        guard fstat(fd, &status) == 0 else { throw SystemError("fstat") }
-        let size = Int(status.st_size)
-        var packets = 0
-        var offset = 0
-        var header = [UInt8](repeating: 0, count: 11)  // the tag and a varint of at most 10 bytes
-        while offset < size {
-            let count = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, min($0.count, size - offset), off_t(offset)) }
-            guard count > 0 else { throw SystemError("read") }
-            guard header[0] == 0x0A else { return (packets, size, "byte \(offset): expected the Trace.packet tag 0x0A") }
-            // The packet's length: a varint after the tag.
-            var length: UInt64 = 0
-            var position = 1
-            var shift: UInt64 = 0
-            while position < count, shift < 64 {
-                let byte = header[position]
-                position += 1
-                length |= UInt64(byte & 0x7F) << shift
-                shift += 7
-                if byte & 0x80 == 0 { break }
-            }
-            guard position > 1, header[position - 1] & 0x80 == 0, length <= UInt64(size - offset - position) else {
-                return (packets, size, "byte \(offset): a packet runs past the end of the file")
-            }
-            offset += position + Int(length)
-            packets += 1
+        do {
+            let counted = try TraceFile.countPackets(inFile: fd)
+            return (counted.packets, counted.bytes, nil)
+        } catch {
+            return (0, 0, error.message)
         }
-        return (packets, size, nil)
     }
 }
 

@@ -126,8 +126,6 @@ public class Deferred<Message> {
 
     @inlinable
     final func deliver(_ result: AsyncResult<Message>) {
-        let route = self.route
-        guard route != .none else { return }
         let final = !result.hasMore || !result.isSuccess
         switch route {
         case .none:

@@ -147,10 +147,7 @@ final class DirectServiceBinding {
     private func drain() {
         drainScheduled = false
         swap(&queue, &running)
-        defer {
-            // One call per turn is the usual case; removeLast is cheaper than removeAll.
-            if running.count == 1 { running.removeLast() } else { running.removeAll(keepingCapacity: true) }
-        }
+        defer { running.removeAll(keepingCapacity: true) }
         guard !ended, !hostIsGone else { return }  // their Deferreds reject themselves
         for call in running {
             guard !ended else { return }

@@ -156,14 +156,17 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
 
     /// Runs `body` after everything already posted to the loop, in particular after commits
     /// the arbiter queued: a producer's "stopped" or "flushed" must not overtake its data, as
-    /// it cannot over one IPC channel either.
-    private func inOrder(_ body: @escaping (LocalProducerEndpoint, TracingServiceCore) -> Void) {
+    /// it cannot over one IPC channel either. If the producer is disconnected by then,
+    /// `ifDisconnected` runs instead.
+    private func inOrder(
+        ifDisconnected: (() -> Void)? = nil, _ body: @escaping (LocalProducerEndpoint, TracingServiceCore) -> Void
+    ) {
         eventLoop.preconditionInEventLoop()
         let endpoint = UncheckedSendableBox(self)
-        let work = UncheckedSendableBox(body)
+        let work = UncheckedSendableBox((body, ifDisconnected))
         eventLoop.execute {
-            guard endpoint.value.connected, let service = endpoint.value.service else { return }
-            work.value(endpoint.value, service)
+            guard endpoint.value.connected, let service = endpoint.value.service else { return work.value.1?() ?? () }
+            work.value.0(endpoint.value, service)
         }
     }
 
@@ -197,11 +200,9 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         guard pendingNameRequests[name] != nil else { return completion(request(self)) }
         pendingNameRequests[name, default: 0] += 1
-        let endpoint = UncheckedSendableBox(self)
-        let work = UncheckedSendableBox((request, completion))
-        eventLoop.execute {
-            endpoint.value.finishedNameRequest(name)
-            work.value.1(work.value.0(endpoint.value))  // answers "disconnected" if it is by now
+        inOrder(ifDisconnected: { completion("the producer is disconnected") }) { endpoint, _ in
+            endpoint.finishedNameRequest(name)
+            completion(request(endpoint))
         }
     }
 

@@ -30,6 +30,33 @@ public enum TraceFile {
         packet.append(to: &output)
     }
 
+    /// Counts the packets of the trace file open at `fd` by reading only their headers (the
+    /// file may be larger than memory), and its size in bytes. Throws where it stops being a
+    /// trace, or when it cannot be read.
+    public static func countPackets(inFile fd: Int32) throws(TracingError) -> (packets: Int, bytes: Int) {
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { throw TracingError(.invalidConfig, "cannot read the file (errno \(errno))") }
+        let size = Int(status.st_size)
+        var packets = 0
+        var offset = 0
+        var header = [UInt8](repeating: 0, count: 1 + ProtoEncoding.maxVarintSize)
+        while offset < size {
+            let count = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, min($0.count, size - offset), off_t(offset)) }
+            guard count > 0 else { throw TracingError(.invalidConfig, "cannot read the file (errno \(errno))") }
+            guard header[0] == packetTag else {
+                throw TracingError(.invalidConfig, "byte \(offset): expected the Trace.packet tag 0x0A")
+            }
+            var position = 1
+            guard let length = header.withUnsafeBytes({ ProtoEncoding.readVarint(UnsafeRawBufferPointer(rebasing: $0[..<count]), at: &position) }),
+                  length <= UInt64(size - offset - position) else {
+                throw TracingError(.invalidConfig, "byte \(offset): a packet runs past the end of the file")
+            }
+            offset += position + Int(length)
+            packets += 1
+        }
+        return (packets, size)
+    }
+
     /// A whole trace file for `packets`.
     public static func encode(_ packets: [TracePacketData]) -> [UInt8] {
         var output: [UInt8] = []
