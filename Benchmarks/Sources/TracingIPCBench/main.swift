@@ -18,6 +18,10 @@
 //
 // With PERFETTO_TRACED=/path/to/perfetto/out/rel/traced, the produce figures are also measured
 // against Perfetto's own traced (same producers, same writers), side by side.
+//
+// With PERF_CTL_FIFO=path, each timed read is bracketed by `enable` and `disable` written to
+// that fifo, so that `perf record -D -1 --control fifo:path` profiles the reads alone (both
+// processes), not the filling of the buffer before them.
 
 import Dispatch
 import FoundationEssentials
@@ -300,10 +304,12 @@ func readRound(system: SystemTracingService, loop: Loop, service: pid_t)
     loop.wait { done in consumer.endpoint.flush(timeoutMs: 60_000, flags: FlushFlags()) { _ in done() } }
     let before = residentBytes(getpid())
     let serviceCPU = cpuSeconds(service)
+    perfControl("enable")
     let start = now()
     loop.sync { consumer.endpoint.readBuffers() }
     waitFor(loop) { consumer.readDone }
     let seconds = now() - start
+    perfControl("disable")
     let busy = (cpuSeconds(service) - serviceCPU) / seconds
     let growth = residentBytes(getpid()) - before
     loop.sync {
@@ -314,6 +320,15 @@ func readRound(system: SystemTracingService, loop: Loop, service: pid_t)
     }
     return (seconds, socketCopySeconds(consumer.bytes, wholeTrace: false), socketCopySeconds(consumer.bytes, wholeTrace: true),
             consumer.bytes, consumer.received, growth, busy)
+}
+
+/// Writes `command` to the fifo named by PERF_CTL_FIFO, if any (`perf record --control`).
+func perfControl(_ command: String) {
+    guard let path = getenv("PERF_CTL_FIFO") else { return }
+    let fd = open(path, O_WRONLY)
+    guard fd >= 0 else { return }
+    _ = (command + "\n").utf8CString.withUnsafeBytes { write(fd, $0.baseAddress, $0.count - 1) }
+    close(fd)
 }
 
 /// Seconds to copy `total` bytes through a unix socket from one thread to another, written
