@@ -148,6 +148,31 @@ final class ServiceLimitsTests {
         #expect(results == [false, false, false, false, false], "the others by their timeout")
     }
 
+    @Test func matchingProducerNamesCostsEachProducerABoundedAmountOfWork() throws {
+        // Ten patterns that each take over a million steps against a long name, then a cheap one
+        // that matches it. Matched one by one, a config of thousands of such patterns held the
+        // loop for minutes; each producer now has a budget, and past it nothing matches.
+        let longName = "x" + String(repeating: "a", count: 2_000)
+        let heavy = (0..<10).map { String(repeating: "(a|b)", count: 150) + "\($0)" }
+        let steps = try #require(ProducerNamePattern(heavy[0])).matchSteps(longName)
+        #expect(steps > 1_000_000 && steps < TracingSession.nameMatchStepsPerProducer / 3 - 1_000)
+        var config = TracingConfigs.config()
+        config.dataSources[0].producerNameRegexFilter = heavy + ["x.*"]
+        let (consumer, error) = enable(uid: 1000, config)
+        #expect(error == nil)
+        let hostile = RecordingProducer(service: service, name: longName, dataSources: [TracingConfigs.descriptor("test.source")])
+        let honest = RecordingProducer(service: service, name: "x-app", dataSources: [TracingConfigs.descriptor("test.source")])
+        loop.runUntilIdle()
+        let session = try #require(service.sessions.values.first)
+        // The long name paid for three heavy matches; the fourth was refused, and with it every
+        // pattern after it, the cheap one too.
+        #expect(session.nameMatchesRefused == heavy.count - 3 + 1)
+        #expect(hostile.started.count == 0)
+        // The honest producer's budget is its own: its short name is cheap to match.
+        #expect(honest.started.count == 1)
+        withExtendedLifetime(consumer) {}
+    }
+
     // MARK: Other uids' sessions
 
     @Test func theServiceStateShowsAConsumerOnlyTheSessionsOfItsUidAndRootAll() {

@@ -121,7 +121,7 @@ extension TracingServiceCore {
         }
         if entry.producerNameFilter.isEmpty && entry.producerNameRegexFilter.isEmpty { return true }
         if entry.producerNameFilter.contains(producer.name) { return true }
-        return entry.producerNameRegexFilter.contains { session.namePattern($0)?.wholeMatch(producer.name) == true }
+        return entry.producerNameRegexFilter.contains { session.producerName(of: producer, matches: $0) }
     }
 
     func setUpInstance(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, session: TracingSession) {

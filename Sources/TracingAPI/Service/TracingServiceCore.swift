@@ -317,6 +317,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         endpoint?.markDisconnected()
         for session in sessions.values {
             session.producersWithInstances.remove(id)
+            session.forgetNameMatches(of: id)
             // Flushes it was asked for are answered for it, also when its instances went first
             // (its data sources unregistered while a flush waited).
             for flushID in Array(session.pendingFlushes.keys) { flushAcknowledged(flushID, producer: id) }
@@ -351,7 +352,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
             for trigger in triggerConfig.triggers where wanted.contains(trigger.name) {
                 // A pattern that does not compile matches nothing.
                 if !trigger.producerNameRegex.isEmpty,
-                   session.namePattern(trigger.producerNameRegex)?.wholeMatch(producer.name) != true {
+                   !session.producerName(of: producer, matches: trigger.producerNameRegex) {
                     continue
                 }
                 switch triggerConfig.triggerMode {

@@ -58,6 +58,29 @@ final class TracingSession {
     /// config's cost by the producers. Emptied past 1,024 patterns (configs changed again and
     /// again cannot grow it without bound).
     private var namePatterns: [String: ProducerNamePattern?] = [:]
+    /// Matching steps spent per producer, and the answers already known. A config may hold
+    /// thousands of patterns, each up to ``ProducerNamePattern/maxMatchSteps`` against a long
+    /// name: matched one by one, a consumer and a producer together could hold the service's
+    /// loop for minutes. Each producer gets ``nameMatchStepsPerProducer`` over the session's
+    /// life; an answer once known costs nothing again (a producer registering data sources or
+    /// activating triggers over and over spends nothing more). Both emptied past 4,096 entries
+    /// (a fresh budget is no more than a new connection gets).
+    private var nameMatchStepsSpent: [ProducerID: Int] = [:]
+    private var nameMatches: [NameMatchKey: Bool] = [:]
+    /// Name patterns answered false because their producer had spent its steps.
+    private(set) var nameMatchesRefused = 0
+
+    /// A producer's answers are forgotten when it goes (its id may be given again).
+    private struct NameMatchKey: Hashable {
+        let producer: ProducerID
+        let pattern: String
+    }
+
+    /// The matching work one producer may cost a session: one match at the largest size a
+    /// single match may have. Honest patterns against honest names take a few hundred steps.
+    static let nameMatchStepsPerProducer = ProducerNamePattern.maxMatchSteps
+    /// What looking a pattern up costs besides its length, in steps.
+    static let nameMatchLookupSteps = 100
     private var sequenceIDs: [SequenceKey: UInt32] = [:]
     private var nextSequenceID: UInt32 = TracingSession.firstProducerSequenceID
     var configEmitted = false
@@ -90,6 +113,45 @@ final class TracingSession {
         let compiled = ProducerNamePattern(text)
         namePatterns[text] = compiled
         return compiled
+    }
+
+    /// Whether `producer`'s name matches the pattern `text` as a whole. A pattern that does not
+    /// compile matches nothing; nor does any pattern once the producer has spent its matching
+    /// steps (``nameMatchStepsPerProducer``): past that, every answer is false at once.
+    func producerName(of producer: LocalProducerEndpoint, matches text: String) -> Bool {
+        if nameMatchStepsSpent.count >= 4096 { nameMatchStepsSpent.removeAll() }
+        let spent = nameMatchStepsSpent[producer.id, default: 0]
+        guard spent < Self.nameMatchStepsPerProducer else {
+            nameMatchesRefused += 1
+            return false
+        }
+        let key = NameMatchKey(producer: producer.id, pattern: text)
+        if let known = nameMatches[key] { return known }
+        // Looking a pattern up (or compiling it) is charged too, so that thousands of tiny
+        // patterns cost a producer its steps as well.
+        let budget = Self.nameMatchStepsPerProducer - spent
+        var stepsLeft = budget - (Self.nameMatchLookupSteps + text.utf8.count)
+        var matched: Bool? = false
+        if stepsLeft < 0 {
+            matched = nil
+        } else if let pattern = namePattern(text) {
+            matched = pattern.wholeMatch(producer.name, stepsLeft: &stepsLeft)
+        }
+        guard let matched else {
+            nameMatchStepsSpent[producer.id] = Self.nameMatchStepsPerProducer
+            nameMatchesRefused += 1
+            return false
+        }
+        nameMatchStepsSpent[producer.id] = spent + budget - stepsLeft
+        if nameMatches.count >= 4096 { nameMatches.removeAll() }
+        nameMatches[key] = matched
+        return matched
+    }
+
+    /// `producer` is gone: its matching answers and steps are forgotten.
+    func forgetNameMatches(of producer: ProducerID) {
+        nameMatchStepsSpent[producer] = nil
+        if !nameMatches.isEmpty { nameMatches = nameMatches.filter { $0.key.producer != producer } }
     }
 
     /// The sequence id the service stamps on its own packets.

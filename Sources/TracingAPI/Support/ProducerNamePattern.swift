@@ -89,8 +89,23 @@ struct ProducerNamePattern: Sendable {
 
     /// Whether the pattern matches all of `name` (not merely a part of it).
     func wholeMatch(_ name: String) -> Bool {
+        var steps = Self.maxMatchSteps
+        return wholeMatch(name, stepsLeft: &steps) == true
+    }
+
+    /// The steps matching `name` may take at most: NFA states × (name length + 1).
+    func matchSteps(_ name: String) -> Int {
+        program.count * (name.unicodeScalars.count + 1)
+    }
+
+    /// Whether the pattern matches all of `name`, charging the match's steps (at most
+    /// ``matchSteps(_:)``, charged whole) to `stepsLeft`; nil, and nothing charged, when
+    /// `stepsLeft` cannot pay for it.
+    func wholeMatch(_ name: String, stepsLeft: inout Int) -> Bool? {
         let input = Array(name.unicodeScalars)
-        guard program.count * (input.count + 1) <= Self.maxMatchSteps else { return false }
+        let steps = program.count * (input.count + 1)
+        guard steps <= min(stepsLeft, Self.maxMatchSteps) else { return nil }
+        stepsLeft -= steps
         var current = StateSet(count: program.count)
         var next = StateSet(count: program.count)
         var stack: [Int] = []
