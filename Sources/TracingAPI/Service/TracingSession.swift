@@ -60,7 +60,7 @@ final class TracingSession {
     private var namePatterns: [String: ProducerNamePattern?] = [:]
     /// Matching steps spent per producer, and the answers already known. A config may hold
     /// thousands of patterns, each up to ``ProducerNamePattern/maxMatchSteps`` against a long
-    /// name: matched one by one, a consumer and a producer together could hold the service's
+    /// name (~11 ms each here): matched one by one, a consumer and a producer together could hold the service's
     /// loop for minutes. Each producer gets ``nameMatchStepsPerProducer`` over the session's
     /// life; an answer once known costs nothing again (a producer registering data sources or
     /// activating triggers over and over spends nothing more). Both emptied past 4,096 entries
@@ -76,9 +76,10 @@ final class TracingSession {
         let pattern: String
     }
 
-    /// The matching work one producer may cost a session: one match at the largest size a
-    /// single match may have. Honest patterns against honest names take a few hundred steps.
-    static let nameMatchStepsPerProducer = ProducerNamePattern.maxMatchSteps
+    /// The matching work one producer may cost a session: ~8 ms of the loop at worst here,
+    /// where a connection that registers a data source costs the service a fraction of a
+    /// millisecond anyway. An honest pattern against an honest name takes a few hundred steps.
+    static let nameMatchStepsPerProducer = 1_000_000
     /// What looking a pattern up costs besides its length, in steps.
     static let nameMatchLookupSteps = 100
     private var sequenceIDs: [SequenceKey: UInt32] = [:]
