@@ -64,6 +64,56 @@ final class WriteIntoFileTests {
         #expect(consumer.producerPackets() == [])
     }
 
+    /// Flush requests a producer receives in `seconds` of a file-backed session with
+    /// flush_period_ms 1 and `mode`, its file written every `periodMs`.
+    private func flushesReceived(
+        mode: TraceConfig.WriteFlushMode, periodMs: UInt32, seconds: Int
+    ) -> Int {
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        let file = FileDescriptors.memfd(named: "trace", content: [])
+        var config = fileConfig(periodMs: periodMs)
+        config.flushPeriodMs = 1
+        config.writeFlushMode = mode
+        consumer.endpoint.enableTracing(config, outputFile: file.duplicate())
+        drive(loop, until: { producer.started.count == 1 })
+        for _ in 0..<(seconds * 10) { loop.advanceTime(by: .milliseconds(100)) }
+        consumer.endpoint.disconnect()
+        producer.endpoint.disconnect()
+        loop.runUntilIdle()
+        return producer.flushRequests.count
+    }
+
+    @Test func aFileBackedSessionFlushesAsPerfettoDecides() {
+        // AUTO (and unset): flush_period_ms is ignored; every 5 s while the file is written at
+        // least that often, before each write otherwise.
+        #expect(flushesReceived(mode: .writeFlushAuto, periodMs: 1_000, seconds: 10) == 2)
+        #expect(flushesReceived(mode: .writeFlushUnspecified, periodMs: 1_000, seconds: 10) == 2)
+        #expect(flushesReceived(mode: .writeFlushAuto, periodMs: 6_000, seconds: 12) == 2)
+        // ENABLED: before each write, written at most every 100 ms (asked for every 10).
+        #expect(flushesReceived(mode: .writeFlushEnabled, periodMs: 10, seconds: 1) == 10)
+        // DISABLED: flush_period_ms, as asked.
+        #expect(flushesReceived(mode: .writeFlushDisabled, periodMs: 1_000, seconds: 1) > 500)
+    }
+
+    @Test func aFlushBeforeAWriteBringsWhatTheWritersHeldIntoThatWrite() throws {
+        // ENABLED: the writers' last packets are in the file after the first period, though
+        // they were never flushed by the app (the flush asked for them first).
+        let producer = RecordingProducer(service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: service)
+        let file = FileDescriptors.memfd(named: "trace", content: [])
+        var config = fileConfig(periodMs: 1_000)
+        config.writeFlushMode = .writeFlushEnabled
+        consumer.endpoint.enableTracing(config, outputFile: file.duplicate())
+        drive(loop, until: { producer.writers.count == 1 })
+        producer.writers.values.first!.writeTestPacket(timestamp: 1, "held by the writer")
+        loop.advanceTime(by: .milliseconds(1_000))
+        loop.runUntilIdle()
+        let packets = try TraceFile.decodePackets(FileDescriptors.content(of: file.rawValue)).map { try $0.decode() }
+        #expect(packets.filter { $0.trustedPacketSequenceID == 2 }.map(\.forTesting.str) == ["held by the writer"])
+        withExtendedLifetime(consumer) {}
+    }
+
     @Test func maximumFileSizeIsHonouredAndEndsTheSession() throws {
         let producer = RecordingProducer(
             service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])

@@ -175,10 +175,17 @@ extension TracingServiceCore {
                 self.flushAndDisable(session)
             })
         }
+        let flushing = FlushStrategy(session.config)
         if session.isWritingIntoFile {
-            let period = max(session.config.fileWritePeriodMs == 0 ? 5000 : session.config.fileWritePeriodMs, 100)
+            let period = FlushStrategy.fileWritePeriodMs(session.config)
             scheduleRepeating(session, .fileWrite, every: .milliseconds(Int64(period))) { service, session in
-                service.drainIntoFile(session)
+                guard flushing == .beforeEachWrite else { return service.drainIntoFile(session) }
+                // Flushed first, written when the flush is answered (or timed out).
+                let sessionID = session.id
+                service.flush(session, timeoutMs: session.flushTimeoutMs, flags: FlushFlags()) { [weak service] _ in
+                    guard let service, let session = service.sessions[sessionID], session.state == .started else { return }
+                    service.drainIntoFile(session)
+                }
             }
         }
         let clearPeriod = session.config.incrementalStateConfig.clearPeriodMs_p
@@ -187,9 +194,8 @@ extension TracingServiceCore {
                 service.clearIncrementalState(session)
             }
         }
-        if session.config.flushPeriodMs > 0 {
-            scheduleRepeating(session, .periodicFlush, every: .milliseconds(Int64(session.config.flushPeriodMs))) {
-                service, session in
+        if case .periodic(let periodMs) = flushing {
+            scheduleRepeating(session, .periodicFlush, every: .milliseconds(Int64(periodMs))) { service, session in
                 service.flush(session, timeoutMs: session.flushTimeoutMs, flags: FlushFlags()) { _ in }
             }
         }
