@@ -65,21 +65,25 @@ final class ServiceLimitsTests {
     }
 
     @Test func theBuffersOfAllSessionsStayUnderTheServiceLimit() {
-        // 4 GiB less 1 KiB fits in 32 bits, but not under the default 1 GiB for all buffers.
+        // 4 GiB less 1 KiB fits in 32 bits, but not in the default 1 GiB of one uid.
         let huge = enable(uid: 1000, TracingConfigs.config(buffers: [(4 * 1024 * 1024 - 1, .ringBuffer)]))
-        #expect(huge.error?.hasPrefix("the trace buffers would take 4194303 KiB, more than the service allows") == true)
+        #expect(huge.error?.hasPrefix("the trace buffers would take 4194303 KiB, more than uid 1000 may have") == true)
         #expect(service.buffers.isEmpty)
 
         var options = TracingServiceCore.Options()
+        options.maxBufferBytesPerUID = 3 << 20
         options.maxTotalBufferBytes = 4 << 20
         service = TracingServiceCore(eventLoop: loop, options: options)
         let first = enable(uid: 1000, TracingConfigs.config(buffers: [(2048, .ringBuffer), (1024, .discard)]))
         #expect(first.error == nil)
+        // The uid's share is spent; another uid still has room, up to what is left of the total.
+        #expect(enable(uid: 1000, TracingConfigs.config(buffers: [(64, .ringBuffer)])).error
+            == "the trace buffers would take 64 KiB, more than uid 1000 may have (3072 KiB, 3072 KiB in use)")
         let second = enable(uid: 2000, TracingConfigs.config(buffers: [(2048, .ringBuffer)]))
         #expect(second.error == "the trace buffers would take 2048 KiB, more than the service allows (4096 KiB in all, 3072 KiB in use)")
         let fits = enable(uid: 2000, TracingConfigs.config(buffers: [(1024, .ringBuffer)]))
         #expect(fits.error == nil)
-        // A clone counts as much as its original.
+        // A clone counts as much as its original, for the uid that clones.
         let cloner = RecordingConsumer(service: service, uid: 1000)
         var request = CloneSessionRequest()
         request.sessionID = 1
@@ -87,12 +91,20 @@ final class ServiceLimitsTests {
         cloner.endpoint.cloneSession(request) { cloned = $0 }
         drive(loop, until: { cloned != nil })
         #expect(cloned?.success == false)
-        #expect(cloned?.error.hasPrefix("the trace buffers would take 3072 KiB") == true)
+        #expect(cloned?.error.hasPrefix("the trace buffers would take 3072 KiB, more than uid 1000 may have") == true)
+        // Root is never locked out by other uids: its share is its own.
+        let root = enable(uid: 0, TracingConfigs.config(buffers: [(3072, .ringBuffer)]))
+        #expect(root.error == nil)
+        let rootClone = RecordingConsumer(service: service, uid: 0)
+        var rootCloned: CloneSessionResponse?
+        rootClone.endpoint.cloneSession(request) { rootCloned = $0 }
+        drive(loop, until: { rootCloned != nil })
+        #expect(rootCloned?.error.hasPrefix("the trace buffers would take 3072 KiB, more than uid 0 may have") == true)
         // Freed buffers make room.
         first.consumer.endpoint.freeBuffers()
         loop.runUntilIdle()
         #expect(enable(uid: 3000, TracingConfigs.config(buffers: [(3072, .ringBuffer)])).error == nil)
-        withExtendedLifetime((first, fits)) {}
+        withExtendedLifetime((first, fits, root, cloner)) {}
     }
 
     @Test func buffersAreNotAllocatedUpFront() throws {

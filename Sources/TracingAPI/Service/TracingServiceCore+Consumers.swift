@@ -98,7 +98,7 @@ extension TracingServiceCore {
 
     private func cloneLimitError(_ source: TracingSession, for consumer: LocalConsumerEndpoint) -> String? {
         if let error = sessionLimitError(uid: consumer.uid) { return error }
-        return bufferMemoryError(adding: source.bufferIDs.reduce(0) { $0 + (buffers[$1]?.capacity ?? 0) })
+        return bufferMemoryError(adding: source.bufferIDs.reduce(0) { $0 + (buffers[$1]?.capacity ?? 0) }, uid: consumer.uid)
     }
 
     private func snapshot(_ source: TracingSession, for consumer: LocalConsumerEndpoint) -> CloneSessionResponse {

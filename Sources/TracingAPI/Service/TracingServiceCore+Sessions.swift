@@ -68,7 +68,7 @@ extension TracingServiceCore {
         for (index, buffer) in config.buffers.enumerated() where UInt64(buffer.sizeKb) * 1024 > UInt64(UInt32.max) {
             return "buffer \(index) is too large: size_kb = \(buffer.sizeKb) is 4 GiB or more"
         }
-        if let error = bufferMemoryError(adding: config.buffers.reduce(0) { $0 + Int($1.sizeKb) * 1024 }) {
+        if let error = bufferMemoryError(adding: config.buffers.reduce(0) { $0 + Int($1.sizeKb) * 1024 }, uid: consumer.uid) {
             return error
         }
         if config.buffers.count > Int(BufferID.max) - buffers.count { return "too many buffers" }
@@ -98,13 +98,26 @@ extension TracingServiceCore {
         return nil
     }
 
-    /// Why buffers of `bytes` more may not be created: they would take the buffers of every
-    /// session past ``Options/maxTotalBufferBytes``. Checked before anything is allocated.
-    func bufferMemoryError(adding bytes: Int) -> String? {
-        let inUse = buffers.values.reduce(0) { $0 + $1.capacity }
-        guard bytes > options.maxTotalBufferBytes - inUse else { return nil }
-        return "the trace buffers would take \(bytes / 1024) KiB, more than the service allows "
-            + "(\(options.maxTotalBufferBytes / 1024) KiB in all, \(inUse / 1024) KiB in use)"
+    /// Why buffers of `bytes` more may not be created for `uid`: they would take its sessions'
+    /// buffers past ``Options/maxBufferBytesPerUID``, or those of all uids but root past
+    /// ``Options/maxTotalBufferBytes``. Checked before anything is allocated.
+    func bufferMemoryError(adding bytes: Int, uid: UInt32) -> String? {
+        var ofUID = 0
+        var ofAllButRoot = 0
+        for session in sessions.values {
+            let size = session.bufferIDs.reduce(0) { $0 + (buffers[$1]?.capacity ?? 0) }
+            if session.consumerUID == uid { ofUID += size }
+            if session.consumerUID != 0 { ofAllButRoot += size }
+        }
+        if bytes > options.maxBufferBytesPerUID - ofUID {
+            return "the trace buffers would take \(bytes / 1024) KiB, more than uid \(uid) may have "
+                + "(\(options.maxBufferBytesPerUID / 1024) KiB, \(ofUID / 1024) KiB in use)"
+        }
+        if uid != 0, bytes > options.maxTotalBufferBytes - ofAllButRoot {
+            return "the trace buffers would take \(bytes / 1024) KiB, more than the service allows "
+                + "(\(options.maxTotalBufferBytes / 1024) KiB in all, \(ofAllButRoot / 1024) KiB in use)"
+        }
+        return nil
     }
 
     /// Whether `producer` serves `entry` of `session`: its machine first (as in Perfetto v54 and

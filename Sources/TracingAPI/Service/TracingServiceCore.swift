@@ -39,10 +39,16 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         public var maxSessionsPerUID = 5
         /// Most buffers one session may configure (Perfetto's: 128).
         public var maxBuffersPerSession = 128
-        /// The most buffer memory all sessions together may ask for (the sum of their buffers'
-        /// `size_kb`, clones included). A session that would go past it is refused. Buffers
-        /// grow as data arrives, so this bounds what producers can make the service hold.
-        public var maxTotalBufferBytes = 1 << 30
+        /// The most buffer memory one uid's sessions may ask for together (the sum of their
+        /// buffers' `size_kb`, clones counted for the uid that cloned). A session that would
+        /// go past it is refused. Buffers grow as data arrives, so this and the next bound what
+        /// producers can make the service hold.
+        public var maxBufferBytesPerUID = 1 << 30
+        /// The most buffer memory the sessions of all uids but root may ask for together. Twice
+        /// a uid's share by default, so that no single uid can leave the others without room;
+        /// root's sessions count only against root's own share, so no other uid can lock root
+        /// out.
+        public var maxTotalBufferBytes = 2 << 30
         /// Most data sources one producer may register; registrations past it are refused.
         public var maxDataSourcesPerProducer = 16_384
         /// Most bytes of data source descriptors one producer may register.
@@ -52,7 +58,8 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         /// How long a write_into_file output (a pipe, a socket) may take no data before its
         /// session ends with an error. The service never blocks on it meanwhile.
         public var outputFileStallTimeout: Duration = .seconds(10)
-        /// The defaults: Perfetto's sizes and limits, this process's uid, 1 GiB of buffers.
+        /// The defaults: Perfetto's sizes and limits, this process's uid, 1 GiB of buffers per
+        /// uid and 2 GiB for all but root's.
         public init() {}
     }
 
