@@ -144,14 +144,17 @@ final class HostileSharedMemoryTests {
         place(chunk(writer: 6, id: 0, count: 2, records: [record("before the lie"), SharedMemoryABI.paddedVarint(5000)]), page: 2)
         // A size varint that never ends.
         place(chunk(writer: 8, id: 0, count: 1, records: [[UInt8](repeating: 0xFF, count: 4088 - 8)]), page: 3)
-        commit([move(page: 0), move(page: 1), move(page: 2), move(page: 3)])
+        // Writer ids past Perfetto's largest (32,767).
+        place(chunk(writer: 0x8000, id: 0, count: 1, records: [record("writer 0x8000")]), page: 4)
+        place(chunk(writer: 0xFFFF, id: 0, count: 1, records: [record("writer 0xFFFF")]), page: 5)
+        commit([move(page: 0), move(page: 1), move(page: 2), move(page: 3), move(page: 4), move(page: 5)])
         let stats = assertServiceStillWorks()
-        #expect(stats.chunksDiscarded == 1, "writer id 0")
+        #expect(stats.chunksDiscarded == 3, "writer ids 0, 0x8000 and 0xFFFF")
         #expect(stats.bufferStats[0].abiViolations == 2, "the size past the end and the endless varint")
         let texts = consumer.producerPackets().map(\.forTesting.str)
         #expect(texts.contains("counted high"))
         #expect(texts.contains("before the lie"), "records before the lie are kept")
-        #expect(!texts.contains("writer zero"))
+        #expect(!texts.contains("writer zero") && !texts.contains("writer 0x8000") && !texts.contains("writer 0xFFFF"))
     }
 
     @Test func patchesOutsideTheChunkFail() {
@@ -176,6 +179,7 @@ final class HostileSharedMemoryTests {
             patch(offset: 0, data: [1, 2, 3]),  // not 4 bytes
             patch(offset: 0, data: [0, 0, 0, 0], chunkID: 77),  // no such chunk
             patch(offset: 0, data: [0, 0, 0, 0], writer: 0),
+            patch(offset: 0, data: [0, 0, 0, 0], writer: 0x8000),
             patch(offset: 0, data: [0, 0, 0, 0], buffer: 999),
         ])
         // A legitimate patch rewriting the record's size with the same value releases the chunk.
@@ -184,7 +188,7 @@ final class HostileSharedMemoryTests {
         let stats = assertServiceStillWorks()
         #expect(stats.bufferStats[0].patchesFailed == 4)
         #expect(stats.bufferStats[0].patchesSucceeded == 1)
-        #expect(stats.patchesDiscarded == 2)
+        #expect(stats.patchesDiscarded == 3)
         #expect(consumer.producerPackets().contains { $0.forTesting.str == "patched" })
     }
 

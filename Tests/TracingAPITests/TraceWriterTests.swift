@@ -230,6 +230,60 @@ final class TraceWriterTests {
         #expect(packets == 2_000)
     }
 
+    @Test func theSequencesOfAProducerThatLeftAreForgottenOnceEmpty() {
+        // A producer that reconnects again and again, each time with thousands of writers, grew
+        // the buffer's per-writer state for as long as the session lasted (an outside tester:
+        // 9 MB per connection of 32,767 writers into a 64 KiB buffer).
+        let buffer = TraceBuffer(capacity: 64 * 1024, policy: .ringBuffer)
+        func commit(producer: UInt16, writers: ClosedRange<UInt16>) {
+            for writer in writers {
+                let record = SharedMemoryABI.paddedVarint(2) + [0x08, 0x01]
+                var chunk = [UInt8](repeating: 0, count: 8) + record
+                let header = ChunkHeader(chunkID: 0, writerID: writer, packetCount: 1)
+                chunk.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
+                buffer.copyChunk(chunk, header: header, producerID: producer, uid: 0, pid: 0)
+            }
+        }
+        // Read, then gone: forgotten at once.
+        commit(producer: 1, writers: 1...100)
+        #expect(buffer.readPackets().count == 100)
+        #expect(buffer.sequenceCount == 100, "a producer still connected keeps its sequences")
+        buffer.producerDisconnected(1)
+        #expect(buffer.sequenceCount == 0)
+        // Gone, then read: forgotten once read, and every packet still arrives.
+        commit(producer: 2, writers: 1...100)
+        buffer.producerDisconnected(2)
+        #expect(buffer.sequenceCount == 100)
+        #expect(buffer.readPackets().count == 100)
+        #expect(buffer.sequenceCount == 0)
+        // Gone, then overwritten by another producer's chunks: forgotten as they go.
+        commit(producer: 3, writers: 1...100)
+        buffer.producerDisconnected(3)
+        for round in UInt32(1)...5_000 {
+            let record = SharedMemoryABI.paddedVarint(2) + [0x08, 0x01]
+            var chunk = [UInt8](repeating: 0, count: 8) + record
+            let header = ChunkHeader(chunkID: round, writerID: 1, packetCount: 1)
+            chunk.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
+            buffer.copyChunk(chunk, header: header, producerID: 4, uid: 0, pid: 0)
+        }
+        #expect(buffer.sequenceCount == 1, "only producer 4's writer is left")
+    }
+
+    @Test func writerIDsStayWithinWhatTheServiceAccepts() throws {
+        // Writers made and closed for ever go round 1...32,767 (Perfetto's kMaxWriterID); past
+        // it the service drops a writer's chunks.
+        let (producer, _, first) = startSession()
+        var seen = Set([first.writerID])
+        for _ in 0..<Int(SharedMemoryABI.maxWriterID) + 10 {
+            let writer = try #require(producer.endpoint.createTraceWriter(targetBuffer: 0, policy: .drop))
+            seen.insert(writer.writerID)
+            writer.close()
+        }
+        loop.runUntilIdle()
+        #expect(seen.count == Int(SharedMemoryABI.maxWriterID))
+        #expect(seen.allSatisfy { (1...SharedMemoryABI.maxWriterID).contains($0) })
+    }
+
     @Test func aPacketThatNeverEndsIsDroppedOnceLargerThanTheBuffer() {
         // A writer whose packet goes on from chunk to chunk, read as it goes: the fragments are
         // joined outside the buffer, so without a bound the service's memory grew for as long as

@@ -89,7 +89,7 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
     }
 
     /// Creates a writer for `targetBuffer` (the buffer id from the data source's config), or
-    /// nil when all 65,535 writer ids are taken.
+    /// nil when all 32,767 writer ids (``SharedMemoryABI/maxWriterID``) are taken.
     public func createTraceWriter(
         targetBuffer: UInt16, policy: BufferExhaustedPolicy = .stall()
     ) -> TraceWriter? {
@@ -115,13 +115,16 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
 
     private func allocateWriterID() -> UInt16? {
         state.withLock { state in
-            guard state.usedWriterIDs.count < Int(UInt16.max) else { return nil }
-            while state.usedWriterIDs.contains(state.nextWriterID) || state.nextWriterID == 0 {
-                state.nextWriterID &+= 1
+            // Ids go round within 1...maxWriterID, as Perfetto's arbiter hands them out: a
+            // service drops writers past it (traced drops their patches).
+            guard state.usedWriterIDs.count < Int(SharedMemoryABI.maxWriterID) else { return nil }
+            while state.usedWriterIDs.contains(state.nextWriterID) || state.nextWriterID == 0
+                || state.nextWriterID > SharedMemoryABI.maxWriterID {
+                state.nextWriterID = state.nextWriterID >= SharedMemoryABI.maxWriterID ? 1 : state.nextWriterID + 1
             }
             let id = state.nextWriterID
             state.usedWriterIDs.insert(id)
-            state.nextWriterID &+= 1
+            state.nextWriterID = id >= SharedMemoryABI.maxWriterID ? 1 : id + 1
             return id
         }
     }

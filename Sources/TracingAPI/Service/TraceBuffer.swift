@@ -88,6 +88,12 @@ final class TraceBuffer {
         var reassembly = Reassembly.none
         var dataLost = false
         var anyPacketRead = false
+        /// Its producer disconnected: nothing more will come, and once its chunks are read or
+        /// overwritten the sequence is forgotten.
+        var producerGone = false
+
+        /// Gone for good: its producer left and it holds nothing more.
+        var isFinished: Bool { producerGone && chunks.isEmpty }
 
         init(key: SequenceKey, uid: UInt32, pid: Int32) {
             self.key = key
@@ -141,6 +147,7 @@ final class TraceBuffer {
             duplicate.reassembly = sequence.reassembly
             duplicate.dataLost = sequence.dataLost
             duplicate.anyPacketRead = sequence.anyPacketRead
+            duplicate.producerGone = sequence.producerGone
             copy.sequences[key] = duplicate
         }
         return copy
@@ -242,8 +249,13 @@ final class TraceBuffer {
     /// waiting for patches is read without its last record (the packet the patches were for,
     /// which went on in the next chunk and is lost), instead of blocking the packets before it
     /// in the chunk and every chunk after it; a chunk scraped while being written is final.
+    ///
+    /// Its sequences are forgotten once they hold no chunk (now, or when their chunks are read
+    /// or overwritten): a producer reconnecting again and again with thousands of writers each
+    /// time would otherwise grow the buffer's bookkeeping for as long as the session lasts.
     func producerDisconnected(_ producerID: UInt16) {
         for (key, sequence) in sequences where key.producerID == producerID {
+            sequence.producerGone = true
             for chunkID in Array(sequence.chunks.keys) {
                 guard var chunk = sequence.chunks[chunkID], chunk.needsPatching || !chunk.isComplete else { continue }
                 if chunk.needsPatching {
@@ -254,7 +266,16 @@ final class TraceBuffer {
                 chunk.isComplete = true
                 sequence.chunks[chunkID] = chunk
             }
+            forgetIfFinished(sequence)
         }
+    }
+
+    /// Drops `sequence` if its producer left and it holds no chunk; a packet it was joining
+    /// can no longer end, and is lost.
+    private func forgetIfFinished(_ sequence: Sequence) {
+        guard sequence.isFinished else { return }
+        loseReassembly(sequence)
+        sequences[sequence.key] = nil
     }
 
     private func sequenceFor(_ key: SequenceKey, uid: UInt32, pid: Int32) -> Sequence {
@@ -278,6 +299,7 @@ final class TraceBuffer {
             stats.bytesOverwritten += UInt64(chunk.bytes.count)
             stats.writeWrapCount += 1
             sequence.dataLost = true
+            forgetIfFinished(sequence)
             compactInsertionOrder()
             return true
         }
@@ -307,6 +329,9 @@ final class TraceBuffer {
     /// Entries kept for eviction order (for tests).
     var insertionOrderCount: Int { insertionOrder.count - insertionHead }
 
+    /// Writer sequences the buffer keeps state for (for tests).
+    var sequenceCount: Int { sequences.count }
+
     // MARK: Reading
 
     /// Reads (and removes) every packet that can be read now, in order per sequence.
@@ -326,7 +351,10 @@ final class TraceBuffer {
         let keys = sequences.keys.sorted { ($0.producerID, $0.writerID) < ($1.producerID, $1.writerID) }
         var complete = true
         for key in keys {
-            guard read(sequences[key]!, into: &packets, budget: &budget) else {
+            let sequence = sequences[key]!
+            let readThrough = read(sequence, into: &packets, budget: &budget)
+            forgetIfFinished(sequence)
+            guard readThrough else {
                 complete = false
                 break
             }

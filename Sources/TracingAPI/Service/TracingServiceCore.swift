@@ -286,7 +286,8 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
             chunksDiscarded += 1
             return
         }
-        guard let header = bytes.withUnsafeBytes({ ChunkHeader(bytes: $0) }), header.writerID != 0 else {
+        guard let header = bytes.withUnsafeBytes({ ChunkHeader(bytes: $0) }),
+              (1...SharedMemoryABI.maxWriterID).contains(header.writerID) else {
             chunksDiscarded += 1
             return
         }
@@ -296,7 +297,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     }
 
     private func applyPatches(_ entry: CommitDataRequest.ChunkToPatch, from producer: LocalProducerEndpoint) {
-        guard entry.targetBuffer <= UInt32(BufferID.max), entry.writerID != 0, entry.writerID <= UInt32(WriterID.max),
+        guard entry.targetBuffer <= UInt32(BufferID.max), entry.writerID != 0, entry.writerID <= UInt32(SharedMemoryABI.maxWriterID),
               producer.allowedTargetBuffers.contains(BufferID(entry.targetBuffer)),
               let buffer = buffers[BufferID(entry.targetBuffer)] else {
             patchesDiscarded += UInt64(max(entry.patches.count, 1))

@@ -31,6 +31,9 @@ public enum SharedMemoryABI {
     public static let packetHeaderSize = 4
     /// The most chunks a page can be divided into.
     public static let maxChunksPerPage = 14
+    /// The largest writer id (Perfetto's `kMaxWriterID`, 15 bits); 0 is no writer. The service
+    /// drops chunks and patches of writers outside 1...maxWriterID, as traced drops patches.
+    public static let maxWriterID: UInt16 = (1 << 15) - 1
     /// The most records one chunk header can count (10 bits).
     public static let maxPacketsPerChunk = 1023
     /// A record of this size marks a packet the writer dropped because the buffer was full.
