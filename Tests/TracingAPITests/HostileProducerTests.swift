@@ -45,6 +45,8 @@ final class HostileProducerTests: SocketTracingFixture {
                 ("a socket", socketEnd),
                 ("an unsealed memfd", Self.memfd(size: 256 * 1024, seals: 0)),
                 ("a memfd sealed against shrinking only", Self.memfd(size: 256 * 1024, seals: CPerfettoIPC_F_SEAL_SHRINK)),
+                ("a memfd sealed against resizing but open to more seals (traced refuses it too)", Self.memfd(
+                    size: 256 * 1024, seals: CPerfettoIPC_F_SEAL_SHRINK | CPerfettoIPC_F_SEAL_GROW)),
                 ("a sealed memfd of 0 bytes", Self.memfd(size: 0)),
                 ("a sealed memfd of 1 byte", Self.memfd(size: 1)),
                 ("a sealed memfd that is not a whole number of pages", Self.memfd(size: 4 * 4096 + 100)),

@@ -71,8 +71,9 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
     /// - Parameters:
     ///   - fd: the memfd (or file); the buffer takes ownership.
     ///   - pageSize: the page size agreed on (from `setup_tracing` or the producer's hint).
-    ///   - requireSeals: demand `F_SEAL_SHRINK` and `F_SEAL_GROW`, so the peer cannot truncate the
-    ///     file under the mapping. The service sets it for producer-provided buffers.
+    ///   - requireSeals: demand `F_SEAL_SHRINK`, `F_SEAL_GROW` and `F_SEAL_SEAL` (as traced does), so
+    ///     the peer cannot truncate the file under the mapping nor seal it further. The service
+    ///     sets it for producer-provided buffers, producers for the service's.
     public static func map(
         _ fd: ScopedFD, pageSize: Int, requireSeals: Bool
     ) throws(TracingError) -> SharedMemoryBuffer {
@@ -87,10 +88,11 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
             throw TracingError(.invalidSharedMemory, "size \(size) / page size \(pageSize) is not a valid layout")
         }
         if requireSeals {
-            let required = CPerfettoIPC_F_SEAL_SHRINK | CPerfettoIPC_F_SEAL_GROW
+            // What traced requires of a producer's buffer, and seals its own with.
+            let required = CPerfettoIPC_F_SEAL_SHRINK | CPerfettoIPC_F_SEAL_GROW | CPerfettoIPC_F_SEAL_SEAL
             let seals = fcntlInt(fd.rawValue, CPerfettoIPC_F_GET_SEALS, 0)
             guard seals >= 0, seals & required == required else {
-                throw TracingError(.invalidSharedMemory, "the buffer is not sealed against resizing")
+                throw TracingError(.invalidSharedMemory, "the buffer is not sealed against resizing and further seals")
             }
         }
         return try SharedMemoryBuffer(mapping: fd, size: size, pageSize: pageSize)
