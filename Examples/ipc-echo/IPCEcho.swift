@@ -2,11 +2,12 @@
 // IPC. It is the demo, the benchmark driver, and what a real Perfetto IPC peer talks to.
 //
 //   ipc-echo serve --socket /tmp/echo.sock
-//   ipc-echo call  --socket /tmp/echo.sock --data hello [--want-fd] [--send-file PATH] [--stream N]
+//   ipc-echo call  --socket /tmp/echo.sock --data hello [--want-fd] [--send-file PATH] [--stream N] [--timeout S]
 //   ipc-echo bench --socket /tmp/echo.sock [--iterations N] [--payload BYTES] [--compare-raw]
 //   ipc-echo demo
 
 import ArgumentParser
+import Dispatch
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -96,8 +97,14 @@ struct Call: AsyncParsableCommand {
     @Flag(help: "Ask the server to attach a memfd holding the data to its reply.") var wantFd = false
     @Option(help: "Attach this file to the request; the server reports its size.") var sendFile: String?
     @Option(help: "Call StreamEcho for this many replies instead of Echo.") var stream: UInt32?
+    @Option(help: "Give up (exit 1) when the call has not finished after this many seconds: connecting, binding and every reply. 0 waits for ever.")
+    var timeout: Double = 10
 
     func run() async throws {
+        guard timeout >= 0, timeout.isFinite else { throw ValidationError("--timeout must be 0 or more seconds") }
+        // A host that accepts and never answers, or stops in the middle of a frame, would
+        // otherwise keep this command waiting until killed.
+        if timeout > 0 { exitAfter(seconds: timeout, "no answer from \(endpoint.socket ?? "the host") within \(timeout) s") }
         let session = try await EchoSession.connect(to: try endpoint.address(for: "call"), backend: endpoint.backend)
         defer { session.close() }
         var request = Pfpeers_EchoRequest()
@@ -124,6 +131,15 @@ struct Call: AsyncParsableCommand {
             }
         }
         file?.close()
+    }
+}
+
+/// Prints `message` and ends the process with status 1 after `seconds`, unless it ended first.
+private func exitAfter(seconds: Double, _ message: String) {
+    DispatchQueue.global().asyncAfter(deadline: .now() + seconds) {
+        let line = Array("ipc-echo: \(message)\n".utf8)
+        _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+        exit(1)
     }
 }
 

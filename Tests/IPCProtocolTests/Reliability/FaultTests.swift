@@ -69,6 +69,34 @@ struct FaultTests {
         #expect(extra.isEmpty, "left open: \(extra.sorted().map { "\($0) \(FileDescriptors.target(of: $0))" })")
     }
 
+    @Test func callGivesUpOnAHostThatNeverAnswers() throws {
+        // A socket that accepts (the kernel's backlog) and never says a word: `ipc-echo call`
+        // ends with an error at its deadline instead of waiting until killed.
+        let harness = try RPCHarness()
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { path in
+            for (index, byte) in harness.socketPath.utf8.enumerated() { path[index] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0 && listen(listener, 4) == 0)
+        let errors = Pipe()
+        let process = Process()
+        process.executableURL = ipcEchoBinary
+        process.arguments = ["call", "--socket", harness.socketPath, "--timeout", "0.5"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = errors
+        try process.run()
+        process.waitUntilExit()
+        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 1)
+        #expect(message.contains("no answer from \(harness.socketPath) within 0.5 s"), "\(message)")
+    }
+
     @Test func hostKilledRejectsEveryPendingCallExactlyOnce() throws {
         let harness = try RPCHarness()
         let child = try launchEchoServer(at: harness.socketPath)
