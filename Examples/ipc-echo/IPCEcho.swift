@@ -2,7 +2,8 @@
 // IPC. It is the demo, the benchmark driver, and what a real Perfetto IPC peer talks to.
 //
 //   ipc-echo serve --socket /tmp/echo.sock
-//   ipc-echo call  --socket /tmp/echo.sock --data hello [--want-fd] [--send-file PATH] [--stream N] [--timeout S]
+//   ipc-echo call  --socket /tmp/echo.sock --data hello [--want-fd] [--send-file PATH] [--stream N]
+//                  [--timeout SECONDS]
 //   ipc-echo bench --socket /tmp/echo.sock [--iterations N] [--payload BYTES] [--compare-raw]
 //   ipc-echo demo
 

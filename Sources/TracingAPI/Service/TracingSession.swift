@@ -60,11 +60,11 @@ final class TracingSession {
     private var namePatterns: [String: ProducerNamePattern?] = [:]
     /// Matching steps spent per producer, and the answers already known. A config may hold
     /// thousands of patterns, each up to ``ProducerNamePattern/maxMatchSteps`` against a long
-    /// name (~11 ms each here): matched one by one, a consumer and a producer together could hold the service's
-    /// loop for minutes. Each producer gets ``nameMatchStepsPerProducer`` over the session's
-    /// life; an answer once known costs nothing again (a producer registering data sources or
-    /// activating triggers over and over spends nothing more). Both emptied past 4,096 entries
-    /// (a fresh budget is no more than a new connection gets).
+    /// name (~11 ms each here): matched one by one, a consumer and a producer together could
+    /// hold the service's loop for minutes. Each producer gets ``nameMatchStepsPerProducer``
+    /// over the session's life; an answer once known costs nothing again (a producer
+    /// registering data sources or activating triggers over and over spends nothing more).
+    /// Both emptied past 4,096 entries (a fresh budget is no more than a new connection gets).
     private var nameMatchStepsSpent: [ProducerID: Int] = [:]
     private var nameMatches: [NameMatchKey: Bool] = [:]
     /// Name patterns answered false because their producer had spent its steps.
@@ -117,17 +117,18 @@ final class TracingSession {
     }
 
     /// Whether `producer`'s name matches the pattern `text` as a whole. A pattern that does not
-    /// compile matches nothing; nor does any pattern once the producer has spent its matching
-    /// steps (``nameMatchStepsPerProducer``): past that, every answer is false at once.
+    /// compile matches nothing; nor does any pattern not yet answered once the producer has
+    /// spent its matching steps (``nameMatchStepsPerProducer``): past that, every new answer
+    /// is false at once.
     func producerName(of producer: LocalProducerEndpoint, matches text: String) -> Bool {
+        let key = NameMatchKey(producer: producer.id, pattern: text)
+        if let known = nameMatches[key] { return known }
         if nameMatchStepsSpent.count >= 4096 { nameMatchStepsSpent.removeAll() }
         let spent = nameMatchStepsSpent[producer.id, default: 0]
         guard spent < Self.nameMatchStepsPerProducer else {
             nameMatchesRefused += 1
             return false
         }
-        let key = NameMatchKey(producer: producer.id, pattern: text)
-        if let known = nameMatches[key] { return known }
         // Looking a pattern up (or compiling it) is charged too, so that thousands of tiny
         // patterns cost a producer its steps as well.
         let budget = Self.nameMatchStepsPerProducer - spent

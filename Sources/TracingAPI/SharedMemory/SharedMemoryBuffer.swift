@@ -71,9 +71,9 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
     /// - Parameters:
     ///   - fd: the memfd (or file); the buffer takes ownership.
     ///   - pageSize: the page size agreed on (from `setup_tracing` or the producer's hint).
-    ///   - requireSeals: demand `F_SEAL_SHRINK`, `F_SEAL_GROW` and `F_SEAL_SEAL` (as traced does), so
-    ///     the peer cannot truncate the file under the mapping nor seal it further. The service
-    ///     sets it for producer-provided buffers, producers for the service's.
+    ///   - requireSeals: demand `F_SEAL_SHRINK`, `F_SEAL_GROW` and `F_SEAL_SEAL` (as traced
+    ///     does), so the peer cannot truncate the file under the mapping nor seal it further.
+    ///     The service sets it for producer-provided buffers, producers for the service's.
     public static func map(
         _ fd: ScopedFD, pageSize: Int, requireSeals: Bool
     ) throws(TracingError) -> SharedMemoryBuffer {
