@@ -269,6 +269,38 @@ final class TraceWriterTests {
         #expect(buffer.sequenceCount == 1, "only producer 4's writer is left")
     }
 
+    @Test func chunkIDsThatWrapKeepTheirOrder() {
+        // A writer's chunk ids go on from 0xFFFFFFFF to 0, with a packet cut across the wrap:
+        // read after all arrived (the first read starts at the oldest, 0xFFFFFFFE, not at 0),
+        // and read as they arrive (an id after the wrap is not "out of order").
+        func chunk(_ id: UInt32, _ record: [UInt8], flags: ChunkFlags = []) -> ([UInt8], ChunkHeader) {
+            let header = ChunkHeader(chunkID: id, writerID: 1, packetCount: 1, flags: flags)
+            var bytes = [UInt8](repeating: 0, count: 8) + SharedMemoryABI.paddedVarint(UInt32(record.count)) + record
+            bytes.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
+            return (bytes, header)
+        }
+        let chunks = [
+            chunk(0xFFFF_FFFE, [0x08, 0x01]),
+            chunk(0xFFFF_FFFF, [0x08], flags: [.lastPacketContinuesOnNextChunk]),
+            chunk(0, [0x02], flags: [.firstPacketContinuesFromPreviousChunk]),
+            chunk(1, [0x08, 0x03]),
+        ]
+        for readAsTheyArrive in [false, true] {
+            let buffer = TraceBuffer(capacity: 64 * 1024, policy: .ringBuffer)
+            var read: [BufferedPacket] = []
+            for (bytes, header) in chunks {
+                buffer.copyChunk(bytes, header: header, producerID: 1, uid: 0, pid: 0)
+                if readAsTheyArrive { read += buffer.readPackets() }
+            }
+            read += buffer.readPackets()
+            #expect(read.map { Array($0.storage[$0.body]) } == [[0x08, 0x01], [0x08, 0x02], [0x08, 0x03]], "\(readAsTheyArrive)")
+            #expect(buffer.stats.chunksCommittedOutOfOrder == 0)
+            #expect(read.dropFirst().allSatisfy { !$0.previousPacketDropped }, "nothing lost")
+        }
+        #expect(ChunkOrder.isBefore(0xFFFF_FFFF, 0) && !ChunkOrder.isBefore(0, 0xFFFF_FFFF) && !ChunkOrder.isBefore(5, 5))
+        #expect(ChunkOrder.next(after: 0xFFFF_FFF0, in: [3, 0xFFFF_FFF5, 0x7000_0000]) == 0xFFFF_FFF5)
+    }
+
     @Test func writerIDsStayWithinWhatTheServiceAccepts() throws {
         // Writers made and closed for ever go round 1...32,767 (Perfetto's kMaxWriterID); past
         // it the service drops a writer's chunks.

@@ -180,7 +180,7 @@ final class TraceBuffer {
         }
         let sequence = sequenceFor(key, uid: uid, pid: pid)
         sequence.machineID = machineID
-        if let next = sequence.nextChunkID, header.chunkID < next {
+        if let next = sequence.nextChunkID, ChunkOrder.isBefore(header.chunkID, next) {
             stats.chunksCommittedOutOfOrder += 1
             return
         }
@@ -367,11 +367,11 @@ final class TraceBuffer {
     private func read(_ sequence: Sequence, into packets: inout [BufferedPacket], budget: inout Int) -> Bool {
         while !sequence.chunks.isEmpty {
             guard budget > 0 else { return false }
-            let expected = sequence.nextChunkID ?? sequence.chunks.keys.min()!
+            let expected = sequence.nextChunkID ?? ChunkOrder.oldest(sequence.chunks.keys)
             guard let chunk = sequence.chunks[expected] else {
                 // A gap: the chunk was overwritten, discarded or never committed. Wait if
                 // nothing newer exists; otherwise skip to the next chunk we have.
-                guard let later = sequence.chunks.keys.lazy.filter({ $0 > expected }).min() else { return true }
+                guard let later = ChunkOrder.next(after: expected, in: sequence.chunks.keys) else { return true }
                 loseReassembly(sequence)
                 sequence.dataLost = true
                 sequence.nextChunkID = later
@@ -494,5 +494,26 @@ final class TraceBuffer {
         sequence.dataLost = true
         stats.traceWriterPacketLoss += 1
         sequence.reassembly = continuesOnNext ? .discarding : .none
+    }
+}
+
+/// Chunk ids count up and wrap from 0xFFFFFFFF to 0 (a writer past 4 billion chunks, or one
+/// that starts near the end): ids are ordered by their distance, as serial numbers are, so a
+/// chunk id is before another when it is less than half the id space behind it.
+enum ChunkOrder {
+    /// Whether `id` comes before `other`.
+    static func isBefore(_ id: UInt32, _ other: UInt32) -> Bool {
+        let behind = other &- id
+        return behind != 0 && behind <= UInt32.max / 2
+    }
+
+    /// The oldest of `ids` (not empty) in that order: `0xFFFFFFFF` before `0`.
+    static func oldest<Ids: Collection<UInt32>>(_ ids: Ids) -> UInt32 {
+        ids.reduce(ids.first!) { isBefore($1, $0) ? $1 : $0 }
+    }
+
+    /// The first of `ids` after `id`, if any.
+    static func next<Ids: Collection<UInt32>>(after id: UInt32, in ids: Ids) -> UInt32? {
+        ids.lazy.filter { isBefore(id, $0) }.min { ($0 &- id) < ($1 &- id) }
     }
 }
