@@ -301,6 +301,44 @@ final class TraceWriterTests {
         #expect(ChunkOrder.next(after: 0xFFFF_FFF0, in: [3, 0xFFFF_FFF5, 0x7000_0000]) == 0xFFFF_FFF5)
     }
 
+    @Test func aProducerIDGivenAgainStartsFreshSequences() throws {
+        // Producer ids are 16 bits and go round after 65,535 connections. A newcomer given the
+        // id of a producer whose chunks are still buffered continued its sequences (its chunk 0
+        // behind theirs), and one given it later took its trusted sequence ids.
+        let consumer = RecordingConsumer(service: service)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        func connect(_ name: String) -> (RecordingProducer, ProducerID) {
+            let producer = RecordingProducer(service: service, name: name, dataSources: [TracingConfigs.descriptor("test.source")])
+            drive(loop, until: { producer.writers.count == 1 })
+            return (producer, (producer.endpoint as! LocalProducerEndpoint).id)
+        }
+        func write(_ producer: RecordingProducer, _ text: String) {
+            producer.writers.values.first!.writeTestPacket(timestamp: 1, text)
+            producer.writers.values.first!.flush()
+            loop.runUntilIdle()
+        }
+        let (first, firstID) = connect("first")
+        write(first, "from the first")
+        first.endpoint.disconnect()
+        loop.runUntilIdle()
+        // Its chunk is still in the buffer: its id is skipped.
+        service.nextProducerID = firstID
+        let (second, secondID) = connect("second")
+        #expect(secondID != firstID)
+        consumer.read(on: loop)
+        // Read, the old producer is forgotten: the id is given again, with sequences of its own.
+        service.nextProducerID = firstID
+        let (third, thirdID) = connect("third")
+        #expect(thirdID == firstID)
+        write(third, "from the third")
+        consumer.read(on: loop)
+        let packets = consumer.producerPackets()
+        let sequenceOf = { (text: String) in packets.first { $0.forTesting.str == text }?.trustedPacketSequenceID }
+        #expect(sequenceOf("from the first") != nil && sequenceOf("from the third") != nil)
+        #expect(sequenceOf("from the first") != sequenceOf("from the third"))
+        withExtendedLifetime((second, third)) {}
+    }
+
     @Test func writerIDsStayWithinWhatTheServiceAccepts() throws {
         // Writers made and closed for ever go round 1...32,767 (Perfetto's kMaxWriterID); past
         // it the service drops a writer's chunks.

@@ -113,6 +113,8 @@ final class TraceBuffer {
     private var storedChunkCount = 0
     private var bytesEverWritten = 0
     private var sequences: [SequenceKey: Sequence] = [:]
+    /// How many of `sequences` each producer has.
+    private var sequenceCounts: [UInt16: Int] = [:]
     /// Chunks in insertion order, for ring-buffer eviction (entries may be stale).
     private var insertionOrder: [(key: SequenceKey, chunkID: UInt32, serial: UInt64)] = []
     private var insertionHead = 0
@@ -150,6 +152,7 @@ final class TraceBuffer {
             duplicate.producerGone = sequence.producerGone
             copy.sequences[key] = duplicate
         }
+        copy.sequenceCounts = sequenceCounts
         return copy
     }
 
@@ -276,12 +279,20 @@ final class TraceBuffer {
         guard sequence.isFinished else { return }
         loseReassembly(sequence)
         sequences[sequence.key] = nil
+        let producerID = sequence.key.producerID
+        sequenceCounts[producerID] = sequenceCounts[producerID] == 1 ? nil : sequenceCounts[producerID]! - 1
+    }
+
+    /// Whether chunks of producer `producerID` (or state of its writers) are still held.
+    func holdsSequences(of producerID: UInt16) -> Bool {
+        sequenceCounts[producerID] != nil
     }
 
     private func sequenceFor(_ key: SequenceKey, uid: UInt32, pid: Int32) -> Sequence {
         if let existing = sequences[key] { return existing }
         let sequence = Sequence(key: key, uid: uid, pid: pid)
         sequences[key] = sequence
+        sequenceCounts[key.producerID, default: 0] += 1
         return sequence
     }
 

@@ -75,7 +75,8 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     var buffers: [BufferID: TraceBuffer] = [:]
     /// Relays of other machines (RelayPort clients), by their connection.
     var relays: [RelayKey: RelayRecord] = [:]
-    private var nextProducerID: ProducerID = 1
+    /// The next producer id to try (internal: tests make it go round).
+    var nextProducerID: ProducerID = 1
     private var nextConsumerID: UInt64 = 1
     var nextSessionID: TracingSessionID = 1
     var nextInstanceID: DataSourceInstanceID = 1
@@ -162,14 +163,20 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
 
     private func allocateProducerID() -> ProducerID? {
         // An id stays taken until producerDisconnected removes it, even once its endpoint is
-        // gone: the cleanup posted by a released endpoint must not hit a newcomer.
-        guard producers.count < Int(ProducerID.max) else { return nil }
-        while producers[nextProducerID] != nil || nextProducerID == 0 {
-            nextProducerID &+= 1
+        // gone: the cleanup posted by a released endpoint must not hit a newcomer. Ids go round
+        // after 65,535 connections (a service running for days, an app restarting in a loop);
+        // one whose chunks some buffer still holds is skipped too, or the newcomer's writers
+        // would continue the old producer's sequences (its chunk 0 "out of order" behind them).
+        for _ in 0..<Int(ProducerID.max) {
+            let id = nextProducerID
+            nextProducerID = nextProducerID == ProducerID.max ? 1 : nextProducerID + 1
+            guard id != 0, producers[id] == nil, !buffers.values.contains(where: { $0.holdsSequences(of: id) }) else { continue }
+            // Nothing of an earlier producer with this id is left to read: the sessions forget
+            // the trusted sequence ids they gave it, so the newcomer's are its own.
+            for session in sessions.values { session.forgetSequenceIDs(of: id) }
+            return id
         }
-        let id = nextProducerID
-        nextProducerID &+= 1
-        return id
+        return nil
     }
 
     func allocateBufferID() -> BufferID? {
