@@ -162,8 +162,9 @@ final class ServiceLimitsTests {
 
     @Test func matchingProducerNamesCostsEachProducerABoundedAmountOfWork() throws {
         // Ten patterns that each take over a quarter of a producer's budget against a long name,
-        // then a cheap one that matches it. Matched one by one, a config of thousands of such patterns held the
-        // loop for minutes; each producer now has a budget, and past it nothing matches.
+        // then a cheap one that matches it. Matched one by one, a config of thousands of such
+        // patterns held the loop for minutes; each producer now has a budget, and past it
+        // nothing new matches.
         let longName = "x" + String(repeating: "a", count: 497)
         let heavy = (0..<10).map { String(repeating: "(a|b)", count: 150) + "\($0)" }
         let steps = try #require(ProducerNamePattern(heavy[0])).matchSteps(longName)
