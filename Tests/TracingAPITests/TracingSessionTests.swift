@@ -435,7 +435,7 @@ final class TracingSessionTests {
         trigger.stopDelayMs = stopDelayMs
         config.triggerConfig.triggerMode = mode
         config.triggerConfig.triggers = [trigger]
-        if mode == .startTracing { config.deferredStart = true }
+        config.triggerConfig.triggerTimeoutMs = 10_000
         return config
     }
 
@@ -469,6 +469,106 @@ final class TracingSessionTests {
         loop.advanceTime(by: .milliseconds(1))
         drive(loop, until: { consumer.disabledErrors == [""] })
         #expect(app.flushRequests.count == 1, "a stop trigger flushes first")
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
+    func triggerConfigsAreCheckedAsPerfettoChecksThem(_ binding: TracingBinding) throws {
+        try use(binding)
+        func error(_ change: (inout TraceConfig) -> Void) -> String? {
+            var config = triggerConfig(.stopTracing)
+            change(&config)
+            let consumer = RecordingConsumer(service: clients)
+            consumer.endpoint.enableTracing(config, outputFile: nil)
+            drive(loop, until: { !consumer.disabledErrors.isEmpty || !self.service.sessions.isEmpty })
+            defer {
+                consumer.endpoint.disconnect()
+                loop.runUntilIdle()
+            }
+            return consumer.disabledErrors.first
+        }
+        #expect(error { $0.triggerConfig.triggerTimeoutMs = 0 }?.hasPrefix("Traces with triggers must provide a positive trigger_timeout_ms") == true)
+        #expect(error { $0.triggerConfig.triggerTimeoutMs = 7 * 24 * 3600 * 1000 + 1 }?.contains("(received 604800001 ms)") == true)
+        #expect(error { $0.durationMs = 1000 } == "duration_ms was set, this must not be set for traces with triggers.")
+        #expect(error { $0.writeIntoFile = true }?.hasPrefix("Specifying trigger mode STOP_TRACING/CLONE_SNAPSHOT and write_into_file") == true)
+        #expect(error { $0.triggerConfig.triggers.append($0.triggerConfig.triggers[0]) } == "Duplicate trigger name: go")
+        #expect(error { _ in } == nil)
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
+    func aStartTriggerThatNeverComesEndsTheSessionAtItsTimeoutWithNothingToRead(_ binding: TracingBinding) throws {
+        try use(binding)
+        let app = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
+        registered(app)
+        consumer.endpoint.enableTracing(triggerConfig(.startTracing), outputFile: nil)
+        loop.advanceTime(by: .milliseconds(9_999))
+        #expect(app.started.isEmpty, "set up, not started, before the trigger")
+        #expect(consumer.disabledErrors.isEmpty)
+        loop.advanceTime(by: .milliseconds(1))
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        consumer.read(on: loop)
+        #expect(consumer.packets.isEmpty, "not even the service's own packets")
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
+    func aStopSessionWithoutItsTriggerEndsAtItsTimeoutAndKeepsItsDataToItself(_ binding: TracingBinding) throws {
+        try use(binding)
+        let app = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
+        consumer.endpoint.enableTracing(triggerConfig(.stopTracing), outputFile: nil)
+        drive(loop, until: { app.writers.count == 1 })
+        app.writers.values.first!.writeTestPacket(timestamp: 1, "recorded, never released")
+        app.writers.values.first!.flush()
+        consumer.read(on: loop)
+        #expect(consumer.packets.isEmpty, "nothing is read before a trigger")
+        loop.advanceTime(by: .milliseconds(10_000))
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        consumer.read(on: loop)
+        #expect(consumer.packets.isEmpty)
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
+    func aTriggerTakenIsWrittenIntoTheTraceWithTheUidTheServiceSaw(_ binding: TracingBinding) throws {
+        try use(binding)
+        let app = RecordingProducer(
+            service: clients, name: "app", uid: 1234, pid: 99, dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
+        consumer.endpoint.enableTracing(triggerConfig(.stopTracing, stopDelayMs: 100), outputFile: nil)
+        drive(loop, until: { app.writers.count == 1 })
+        app.writers.values.first!.writeTestPacket(timestamp: 1, "kept by the trigger")
+        app.endpoint.activateTriggers(["go"])
+        loop.runUntilIdle()
+        loop.advanceTime(by: .milliseconds(100))
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        consumer.read(on: loop)
+        let triggers = consumer.decodedPackets().filter { if case .trigger? = $0.data { true } else { false } }.map(\.trigger)
+        #expect(triggers.count == 1)
+        #expect(triggers.first?.triggerName == "go" && triggers.first?.producerName == "app")
+        #expect(triggers.first.map { UInt32(bitPattern: $0.trustedProducerUid) } == identity(uid: 1234, pid: 99).uid)
+        #expect(triggers.first?.stopDelayMs == 100)
+        #expect(consumer.producerPackets().map(\.forTesting.str) == ["kept by the trigger"])
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
+    func aCloneSnapshotTriggerTellsTheConsumerAndTheSessionIsReadOnlyByCloning(_ binding: TracingBinding) throws {
+        try use(binding)
+        let app = RecordingProducer(
+            service: clients, name: "app", uid: 1234, pid: 99, dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
+        consumer.endpoint.observeEvents([.cloneTriggerHit])
+        consumer.endpoint.enableTracing(triggerConfig(.cloneSnapshot, stopDelayMs: 50), outputFile: nil)
+        drive(loop, until: { app.writers.count == 1 })
+        app.endpoint.activateTriggers(["go"])
+        loop.runUntilIdle()
+        #expect(consumer.observed.isEmpty, "told after the trigger's delay")
+        loop.advanceTime(by: .milliseconds(50))
+        drive(loop, until: { !consumer.observed.isEmpty })
+        let hit = consumer.observed.first?.cloneTriggerHit
+        #expect(hit?.triggerName == "go" && hit?.producerName == "app" && hit?.triggerDelayMs == 50)
+        #expect(hit?.producerUid == identity(uid: 1234, pid: 99).uid)
+        #expect(hit?.tracingSessionID == Int64(service.sessions.keys.first ?? 0))
+        consumer.read(on: loop)
+        #expect(consumer.packets.isEmpty, "read only through CloneSession")
     }
 
     @Test(arguments: TracingBinding.deterministic)

@@ -42,6 +42,17 @@ enum ServicePackets {
         return encode(packet, uid: uid, clockID: false)
     }
 
+    /// A trigger a session took: its name, the producer's name for itself, the kernel's uid.
+    static func trigger(_ received: ReceivedTrigger, uid: UInt32) -> TracePacketData {
+        var packet = TracePacket()
+        packet.timestamp = received.bootTimeNanoseconds
+        packet.trigger.triggerName = received.name
+        packet.trigger.producerName = received.producerName
+        packet.trigger.trustedProducerUid = Int32(bitPattern: received.producerUID)
+        packet.trigger.stopDelayMs = UInt64(received.stopDelayMs)
+        return encode(packet, uid: uid)
+    }
+
     static func serviceEvent(_ event: Perfetto_Protos_TracingServiceEvent, timestamp: UInt64, uid: UInt32) -> TracePacketData {
         var packet = TracePacket()
         packet.timestamp = timestamp

@@ -117,6 +117,7 @@ extension TracingServiceCore {
             bufferIDs: bufferIDs)
         nextSessionID += 1
         clone.state = .clonedReadOnly
+        clone.receivedTriggers = source.receivedTriggers
         sessions[clone.id] = clone
         consumer.sessionID = clone.id
         response.success = true

@@ -54,13 +54,17 @@ extension TracingServiceCore {
                 setUpInstance(entry, producer: producer, session: session)
             }
         }
-        if !config.deferredStart { startSession(session) }
+        session.durationMs = session.triggerMode == .stopTracing || session.triggerMode == .cloneSnapshot
+            ? config.triggerConfig.triggerTimeoutMs : config.durationMs
+        armTriggers(of: session)
+        if !config.deferredStart && session.triggerMode != .startTracing { startSession(session) }
     }
 
     private func validate(_ config: TraceConfig, outputFile: ScopedFD?, consumer: LocalConsumerEndpoint) -> String? {
         if consumer.sessionID != nil { return "the consumer is already tracing" }
         if let error = sessionLimitError(uid: consumer.uid) { return error }
         if config.buffers.isEmpty { return "the trace config has no buffers" }
+        if let error = triggerConfigError(config) { return error }
         if config.buffers.count > options.maxBuffersPerSession {
             return "too many buffers configured (\(config.buffers.count), the limit is \(options.maxBuffersPerSession))"
         }
@@ -181,10 +185,12 @@ extension TracingServiceCore {
         session.recordServiceEvent { $0.tracingStarted = true }
         for index in session.instances.indices { startInstance(at: index, of: session) }
         let sessionID = session.id
-        if session.config.durationMs > 0 {
-            session.timers.append(eventLoop.scheduleTask(after: .milliseconds(Int64(session.config.durationMs))) {
+        if session.durationMs > 0 {
+            session.timers.append(eventLoop.scheduleTask(after: .milliseconds(Int64(session.durationMs))) {
                 [weak self] in
                 guard let self, let session = self.sessions[sessionID], session.state == .started else { return }
+                // A STOP trigger taken in time ends the session itself, after its own delay.
+                if session.triggerMode == .stopTracing && !session.receivedTriggers.isEmpty { return }
                 self.flushAndDisable(session)
             })
         }
@@ -282,7 +288,7 @@ extension TracingServiceCore {
         deliverEvents(events, type: .dataSourcesInstances, to: session)
     }
 
-    private func deliverEvents(_ events: ObservableEvents, type: ObservableEvents.TypeEnum, to session: TracingSession) {
+    func deliverEvents(_ events: ObservableEvents, type: ObservableEvents.TypeEnum, to session: TracingSession) {
         guard let endpoint = consumer(session.consumerID), endpoint.observedEvents.contains(type) else { return }
         post { [weak client = endpoint.consumer] in client?.onObservableEvents(events) }
     }
@@ -483,7 +489,9 @@ extension TracingServiceCore {
     // MARK: Reading
 
     func readBuffers(consumer: LocalConsumerEndpoint) {
-        guard let session = consumer.sessionID.flatMap({ sessions[$0] }) else {
+        // A session waiting for its trigger returns nothing at all, not even the service's own
+        // packets (Perfetto's promise for STOP_TRACING sessions that time out).
+        guard let session = consumer.sessionID.flatMap({ sessions[$0] }), !session.isWaitingForTrigger else {
             post { [weak client = consumer.consumer] in client?.onTraceData([], hasMore: false) }
             return
         }
@@ -563,6 +571,7 @@ extension TracingServiceCore {
         packets.append(ServicePackets.clockSnapshot(uid: serviceUID))
         packets.append(contentsOf: relayPackets(for: session, uid: serviceUID))
         packets.append(contentsOf: session.takeServiceEvents(uid: serviceUID))
+        packets.append(contentsOf: triggerPackets(session))
         return packets
     }
 
@@ -651,8 +660,9 @@ extension TracingServiceCore {
     /// Appends what is readable to the session's file, never going past `max_file_size_bytes`;
     /// reaching it ends the session, as in Perfetto.
     func drainIntoFile(_ session: TracingSession) {
-        // While the file has not taken the last write, the data stays in the buffers.
-        guard let file = session.outputFile, file.error == nil, !file.hasPendingBytes else { return }
+        // While the file has not taken the last write, the data stays in the buffers; a
+        // START_TRACING session never triggered writes nothing.
+        guard let file = session.outputFile, file.error == nil, !file.hasPendingBytes, !session.isWaitingForTrigger else { return }
         let limit = session.config.maxFileSizeBytes
         var reachedLimit = false
         var output: [UInt8] = []

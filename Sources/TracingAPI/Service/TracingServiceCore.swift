@@ -360,36 +360,6 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         post { [weak consumer = endpoint.consumer] in consumer?.onDisconnect() }
     }
 
-    func activateTriggers(_ names: [String], producer: LocalProducerEndpoint) {
-        let wanted = Set(names)
-        for session in sessions.values.sorted(by: { $0.id < $1.id }) where session.config.hasTriggerConfig {
-            let triggerConfig = session.config.triggerConfig
-            for trigger in triggerConfig.triggers where wanted.contains(trigger.name) {
-                // A pattern that does not compile matches nothing.
-                if !trigger.producerNameRegex.isEmpty,
-                   !session.producerName(of: producer, matches: trigger.producerNameRegex) {
-                    continue
-                }
-                switch triggerConfig.triggerMode {
-                case .startTracing:
-                    if session.state == .configured { startSession(session) }
-                case .stopTracing:
-                    // One stop per session: a producer repeating the trigger adds nothing.
-                    guard session.state == .started, !session.stopTriggered else { continue }
-                    session.stopTriggered = true
-                    let delay = Duration.milliseconds(Int64(trigger.stopDelayMs))
-                    let sessionID = session.id
-                    session.timers.append(eventLoop.scheduleTask(after: delay) { [weak self] in
-                        guard let self, let session = self.sessions[sessionID] else { return }
-                        self.flushAndDisable(session)
-                    })
-                default:
-                    continue
-                }
-            }
-        }
-    }
-
     /// Ends every session now, as a service that is going away must: what producers wrote is
     /// read from shared memory, sessions writing into a file get their last data written and
     /// their file closed, and buffers are freed. Consumers are told tracing is disabled.

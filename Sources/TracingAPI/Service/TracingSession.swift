@@ -96,8 +96,13 @@ final class TracingSession {
     var repeatingTimers: [RepeatingTimer: any ScheduledTask] = [:]
     var stopTimeout: (any ScheduledTask)?
     var allDataSourcesStartedNotified = false
-    /// A STOP_TRACING trigger fired; its delayed stop is scheduled.
-    var stopTriggered = false
+    /// Triggers taken (at most `maxReceivedTriggersPerSession`), and how many of them the
+    /// trace has had.
+    var receivedTriggers: [ReceivedTrigger] = []
+    var triggersEmitted = 0
+    /// How long the session runs once started (0: until stopped): `duration_ms`, or a STOP or
+    /// CLONE session's trigger_timeout_ms, or a START trigger's stop_delay_ms.
+    var durationMs: UInt32 = 0
     var startRealtimeNanoseconds: Int64 = 0
     /// Packets of this session dropped because they set reserved fields or did not parse.
     var invalidPackets: UInt64 = 0
@@ -159,6 +164,20 @@ final class TracingSession {
     /// The sequence id the service stamps on its own packets.
     static let servicePacketSequenceID: UInt32 = 1
     static let firstProducerSequenceID: UInt32 = 2
+
+    /// The config's trigger mode (unspecified without triggers).
+    var triggerMode: TraceConfig.TriggerConfig.TriggerMode {
+        config.hasTriggerConfig ? config.triggerConfig.triggerMode : .unspecified
+    }
+
+    /// Whether a read must return nothing at all: a session with triggers that took none yet
+    /// (its data is only for a trigger to release), or one read only by cloning it. Clones are
+    /// read whatever their source took.
+    var isWaitingForTrigger: Bool {
+        guard state != .clonedReadOnly else { return false }
+        if triggerMode == .cloneSnapshot { return true }
+        return !config.triggerConfig.triggers.isEmpty && receivedTriggers.isEmpty
+    }
 
     init(id: TracingSessionID, consumerID: UInt64, consumerUID: UInt32, config: TraceConfig, bufferIDs: [BufferID]) {
         self.id = id

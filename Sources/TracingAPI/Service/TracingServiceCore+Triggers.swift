@@ -1,0 +1,148 @@
+// Trace triggers, as Perfetto's service runs them (tracing_service_impl.cc: EnableTracing,
+// ActivateTriggers, OnStartTriggersTimeout, ReadBuffers, MaybeEmitReceivedTriggers):
+// * a config with a trigger mode must give a trigger_timeout_ms in (0, 7 days], no
+//   duration_ms, unique trigger names, and no write_into_file in STOP or CLONE mode;
+// * START_TRACING: data sources are set up but not started until a trigger arrives; the session
+//   then runs for the trigger's stop_delay_ms (0: until stopped). No trigger within the timeout
+//   disables the session, with nothing to read;
+// * STOP_TRACING: the session runs at once and ends trigger_timeout_ms later unless a trigger
+//   came first; the first trigger ends it after its stop_delay_ms. Without a trigger the session
+//   keeps its data to itself: a read returns nothing at all;
+// * CLONE_SNAPSHOT: the session runs like STOP_TRACING but is read only through CloneSession; a
+//   trigger tells the consumer (ObservableEvents.clone_trigger_hit, if it observes them) after
+//   the trigger's stop_delay_ms;
+// * every trigger a session takes is written into its trace (TracePacket.trigger) with the
+//   name the producer gave and the uid the kernel gave it: triggers may come from any uid, so
+//   the owner can see who stopped or cloned the recording;
+// * skip_probability drops that share of a trigger's activations. max_per_24_h is not
+//   implemented (the service keeps no trigger history).
+// Any producer may send any trigger, as in Perfetto; `producer_name_regex` filters by the
+// producer's own word for its name, which is no authentication.
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A trigger a session took, kept to be written into its trace.
+struct ReceivedTrigger {
+    let bootTimeNanoseconds: UInt64
+    let name: String
+    let producerName: String
+    let producerUID: UInt32
+    let stopDelayMs: UInt32
+}
+
+extension TracingServiceCore {
+    /// The longest trigger_timeout_ms (Perfetto's longest trace: 7 days).
+    static let maxTriggerTimeoutMs: UInt32 = 7 * 24 * 3600 * 1000
+    /// Triggers kept per session to be written into its trace; a producer repeating a trigger
+    /// for ever adds nothing past them (they still act).
+    static let maxReceivedTriggersPerSession = 1000
+
+    /// Why `config`'s triggers cannot run (Perfetto's checks and messages), or nil.
+    func triggerConfigError(_ config: TraceConfig) -> String? {
+        guard config.hasTriggerConfig else { return nil }
+        let triggers = config.triggerConfig
+        // (An unknown mode, from a newer config, reads as unspecified: proto2 keeps it aside.)
+        guard triggers.triggerMode != .unspecified else { return nil }
+        if triggers.triggerTimeoutMs == 0 || triggers.triggerTimeoutMs > Self.maxTriggerTimeoutMs {
+            return "Traces with triggers must provide a positive trigger_timeout_ms < 7 days "
+                + "(received \(triggers.triggerTimeoutMs) ms)"
+        }
+        if config.durationMs != 0 {
+            return "duration_ms was set, this must not be set for traces with triggers."
+        }
+        if triggers.triggerMode != .startTracing && config.writeIntoFile {
+            return "Specifying trigger mode STOP_TRACING/CLONE_SNAPSHOT and write_into_file together is unsupported"
+        }
+        var names = Set<String>()
+        for trigger in triggers.triggers where !names.insert(trigger.name).inserted {
+            return "Duplicate trigger name: \(trigger.name)"
+        }
+        return nil
+    }
+
+    /// Arms a new session's triggers: a START_TRACING session is disabled if no trigger came
+    /// within its timeout. (STOP and CLONE sessions end at their timeout through
+    /// `TracingSession.durationMs`.)
+    func armTriggers(of session: TracingSession) {
+        guard session.triggerMode == .startTracing else { return }
+        let sessionID = session.id
+        let timeout = Duration.milliseconds(Int64(session.config.triggerConfig.triggerTimeoutMs))
+        session.timers.append(eventLoop.scheduleTask(after: timeout) { [weak self] in
+            guard let self, let session = self.sessions[sessionID], session.state == .configured else { return }
+            self.disable(session)
+        })
+    }
+
+    func activateTriggers(_ names: [String], producer: LocalProducerEndpoint) {
+        let wanted = Set(names)
+        for session in sessions.values.sorted(by: { $0.id < $1.id })
+        where session.triggerMode != .unspecified && session.state != .clonedReadOnly {
+            for trigger in session.config.triggerConfig.triggers where wanted.contains(trigger.name) {
+                // A pattern that does not compile matches nothing.
+                if !trigger.producerNameRegex.isEmpty,
+                   !session.producerName(of: producer, matches: trigger.producerNameRegex) {
+                    continue
+                }
+                if trigger.skipProbability > 0, Double.random(in: 0..<1) < trigger.skipProbability { continue }
+                take(trigger, from: producer, in: session)
+            }
+        }
+    }
+
+    private func take(_ trigger: TraceConfig.TriggerConfig.Trigger, from producer: LocalProducerEndpoint, in session: TracingSession) {
+        let received = ReceivedTrigger(
+            bootTimeNanoseconds: ServiceClock.nanoseconds(CLOCK_BOOTTIME), name: trigger.name, producerName: producer.name,
+            producerUID: producer.uid, stopDelayMs: trigger.stopDelayMs)
+        let firstTrigger = session.receivedTriggers.isEmpty
+        if session.receivedTriggers.count < Self.maxReceivedTriggersPerSession { session.receivedTriggers.append(received) }
+        let sessionID = session.id
+        let delay = Duration.milliseconds(Int64(trigger.stopDelayMs))
+        switch session.triggerMode {
+        case .startTracing:
+            guard session.state == .configured else { return }
+            session.durationMs = trigger.stopDelayMs
+            startSession(session)
+        case .stopTracing:
+            // One stop per session: a producer repeating the trigger adds nothing.
+            guard firstTrigger, session.state == .started else { return }
+            session.timers.append(eventLoop.scheduleTask(after: delay) { [weak self] in
+                guard let self, let session = self.sessions[sessionID] else { return }
+                self.flushAndDisable(session)
+            })
+        case .cloneSnapshot:
+            session.timers.append(eventLoop.scheduleTask(after: delay) { [weak self] in
+                guard let self, let session = self.sessions[sessionID] else { return }
+                var hit = ObservableEvents.CloneTriggerHit()
+                hit.tracingSessionID = Int64(session.id)
+                hit.triggerName = received.name
+                hit.producerName = received.producerName
+                hit.producerUid = received.producerUID
+                hit.bootTimeNs = received.bootTimeNanoseconds
+                hit.triggerDelayMs = UInt64(received.stopDelayMs)
+                var events = ObservableEvents()
+                events.cloneTriggerHit = hit
+                self.deliverEvents(events, type: .cloneTriggerHit, to: session)
+            })
+        case .unspecified:
+            return
+        }
+    }
+
+    /// The triggers `session` took and has not written into its trace yet, as packets.
+    func triggerPackets(_ session: TracingSession) -> [TracePacketData] {
+        guard session.triggersEmitted < session.receivedTriggers.count else { return [] }
+        let packets = session.receivedTriggers[session.triggersEmitted...].map {
+            ServicePackets.trigger($0, uid: options.serviceUID)
+        }
+        session.triggersEmitted = session.receivedTriggers.count
+        return packets
+    }
+}
