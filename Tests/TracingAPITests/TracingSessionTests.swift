@@ -572,6 +572,25 @@ final class TracingSessionTests {
     }
 
     @Test(arguments: TracingBinding.deterministic)
+    func aTriggerIsTakenAtMostMaxPer24HTimes(_ binding: TracingBinding) throws {
+        try use(binding)
+        let app = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
+        consumer.endpoint.observeEvents([.cloneTriggerHit])
+        var config = triggerConfig(.cloneSnapshot)
+        config.triggerConfig.triggers[0].maxPer24H = 2
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        drive(loop, until: { app.writers.count == 1 })
+        for _ in 0..<5 {
+            app.endpoint.activateTriggers(["go", "go", "unknown"])
+            loop.runUntilIdle()
+        }
+        loop.advanceTime(by: .milliseconds(1))
+        #expect(consumer.observed.count == 2, "taken twice, then ignored for a day")
+        #expect(service.sessions.values.first?.receivedTriggers.count == 2)
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
     func syncRunsAfterEverythingSentBefore(_ binding: TracingBinding) throws {
         try use(binding)
         let producer = RecordingProducer(

@@ -14,8 +14,9 @@
 // * every trigger a session takes is written into its trace (TracePacket.trigger) with the
 //   name the producer gave and the uid the kernel gave it: triggers may come from any uid, so
 //   the owner can see who stopped or cloned the recording;
-// * skip_probability drops that share of a trigger's activations. max_per_24_h is not
-//   implemented (the service keeps no trigger history).
+// * skip_probability drops that share of a trigger's activations; max_per_24_h ignores a
+//   trigger once it was taken that many times in the last 24 hours (by any session: the
+//   history is the service's, per trigger name, as traced keeps it).
 // Any producer may send any trigger, as in Perfetto; `producer_name_regex` filters by the
 // producer's own word for its name, which is no authentication.
 
@@ -82,18 +83,32 @@ extension TracingServiceCore {
     }
 
     func activateTriggers(_ names: [String], producer: LocalProducerEndpoint) {
+        // The sessions' triggers a name asks for, found in one pass (a request may name tens of
+        // thousands of triggers; what it costs is bounded by the sessions' configs).
         let wanted = Set(names)
+        var asked: [String: [(session: TracingSession, trigger: TraceConfig.TriggerConfig.Trigger)]] = [:]
         for session in sessions.values.sorted(by: { $0.id < $1.id })
         where session.triggerMode != .unspecified && session.state != .clonedReadOnly {
             for trigger in session.config.triggerConfig.triggers where wanted.contains(trigger.name) {
+                asked[trigger.name, default: []].append((session, trigger))
+            }
+        }
+        for name in asked.keys.sorted() {
+            let now = ServiceClock.nanoseconds(CLOCK_BOOTTIME)
+            let takenRecently = triggerHistory.count(of: name, now: now)
+            var taken = false
+            for (session, trigger) in asked[name]! {
                 // A pattern that does not compile matches nothing.
                 if !trigger.producerNameRegex.isEmpty,
                    !session.producerName(of: producer, matches: trigger.producerNameRegex) {
                     continue
                 }
+                if trigger.maxPer24H > 0 && takenRecently >= Int(trigger.maxPer24H) { continue }
                 if trigger.skipProbability > 0, Double.random(in: 0..<1) < trigger.skipProbability { continue }
+                taken = true
                 take(trigger, from: producer, in: session)
             }
+            if taken { triggerHistory.record(name, now: now) }
         }
     }
 
@@ -144,5 +159,31 @@ extension TracingServiceCore {
         }
         session.triggersEmitted = session.receivedTriggers.count
         return packets
+    }
+}
+
+/// When each trigger name was taken in the last 24 hours (for `max_per_24_h`). Only names some
+/// session wanted are kept, each with at most `maxPerName` times.
+struct TriggerHistory {
+    static let window: UInt64 = 24 * 3600 * 1_000_000_000
+    static let maxPerName = 10_000
+    private var times: [String: [UInt64]] = [:]
+
+    /// How many times `name` was taken in the 24 hours before `now` (older ones are dropped).
+    mutating func count(of name: String, now: UInt64) -> Int {
+        guard var list = times[name] else { return 0 }
+        let expired = list.prefix { now &- $0 >= Self.window }.count
+        if expired > 0 {
+            list.removeFirst(expired)
+            times[name] = list.isEmpty ? nil : list
+        }
+        return list.count
+    }
+
+    mutating func record(_ name: String, now: UInt64) {
+        var list = times[name, default: []]
+        if list.count >= Self.maxPerName { list.removeFirst() }
+        list.append(now)
+        times[name] = list
     }
 }

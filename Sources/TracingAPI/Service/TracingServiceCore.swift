@@ -77,6 +77,8 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     var relays: [RelayKey: RelayRecord] = [:]
     /// The next producer id to try (internal: tests make it go round).
     var nextProducerID: ProducerID = 1
+    /// Triggers taken, by name, for `max_per_24_h`.
+    var triggerHistory = TriggerHistory()
     private var nextConsumerID: UInt64 = 1
     var nextSessionID: TracingSessionID = 1
     var nextInstanceID: DataSourceInstanceID = 1
