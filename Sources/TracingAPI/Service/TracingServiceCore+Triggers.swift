@@ -133,7 +133,10 @@ extension TracingServiceCore {
                 self.flushAndDisable(session)
             })
         case .cloneSnapshot:
-            session.timers.append(eventLoop.scheduleTask(after: delay) { [weak self] in
+            // Every activation tells the consumer, as in Perfetto. The timer is not kept with the
+            // session (a trigger repeated for ever would pile them up there); it finds the
+            // session gone if it ended meanwhile.
+            _ = eventLoop.scheduleTask(after: delay) { [weak self] in
                 guard let self, let session = self.sessions[sessionID] else { return }
                 var hit = ObservableEvents.CloneTriggerHit()
                 hit.tracingSessionID = Int64(session.id)
@@ -145,7 +148,7 @@ extension TracingServiceCore {
                 var events = ObservableEvents()
                 events.cloneTriggerHit = hit
                 self.deliverEvents(events, type: .cloneTriggerHit, to: session)
-            })
+            }
         case .unspecified:
             return
         }
