@@ -223,7 +223,7 @@ final class TraceWriterTests {
             var chunk = [UInt8](repeating: 0, count: 8) + record
             let header = ChunkHeader(chunkID: chunkID, writerID: 1, packetCount: 1)
             chunk.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
-            buffer.copyChunk(chunk, header: header, producerID: 1, uid: 0, pid: 0)
+            buffer.copyChunk(chunk, header: header, producer: 1, uid: 0, pid: 0)
             if chunkID % 10 == 9 { packets += buffer.readPackets().count }
             #expect(buffer.insertionOrderCount <= 64 + 10 + 1)
         }
@@ -235,13 +235,13 @@ final class TraceWriterTests {
         // the buffer's per-writer state for as long as the session lasted (an outside tester:
         // 9 MB per connection of 32,767 writers into a 64 KiB buffer).
         let buffer = TraceBuffer(capacity: 64 * 1024, policy: .ringBuffer)
-        func commit(producer: UInt16, writers: ClosedRange<UInt16>) {
+        func commit(producer: ProducerSerial, writers: ClosedRange<UInt16>) {
             for writer in writers {
                 let record = SharedMemoryABI.paddedVarint(2) + [0x08, 0x01]
                 var chunk = [UInt8](repeating: 0, count: 8) + record
                 let header = ChunkHeader(chunkID: 0, writerID: writer, packetCount: 1)
                 chunk.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
-                buffer.copyChunk(chunk, header: header, producerID: producer, uid: 0, pid: 0)
+                buffer.copyChunk(chunk, header: header, producer: producer, uid: 0, pid: 0)
             }
         }
         // Read, then gone: forgotten at once.
@@ -264,7 +264,7 @@ final class TraceWriterTests {
             var chunk = [UInt8](repeating: 0, count: 8) + record
             let header = ChunkHeader(chunkID: round, writerID: 1, packetCount: 1)
             chunk.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
-            buffer.copyChunk(chunk, header: header, producerID: 4, uid: 0, pid: 0)
+            buffer.copyChunk(chunk, header: header, producer: 4, uid: 0, pid: 0)
         }
         #expect(buffer.sequenceCount == 1, "only producer 4's writer is left")
     }
@@ -289,7 +289,7 @@ final class TraceWriterTests {
             let buffer = TraceBuffer(capacity: 64 * 1024, policy: .ringBuffer)
             var read: [BufferedPacket] = []
             for (bytes, header) in chunks {
-                buffer.copyChunk(bytes, header: header, producerID: 1, uid: 0, pid: 0)
+                buffer.copyChunk(bytes, header: header, producer: 1, uid: 0, pid: 0)
                 if readAsTheyArrive { read += buffer.readPackets() }
             }
             read += buffer.readPackets()
@@ -303,12 +303,14 @@ final class TraceWriterTests {
 
     @Test func aProducerIDGivenAgainStartsFreshSequences() throws {
         // Producer ids are 16 bits and go round after 65,535 connections. A newcomer given the
-        // id of a producer whose chunks are still buffered continued its sequences (its chunk 0
-        // behind theirs), and one given it later took its trusted sequence ids.
+        // id of a producer whose chunks were still buffered continued its sequences (its chunk 0
+        // replaced the other's, or was "out of order" behind it) and took its uid, pid and
+        // trusted sequence id. Buffers now tell connections apart by their serial.
         let consumer = RecordingConsumer(service: service)
         consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
-        func connect(_ name: String) -> (RecordingProducer, ProducerID) {
-            let producer = RecordingProducer(service: service, name: name, dataSources: [TracingConfigs.descriptor("test.source")])
+        func connect(_ name: String, uid: UInt32, pid: Int32) -> (RecordingProducer, ProducerID) {
+            let producer = RecordingProducer(
+                service: service, name: name, uid: uid, pid: pid, dataSources: [TracingConfigs.descriptor("test.source")])
             drive(loop, until: { producer.writers.count == 1 })
             return (producer, (producer.endpoint as! LocalProducerEndpoint).id)
         }
@@ -317,26 +319,24 @@ final class TraceWriterTests {
             producer.writers.values.first!.flush()
             loop.runUntilIdle()
         }
-        let (first, firstID) = connect("first")
+        let (first, firstID) = connect("first", uid: 1000, pid: 11)
         write(first, "from the first")
         first.endpoint.disconnect()
         loop.runUntilIdle()
-        // Its chunk is still in the buffer: its id is skipped.
+        // Its chunk is still in the buffer when its id is given again: the same id, writer id
+        // and chunk id, from another process.
         service.nextProducerID = firstID
-        let (second, secondID) = connect("second")
-        #expect(secondID != firstID)
-        consumer.read(on: loop)
-        // Read, the old producer is forgotten: the id is given again, with sequences of its own.
-        service.nextProducerID = firstID
-        let (third, thirdID) = connect("third")
-        #expect(thirdID == firstID)
-        write(third, "from the third")
+        let (second, secondID) = connect("second", uid: 2000, pid: 22)
+        #expect(secondID == firstID)
+        write(second, "from the second")
         consumer.read(on: loop)
         let packets = consumer.producerPackets()
-        let sequenceOf = { (text: String) in packets.first { $0.forTesting.str == text }?.trustedPacketSequenceID }
-        #expect(sequenceOf("from the first") != nil && sequenceOf("from the third") != nil)
-        #expect(sequenceOf("from the first") != sequenceOf("from the third"))
-        withExtendedLifetime((second, third)) {}
+        let old = packets.first { $0.forTesting.str == "from the first" }
+        let new = packets.first { $0.forTesting.str == "from the second" }
+        #expect(old?.trustedUid == 1000 && old?.trustedPid == 11)
+        #expect(new?.trustedUid == 2000 && new?.trustedPid == 22)
+        #expect(old != nil && new != nil && old?.trustedPacketSequenceID != new?.trustedPacketSequenceID)
+        withExtendedLifetime(second) {}
     }
 
     @Test func writerIDsStayWithinWhatTheServiceAccepts() throws {
@@ -365,7 +365,7 @@ final class TraceWriterTests {
             var chunk = [UInt8](repeating: 0, count: 8) + record
             let header = ChunkHeader(chunkID: id, writerID: 1, packetCount: 1, flags: flags)
             chunk.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
-            buffer.copyChunk(chunk, header: header, producerID: 1, uid: 0, pid: 0)
+            buffer.copyChunk(chunk, header: header, producer: 1, uid: 0, pid: 0)
         }
         commit(0, fragment, flags: [.lastPacketContinuesOnNextChunk])
         var read: [BufferedPacket] = []
@@ -398,7 +398,7 @@ final class TraceWriterTests {
                     : [.firstPacketContinuesFromPreviousChunk, .lastPacketContinuesOnNextChunk]
                 let header = ChunkHeader(chunkID: round, writerID: writer, packetCount: 1, flags: flags)
                 chunk.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
-                buffer.copyChunk(chunk, header: header, producerID: 1, uid: 0, pid: 0)
+                buffer.copyChunk(chunk, header: header, producer: 1, uid: 0, pid: 0)
             }
             _ = buffer.readPackets()
             #expect(buffer.reassemblyBytes <= 64 * 1024)
@@ -414,7 +414,7 @@ final class TraceWriterTests {
             let header = ChunkHeader(chunkID: id, writerID: 1, packetCount: 0)
             var bytes = [UInt8](repeating: 0, count: size)
             bytes.withUnsafeMutableBytes { header.write(to: $0.baseAddress!) }
-            buffer.copyChunk(bytes, header: header, producerID: 1, uid: 0, pid: 0)
+            buffer.copyChunk(bytes, header: header, producer: 1, uid: 0, pid: 0)
         }
         commit(0, size: 1_000)
         commit(1, size: 1_000)

@@ -8,6 +8,8 @@ import IPCProtocol
 final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     // @unchecked Sendable: loop-bound (checked at entry); the arbiter's sink posts onto the loop.
     let id: ProducerID
+    /// This connection's number, never given twice (the id is, after 65,535 connections).
+    let serial: ProducerSerial
     let name: String
     let uid: UInt32
     let pid: Int32
@@ -52,10 +54,11 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     let scrapesSharedMemory: Bool
 
     init(
-        id: ProducerID, options: ProducerConnectionOptions, producer: any Producer,
+        id: ProducerID, serial: ProducerSerial, options: ProducerConnectionOptions, producer: any Producer,
         service: TracingServiceCore
     ) {
         self.id = id
+        self.serial = serial
         self.name = options.name
         self.uid = options.identity.uid ?? UInt32(bitPattern: -1)
         self.pid = options.identity.pid ?? 0
@@ -97,8 +100,9 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
             service.scrapeSharedMemory(of: self)
         }
         let id = self.id
+        let serial = self.serial
         let box = UncheckedSendableBox(service)
-        eventLoop.execute { box.value.producerDisconnected(id) }
+        eventLoop.execute { box.value.producerDisconnected(id, serial: serial) }
     }
 
     /// Sets up the shared memory on first use by a session (Perfetto creates it lazily).
@@ -293,7 +297,7 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     func disconnect() {
         eventLoop.preconditionInEventLoop()
         guard connected else { return }
-        inOrder { endpoint, service in service.producerDisconnected(endpoint.id) }
+        inOrder { endpoint, service in service.producerDisconnected(endpoint.id, serial: endpoint.serial) }
     }
 
     /// Called by the service when the producer is gone (disconnect or service shutdown).

@@ -11,8 +11,15 @@
 // * Everything discarded is counted in `stats` (Perfetto's BufferStats names).
 
 /// A writer sequence: one trace writer of one producer.
+/// A producer connection's number, never given twice by a service (its 16-bit producer id is
+/// given again after 65,535 connections). Buffers key writer sequences by it, so a newcomer
+/// given a departed producer's id never continues that producer's sequences nor takes its
+/// identity.
+typealias ProducerSerial = UInt64
+
+/// One writer of one producer connection.
 struct SequenceKey: Hashable {
-    var producerID: UInt16
+    var producer: ProducerSerial
     var writerID: UInt16
 }
 
@@ -113,8 +120,6 @@ final class TraceBuffer {
     private var storedChunkCount = 0
     private var bytesEverWritten = 0
     private var sequences: [SequenceKey: Sequence] = [:]
-    /// How many of `sequences` each producer has.
-    private var sequenceCounts: [UInt16: Int] = [:]
     /// Chunks in insertion order, for ring-buffer eviction (entries may be stale).
     private var insertionOrder: [(key: SequenceKey, chunkID: UInt32, serial: UInt64)] = []
     private var insertionHead = 0
@@ -152,7 +157,6 @@ final class TraceBuffer {
             duplicate.producerGone = sequence.producerGone
             copy.sequences[key] = duplicate
         }
-        copy.sequenceCounts = sequenceCounts
         return copy
     }
 
@@ -165,7 +169,7 @@ final class TraceBuffer {
     /// A later copy of the same chunk (another scrape, or its commit) replaces it, and reading
     /// resumes after the records already read: nothing is read twice.
     func copyChunk(
-        _ bytes: [UInt8], header: ChunkHeader, producerID: UInt16, uid: UInt32, pid: Int32, machineID: UInt32 = 0,
+        _ bytes: [UInt8], header: ChunkHeader, producer: ProducerSerial, uid: UInt32, pid: Int32, machineID: UInt32 = 0,
         isComplete: Bool = true
     ) {
         var header = header
@@ -176,7 +180,7 @@ final class TraceBuffer {
             header.flags.remove(.needsPatching)
         }
         let size = bytes.count
-        let key = SequenceKey(producerID: producerID, writerID: header.writerID)
+        let key = SequenceKey(producer: producer, writerID: header.writerID)
         if size > capacity || (policy == .discard && bytesEverWritten + size > capacity) {
             stats.chunksDiscarded += 1
             return
@@ -226,9 +230,9 @@ final class TraceBuffer {
     /// false (and counts a failed patch) when the chunk is gone or the patch falls outside it.
     @discardableResult
     func applyPatch(
-        producerID: UInt16, writerID: UInt16, chunkID: UInt32, offset: Int, data: [UInt8]
+        producer: ProducerSerial, writerID: UInt16, chunkID: UInt32, offset: Int, data: [UInt8]
     ) -> Bool {
-        let key = SequenceKey(producerID: producerID, writerID: writerID)
+        let key = SequenceKey(producer: producer, writerID: writerID)
         guard let sequence = sequences[key], let size = sequence.chunks[chunkID]?.bytes.count, data.count == 4,
               offset >= 0, offset <= size - SharedMemoryABI.chunkHeaderSize - data.count else {
             stats.patchesFailed += 1
@@ -243,8 +247,8 @@ final class TraceBuffer {
     }
 
     /// Marks a chunk's patches as complete (`has_more_patches` was false), unblocking its sequence.
-    func finishPatching(producerID: UInt16, writerID: UInt16, chunkID: UInt32) {
-        guard let sequence = sequences[SequenceKey(producerID: producerID, writerID: writerID)] else { return }
+    func finishPatching(producer: ProducerSerial, writerID: UInt16, chunkID: UInt32) {
+        guard let sequence = sequences[SequenceKey(producer: producer, writerID: writerID)] else { return }
         sequence.chunks[chunkID]?.needsPatching = false
     }
 
@@ -256,8 +260,8 @@ final class TraceBuffer {
     /// Its sequences are forgotten once they hold no chunk (now, or when their chunks are read
     /// or overwritten): a producer reconnecting again and again with thousands of writers each
     /// time would otherwise grow the buffer's bookkeeping for as long as the session lasts.
-    func producerDisconnected(_ producerID: UInt16) {
-        for (key, sequence) in sequences where key.producerID == producerID {
+    func producerDisconnected(_ producer: ProducerSerial) {
+        for (key, sequence) in sequences where key.producer == producer {
             sequence.producerGone = true
             for chunkID in Array(sequence.chunks.keys) {
                 guard var chunk = sequence.chunks[chunkID], chunk.needsPatching || !chunk.isComplete else { continue }
@@ -279,20 +283,12 @@ final class TraceBuffer {
         guard sequence.isFinished else { return }
         loseReassembly(sequence)
         sequences[sequence.key] = nil
-        let producerID = sequence.key.producerID
-        sequenceCounts[producerID] = sequenceCounts[producerID] == 1 ? nil : sequenceCounts[producerID]! - 1
-    }
-
-    /// Whether chunks of producer `producerID` (or state of its writers) are still held.
-    func holdsSequences(of producerID: UInt16) -> Bool {
-        sequenceCounts[producerID] != nil
     }
 
     private func sequenceFor(_ key: SequenceKey, uid: UInt32, pid: Int32) -> Sequence {
         if let existing = sequences[key] { return existing }
         let sequence = Sequence(key: key, uid: uid, pid: pid)
         sequences[key] = sequence
-        sequenceCounts[key.producerID, default: 0] += 1
         return sequence
     }
 
@@ -357,9 +353,10 @@ final class TraceBuffer {
     func readPackets(maxChunkBytes: Int) -> (packets: [BufferedPacket], complete: Bool, chunkBytes: Int) {
         var packets: [BufferedPacket] = []
         var budget = maxChunkBytes
-        // Sequences in (producer, writer) order, as Perfetto's buffer index is sorted: this is
-        // also the order in which the session hands out trusted packet sequence ids.
-        let keys = sequences.keys.sorted { ($0.producerID, $0.writerID) < ($1.producerID, $1.writerID) }
+        // Sequences in (producer, writer) order, as Perfetto's buffer index is sorted (producers
+        // in the order they connected): this is also the order in which the session hands out
+        // trusted packet sequence ids.
+        let keys = sequences.keys.sorted { ($0.producer, $0.writerID) < ($1.producer, $1.writerID) }
         var complete = true
         for key in keys {
             let sequence = sequences[key]!

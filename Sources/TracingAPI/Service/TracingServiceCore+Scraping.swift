@@ -23,7 +23,7 @@ extension TracingServiceCore {
                   producer.allowedTargetBuffers.contains(target), targets?.contains(target) ?? true,
                   let buffer = buffers[target] else { continue }
             buffer.copyChunk(
-                chunk.bytes, header: chunk.header, producerID: producer.id, uid: producer.uid, pid: producer.pid,
+                chunk.bytes, header: chunk.header, producer: producer.serial, uid: producer.uid, pid: producer.pid,
                 machineID: producer.machineID, isComplete: chunk.isComplete)
         }
     }

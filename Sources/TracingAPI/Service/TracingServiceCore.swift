@@ -131,14 +131,15 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         guard let id = allocateProducerID() else {
             // All 65,535 producer ids are in use: the producer is told it is disconnected.
-            let endpoint = LocalProducerEndpoint(id: 0, options: options, producer: producer, service: self)
+            let endpoint = LocalProducerEndpoint(id: 0, serial: 0, options: options, producer: producer, service: self)
             endpoint.markDisconnected()
             post { [weak producer] in producer?.onDisconnect() }
             return endpoint
         }
-        let endpoint = LocalProducerEndpoint(id: id, options: options, producer: producer, service: self)
-        producers[id] = Weak(endpoint)
         producersSeen += 1
+        let endpoint = LocalProducerEndpoint(
+            id: id, serial: ProducerSerial(producersSeen), options: options, producer: producer, service: self)
+        producers[id] = Weak(endpoint)
         post { [weak producer] in producer?.onConnect() }
         if endpoint.isSharedMemoryProvidedByProducer {
             // Its own memory is ready now: tracing is set up at once, as traced does it, so a
@@ -166,19 +167,14 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     private func allocateProducerID() -> ProducerID? {
         // An id stays taken until producerDisconnected removes it, even once its endpoint is
         // gone: the cleanup posted by a released endpoint must not hit a newcomer. Ids go round
-        // after 65,535 connections (a service running for days, an app restarting in a loop);
-        // one whose chunks some buffer still holds is skipped too, or the newcomer's writers
-        // would continue the old producer's sequences (its chunk 0 "out of order" behind them).
-        for _ in 0..<Int(ProducerID.max) {
-            let id = nextProducerID
-            nextProducerID = nextProducerID == ProducerID.max ? 1 : nextProducerID + 1
-            guard id != 0, producers[id] == nil, !buffers.values.contains(where: { $0.holdsSequences(of: id) }) else { continue }
-            // Nothing of an earlier producer with this id is left to read: the sessions forget
-            // the trusted sequence ids they gave it, so the newcomer's are its own.
-            for session in sessions.values { session.forgetSequenceIDs(of: id) }
-            return id
+        // after 65,535 connections; the buffers tell producers apart by their serial.
+        guard producers.count < Int(ProducerID.max) else { return nil }
+        while producers[nextProducerID] != nil || nextProducerID == 0 {
+            nextProducerID &+= 1
         }
-        return nil
+        let id = nextProducerID
+        nextProducerID &+= 1
+        return id
     }
 
     func allocateBufferID() -> BufferID? {
@@ -301,7 +297,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
             return
         }
         buffer.copyChunk(
-            bytes, header: header, producerID: producer.id, uid: producer.uid, pid: producer.pid,
+            bytes, header: header, producer: producer.serial, uid: producer.uid, pid: producer.pid,
             machineID: producer.machineID, isComplete: isComplete)
     }
 
@@ -315,21 +311,21 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         let writer = WriterID(entry.writerID)
         for patch in entry.patches {
             buffer.applyPatch(
-                producerID: producer.id, writerID: writer, chunkID: entry.chunkID,
+                producer: producer.serial, writerID: writer, chunkID: entry.chunkID,
                 offset: Int(clamping: patch.offset), data: [UInt8](patch.data))
         }
         if !entry.hasMorePatches_p {
-            buffer.finishPatching(producerID: producer.id, writerID: writer, chunkID: entry.chunkID)
+            buffer.finishPatching(producer: producer.serial, writerID: writer, chunkID: entry.chunkID)
         }
     }
 
     /// A producer is gone: by `disconnect()`, or (posted from its deinit) because its endpoint
     /// was released. Either way its instances stop counting: no flush or stop is waited for.
-    func producerDisconnected(_ id: ProducerID) {
+    func producerDisconnected(_ id: ProducerID, serial: ProducerSerial) {
         // What it finished writing but never committed is read before it goes.
         if let endpoint = producers[id]?.object { scrapeSharedMemory(of: endpoint) }
         // Nothing more will come from it: what waits for its patches or commits is read as is.
-        for buffer in buffers.values { buffer.producerDisconnected(id) }
+        for buffer in buffers.values { buffer.producerDisconnected(serial) }
         let endpoint = producers.removeValue(forKey: id)?.object
         endpoint?.markDisconnected()
         for session in sessions.values {

@@ -196,13 +196,6 @@ final class TracingSession {
         return id
     }
 
-    /// Forgets the trusted sequence ids given to the writers of producer `id` (about to be
-    /// given to a new producer; no buffer holds chunks of the old one).
-    func forgetSequenceIDs(of id: ProducerID) {
-        guard sequenceIDs.keys.contains(where: { $0.producerID == id }) else { return }
-        sequenceIDs = sequenceIDs.filter { $0.key.producerID != id }
-    }
-
     var isWritingIntoFile: Bool { config.writeIntoFile }
 
     /// Whether a consumer of `uid` may see and copy this session: its own uid, or root
