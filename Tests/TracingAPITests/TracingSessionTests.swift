@@ -591,6 +591,28 @@ final class TracingSessionTests {
     }
 
     @Test(arguments: TracingBinding.deterministic)
+    func cloneTriggersRepeatedForEverWaitInBoundedNumbers(_ binding: TracingBinding) throws {
+        // Each activation of a clone trigger waits for its delay before the consumer hears of
+        // it; repeated with an hour's delay, they held a timer each (a gigabyte in seconds).
+        try use(binding)
+        let app = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
+        consumer.endpoint.observeEvents([.cloneTriggerHit])
+        consumer.endpoint.enableTracing(triggerConfig(.cloneSnapshot, stopDelayMs: 3_600_000), outputFile: nil)
+        drive(loop, until: { app.writers.count == 1 })
+        for _ in 0..<100 { app.endpoint.activateTriggers(["go"]) }
+        loop.runUntilIdle()
+        #expect(service.sessions.values.first?.pendingCloneNotifications == TracingServiceCore.maxPendingCloneNotifications)
+        loop.advanceTime(by: .seconds(3_600))
+        drive(loop, until: { consumer.observed.count == TracingServiceCore.maxPendingCloneNotifications })
+        // Once they are out, triggers are heard again.
+        app.endpoint.activateTriggers(["go"])
+        loop.runUntilIdle()
+        loop.advanceTime(by: .seconds(3_600))
+        drive(loop, until: { consumer.observed.count == TracingServiceCore.maxPendingCloneNotifications + 1 })
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
     func syncRunsAfterEverythingSentBefore(_ binding: TracingBinding) throws {
         try use(binding)
         let producer = RecordingProducer(

@@ -45,6 +45,8 @@ extension TracingServiceCore {
     /// Triggers kept per session to be written into its trace; a producer repeating a trigger
     /// for ever adds nothing past them (they still act).
     static let maxReceivedTriggersPerSession = 1000
+    /// clone_trigger_hit notifications that may wait for their delay at once, per session.
+    static let maxPendingCloneNotifications = 16
 
     /// Why `config`'s triggers cannot run (Perfetto's checks and messages), or nil.
     func triggerConfigError(_ config: TraceConfig) -> String? {
@@ -133,11 +135,15 @@ extension TracingServiceCore {
                 self.flushAndDisable(session)
             })
         case .cloneSnapshot:
-            // Every activation tells the consumer, as in Perfetto. The timer is not kept with the
-            // session (a trigger repeated for ever would pile them up there); it finds the
-            // session gone if it ended meanwhile.
+            // Each activation tells the consumer after its delay, as in Perfetto, but at most
+            // `maxPendingCloneNotifications` wait at once: a trigger repeated for ever with a
+            // long delay held a timer per activation (1 GB in 7 s for an outside tester; traced's
+            // watchdog killed it). The timer finds the session gone if it ended meanwhile.
+            guard session.pendingCloneNotifications < Self.maxPendingCloneNotifications else { return }
+            session.pendingCloneNotifications += 1
             _ = eventLoop.scheduleTask(after: delay) { [weak self] in
                 guard let self, let session = self.sessions[sessionID] else { return }
+                session.pendingCloneNotifications -= 1
                 var hit = ObservableEvents.CloneTriggerHit()
                 hit.tracingSessionID = Int64(session.id)
                 hit.triggerName = received.name

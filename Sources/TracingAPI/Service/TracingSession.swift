@@ -100,6 +100,8 @@ final class TracingSession {
     /// trace has had.
     var receivedTriggers: [ReceivedTrigger] = []
     var triggersEmitted = 0
+    /// CLONE_SNAPSHOT notifications waiting for their trigger's delay.
+    var pendingCloneNotifications = 0
     /// How long the session runs once started (0: until stopped): `duration_ms`, or a STOP or
     /// CLONE session's trigger_timeout_ms, or a START trigger's stop_delay_ms.
     var durationMs: UInt32 = 0
