@@ -439,6 +439,19 @@ final class TracingSessionTests {
         return config
     }
 
+    /// A producer "app" (uid 1234, pid 99) and a consumer that enabled `config`, observing clone
+    /// triggers; driven until the producer writes, unless the session waits for a start trigger.
+    private func triggerSession(_ config: TraceConfig) -> (app: RecordingProducer, consumer: RecordingConsumer) {
+        let app = RecordingProducer(
+            service: clients, name: "app", uid: 1234, pid: 99, dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
+        consumer.endpoint.observeEvents([.cloneTriggerHit])
+        registered(app)
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        if config.triggerConfig.triggerMode != .startTracing { drive(loop, until: { app.writers.count == 1 }) }
+        return (app, consumer)
+    }
+
     @Test(arguments: TracingBinding.deterministic)
     func startTriggerStartsADeferredSession(_ binding: TracingBinding) throws {
         try use(binding)
@@ -497,10 +510,7 @@ final class TracingSessionTests {
     @Test(arguments: TracingBinding.deterministic)
     func aStartTriggerThatNeverComesEndsTheSessionAtItsTimeoutWithNothingToRead(_ binding: TracingBinding) throws {
         try use(binding)
-        let app = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: clients)
-        registered(app)
-        consumer.endpoint.enableTracing(triggerConfig(.startTracing), outputFile: nil)
+        let (app, consumer) = triggerSession(triggerConfig(.startTracing))
         loop.advanceTime(by: .milliseconds(9_999))
         #expect(app.started.isEmpty, "set up, not started, before the trigger")
         #expect(consumer.disabledErrors.isEmpty)
@@ -513,10 +523,7 @@ final class TracingSessionTests {
     @Test(arguments: TracingBinding.deterministic)
     func aStopSessionWithoutItsTriggerEndsAtItsTimeoutAndKeepsItsDataToItself(_ binding: TracingBinding) throws {
         try use(binding)
-        let app = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: clients)
-        consumer.endpoint.enableTracing(triggerConfig(.stopTracing), outputFile: nil)
-        drive(loop, until: { app.writers.count == 1 })
+        let (app, consumer) = triggerSession(triggerConfig(.stopTracing))
         app.writers.values.first!.writeTestPacket(timestamp: 1, "recorded, never released")
         app.writers.values.first!.flush()
         consumer.read(on: loop)
@@ -530,11 +537,7 @@ final class TracingSessionTests {
     @Test(arguments: TracingBinding.deterministic)
     func aTriggerTakenIsWrittenIntoTheTraceWithTheUidTheServiceSaw(_ binding: TracingBinding) throws {
         try use(binding)
-        let app = RecordingProducer(
-            service: clients, name: "app", uid: 1234, pid: 99, dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: clients)
-        consumer.endpoint.enableTracing(triggerConfig(.stopTracing, stopDelayMs: 100), outputFile: nil)
-        drive(loop, until: { app.writers.count == 1 })
+        let (app, consumer) = triggerSession(triggerConfig(.stopTracing, stopDelayMs: 100))
         app.writers.values.first!.writeTestPacket(timestamp: 1, "kept by the trigger")
         app.endpoint.activateTriggers(["go"])
         loop.runUntilIdle()
@@ -552,12 +555,7 @@ final class TracingSessionTests {
     @Test(arguments: TracingBinding.deterministic)
     func aCloneSnapshotTriggerTellsTheConsumerAndTheSessionIsReadOnlyByCloning(_ binding: TracingBinding) throws {
         try use(binding)
-        let app = RecordingProducer(
-            service: clients, name: "app", uid: 1234, pid: 99, dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: clients)
-        consumer.endpoint.observeEvents([.cloneTriggerHit])
-        consumer.endpoint.enableTracing(triggerConfig(.cloneSnapshot, stopDelayMs: 50), outputFile: nil)
-        drive(loop, until: { app.writers.count == 1 })
+        let (app, consumer) = triggerSession(triggerConfig(.cloneSnapshot, stopDelayMs: 50))
         app.endpoint.activateTriggers(["go"])
         loop.runUntilIdle()
         #expect(consumer.observed.isEmpty, "told after the trigger's delay")
@@ -574,13 +572,9 @@ final class TracingSessionTests {
     @Test(arguments: TracingBinding.deterministic)
     func aTriggerIsTakenAtMostMaxPer24HTimes(_ binding: TracingBinding) throws {
         try use(binding)
-        let app = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: clients)
-        consumer.endpoint.observeEvents([.cloneTriggerHit])
         var config = triggerConfig(.cloneSnapshot)
         config.triggerConfig.triggers[0].maxPer24H = 2
-        consumer.endpoint.enableTracing(config, outputFile: nil)
-        drive(loop, until: { app.writers.count == 1 })
+        let (app, consumer) = triggerSession(config)
         for _ in 0..<5 {
             app.endpoint.activateTriggers(["go", "go", "unknown"])
             loop.runUntilIdle()
@@ -595,11 +589,7 @@ final class TracingSessionTests {
         // Each activation of a clone trigger waits for its delay before the consumer hears of
         // it; repeated with an hour's delay, they held a timer each (a gigabyte in seconds).
         try use(binding)
-        let app = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        let consumer = RecordingConsumer(service: clients)
-        consumer.endpoint.observeEvents([.cloneTriggerHit])
-        consumer.endpoint.enableTracing(triggerConfig(.cloneSnapshot, stopDelayMs: 3_600_000), outputFile: nil)
-        drive(loop, until: { app.writers.count == 1 })
+        let (app, consumer) = triggerSession(triggerConfig(.cloneSnapshot, stopDelayMs: 3_600_000))
         for _ in 0..<100 { app.endpoint.activateTriggers(["go"]) }
         loop.runUntilIdle()
         #expect(service.sessions.values.first?.pendingCloneNotifications == TracingServiceCore.maxPendingCloneNotifications)
