@@ -262,4 +262,32 @@ final class ServiceLimitsTests {
         drive(loop, until: { attached != nil })
         #expect(attached??.uniqueSessionName == "owned")
     }
+
+    @Test func cloningTheBugreportSessionIDTakesTheStartedSessionWithTheHighestScore() {
+        // Perfetto's older bug-report protocol: session id 2^64 - 1 names the started session
+        // with the highest bugreport_score; sessions without a score are never taken.
+        func clone(as uid: UInt32) -> CloneSessionResponse? {
+            let cloner = RecordingConsumer(service: service, uid: uid)
+            var request = CloneSessionRequest()
+            request.sessionID = TracingServiceCore.bugreportSessionID
+            var cloned: CloneSessionResponse?
+            cloner.endpoint.cloneSession(request) { cloned = $0 }
+            drive(loop, until: { cloned != nil })
+            return cloned
+        }
+        let unscored = enable(uid: 1000)
+        #expect(clone(as: 0)?.error == "No tracing sessions eligible for bugreport found")
+        var low = TracingConfigs.config(buffers: [(64, .ringBuffer)])
+        low.bugreportScore = 5
+        var high = low
+        high.bugreportScore = 10
+        let (first, second, third) = (enable(uid: 1000, low), enable(uid: 1000, high), enable(uid: 1000, low))
+        let cloned = clone(as: 0)
+        #expect(cloned?.success == true)
+        let clonedConfig = service.sessions.values.first { $0.state == .clonedReadOnly }?.config
+        #expect(clonedConfig?.bugreportScore == 10)
+        // Another uid is refused, as for any session of another user.
+        #expect(clone(as: 2000)?.error == "the session belongs to another user")
+        withExtendedLifetime((unscored, first, second, third)) {}
+    }
 }

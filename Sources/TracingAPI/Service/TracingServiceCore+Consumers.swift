@@ -55,6 +55,10 @@ extension TracingServiceCore {
 }
 
 extension TracingServiceCore {
+    /// The session id that asks CloneSession for the session a bug report should carry
+    /// (Perfetto's `kBugreportSessionId`).
+    static let bugreportSessionID = TracingSessionID.max
+
     /// CloneSession: flushes the source session, then gives `consumer` a read-only session
     /// holding a copy of its buffers. The source goes on recording.
     func cloneSession(
@@ -69,6 +73,15 @@ extension TracingServiceCore {
         guard consumer.sessionID == nil else { return fail("the consumer already has a tracing session") }
         let source: TracingSession?
         switch request.selector {
+        case .sessionID(Self.bugreportSessionID)?:
+            // Perfetto's older bug-report protocol: the started session with the highest
+            // bugreport_score (above 0), the first of equals.
+            source = sessions.values.sorted { $0.id < $1.id }
+                .filter { $0.config.bugreportScore > 0 && $0.state == .started }
+                .reduce(nil) { best, session in
+                    (best?.config.bugreportScore ?? 0) >= session.config.bugreportScore ? best : session
+                }
+            guard source != nil else { return fail("No tracing sessions eligible for bugreport found") }
         case .sessionID(let id)?: source = sessions[id]
         case .uniqueSessionName(let name)?:
             source = name.isEmpty ? nil : sessions.values.first { $0.config.uniqueSessionName == name }
