@@ -118,13 +118,11 @@ public final class SharedMemoryArbiter: @unchecked Sendable {
             // Ids go round within 1...maxWriterID, as Perfetto's arbiter hands them out: a
             // service drops writers past it (traced drops their patches).
             guard state.usedWriterIDs.count < Int(SharedMemoryABI.maxWriterID) else { return nil }
-            while state.usedWriterIDs.contains(state.nextWriterID) || state.nextWriterID == 0
-                || state.nextWriterID > SharedMemoryABI.maxWriterID {
-                state.nextWriterID = state.nextWriterID >= SharedMemoryABI.maxWriterID ? 1 : state.nextWriterID + 1
-            }
+            func following(_ id: UInt16) -> UInt16 { id >= SharedMemoryABI.maxWriterID ? 1 : id + 1 }
+            while state.usedWriterIDs.contains(state.nextWriterID) { state.nextWriterID = following(state.nextWriterID) }
             let id = state.nextWriterID
             state.usedWriterIDs.insert(id)
-            state.nextWriterID = id >= SharedMemoryABI.maxWriterID ? 1 : id + 1
+            state.nextWriterID = following(id)
             return id
         }
     }

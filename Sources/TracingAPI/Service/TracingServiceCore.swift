@@ -292,7 +292,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
             return
         }
         guard let header = bytes.withUnsafeBytes({ ChunkHeader(bytes: $0) }),
-              (1...SharedMemoryABI.maxWriterID).contains(header.writerID) else {
+              SharedMemoryABI.isValidWriterID(header.writerID) else {
             chunksDiscarded += 1
             return
         }
@@ -302,7 +302,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     }
 
     private func applyPatches(_ entry: CommitDataRequest.ChunkToPatch, from producer: LocalProducerEndpoint) {
-        guard entry.targetBuffer <= UInt32(BufferID.max), entry.writerID != 0, entry.writerID <= UInt32(SharedMemoryABI.maxWriterID),
+        guard entry.targetBuffer <= UInt32(BufferID.max), SharedMemoryABI.isValidWriterID(entry.writerID),
               producer.allowedTargetBuffers.contains(BufferID(entry.targetBuffer)),
               let buffer = buffers[BufferID(entry.targetBuffer)] else {
             patchesDiscarded += UInt64(max(entry.patches.count, 1))

@@ -34,6 +34,11 @@ public enum SharedMemoryABI {
     /// The largest writer id (Perfetto's `kMaxWriterID`, 15 bits); 0 is no writer. The service
     /// drops chunks and patches of writers outside 1...maxWriterID, as traced drops patches.
     public static let maxWriterID: UInt16 = (1 << 15) - 1
+
+    /// Whether `id` names a writer: 1...``maxWriterID``.
+    public static func isValidWriterID(_ id: some BinaryInteger) -> Bool {
+        id >= 1 && id <= maxWriterID
+    }
     /// The most records one chunk header can count (10 bits).
     public static let maxPacketsPerChunk = 1023
     /// A record of this size marks a packet the writer dropped because the buffer was full.

@@ -221,7 +221,7 @@ public final class SharedMemoryBuffer: @unchecked Sendable {
                 let start = UnsafeRawPointer(chunkAddress(page: page, chunk: chunk, layout: layout))
                 // The header first: packets counted now were started before the copy below.
                 guard let header = ChunkHeader(bytes: UnsafeRawBufferPointer(start: start, count: SharedMemoryABI.chunkHeaderSize)),
-                      (1...SharedMemoryABI.maxWriterID).contains(header.writerID),
+                      SharedMemoryABI.isValidWriterID(header.writerID),
                       state == .complete || header.packetCount >= 2 else { continue }
                 var bytes = [UInt8](UnsafeRawBufferPointer(start: start, count: size))
                 // The copy carries the header that was read, not one a writer changed since.

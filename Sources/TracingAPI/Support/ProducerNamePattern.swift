@@ -95,7 +95,11 @@ struct ProducerNamePattern: Sendable {
 
     /// The steps matching `name` may take at most: NFA states × (name length + 1).
     func matchSteps(_ name: String) -> Int {
-        program.count * (name.unicodeScalars.count + 1)
+        matchSteps(length: name.unicodeScalars.count)
+    }
+
+    private func matchSteps(length: Int) -> Int {
+        program.count * (length + 1)
     }
 
     /// Whether the pattern matches all of `name`, charging the match's steps (at most
@@ -103,7 +107,7 @@ struct ProducerNamePattern: Sendable {
     /// `stepsLeft` cannot pay for it.
     func wholeMatch(_ name: String, stepsLeft: inout Int) -> Bool? {
         let input = Array(name.unicodeScalars)
-        let steps = program.count * (input.count + 1)
+        let steps = matchSteps(length: input.count)
         guard steps <= min(stepsLeft, Self.maxMatchSteps) else { return nil }
         stepsLeft -= steps
         var current = StateSet(count: program.count)
