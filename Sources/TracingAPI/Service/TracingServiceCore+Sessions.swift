@@ -184,15 +184,13 @@ extension TracingServiceCore {
         session.startRealtimeNanoseconds = Int64(ServiceClock.realtimeNanoseconds())
         session.recordServiceEvent { $0.tracingStarted = true }
         for index in session.instances.indices { startInstance(at: index, of: session) }
-        let sessionID = session.id
         if session.durationMs > 0 {
-            session.timers.append(eventLoop.scheduleTask(after: .milliseconds(Int64(session.durationMs))) {
-                [weak self] in
-                guard let self, let session = self.sessions[sessionID], session.state == .started else { return }
+            scheduleOnce(session, after: .milliseconds(Int64(session.durationMs))) { service, session in
+                guard session.state == .started else { return }
                 // A STOP trigger taken in time ends the session itself, after its own delay.
                 if session.triggerMode == .stopTracing && !session.receivedTriggers.isEmpty { return }
-                self.flushAndDisable(session)
-            })
+                service.flushAndDisable(session)
+            }
         }
         let flushing = FlushStrategy(session.config)
         if session.isWritingIntoFile {
@@ -219,6 +217,18 @@ extension TracingServiceCore {
             }
         }
         maybeNotifyAllDataSourcesStarted(session)
+    }
+
+    /// Runs `body` once after `delay`, if the session still exists; the timer is cancelled with
+    /// the session.
+    func scheduleOnce(
+        _ session: TracingSession, after delay: Duration, _ body: @escaping (TracingServiceCore, TracingSession) -> Void
+    ) {
+        let sessionID = session.id
+        session.timers.append(eventLoop.scheduleTask(after: delay) { [weak self] in
+            guard let self, let session = self.sessions[sessionID] else { return }
+            body(self, session)
+        })
     }
 
     /// Runs `body` every `period` while the session is started. One timer per purpose: each

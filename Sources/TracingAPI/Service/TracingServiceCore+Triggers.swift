@@ -76,12 +76,10 @@ extension TracingServiceCore {
     /// `TracingSession.durationMs`.)
     func armTriggers(of session: TracingSession) {
         guard session.triggerMode == .startTracing else { return }
-        let sessionID = session.id
         let timeout = Duration.milliseconds(Int64(session.config.triggerConfig.triggerTimeoutMs))
-        session.timers.append(eventLoop.scheduleTask(after: timeout) { [weak self] in
-            guard let self, let session = self.sessions[sessionID], session.state == .configured else { return }
-            self.disable(session)
-        })
+        scheduleOnce(session, after: timeout) { service, session in
+            if session.state == .configured { service.disable(session) }
+        }
     }
 
     func activateTriggers(_ names: [String], producer: LocalProducerEndpoint) {
@@ -130,10 +128,7 @@ extension TracingServiceCore {
         case .stopTracing:
             // One stop per session: a producer repeating the trigger adds nothing.
             guard firstTrigger, session.state == .started else { return }
-            session.timers.append(eventLoop.scheduleTask(after: delay) { [weak self] in
-                guard let self, let session = self.sessions[sessionID] else { return }
-                self.flushAndDisable(session)
-            })
+            scheduleOnce(session, after: delay) { service, session in service.flushAndDisable(session) }
         case .cloneSnapshot:
             // Each activation tells the consumer after its delay, as in Perfetto, but at most
             // `maxPendingCloneNotifications` wait at once: a trigger repeated for ever with a
