@@ -467,19 +467,22 @@ extension TracingServiceCore {
     }
 
     func flushAcknowledged(_ id: FlushRequestID, producer: ProducerID) {
-        for session in sessions.values {
-            guard var pending = session.pendingFlushes[id], pending.waitingFor.remove(producer) != nil else { continue }
-            if pending.waitingFor.isEmpty {
-                session.pendingFlushes[id] = nil
-                scrapeSharedMemory(for: session)
-                session.recordServiceEvent { $0.allDataSourcesFlushed = true }
-                pending.timeout?.cancel()
-                flushesSucceeded += 1
-                let callback = pending.callback
-                post { callback(true) }
-            } else {
-                session.pendingFlushes[id] = pending
-            }
+        for session in sessions.values { flushAcknowledged(id, producer: producer, in: session) }
+    }
+
+    /// `producer` answered flush `id` of `session` (if that session waits for it).
+    func flushAcknowledged(_ id: FlushRequestID, producer: ProducerID, in session: TracingSession) {
+        guard var pending = session.pendingFlushes[id], pending.waitingFor.remove(producer) != nil else { return }
+        if pending.waitingFor.isEmpty {
+            session.pendingFlushes[id] = nil
+            scrapeSharedMemory(for: session)
+            session.recordServiceEvent { $0.allDataSourcesFlushed = true }
+            pending.timeout?.cancel()
+            flushesSucceeded += 1
+            let callback = pending.callback
+            post { callback(true) }
+        } else {
+            session.pendingFlushes[id] = pending
         }
     }
 

@@ -329,11 +329,12 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         let endpoint = producers.removeValue(forKey: id)?.object
         endpoint?.markDisconnected()
         for session in sessions.values {
-            session.producersWithInstances.remove(id)
             session.forgetNameMatches(of: id)
-            // Flushes it was asked for are answered for it, also when its instances went first
-            // (its data sources unregistered while a flush waited).
-            for flushID in Array(session.pendingFlushes.keys) { flushAcknowledged(flushID, producer: id) }
+            // Only a session it had instances in waits for it. Flushes it was asked for are
+            // answered for it, also when its instances went first (its data sources unregistered
+            // while a flush waited).
+            guard session.producersWithInstances.remove(id) != nil else { continue }
+            for flushID in Array(session.pendingFlushes.keys) { flushAcknowledged(flushID, producer: id, in: session) }
             var changed = false
             for index in session.instances.indices where session.instances[index].producerID == id {
                 session.instances[index].state = .stopped
