@@ -144,13 +144,15 @@ struct PerfettoCommand: ParsableCommand {
             session.endpoint.getTraceStats()
             runner.run(until: { session.stats != nil || session.disconnected }, timeout: .seconds(5))
             stats = session.stats
-            let written = try readBack(outputFD)
-            if let error = written.error {
-                printError("tracebox perfetto: the file the service wrote is not a trace: \(error)")
-                throw ExitCode.failure
+            // Counted by the packets' headers: the file may be larger than memory.
+            if outputFD != STDOUT_FILENO {
+                do {
+                    (packets, bytes) = try TraceFile.countPackets(inFile: outputFD)
+                } catch {
+                    printError("tracebox perfetto: the file the service wrote is not a trace: \(error.message)")
+                    throw ExitCode.failure
+                }
             }
-            packets = written.packets
-            bytes = written.bytes
         } else {
             let output = TraceOutput(fd: outputFD)
             session.output = output
@@ -236,19 +238,6 @@ struct PerfettoCommand: ParsableCommand {
             throw ExitCode.failure
         }
         return fd
-    }
-
-    /// Counts the packets the service wrote into the file (by their headers: the file may be
-    /// larger than memory; it was once read whole just to be counted), and says where it stops
-    /// being a trace, if it does.
-    private func readBack(_ fd: Int32) throws -> (packets: Int, bytes: Int, error: String?) {
-        guard fd != STDOUT_FILENO else { return (0, 0, nil) }
-        do {
-            let counted = try TraceFile.countPackets(inFile: fd)
-            return (counted.packets, counted.bytes, nil)
-        } catch {
-            return (0, 0, error.message)
-        }
     }
 }
 
