@@ -114,6 +114,25 @@ final class WriteIntoFileTests {
         withExtendedLifetime(consumer) {}
     }
 
+    @Test func aTraceFileIsCountedByItsPacketHeaders() throws {
+        // Packets small and large, so that headers fall across the 64 KiB reading window and
+        // past it: the count is what decoding the whole file finds.
+        let sizes = (0..<5_000).map { $0 % 7 == 0 ? 300 : $0 % 3 } + [200_000] + (0..<3_000).map { $0 % 130 }
+        let trace = TraceFile.encode(sizes.enumerated().map { index, size in
+            TracePacketData(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &+ index) })
+        })
+        let file = FileDescriptors.memfd(named: "trace", content: trace)
+        let counted = try TraceFile.countPackets(inFile: file.rawValue)
+        let decoded = try TraceFile.decodePackets(trace)
+        #expect(counted.packets == sizes.count && counted.packets == decoded.count)
+        #expect(counted.bytes == trace.count)
+        // Cut short, or not a trace at all: an error, not a count.
+        for bytes in [Array(trace.dropLast()), [0x12, 0x00]] {
+            let bad = FileDescriptors.memfd(named: "bad", content: bytes)
+            #expect(throws: TracingError.self) { try TraceFile.countPackets(inFile: bad.rawValue) }
+        }
+    }
+
     @Test func maximumFileSizeIsHonouredAndEndsTheSession() throws {
         let producer = RecordingProducer(
             service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])

@@ -39,19 +39,28 @@ public enum TraceFile {
         let size = Int(status.st_size)
         var packets = 0
         var offset = 0
-        var header = [UInt8](repeating: 0, count: 1 + ProtoEncoding.maxVarintSize)
+        // Headers are read through a window of the file, refilled from the next header when
+        // that header is not all in it (after a large packet, or at the window's end): one
+        // read per 64 KiB of small packets, not one per packet.
+        var window = [UInt8](repeating: 0, count: 64 * 1024)
+        var windowStart = 0
+        var windowCount = 0
         while offset < size {
-            let count = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, min($0.count, size - offset), off_t(offset)) }
-            guard count > 0 else { throw TracingError(.invalidConfig, "cannot read the file (errno \(errno))") }
-            guard header[0] == packetTag else {
+            if offset + min(1 + ProtoEncoding.maxVarintSize, size - offset) > windowStart + windowCount {
+                let count = window.withUnsafeMutableBytes { pread(fd, $0.baseAddress, min($0.count, size - offset), off_t(offset)) }
+                guard count > 0 else { throw TracingError(.invalidConfig, "cannot read the file (errno \(errno))") }
+                windowStart = offset
+                windowCount = count
+            }
+            guard window[offset - windowStart] == packetTag else {
                 throw TracingError(.invalidConfig, "byte \(offset): expected the Trace.packet tag 0x0A")
             }
-            var position = 1
-            guard let length = header.withUnsafeBytes({ ProtoEncoding.readVarint(UnsafeRawBufferPointer(rebasing: $0[..<count]), at: &position) }),
-                  length <= UInt64(size - offset - position) else {
+            var position = offset - windowStart + 1
+            guard let length = window.withUnsafeBytes({ ProtoEncoding.readVarint(UnsafeRawBufferPointer(rebasing: $0[..<windowCount]), at: &position) }),
+                  length <= UInt64(size - windowStart - position) else {
                 throw TracingError(.invalidConfig, "byte \(offset): a packet runs past the end of the file")
             }
-            offset += position + Int(length)
+            offset = windowStart + position + Int(length)
             packets += 1
         }
         return (packets, size)
