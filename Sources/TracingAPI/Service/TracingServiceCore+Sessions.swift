@@ -339,7 +339,9 @@ extension TracingServiceCore {
         maybeFinishDisabling(session)
     }
 
-    func stopInstance(at index: Int, of session: TracingSession) {
+    /// Stops the instance at `index`: it waits for the producer's acknowledgement if its data
+    /// source asked for that (`will_notify_on_stop`), unless `immediately`.
+    func stopInstance(at index: Int, of session: TracingSession, immediately: Bool = false) {
         let instance = session.instances[index]
         guard instance.state != .stopped, instance.state != .stopping else { return }
         guard let producer = producer(instance.producerID) else {
@@ -347,7 +349,7 @@ extension TracingServiceCore {
             return
         }
         let wasSetUpOnly = instance.state == .configured
-        session.instances[index].state = instance.willNotifyOnStop && !wasSetUpOnly ? .stopping : .stopped
+        session.instances[index].state = instance.willNotifyOnStop && !wasSetUpOnly && !immediately ? .stopping : .stopped
         let id = instance.id
         post { [weak client = producer.producer] in client?.stopDataSource(id) }
         if session.instances[index].state == .stopped, !wasSetUpOnly {
@@ -364,11 +366,7 @@ extension TracingServiceCore {
         var removed = false
         for index in session.instances.indices
         where session.instances[index].producerID == producer.id && session.instances[index].name == name {
-            stopInstance(at: index, of: session)
-            if session.instances[index].state == .stopping {
-                session.instances[index].state = .stopped
-                notifyInstanceStateChange(session, instance: session.instances[index], producerName: producer.name)
-            }
+            stopInstance(at: index, of: session, immediately: true)
             removed = true
         }
         guard removed else { return }
