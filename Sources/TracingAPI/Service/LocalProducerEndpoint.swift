@@ -160,17 +160,15 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
 
     /// Runs `body` after everything already posted to the loop, in particular after commits
     /// the arbiter queued: a producer's "stopped" or "flushed" must not overtake its data, as
-    /// it cannot over one IPC channel either. If the producer is disconnected by then,
-    /// `ifDisconnected` runs instead.
-    private func inOrder(
-        ifDisconnected: (() -> Void)? = nil, _ body: @escaping (LocalProducerEndpoint, TracingServiceCore) -> Void
-    ) {
+    /// it cannot over one IPC channel either. Nothing runs if the producer is disconnected by
+    /// then.
+    private func inOrder(_ body: @escaping (LocalProducerEndpoint, TracingServiceCore) -> Void) {
         eventLoop.preconditionInEventLoop()
         let endpoint = UncheckedSendableBox(self)
-        let work = UncheckedSendableBox((body, ifDisconnected))
+        let work = UncheckedSendableBox(body)
         eventLoop.execute {
-            guard endpoint.value.connected, let service = endpoint.value.service else { return work.value.1?() ?? () }
-            work.value.0(endpoint.value, service)
+            guard endpoint.value.connected, let service = endpoint.value.service else { return }
+            work.value(endpoint.value, service)
         }
     }
 
@@ -204,9 +202,12 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         guard pendingNameRequests[name] != nil else { return completion(request(self)) }
         pendingNameRequests[name, default: 0] += 1
-        inOrder(ifDisconnected: { completion("the producer is disconnected") }) { endpoint, _ in
-            endpoint.finishedNameRequest(name)
-            completion(request(endpoint))
+        // Not `inOrder`: the request answers for itself when the producer is gone by then.
+        let endpoint = UncheckedSendableBox(self)
+        let work = UncheckedSendableBox((completion, request))
+        eventLoop.execute {
+            endpoint.value.finishedNameRequest(name)
+            work.value.0(work.value.1(endpoint.value))
         }
     }
 
