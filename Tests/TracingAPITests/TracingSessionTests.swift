@@ -585,6 +585,70 @@ final class TracingSessionTests {
     }
 
     @Test(arguments: TracingBinding.deterministic)
+    func aNameRepeatedInOneRequestIsTakenEachTime(_ binding: TracingBinding) throws {
+        // As traced: each repetition is a trigger of its own, counted towards max_per_24_h and
+        // written into the trace.
+        try use(binding)
+        var config = triggerConfig(.stopTracing, stopDelayMs: 100)
+        config.triggerConfig.triggers[0].maxPer24H = 3
+        let (app, consumer) = triggerSession(config)
+        app.endpoint.activateTriggers(["go", "go"])
+        loop.runUntilIdle()
+        #expect(service.sessions.values.first?.receivedTriggers.count == 2)
+        app.endpoint.activateTriggers(["go", "unknown", "go"])
+        loop.runUntilIdle()
+        #expect(service.sessions.values.first?.receivedTriggers.count == 3, "the third is the day's last")
+        loop.advanceTime(by: .milliseconds(100))
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        consumer.read(on: loop)
+        let triggers = consumer.decodedPackets().filter { if case .trigger? = $0.data { true } else { false } }
+        #expect(triggers.count == 3)
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
+    func aNameRepeatedPastWhatASessionKeepsIsPassedOver(_ binding: TracingBinding) throws {
+        try use(binding)
+        let (app, consumer) = triggerSession(triggerConfig(.cloneSnapshot, stopDelayMs: 3_600_000))
+        defer { withExtendedLifetime(consumer) {} }
+        app.endpoint.activateTriggers(Array(repeating: "go", count: 20_000))
+        loop.runUntilIdle()
+        let kept = TracingServiceCore.maxReceivedTriggersPerSession
+        #expect(service.sessions.values.first?.receivedTriggers.count == kept)
+        #expect(service.triggerHistory.count(of: "go", now: ServiceClock.nanoseconds(CLOCK_BOOTTIME)) == kept)
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
+    func cloningMovesTheTriggersTakenToTheCopy(_ binding: TracingBinding) throws {
+        // As traced: a session cloned again and again would otherwise write every old trigger
+        // into each copy. The original then reads as if it had taken none.
+        try use(binding)
+        let (app, owner) = triggerSession(triggerConfig(.stopTracing, stopDelayMs: 5_000))
+        app.writers.values.first!.writeTestPacket(timestamp: 1, "before the trigger")
+        app.endpoint.activateTriggers(["go"])
+        loop.runUntilIdle()
+        func cloneAndRead() -> (triggers: Int, packets: [String]) {
+            let reader = RecordingConsumer(service: clients)
+            var request = CloneSessionRequest()
+            request.sessionID = service.sessions.keys.min()!
+            var cloned: CloneSessionResponse?
+            reader.endpoint.cloneSession(request) { cloned = $0 }
+            drive(loop, until: { cloned != nil })
+            #expect(cloned?.success == true, Comment(rawValue: cloned?.error ?? ""))
+            reader.read(on: loop)
+            let triggers = reader.decodedPackets().filter { if case .trigger? = $0.data { true } else { false } }
+            return (triggers.count, reader.producerPackets().map(\.forTesting.str))
+        }
+        let first = cloneAndRead()
+        #expect(first.triggers == 1)
+        #expect(first.packets == ["before the trigger"])
+        let second = cloneAndRead()
+        #expect(second.triggers == 0, "the first copy took the trigger")
+        #expect(second.packets == ["before the trigger"], "a copy is read whatever its source took")
+        owner.read(on: loop)
+        #expect(owner.packets.isEmpty, "the original has no trigger left to release its data")
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
     func cloneTriggersRepeatedForEverWaitInBoundedNumbers(_ binding: TracingBinding) throws {
         // Each activation of a clone trigger waits for its delay before the consumer hears of
         // it; repeated with an hour's delay, they held a timer each (a gigabyte in seconds).

@@ -130,7 +130,12 @@ extension TracingServiceCore {
             bufferIDs: bufferIDs)
         nextSessionID += 1
         clone.state = .clonedReadOnly
+        // The triggers move to the copy, as in traced: a session snapshotted again and again
+        // (CLONE_SNAPSHOT, for hours) would otherwise write every old trigger into each copy
+        // and keep them all. The source then reads as if it had taken none.
         clone.receivedTriggers = source.receivedTriggers
+        source.receivedTriggers = []
+        source.triggersEmitted = 0
         sessions[clone.id] = clone
         consumer.sessionID = clone.id
         response.success = true

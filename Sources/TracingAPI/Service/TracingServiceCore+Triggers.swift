@@ -16,7 +16,10 @@
 //   the owner can see who stopped or cloned the recording;
 // * skip_probability drops that share of a trigger's activations; max_per_24_h ignores a
 //   trigger once it was taken that many times in the last 24 hours (by any session: the
-//   history is the service's, per trigger name, as traced keeps it).
+//   history is the service's, per trigger name, as traced keeps it);
+// * a name named twice in one request is taken twice (up to what a session keeps);
+// * CloneSession moves the triggers taken to the copy: the source then reads as if it had taken
+//   none, and a later copy holds only those taken since.
 // Any producer may send any trigger, as in Perfetto; `producer_name_regex` filters by the
 // producer's own word for its name, which is no authentication.
 
@@ -82,22 +85,31 @@ extension TracingServiceCore {
         }
     }
 
+    /// Takes each name of a request in its order, a name named twice twice, as traced does
+    /// (each counts towards `max_per_24_h` and is written into the trace).
     func activateTriggers(_ names: [String], producer: LocalProducerEndpoint) {
-        // The sessions' triggers a name asks for, found in one pass (a request may name tens of
-        // thousands of triggers; what it costs is bounded by the sessions' configs).
-        let wanted = Set(names)
+        // The sessions' triggers each name asks for, found in one pass over the sessions (a
+        // request may name tens of thousands of triggers; a name no session wants costs one
+        // lookup).
         var asked: [String: [(session: TracingSession, trigger: TraceConfig.TriggerConfig.Trigger)]] = [:]
         for session in sessions.values.sorted(by: { $0.id < $1.id })
         where session.triggerMode != .unspecified && session.state != .clonedReadOnly {
-            for trigger in session.config.triggerConfig.triggers where wanted.contains(trigger.name) {
+            for trigger in session.config.triggerConfig.triggers {
                 asked[trigger.name, default: []].append((session, trigger))
             }
         }
-        for name in asked.keys.sorted() {
+        guard !asked.isEmpty else { return }
+        // A name repeated past what a session keeps adds nothing to any trace: it is passed over
+        // (traced takes every repetition; a request of a million would hold the loop).
+        var repetitions: [String: Int] = [:]
+        for name in names {
+            guard let wanting = asked[name] else { continue }
+            repetitions[name, default: 0] += 1
+            guard repetitions[name]! <= Self.maxReceivedTriggersPerSession else { continue }
             let now = ServiceClock.nanoseconds(CLOCK_BOOTTIME)
             let takenRecently = triggerHistory.count(of: name, now: now)
             var taken = false
-            for (session, trigger) in asked[name]! {
+            for (session, trigger) in wanting {
                 // A pattern that does not compile matches nothing.
                 if !trigger.producerNameRegex.isEmpty,
                    !session.producerName(of: producer, matches: trigger.producerNameRegex) {
@@ -167,27 +179,45 @@ extension TracingServiceCore {
 }
 
 /// When each trigger name was taken in the last 24 hours (for `max_per_24_h`). Only names some
-/// session wanted are kept, each with at most `maxPerName` times.
+/// session wanted are kept, each with at most `maxPerName` times; forgetting the oldest costs
+/// O(1) amortized, so a request repeating a name thousands of times stays linear.
 struct TriggerHistory {
     static let window: UInt64 = 24 * 3600 * 1_000_000_000
     static let maxPerName = 10_000
-    private var times: [String: [UInt64]] = [:]
+
+    /// Times in the order taken; those before `start` are forgotten.
+    private struct Times {
+        var list: [UInt64] = []
+        var start = 0
+        var count: Int { list.count - start }
+
+        mutating func dropOldest(_ n: Int) {
+            start += n
+            // Compacted once half is forgotten: each time is moved at most once per halving.
+            if start > list.count / 2 {
+                list.removeFirst(start)
+                start = 0
+            }
+        }
+    }
+
+    private var times: [String: Times] = [:]
 
     /// How many times `name` was taken in the 24 hours before `now` (older ones are dropped).
     mutating func count(of name: String, now: UInt64) -> Int {
-        guard var list = times[name] else { return 0 }
-        let expired = list.prefix { now &- $0 >= Self.window }.count
-        if expired > 0 {
-            list.removeFirst(expired)
-            times[name] = list.isEmpty ? nil : list
+        guard let entry = times[name] else { return 0 }
+        let expired = entry.list[entry.start...].prefix { now &- $0 >= Self.window }.count
+        guard expired > 0 else { return entry.count }
+        if expired == entry.count {
+            times[name] = nil
+            return 0
         }
-        return list.count
+        times[name]!.dropOldest(expired)
+        return times[name]!.count
     }
 
     mutating func record(_ name: String, now: UInt64) {
-        var list = times[name, default: []]
-        if list.count >= Self.maxPerName { list.removeFirst() }
-        list.append(now)
-        times[name] = list
+        times[name, default: Times()].list.append(now)
+        if times[name]!.count > Self.maxPerName { times[name]!.dropOldest(1) }
     }
 }
