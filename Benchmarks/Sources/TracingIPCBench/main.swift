@@ -16,8 +16,8 @@
 //              Echo round trip to the same process, the three calls taking turns.
 //   idle       the service's resident memory per idle producer and per idle consumer connection.
 //
-// With PERFETTO_TRACED=/path/to/perfetto/out/rel/traced, the produce figures are also measured
-// against Perfetto's own traced (same producers, same writers), side by side.
+// With PERFETTO_TRACED=/path/to/perfetto/out/rel/traced, the produce and read figures are also
+// measured against Perfetto's own traced (same producers, writers and consumer), side by side.
 //
 // With PERF_CTL_FIFO=path, each timed read is bracketed by `enable` and `disable` written to
 // that fifo, so that `perf record -D -1 --control fifo:path` profiles the reads alone (both
@@ -289,7 +289,8 @@ let produceRounds = 5
 let readRounds = 5
 
 /// Fills a 64 MiB buffer over IPC, then times one ReadBuffers of all of it, and a plain unix
-/// socket copy of the same bytes (one thread writing, one reading) right after it.
+/// socket copy of the same bytes (one thread writing, one reading) right after it. `service`
+/// is the service's pid (for its CPU time).
 func readRound(system: SystemTracingService, loop: Loop, service: pid_t)
     -> (seconds: Double, floorSeconds: Double, wholeTraceFloorSeconds: Double, bytes: Int, packets: Int, consumerGrowth: Int,
         serviceBusy: Double)
@@ -405,7 +406,11 @@ nonisolated func runBenchmarks() throws {
         let environment = ["PERFETTO_PRODUCER_SOCK_NAME=\(directory)/real-p.sock", "PERFETTO_CONSUMER_SOCK_NAME=\(directory)/real-c.sock"]
         let envp = (environment.map { strdup($0) }) + [nil]
         let argv = [strdup(traced), nil]
-        guard posix_spawn(&realTraced, traced, nil, nil, argv, envp) == 0 else { fatalError("spawn \(traced)") }
+        // Its log (a line per session) goes to a file beside the sockets, not into the figures.
+        var tracedActions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&tracedActions)
+        posix_spawn_file_actions_addopen(&tracedActions, 2, "\(directory)/traced.log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard posix_spawn(&realTraced, traced, &tracedActions, nil, argv, envp) == 0 else { fatalError("spawn \(traced)") }
         for _ in 0..<5000 where access(directory + "/real-c.sock", F_OK) != 0 { usleep(1000) }
         realSystem = SystemTracingService(
             transport: transport, producerAddress: directory + "/real-p.sock", consumerAddress: directory + "/real-c.sock")
@@ -461,6 +466,7 @@ nonisolated func runBenchmarks() throws {
         var wholeTraceRatios: [Double] = []
         var rates: [Double] = []
         var growth = 0.0
+        var realRates: [Double] = []
         for round in 0..<readRounds {
             let result = readRound(system: system, loop: loop, service: child)
             ratios.append(result.floorSeconds / result.seconds)
@@ -475,6 +481,17 @@ nonisolated func runBenchmarks() throws {
                 + "\(format(result.serviceBusy * 100, 0))% of it; plain socket \(megabytesPerSecond(result.floorSeconds)) MB/s "
                 + "(ratio \(format(ratios.last!))x), from the whole trace in memory \(megabytesPerSecond(result.wholeTraceFloorSeconds)) MB/s "
                 + "(ratio \(format(wholeTraceRatios.last!))x)")
+            // The same round against Perfetto's traced (the same producer and consumer code).
+            if let realSystem {
+                let real = readRound(system: realSystem, loop: loop, service: realTraced)
+                realRates.append(Double(real.bytes) / real.seconds / 1e6)
+                print("    Perfetto's traced: ReadBuffers \(format(realRates.last!, 0)) MB/s (\(real.packets) packets), "
+                    + "busy \(format(real.serviceBusy * 100, 0))% of it; ours/traced rate \(format(rates.last! / realRates.last!))x")
+            }
+        }
+        if !realRates.isEmpty {
+            print("  Perfetto's traced: ReadBuffers median \(format(median(realRates), 0)) MB/s; ours/traced "
+                + "\(format(median(rates) / median(realRates)))x")
         }
         print("read: ReadBuffers median \(format(median(rates), 0)) MB/s; median ratio to a plain socket copy "
             + "\(format(median(ratios)))x (\(format(ratios.min()!))–\(format(ratios.max()!))x), to one from the whole trace in memory "
