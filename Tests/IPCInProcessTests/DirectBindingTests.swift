@@ -53,6 +53,33 @@ struct DirectBindingTests {
         #expect(recorder.sawEncodedArguments == false)
     }
 
+    @Test func callsMadeInARepliesCallbackRunAfterItAndCannotHoldTheLoop() throws {
+        // A client that answers each reply with a new call (a ping-pong) runs its calls one
+        // after another, each once the callback that made it has returned, and a task posted
+        // meanwhile still gets its turn before the ping-pong ends.
+        let world = try World()
+        let echo = try #require(world.service as? EchoServiceImplementation)
+        let order = UncheckedSendableBox(Recorder())
+        var remaining = 100
+        func ping() {
+            world.proxy.echo(echoRequest("ping")) { reply in
+                #expect(reply.isSuccess)
+                let served = echo.echoCount
+                remaining -= 1
+                if remaining > 0 { ping() }
+                #expect(echo.echoCount == served, "a call never runs inside the callback that made it")
+                order.value.values.append(0)
+            }
+        }
+        ping()
+        world.loop.execute { order.value.values.append(1) }
+        world.loop.runUntilIdle()
+        #expect(echo.echoCount == 100)
+        #expect(order.value.values.count == 101)
+        let task = try #require(order.value.values.firstIndex(of: 1))
+        #expect(task <= 16, "the posted task waited for \(task) calls")
+    }
+
     @Test func streamsUntilTheLastReply() throws {
         let world = try World()
         var replies: [AsyncResult<Pfpeers_EchoReply>] = []

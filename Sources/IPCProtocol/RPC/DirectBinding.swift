@@ -1,7 +1,8 @@
 // The direct short circuit: a proxy bound to a service in the same process and on the same
 // loop calls the implementation with the request value itself. No encoding, no frames; every
 // promise kept:
-// * the call runs on a later loop turn, never inside the caller's own `invoke`;
+// * the call runs after the caller returns to the loop, never inside the caller's own `invoke`
+//   (a call made outside a reply runs on a later loop turn);
 // * a Deferred released unresolved rejects the call; a reply is delivered exactly once
 //   (streams until has_more is false);
 // * closing the host (or the client) rejects every outstanding call and tells the proxy;
@@ -9,11 +10,12 @@
 // * a file descriptor sent with a call is duplicated for the service, as SCM_RIGHTS would.
 //
 // What a call costs: the Deferred the service receives, which carries the caller's callback
-// (so the reply goes straight to it) and holds the request for the next loop turn (`DirectCall`;
+// (so the reply goes straight to it) and holds the request until the call runs (`DirectCall`;
 // the request stays with it as long as the service keeps the Deferred), and the thunk that
 // stores the caller's concretely typed callback where the generic Deferred keeps it: two
-// allocations. Calls queued in one turn share one posted task. The hot path is `@inlinable`, so
-// generated proxies run it specialized for their message types.
+// allocations. Calls queued in one turn share one posted task, and calls made by the callbacks
+// of those calls run in the same task after them (up to 16 rounds). The hot path is
+// `@inlinable`, so generated proxies run it specialized for their message types.
 
 import SwiftProtobuf
 
@@ -50,7 +52,7 @@ final class DirectServiceBinding {
     @exclusivity(unchecked) @usableFromInline private(set) var ended = false
     /// Set by the host's deinit, before the posted `end` runs: no call may reach the service.
     var hostIsGone = false
-    /// Calls made since the last drain, run in order on the next loop turn.
+    /// Calls made since the last drain round, run in order by the next one.
     @exclusivity(unchecked) private var queue: [any QueuedDirectCall] = []
     @exclusivity(unchecked) private var running: [any QueuedDirectCall] = []
     @exclusivity(unchecked) private var drainScheduled = false
@@ -143,17 +145,35 @@ final class DirectServiceBinding {
         loop.execute(drainTask)
     }
 
-    /// Runs the calls queued so far. Calls made meanwhile wait for the next turn.
+    /// Runs the calls queued so far, then those their callbacks made meanwhile (each after the
+    /// callback that made it has returned), for at most `maxDrainRounds` rounds; what is left
+    /// waits for a later turn, so that a ping-pong of calls cannot keep the loop from its other
+    /// work. Chaining saves a posted task per call (7 of the 21 retains of an echo chained
+    /// this way). Calls left unrun when the binding ends reject themselves as they are released.
     private func drain() {
+        // `drainScheduled` stays set while draining: calls made now join the next round.
+        var rounds = 0
+        while !queue.isEmpty, rounds < Self.maxDrainRounds, !ended, !hostIsGone {
+            rounds += 1
+            swap(&queue, &running)
+            for call in running {
+                guard !ended else { break }
+                call.run(on: self)
+            }
+            running.removeAll(keepingCapacity: true)
+        }
         drainScheduled = false
-        swap(&queue, &running)
-        defer { running.removeAll(keepingCapacity: true) }
-        guard !ended, !hostIsGone else { return }  // their Deferreds reject themselves
-        for call in running {
-            guard !ended else { return }
-            call.run(on: self)
+        guard !queue.isEmpty else { return }
+        if ended || hostIsGone {
+            queue.removeAll()
+        } else if let drainTask {
+            drainScheduled = true
+            loop.execute(drainTask)
         }
     }
+
+    /// Rounds of chained calls one drain runs before it lets the loop do other work.
+    static let maxDrainRounds = 16
 
     /// A reply is about to reach the caller: forget the call if it is the last. Returns
     /// whether the caller may still be called back.
@@ -207,7 +227,7 @@ final class DirectServiceBinding {
     }
 }
 
-/// A call queued on a direct binding, run on the next loop turn.
+/// A call queued on a direct binding, run by its next drain round.
 @usableFromInline
 protocol QueuedDirectCall: AnyObject {
     func run(on binding: DirectServiceBinding)
