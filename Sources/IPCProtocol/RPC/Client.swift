@@ -61,7 +61,9 @@ public final class IPCClient: IPCConnectionDelegate {
 
     private enum PendingRequest {
         case bind(Weak<ServiceProxy>)
-        case invoke(proxy: ObjectIdentifier, callback: (RawReply) -> Void)
+        /// `streaming`: the method streams replies; a unary call ends at its first reply,
+        /// whatever has_more the host sent with it.
+        case invoke(proxy: ObjectIdentifier, callback: (RawReply) -> Void, streaming: Bool)
     }
 
     /// Connects to the host at `backend`'s address (or, for `.direct`, finds it by name).
@@ -245,7 +247,7 @@ public final class IPCClient: IPCConnectionDelegate {
     @discardableResult
     func invoke(
         serviceID: UInt32, methodID: UInt32, arguments: consuming OutgoingFrame.Payload, fd: Int32?, proxy: ServiceProxy,
-        callback: ((RawReply) -> Void)?
+        streaming: Bool, callback: ((RawReply) -> Void)?
     ) -> UInt64? {
         guard isConnected, let connection else {
             proxy.rejectLater(callback, IPCError(.disconnected, "not connected"))
@@ -262,7 +264,7 @@ public final class IPCClient: IPCConnectionDelegate {
             return nil
         }
         if let callback {
-            pending.insert(.invoke(proxy: ObjectIdentifier(proxy), callback: callback), for: requestID)
+            pending.insert(.invoke(proxy: ObjectIdentifier(proxy), callback: callback, streaming: streaming), for: requestID)
         }
         guard frame.send(on: connection, fd: fd) else {
             if let callback, pending.removeValue(for: requestID) != nil {
@@ -284,7 +286,7 @@ public final class IPCClient: IPCConnectionDelegate {
         boundProxies[id] = nil
         queuedBinds.removeAll { ObjectIdentifier($0) == id }
         pending.removeAll { request in
-            if case .invoke(let proxy, _) = request { return proxy == id }
+            if case .invoke(let proxy, _, _) = request { return proxy == id }
             return false
         }
     }
@@ -410,14 +412,16 @@ public final class IPCClient: IPCConnectionDelegate {
 
     /// An InvokeMethodReply; `bytes` (the reply) is valid only during the call.
     private func handleReply(requestID: UInt64, success: Bool, hasMore: Bool, bytes: UnsafeRawBufferPointer) {
-        let hasMore = success && hasMore
         // Looked at before it is removed: a reply naming a bind's request id must leave the
         // bind waiting for its own reply (removed first, a hostile host's stray reply made the
         // bind wait for ever).
-        guard case .invoke(let proxyID, let callback)? = pending[requestID] else {
+        guard case .invoke(let proxyID, let callback, let streaming)? = pending[requestID] else {
             logger.debug("reply for unknown or cancelled request \(requestID)")
             return
         }
+        // A unary call's callback runs once: a host answering it with has_more is taken at its
+        // first word, and its further replies find no request.
+        let hasMore = success && hasMore && streaming
         if !hasMore { pending.removeValue(for: requestID) }
         guard boundProxies[proxyID]?.object != nil else { return }
         let fd = receivedFD.take()
@@ -451,7 +455,7 @@ public final class IPCClient: IPCConnectionDelegate {
             switch pending.removeValue(for: frame.requestID) {
             case .bind(let weakProxy)?:
                 weakProxy.object?.bindingFailed(IPCError(.protocolViolation, "host error: \(error.error)"))
-            case .invoke(_, let callback)?:
+            case .invoke(_, let callback, _)?:
                 callback(RawReply(rejectedWith: IPCError(.protocolViolation, "host error: \(error.error)")))
             case nil:
                 logger.info("host reported \"\(error.error)\" for request \(frame.requestID)")
@@ -476,7 +480,7 @@ public final class IPCClient: IPCConnectionDelegate {
 
         for request in outstanding {
             switch request {
-            case .invoke(_, let callback): callback(RawReply(rejectedWith: error))
+            case .invoke(_, let callback, _): callback(RawReply(rejectedWith: error))
             case .bind: break  // its proxy is in `bound` and is told below
             }
         }

@@ -172,7 +172,7 @@ open class ServiceProxy: @unchecked Sendable {
     ) -> UInt64? {
         client.invoke(
             serviceID: serviceID, methodID: methodIDs[index], arguments: consume arguments, fd: fd, proxy: self,
-            callback: callback)
+            streaming: descriptor.methods[index].isServerStreaming, callback: callback)
     }
 
     /// The index in ``descriptor`` of the method called `name`, or -1.

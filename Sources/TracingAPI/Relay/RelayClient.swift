@@ -98,7 +98,9 @@ final class RelayClient {
     /// One exchange; a PING's answer starts the UPDATE at once, an UPDATE's answer schedules
     /// the next PING. Only a request's first answer counts: SyncClock is unary, and a host that
     /// answered one request several times (`has_more`) made every answer start an exchange of its
-    /// own, each with its own timer, until the relay did nothing but synchronize clocks.
+    /// own, each with its own timer, until the relay did nothing but synchronize clocks. (Over a
+    /// connection `IPCClient` now ends a unary call at its first reply; the flag still guards a
+    /// host in this process, reached through a direct binding.)
     private func syncClock(_ port: Perfetto_Protos_RelayPortProxy, phase: Perfetto_Protos_SyncClockRequest.Phase) {
         var request = Perfetto_Protos_SyncClockRequest()
         request.phase = phase

@@ -74,6 +74,28 @@ struct ClientTests {
         #expect(!results.all[0].hasMore)
     }
 
+    @Test func aUnaryCallEndsAtItsFirstReplyWhateverHasMoreSays() throws {
+        // A host answering a unary call with has_more cannot call the caller back again and
+        // again, nor keep the call's entry (and its callback) alive.
+        let harness = try RPCHarness()
+        let (client, proxy, host, _) = try boundProxy(harness)
+        let unary = Results<Pfpeers_EchoReply>()
+        let stream = Results<Pfpeers_EchoReply>()
+        proxy.echo(echoRequest("once"), reply: unary.callback)
+        proxy.streamEcho(echoRequest("many", count: 3), reply: stream.callback)
+        let frames = harness.frames(from: host, count: 3)
+        for _ in 0..<3 {
+            host.send(TestFrames.reply(requestID: frames[1].requestID, hasMore: true, payload: Data()))
+            host.send(TestFrames.reply(requestID: frames[2].requestID, hasMore: true, payload: Data()))
+        }
+        harness.run(until: { stream.all.count == 3 })
+        harness.settle()
+        #expect(unary.all.map(\.isSuccess) == [true], "called back once")
+        #expect(unary.all.map(\.hasMore) == [false], "and told it was the last")
+        #expect(stream.all.map(\.hasMore) == [true, true, true], "a streaming call still streams")
+        #expect(client.pendingRequestCountForTesting == 1, "only the stream is still waiting")
+    }
+
     @Test func aReplyOfTheWrongKindLeavesTheRequestWaitingForItsOwn() throws {
         let harness = try RPCHarness()
         let (client, proxy, host, events, bind) = try bindingProxy(harness)
