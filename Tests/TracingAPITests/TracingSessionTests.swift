@@ -667,6 +667,42 @@ final class TracingSessionTests {
     }
 
     @Test(arguments: TracingBinding.deterministic)
+    func aProducerThatLeftKeepsItsSequenceIDsOnlyUntilItsPacketsAreRead(_ binding: TracingBinding) throws {
+        // A producer reconnecting again and again with many writers grew the session's table of
+        // sequence ids for as long as the session lasted.
+        try use(binding)
+        let stayer = RecordingProducer(service: clients, name: "stays", dataSources: [TracingConfigs.descriptor("test.source")])
+        let consumer = RecordingConsumer(service: clients)
+        registered(stayer)
+        consumer.endpoint.enableTracing(TracingConfigs.config(), outputFile: nil)
+        drive(loop, until: { stayer.writers.count == 1 })
+        let session = try #require(service.sessions.values.first)
+        var leaversSequenceIDs: Set<UInt32> = []
+        for round in 0..<3 {
+            let leaver = RecordingProducer(service: clients, name: "leaves", dataSources: [TracingConfigs.descriptor("test.source")])
+            drive(loop, until: { leaver.writers.count == 1 })
+            let target = BufferID(leaver.started[0].config.targetBuffer)
+            var writers = [leaver.writers.values.first!]
+            for _ in 0..<4 { writers.append(leaver.endpoint.createTraceWriter(targetBuffer: target, policy: .drop)!) }
+            for writer in writers {
+                writer.writeTestPacket(timestamp: 1, "left in round \(round)")
+                writer.flush()
+            }
+            stayer.writers.values.first!.writeTestPacket(timestamp: 1, "stays, round \(round)")
+            stayer.writers.values.first!.flush()
+            loop.runUntilIdle()
+            leaver.endpoint.disconnect()
+            loop.runUntilIdle()
+            consumer.read(on: loop)
+            let packets = consumer.producerPackets()
+            #expect(packets.filter { $0.forTesting.str == "left in round \(round)" }.count == 5, "what it left is read")
+            leaversSequenceIDs.formUnion(packets.filter { $0.forTesting.str.hasPrefix("left") }.map(\.trustedPacketSequenceID))
+            #expect(session.sequenceIDCount == 1, "only the producer still connected keeps its id")
+        }
+        #expect(leaversSequenceIDs.count == 15, "a forgotten id is never given again")
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
     func syncRunsAfterEverythingSentBefore(_ binding: TracingBinding) throws {
         try use(binding)
         let producer = RecordingProducer(

@@ -120,6 +120,9 @@ final class TraceBuffer {
     private var storedChunkCount = 0
     private var bytesEverWritten = 0
     private var sequences: [SequenceKey: Sequence] = [:]
+    /// How many of `sequences` each producer has, so that a session can tell in O(1) when a
+    /// producer that left has nothing left here.
+    private var sequenceCounts: [ProducerSerial: Int] = [:]
     /// Chunks in insertion order, for ring-buffer eviction (entries may be stale).
     private var insertionOrder: [(key: SequenceKey, chunkID: UInt32, serial: UInt64)] = []
     private var insertionHead = 0
@@ -157,6 +160,7 @@ final class TraceBuffer {
             duplicate.producerGone = sequence.producerGone
             copy.sequences[key] = duplicate
         }
+        copy.sequenceCounts = sequenceCounts
         return copy
     }
 
@@ -283,12 +287,25 @@ final class TraceBuffer {
         guard sequence.isFinished else { return }
         loseReassembly(sequence)
         sequences[sequence.key] = nil
+        let producer = sequence.key.producer
+        if let count = sequenceCounts[producer], count > 1 {
+            sequenceCounts[producer] = count - 1
+        } else {
+            sequenceCounts[producer] = nil
+        }
+    }
+
+    /// Whether any writer sequence of `producer` is still kept (chunks to read, or its
+    /// producer still connected).
+    func holdsSequences(of producer: ProducerSerial) -> Bool {
+        sequenceCounts[producer] != nil
     }
 
     private func sequenceFor(_ key: SequenceKey, uid: UInt32, pid: Int32) -> Sequence {
         if let existing = sequences[key] { return existing }
         let sequence = Sequence(key: key, uid: uid, pid: pid)
         sequences[key] = sequence
+        sequenceCounts[key.producer, default: 0] += 1
         return sequence
     }
 

@@ -626,6 +626,11 @@ extension TracingServiceCore {
             chunkBytes += part.chunkBytes
             if !part.complete { return (false, chunkBytes) }
         }
+        let bufferIDs = session.bufferIDs
+        // Once a read has taken everything, the ids of producers with nothing left go.
+        session.forgetGoneProducers { serial in
+            bufferIDs.contains { self.buffers[$0]?.holdsSequences(of: serial) == true }
+        }
         return (true, chunkBytes)
     }
 

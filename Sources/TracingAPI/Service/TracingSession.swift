@@ -82,7 +82,11 @@ final class TracingSession {
     static let nameMatchStepsPerProducer = 1_000_000
     /// What looking a pattern up costs besides its length, in steps.
     static let nameMatchLookupSteps = 100
-    private var sequenceIDs: [SequenceKey: UInt32] = [:]
+    /// Trusted packet sequence ids, by producer connection and writer. A producer's are
+    /// forgotten once the session's buffers keep nothing of it (it left, and what it wrote was
+    /// read or overwritten): one reconnecting again and again with thousands of writers grew the
+    /// table for as long as the session lasted.
+    private var sequenceIDs: [ProducerSerial: [UInt16: UInt32]] = [:]
     private var nextSequenceID: UInt32 = TracingSession.firstProducerSequenceID
     var configEmitted = false
     /// Machines whose relay's system info / clock sync is in this session's trace already.
@@ -191,11 +195,22 @@ final class TracingSession {
 
     /// The trusted packet sequence id of a writer: assigned on first sight, stable afterwards.
     func sequenceID(for key: SequenceKey) -> UInt32 {
-        if let id = sequenceIDs[key] { return id }
+        if let id = sequenceIDs[key.producer]?[key.writerID] { return id }
         let id = nextSequenceID
         nextSequenceID &+= 1
-        sequenceIDs[key] = id
+        sequenceIDs[key.producer, default: [:]][key.writerID] = id
         return id
+    }
+
+    /// Writer sequences that have an id, for tests.
+    var sequenceIDCount: Int { sequenceIDs.values.reduce(0) { $0 + $1.count } }
+
+    /// Forgets the ids of producers of whom no buffer keeps anything (`stillHeld`): nothing
+    /// more can be read under them. Ids are never given again, so none can be confused.
+    func forgetGoneProducers(stillHeld: (ProducerSerial) -> Bool) {
+        for serial in sequenceIDs.keys where !stillHeld(serial) {
+            sequenceIDs[serial] = nil
+        }
     }
 
     var isWritingIntoFile: Bool { config.writeIntoFile }
