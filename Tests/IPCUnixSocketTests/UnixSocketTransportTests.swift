@@ -344,7 +344,10 @@ struct UnixSocketTransportTests {
         defer { listener.close() }
         // /proc/net/unix shows the bound name with '@' for the leading NUL; a trailing NUL
         // in the length would appear as an extra '@' at the end.
-        let table = try String(contentsOfFile: "/proc/net/unix", encoding: .utf8)
+        // Read to the end: `String(contentsOfFile:)` stops after the first 4 KiB of a procfs
+        // file, so the test passed only while few sockets were open on the machine.
+        let bytes = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/proc/net/unix")).readToEnd() ?? Data()
+        let table = String(decoding: bytes, as: UTF8.self)
         #expect(table.contains("@\(name)\n"))
     }
 
