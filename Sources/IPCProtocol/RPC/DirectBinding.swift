@@ -149,7 +149,8 @@ final class DirectServiceBinding {
     /// callback that made it has returned), for at most `maxDrainRounds` rounds; what is left
     /// waits for a later turn, so that a ping-pong of calls cannot keep the loop from its other
     /// work. Chaining saves a posted task per call (4 of the 21 retains and 4 of the 25
-    /// releases of an echo chained this way). Calls left unrun when the binding ends reject themselves as they are released.
+    /// releases of an echo chained this way). Calls left unrun when the binding ends reject
+    /// themselves as they are released.
     private func drain() {
         // `drainScheduled` stays set while draining: calls made now join the next round.
         var rounds = 0
