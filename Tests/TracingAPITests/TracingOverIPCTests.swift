@@ -302,6 +302,9 @@ struct TracingOverIPCTests {
         first!.endpoint.detach(key: "my-key") { detached = $0 }
         world.run(until: { detached != nil })
         #expect(detached == true)
+        world.settle()
+        // Perfetto's `perfetto --detach` deletes its output file if EnableTracing fails.
+        #expect(first!.disabledErrors.isEmpty, "detaching does not end the consumer's EnableTracing")
         first!.endpoint.disconnect()
         first = nil
         world.settle()

@@ -11,7 +11,8 @@
 //   read of any size never passes the connection's send-queue bound;
 // * QueryServiceState streams chunks, each a valid TracingServiceState, that concatenate to
 //   the whole; ObserveEvents is a stream a newer request (or an empty one) closes;
-// * a consumer that disconnects frees its session unless it detached.
+// * a consumer that disconnects frees its session unless it detached; detaching leaves its
+//   EnableTracing reply pending (traced neither resolves nor rejects it).
 
 import IPCProtocol
 
@@ -121,8 +122,10 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
         let consumer = consumer(context)
         consumer.endpoint.detach(key: request.key) { detached in
             guard detached else { return reply.reject(IPCError(.remoteFailure, "cannot detach")) }
-            // The session goes on without this consumer: it is not told when it stops.
-            consumer.enableReply = nil
+            // The session goes on without this consumer. Its EnableTracing reply stays pending,
+            // as in traced: released here, it rejected itself, and Perfetto's `perfetto
+            // --detach` took that rejection for a failed session and deleted its output file,
+            // which the session went on writing into.
             reply.resolve(.init())
         }
     }
