@@ -129,10 +129,13 @@ final class InMemoryConnection: IPCConnection {
         let wasConnected = state == .connected
         state = .disconnected
         delegate = nil
-        drainWaiters.removeAll()
+        // Released last (SocketConnection.tearDown says why).
+        var waiters: [() -> Void] = []
+        swap(&waiters, &drainWaiters)
         dropInbox()
         if wasConnected, let other { other.peerClosed() }
         other = nil
+        withExtendedLifetime(waiters) {}
     }
 
     func setReadingPaused(_ paused: Bool) -> Bool {

@@ -124,15 +124,22 @@ final class SocketConnection: IPCConnection {
     @discardableResult
     private func tearDown() -> Bool {
         guard fd >= 0 else { return false }
+        // Closed first, and what user code gave us released last, outside any access to our
+        // state: a drain waiter may hold a Deferred whose release sends its rejection on this
+        // very connection. That send must find the connection closed; it re-entered this
+        // teardown while `drainWaiters` was being emptied (an exclusivity violation: a crash).
+        let closing = fd
+        fd = -1
+        state = .disconnected
         watch?.cancel()
         watch = nil
         sendDeadline?.cancel()
         sendDeadline = nil
+        var waiters: [() -> Void] = []
+        swap(&waiters, &drainWaiters)
         sendQueue.removeAll()
-        drainWaiters.removeAll()
-        Syscall.close(fd)
-        fd = -1
-        state = .disconnected
+        Syscall.close(closing)
+        withExtendedLifetime(waiters) {}
         return true
     }
 

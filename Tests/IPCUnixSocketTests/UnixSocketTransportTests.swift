@@ -157,6 +157,27 @@ struct UnixSocketTransportTests {
         #expect(client.state == .disconnected)
     }
 
+    @Test func aDrainWaiterReleasedByTheTeardownMaySendOnTheClosingConnection() throws {
+        // A streaming service keeps its Deferred in a drain waiter; when the connection fails
+        // the waiter is released, and the Deferred sends its rejection on that very connection.
+        // That send re-entered the teardown (an exclusivity violation: a crash).
+        let harness = try SocketHarness()
+        var serverOptions = ConnectionOptions()
+        serverOptions.socketReceiveBufferSize = 16 * 1024
+        let (_, server, client, clientEvents) = try harness.connectedPair(serverOptions: serverOptions)
+        #expect(client.send([UInt8](repeating: 7, count: 8 * 1024 * 1024)))  // mostly queued
+        let sends = SendsOnRelease.Results()
+        do {
+            let holder = SendsOnRelease(client, sends)
+            #expect(client.whenSendQueueDrains { withExtendedLifetime(holder) {} })
+        }
+        harness.run(until: { !server.delegates[0].received.isEmpty })
+        server.connections[0].close()
+        harness.run(until: { clientEvents.isDisconnected })
+        #expect(sends.values == [false], "released once, and its send refused: the connection is closed")
+        #expect(client.state == .disconnected)
+    }
+
     @Test func peerCredentialsAreOursAndSurviveDisconnect() throws {
         let harness = try SocketHarness()
         let (_, server, client, clientEvents) = try harness.connectedPair()
@@ -488,4 +509,16 @@ final class CountingReceiver: IPCListenerDelegate, IPCConnectionDelegate, @unche
         checksum.add(sum, ordering: .relaxed)
         count.add(byteCount, ordering: .releasing)
     }
+}
+
+/// Sends on a connection from its deinit, as a Deferred released unresolved sends its rejection.
+final class SendsOnRelease {
+    final class Results { var values: [Bool] = [] }
+    let connection: any IPCConnection
+    let results: Results
+    init(_ connection: any IPCConnection, _ results: Results) {
+        self.connection = connection
+        self.results = results
+    }
+    deinit { results.values.append(connection.send([1, 2, 3])) }
 }
