@@ -310,6 +310,41 @@ final class HostileProducerTests: SocketTracingFixture {
         }
     }
 
+    @Test func aServiceStateLargerThanTheSendQueueBoundReachesTheConsumer() throws {
+        // An outside tester's uid 65534 producer registered 200 names of 100 KB: every full
+        // QueryServiceState after that, root's too, lost its connection (the whole state was
+        // queued at once, past the 16 MiB send-queue bound). The same at a tenth of the scale:
+        // 1.7 MB of names against a 1 MiB bound.
+        var bounded = ConnectionOptions.default
+        bounded.maxQueuedSendBytes = 1 << 20
+        try serve(options: TracingServiceCore.Options(), consumerOptions: bounded)
+        try withoutLeaks {
+            let hostile = try RawProducer(path: producerPath, loop: loop, name: "hostile")
+            for index in 0..<170 {
+                var request = Perfetto_Protos_RegisterDataSourceRequest()
+                request.dataSourceDescriptor.name = "\(index)." + String(repeating: "n", count: 10_000)
+                hostile.client.call("RegisterDataSource", request, dropReply: true)
+            }
+            hostile.sync()
+            #expect(core.connectedProducers.first { $0.name == "hostile" }?.dataSources.count == 170)
+            let consumer = consumer()
+            for _ in 0..<2 {
+                var queried: TracingServiceState?
+                var succeeded: Bool?
+                consumer.endpoint.queryServiceState(sessionsOnly: false) { success, value in
+                    succeeded = success
+                    queried = value
+                }
+                run(until: { succeeded != nil })
+                #expect(succeeded == true)
+                #expect(queried?.dataSources.count == 170)
+                #expect(queried?.dataSources.allSatisfy { $0.dsDescriptor.name.utf8.count > 10_000 } == true)
+            }
+            consumer.endpoint.disconnect()
+            hostile.close()
+        }
+    }
+
     @Test func registrationsPastTheLimitsAreRefusedAndHugeNamesDoNotBreakQueries() throws {
         var options = TracingServiceCore.Options()
         options.maxDataSourcesPerProducer = 100

@@ -168,7 +168,8 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
         _ request: Perfetto_Protos_QueryServiceStateRequest, context: IPCCallContext,
         reply: Deferred<Perfetto_Protos_QueryServiceStateResponse>
     ) {
-        consumer(context).endpoint.queryEncodedServiceState(sessionsOnly: request.sessionsOnly) { success, encoded in
+        let consumer = consumer(context)
+        consumer.endpoint.queryEncodedServiceState(sessionsOnly: request.sessionsOnly) { [weak consumer] success, encoded in
             guard success else { return reply.reject() }
             // The usual case, a state that fits one reply: its bytes become the reply's
             // service_state field as they are.
@@ -180,13 +181,11 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
                     encoded.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: frame[header...]).copyMemory(from: $0) }
                 }
             }
-            guard let whole = try? TracingServiceState(serializedBytes: encoded) else { return reply.reject() }
-            let chunks = ServiceStateChunks.split(whole)
-            for (index, chunk) in chunks.enumerated() {
-                var response = Perfetto_Protos_QueryServiceStateResponse()
-                response.serviceState = chunk
-                reply.resolve(response, hasMore: index < chunks.count - 1)
-            }
+            guard let consumer, let whole = try? TracingServiceState(serializedBytes: encoded) else { return reply.reject() }
+            // Paced like a read: producers may register tens of megabytes of descriptors, and
+            // a state queued whole passed the send-queue bound, which cost the asking consumer
+            // its connection (every full query failed, root's too).
+            consumer.sendPaced(ServiceStateChunks.split(whole), from: 0, to: reply)
         }
     }
 
@@ -289,6 +288,29 @@ final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
             readNextPart = next
         } else {
             next()
+        }
+    }
+
+    /// Sends `chunks[index...]` of a service state, each while the connection has less than
+    /// `readBytesInFlight` queued; goes on when it has taken what was queued (or shortly, on a
+    /// transport that cannot say).
+    func sendPaced(
+        _ chunks: [TracingServiceState], from index: Int, to reply: Deferred<Perfetto_Protos_QueryServiceStateResponse>
+    ) {
+        var index = index
+        while index < chunks.count {
+            guard reply.queuedSendBytes < Self.readBytesInFlight else {
+                let next = index
+                let goOn: () -> Void = { [weak self] in self?.sendPaced(chunks, from: next, to: reply) }
+                if !reply.whenSendQueueDrains(goOn) {
+                    _ = eventLoop.scheduleTask(after: Self.readRetryInterval, goOn)
+                }
+                return
+            }
+            var response = Perfetto_Protos_QueryServiceStateResponse()
+            response.serviceState = chunks[index]
+            reply.resolve(response, hasMore: index < chunks.count - 1)
+            index += 1
         }
     }
 
