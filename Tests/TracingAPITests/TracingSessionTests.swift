@@ -508,6 +508,23 @@ final class TracingSessionTests {
     }
 
     @Test(arguments: TracingBinding.deterministic)
+    func aTraceFilterIsRefusedRatherThanIgnored(_ binding: TracingBinding) throws {
+        // A filter keeps fields out of the trace, often for privacy; this service cannot apply
+        // one yet, and recording without it handed everything out (outside tester, round six).
+        try use(binding)
+        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        registered(producer)
+        let consumer = RecordingConsumer(service: clients)
+        var config = TracingConfigs.config()
+        config.traceFilter.bytecode = Data([0x09, 0x00, 0x80, 0x01])
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        drive(loop, until: { !consumer.disabledErrors.isEmpty })
+        #expect(consumer.disabledErrors.first?.hasPrefix("trace_filter is not supported by this service") == true)
+        #expect(service.sessions.isEmpty)
+        #expect(producer.started.isEmpty, "nothing was recorded")
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
     func aStartTriggerThatNeverComesEndsTheSessionAtItsTimeoutWithNothingToRead(_ binding: TracingBinding) throws {
         try use(binding)
         let (app, consumer) = triggerSession(triggerConfig(.startTracing))

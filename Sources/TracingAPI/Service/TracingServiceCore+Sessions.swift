@@ -65,6 +65,12 @@ extension TracingServiceCore {
         if let error = sessionLimitError(uid: consumer.uid) { return error }
         if config.buffers.isEmpty { return "the trace config has no buffers" }
         if let error = triggerConfigError(config) { return error }
+        // A filter is asked for to keep fields out of the trace (often for privacy). This
+        // service cannot apply one yet; recording anyway would hand out what the filter was to
+        // withhold, so the session is refused (traced applies it at read time).
+        if config.hasTraceFilter {
+            return "trace_filter is not supported by this service: the session would record unfiltered data"
+        }
         if config.buffers.count > options.maxBuffersPerSession {
             return "too many buffers configured (\(config.buffers.count), the limit is \(options.maxBuffersPerSession))"
         }
