@@ -508,20 +508,53 @@ final class TracingSessionTests {
     }
 
     @Test(arguments: TracingBinding.deterministic)
-    func aTraceFilterIsRefusedRatherThanIgnored(_ binding: TracingBinding) throws {
-        // A filter keeps fields out of the trace, often for privacy; this service cannot apply
-        // one yet, and recording without it handed everything out (outside tester, round six).
+    func aTraceFilterKeepsOnlyWhatItAllows(_ binding: TracingBinding) throws {
+        // Every packet read goes through the filter, trusted fields and the service's own
+        // packets included; the stats packet comes after it. Ignoring the filter handed out
+        // what it was to withhold (outside tester, round six).
         try use(binding)
         let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
         registered(producer)
         let consumer = RecordingConsumer(service: clients)
         var config = TracingConfigs.config()
-        config.traceFilter.bytecode = Data([0x09, 0x00, 0x80, 0x01])
+        config.traceFilter.bytecode = Data(FilterBytecode.timestampAndTestStrings)
         consumer.endpoint.enableTracing(config, outputFile: nil)
-        drive(loop, until: { !consumer.disabledErrors.isEmpty })
-        #expect(consumer.disabledErrors.first?.hasPrefix("trace_filter is not supported by this service") == true)
-        #expect(service.sessions.isEmpty)
-        #expect(producer.started.isEmpty, "nothing was recorded")
+        drive(loop, until: { producer.writers.count == 1 })
+        producer.writers.values.first!.newTracePacket { packet in
+            packet.appendVarint(8, 5)
+            packet.appendNested(900) { event in
+                event.appendString(1, "kept")
+                event.appendVarint(2, 7)
+                event.appendVarint(3, 9)
+            }
+        }
+        producer.writers.values.first!.flush()
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        consumer.read(on: loop)
+        let packets = consumer.decodedPackets()
+        let tested = packets.filter { if case .forTesting? = $0.data { true } else { false } }
+        #expect(tested.count == 1)
+        #expect(tested.first?.timestamp == 5 && tested.first?.forTesting.str == "kept" && tested.first?.forTesting.counter == 9)
+        #expect(tested.first?.forTesting.seqValue == 0, "not allowed by the filter")
+        #expect(tested.first?.trustedUid == 0 && tested.first?.trustedPacketSequenceID == 0, "nor are the trusted fields")
+        // The service's own packets keep only their timestamps (the trace config, which has
+        // none, is read out empty, as traced keeps one packet per packet); the stats packet,
+        // last, is whole.
+        #expect(!packets.contains { if case .traceConfig? = $0.data { true } else { false } }, "the service's packets are filtered too")
+        #expect(packets.dropLast().allSatisfy { $0.trustedPacketSequenceID == 0 && $0.trustedUid == 0 })
+        #expect(consumer.packets.contains { $0.bytes.isEmpty }, "the config, filtered to nothing")
+        let filterStats = packets.last?.traceStats.filterStats
+        #expect(filterStats?.inputPackets == UInt64(packets.count - 1))
+        #expect(filterStats?.outputBytes == UInt64(consumer.packets.dropLast().reduce(0) { $0 + $1.bytes.count }))
+        #expect(filterStats?.errors == 0)
+        #expect(packets.last.map { if case .traceStats? = $0.data { true } else { false } } == true, "the stats are not")
+
+        let refused = RecordingConsumer(service: clients)
+        config.traceFilter.bytecode = Data([0x01, 0x02])
+        refused.endpoint.enableTracing(config, outputFile: nil)
+        drive(loop, until: { !refused.disabledErrors.isEmpty })
+        #expect(refused.disabledErrors == ["Trace filter bytecode invalid"])
     }
 
     @Test(arguments: TracingBinding.deterministic)

@@ -100,7 +100,7 @@ extension TracingServiceCore {
             guard let source = self.sessions[sourceID] else { return fail("the session ended while it was cloned") }
             guard consumer.sessionID == nil else { return fail("the consumer already has a tracing session") }
             if let error = self.cloneLimitError(source, for: consumer) { return fail(error) }
-            callback(self.snapshot(source, for: consumer))
+            callback(self.snapshot(source, for: consumer, forBugreport: request.sessionID == Self.bugreportSessionID))
         }
         if source.state == .started {
             flush(source, timeoutMs: source.flushTimeoutMs, flags: FlushFlags(), finish)
@@ -114,7 +114,7 @@ extension TracingServiceCore {
         return bufferMemoryError(adding: source.bufferIDs.reduce(0) { $0 + (buffers[$1]?.capacity ?? 0) }, uid: consumer.uid)
     }
 
-    private func snapshot(_ source: TracingSession, for consumer: LocalConsumerEndpoint) -> CloneSessionResponse {
+    private func snapshot(_ source: TracingSession, for consumer: LocalConsumerEndpoint, forBugreport: Bool) -> CloneSessionResponse {
         var response = CloneSessionResponse()
         var bufferIDs: [BufferID] = []
         for id in source.bufferIDs {
@@ -130,6 +130,9 @@ extension TracingServiceCore {
             bufferIDs: bufferIDs)
         nextSessionID += 1
         clone.state = .clonedReadOnly
+        // A copy is read through its source's filter, except a bug report's (traced's
+        // skip_trace_filter).
+        clone.traceFilter = forBugreport ? nil : source.traceFilter
         // The triggers move to the copy, as in traced: a session snapshotted again and again
         // (CLONE_SNAPSHOT, for hours) would otherwise write every old trigger into each copy
         // and keep them all. The source then reads as if it had taken none.

@@ -32,6 +32,7 @@ extension TracingServiceCore {
             id: nextSessionID, consumerID: consumer.connectionID, consumerUID: consumer.uid, config: config,
             bufferIDs: bufferIDs)
         nextSessionID += 1
+        if config.hasTraceFilter { session.traceFilter = try? TraceFilter(config.traceFilter) }
         sessions[session.id] = session
         consumer.sessionID = session.id
         if let output {
@@ -65,12 +66,7 @@ extension TracingServiceCore {
         if let error = sessionLimitError(uid: consumer.uid) { return error }
         if config.buffers.isEmpty { return "the trace config has no buffers" }
         if let error = triggerConfigError(config) { return error }
-        // A filter is asked for to keep fields out of the trace (often for privacy). This
-        // service cannot apply one yet; recording anyway would hand out what the filter was to
-        // withhold, so the session is refused (traced applies it at read time).
-        if config.hasTraceFilter {
-            return "trace_filter is not supported by this service: the session would record unfiltered data"
-        }
+        if config.hasTraceFilter, let error = TraceFilter.configError(config.traceFilter) { return error }
         if config.buffers.count > options.maxBuffersPerSession {
             return "too many buffers configured (\(config.buffers.count), the limit is \(options.maxBuffersPerSession))"
         }
@@ -541,6 +537,7 @@ extension TracingServiceCore {
             let part = appendBufferPackets(session, into: &packets, maxChunkBytes: max(1, min(readPartChunkBytes, remaining)))
             left -= part.chunkBytes
             complete = part.complete || left <= 0
+            applyTraceFilter(of: session, to: &packets)
             if complete {
                 packets.append(TracePacketParts(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)))
             }
@@ -572,6 +569,7 @@ extension TracingServiceCore {
     func collectPackets(_ session: TracingSession) -> [TracePacketParts] {
         var packets = leadingPackets(session).map(TracePacketParts.init)
         _ = appendBufferPackets(session, into: &packets, maxChunkBytes: .max)
+        applyTraceFilter(of: session, to: &packets)
         packets.append(TracePacketParts(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)))
         return packets
     }
@@ -638,6 +636,26 @@ extension TracingServiceCore {
             bufferIDs.contains { self.buffers[$0]?.holdsSequences(of: serial) == true }
         }
         return (true, chunkBytes)
+    }
+
+    /// Runs every packet through the session's trace filter, if it has one (traced's
+    /// MaybeFilterPackets; the stats packet, added after, is not filtered). As in traced, the
+    /// trace keeps one packet per packet read: one that does not parse becomes empty.
+    private func applyTraceFilter(of session: TracingSession, to packets: inout [TracePacketParts]) {
+        guard let filter = session.traceFilter else { return }
+        var whole: [UInt8] = []
+        packets = packets.map { packet in
+            whole.removeAll(keepingCapacity: true)
+            packet.append(to: &whole)
+            session.filterInputPackets += 1
+            session.filterInputBytes += UInt64(whole.count)
+            guard let kept = whole.withUnsafeBytes(filter.filter) else {
+                session.filterErrors += 1
+                return TracePacketParts(TracePacketData(bytes: []))
+            }
+            session.filterOutputBytes += UInt64(kept.count)
+            return TracePacketParts(TracePacketData(bytes: kept))
+        }
     }
 
     func freeBuffers(consumer: LocalConsumerEndpoint) {
