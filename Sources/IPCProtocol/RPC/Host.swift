@@ -30,6 +30,17 @@ public final class IPCHost: IPCListenerDelegate {
     /// How long a client's frame may stay incomplete before the client is dropped (a peer
     /// that sends half a frame and stalls). Default 10 s. Loop-only.
     public var partialFrameTimeout: Duration = .seconds(10)
+    /// The most clients one uid may have connected at once; a newcomer past it is closed as it
+    /// connects (and logged, the first time and every thousandth). Without a limit, one uid
+    /// opening connections until the process ran out of descriptors locked every other client
+    /// out. Nil (the default): no limit. Loop-only.
+    public var maxClientsPerUID: Int?
+    /// Uids never limited by ``maxClientsPerUID`` (root, by default). Peers without a uid
+    /// (TCP) are not limited either. Loop-only.
+    public var clientLimitExemptUIDs: Set<UInt32> = [0]
+    /// Newcomers closed by ``maxClientsPerUID`` so far.
+    public private(set) var clientsRefusedForTheirUID = 0
+    private var clientCountByUID: [UInt32: Int] = [:]
 
     private var listener: (any IPCListener)?
     private var services: [any IPCService] = []
@@ -156,11 +167,21 @@ public final class IPCHost: IPCListenerDelegate {
     }
 
     private func accept(_ connection: any IPCConnection) {
+        let uid = connection.peer.uid
+        if let uid, let limit = maxClientsPerUID, !clientLimitExemptUIDs.contains(uid), clientCountByUID[uid, default: 0] >= limit {
+            clientsRefusedForTheirUID += 1
+            if clientsRefusedForTheirUID % 1000 == 1 {
+                logger.warning("uid \(uid) has \(limit) clients connected, the most one uid may have: its newcomers are closed (\(clientsRefusedForTheirUID) so far)")
+            }
+            connection.close()
+            return
+        }
         let id = takeClientID()
         do {
             let client = try HostClient(id: id, connection: connection, host: self)
             connection.delegate = client
             clients[id] = client
+            if let uid { clientCountByUID[uid, default: 0] += 1 }
         } catch {
             logger.error("cannot serve new client: \(error)")
             connection.close()
@@ -180,10 +201,16 @@ public final class IPCHost: IPCListenerDelegate {
     /// The exposed services, in service-id order (test hook).
     package var exposedServicesForTesting: [any IPCService] { services }
 
+    /// Clients connected over the transport (test hook).
+    package var connectedClientCountForTesting: Int { clients.count }
+
     // MARK: Package interface for HostClient, the dispatcher and direct clients
 
     func clientDidDisconnect(_ client: HostClient, reason: IPCError?) {
         guard clients.removeValue(forKey: client.id) != nil else { return }
+        if let uid = client.connection.peer.uid, let count = clientCountByUID[uid] {
+            clientCountByUID[uid] = count > 1 ? count - 1 : nil
+        }
         for service in services { service.clientDidDisconnect(client.info) }
     }
 

@@ -28,6 +28,10 @@ public final class TracingServiceHost {
     public let producerPorts: [ProducerPortService]
     /// The ConsumerPort.
     public let consumerPort: ConsumerPortService
+    /// The default of `maxClientsPerUID`: far more processes than one user runs, far fewer
+    /// descriptors than a service has (an outside tester's uid 65534 opened 21,000 connections
+    /// and starved every other client of the service, as it starves Perfetto's traced).
+    public static let defaultMaxClientsPerUID = 1024
     /// The RelayPort of each producer address, if relays are welcome.
     public let relayPorts: [RelayPortService]
 
@@ -41,12 +45,16 @@ public final class TracingServiceHost {
     ///     relays of other machines (`tracebox relay`, Perfetto's traced_relay) can report
     ///     their machine and sync clocks (traced's `--enable-relay-endpoint`). Producers of
     ///     other machines are served either way.
+    ///   - maxClientsPerUID: the most producers, and the most consumers, one uid other than
+    ///     root may have connected at once (``IPCHost/maxClientsPerUID``); past it newcomers
+    ///     are closed, so that no uid can take every descriptor of the service. Nil: no limit.
     ///   - logger: where the hosts log the peers they drop (bad frames, stalled readers).
     /// - Throws: ``IPCError`` if an address cannot be listened on, or none is given; nothing
     ///   stays listening then.
     public init(
         service: TracingServiceCore, producerBackends: [IPCBackend], consumerBackend: IPCBackend,
-        enablesRelayEndpoint: Bool = false, logger: Logger = Logger(label: "perfetto.tracing.host")
+        enablesRelayEndpoint: Bool = false, maxClientsPerUID: Int? = TracingServiceHost.defaultMaxClientsPerUID,
+        logger: Logger = Logger(label: "perfetto.tracing.host")
     ) throws(IPCError) {
         guard !producerBackends.isEmpty else { throw IPCError(.invalidAddress, "a tracing service needs a producer address") }
         self.service = service
@@ -57,11 +65,13 @@ public final class TracingServiceHost {
         do {
             for (index, backend) in producerBackends.enumerated() {
                 let host = try IPCHost(backend: backend, logger: logger)
+                host.maxClientsPerUID = maxClientsPerUID
                 host.expose(producerPorts[index])
                 if enablesRelayEndpoint { host.expose(relayPorts[index]) }
                 hosts.append(host)
             }
             consumerHost = try IPCHost(backend: consumerBackend, logger: logger)
+            consumerHost.maxClientsPerUID = maxClientsPerUID
         } catch {
             for host in hosts { host.close() }
             throw error

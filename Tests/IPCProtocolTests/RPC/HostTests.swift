@@ -21,6 +21,41 @@ struct HostTests {
         #expect(!reply.msgBindServiceReply.success)
     }
 
+    @Test func aUidPastItsClientLimitHasItsNewcomersClosed() throws {
+        // One uid opening connections until the service ran out of descriptors locked every
+        // other client out (outside tester, round six).
+        let harness = try RPCHarness()
+        let host = IPCHost(transport: harness.transport, logger: .quiet)
+        host.expose(EchoServiceImplementation())
+        host.maxClientsPerUID = 2
+        host.clientLimitExemptUIDs = []  // the test may run as root, exempt by default
+        harness.keep(host)
+        func connect() throws -> RawFramePeer {
+            let (peer, other) = RawFramePeer.pair()
+            host.adopt(try harness.transport.adoptConnection(fd: other.release()))
+            return peer
+        }
+        var peers = try (0..<3).map { _ in try connect() }
+        #expect(host.clientsRefusedForTheirUID == 1)
+        harness.run(until: { _ = peers[2].poll(); return peers[2].sawEndOfStream }, "the third was not closed")
+        for (index, peer) in peers[0..<2].enumerated() {
+            peer.send(TestFrames.bind("EchoService", requestID: UInt64(index + 1)))
+            #expect(harness.frames(from: peer, count: 1).first?.msgBindServiceReply.success == true)
+        }
+        // One leaves: a newcomer of the same uid is served again.
+        peers.removeFirst()
+        harness.run(until: { host.connectedClientCountForTesting == 1 })
+        let newcomer = try connect()
+        newcomer.send(TestFrames.bind("EchoService", requestID: 1))
+        #expect(harness.frames(from: newcomer, count: 1).first?.msgBindServiceReply.success == true)
+        #expect(host.clientsRefusedForTheirUID == 1)
+        // An exempt uid (root, by default) is not limited.
+        host.clientLimitExemptUIDs = [getuid()]
+        let exempt = try connect()
+        exempt.send(TestFrames.bind("EchoService", requestID: 1))
+        #expect(harness.frames(from: exempt, count: 1).first?.msgBindServiceReply.success == true)
+    }
+
     @Test func bindingReturnsServiceIDAndMethodsInProtoOrder() throws {
         let harness = try RPCHarness()
         let (_, client) = try harness.hostWithRawClient()
