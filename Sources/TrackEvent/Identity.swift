@@ -6,33 +6,11 @@
 // * thread uuid: the tid xor the process uuid, its parent the process track.
 
 import CPerfettoIPCLinux
+import IPCProtocol
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// 64-bit FNV-1a, as Perfetto hashes names into track ids.
-struct FNV1a {
-    private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
-
-    mutating func combine(_ bytes: UnsafeRawBufferPointer) {
-        for byte in bytes {
-            value ^= UInt64(byte)
-            value = value &* 0x0000_0100_0000_01b3
-        }
-    }
-
-    mutating func combine<T>(value item: T) {
-        withUnsafeBytes(of: item) { combine($0) }
-    }
-
-    static func hash(_ string: String) -> UInt64 {
-        var hasher = FNV1a()
-        var copy = string
-        copy.withUTF8 { hasher.combine(UnsafeRawBufferPointer($0)) }
-        return hasher.value
-    }
-}
 
 enum ProcessIdentity {
     /// This process's track uuid (computed once).

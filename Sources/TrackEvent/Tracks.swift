@@ -2,6 +2,8 @@
 // Perfetto's SDK derives them (track.h, track.cc), so tracks of the same id from different
 // writers, threads or SDKs are the same track.
 
+import IPCProtocol
+
 /// A timeline for events: a thread's (the default), the process's, or one the app names.
 ///
 /// Slices on one track must nest. Use an async track for work that overlaps other work or

@@ -119,12 +119,7 @@ final class HostClient: IPCConnectionDelegate {
 /// A remote machine's id, derived as Perfetto's host derives it: the low 32 bits of the 64-bit
 /// FNV-1a hash of the hint (the peer's boot id, as relays send it), never 0 (0 is this machine).
 func machineID(hint: String) -> UInt32 {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for byte in hint.utf8 {
-        hash ^= UInt64(byte)
-        hash = hash &* 0x0000_0100_0000_01b3
-    }
-    let id = UInt32(truncatingIfNeeded: hash)
+    let id = UInt32(truncatingIfNeeded: FNV1a.hash(hint))
     return id == 0 ? 1 : id
 }
 

@@ -20,6 +20,8 @@
 // bytecode overlay (`bytecode_overlay_v54`). Without rules, a string field to filter passes as
 // it is, as in traced.
 
+import IPCProtocol
+
 /// A compiled trace filter.
 struct TraceFilter {
     /// Why a config's filter cannot be used (traced's messages where it has one).
@@ -240,15 +242,10 @@ struct TraceFilter {
             return true
         }
         guard parsed, let checksum = words.popLast() else { throw .invalidBytecode }
-        // FNV-1a (64 bits) over each word's four little-endian bytes, as Perfetto's FnvHasher.
-        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
-        for word in words {
-            for shift in stride(from: 0, to: 32, by: 8) {
-                hash ^= UInt64((word >> UInt32(shift)) & 0xFF)
-                hash = hash &* 0x0000_0100_0000_01B3
-            }
-        }
-        guard UInt32(truncatingIfNeeded: hash) == checksum else { throw .invalidBytecode }
+        // FNV-1a over each word's four little-endian bytes, as Perfetto's FnvHasher.
+        var hasher = FNV1a()
+        for word in words { hasher.combine(value: word.littleEndian) }
+        guard UInt32(truncatingIfNeeded: hasher.value) == checksum else { throw .invalidBytecode }
         return words
     }
 
