@@ -116,7 +116,8 @@ struct TraceFilterTests {
             var config = TraceConfig.TraceFilter()
             config.bytecode = Data(bytecode)
             change(&config)
-            return TraceFilter.configError(config)
+            guard case .failure(let failure) = TraceFilter.load(config) else { return nil }
+            return failure.message
         }
         let words = FilterBytecode.nested(1, message: 1) + FilterBytecode.endOfMessage + FilterBytecode.simple(900) + FilterBytecode.endOfMessage
         #expect(error(FilterBytecode.encode(words)) == nil)

@@ -24,22 +24,27 @@ import IPCProtocol
 
 /// A compiled trace filter.
 struct TraceFilter {
-    /// Why a config's filter cannot be used (traced's messages where it has one).
-    static func configError(_ filter: TraceConfig.TraceFilter) -> String? {
-        if !filter.stringFilterChain.rules.isEmpty || !filter.stringFilterChainV54.rules.isEmpty {
-            return "trace_filter: string filter rules are not supported by this service"
+    /// `config` compiled, or why it cannot be used (traced's messages where it has one).
+    static func load(_ config: TraceConfig.TraceFilter) -> Result<TraceFilter, ConfigError> {
+        if !config.stringFilterChain.rules.isEmpty || !config.stringFilterChainV54.rules.isEmpty {
+            return .failure(ConfigError("trace_filter: string filter rules are not supported by this service"))
         }
-        if !filter.bytecodeOverlayV54.isEmpty {
-            return "trace_filter: bytecode_overlay_v54 is not supported by this service"
+        if !config.bytecodeOverlayV54.isEmpty {
+            return .failure(ConfigError("trace_filter: bytecode_overlay_v54 is not supported by this service"))
         }
         do {
-            _ = try TraceFilter(filter)
-            return nil
+            return .success(try TraceFilter(config))
         } catch .invalidBytecode {
-            return "Trace filter bytecode invalid"
+            return .failure(ConfigError("Trace filter bytecode invalid"))
         } catch {
-            return "Failed to set filter root."
+            return .failure(ConfigError("Failed to set filter root."))
         }
+    }
+
+    /// Why a config's filter cannot be used.
+    struct ConfigError: Error {
+        let message: String
+        init(_ message: String) { self.message = message }
     }
 
     enum LoadError: Error {

@@ -12,6 +12,15 @@ extension TracingServiceCore {
             post { [weak client = consumer.consumer] in client?.onTracingDisabled(error: error) }
             return
         }
+        var traceFilter: TraceFilter?
+        if config.hasTraceFilter {
+            switch TraceFilter.load(config.traceFilter) {
+            case .success(let loaded): traceFilter = loaded
+            case .failure(let failure):
+                post { [weak client = consumer.consumer] in client?.onTracingDisabled(error: failure.message) }
+                return
+            }
+        }
         var output: TraceFileOutput?
         if config.writeIntoFile, let outputFile {
             switch TraceFileOutput.open(outputFile, loop: eventLoop, stallTimeout: options.outputFileStallTimeout) {
@@ -32,7 +41,7 @@ extension TracingServiceCore {
             id: nextSessionID, consumerID: consumer.connectionID, consumerUID: consumer.uid, config: config,
             bufferIDs: bufferIDs)
         nextSessionID += 1
-        if config.hasTraceFilter { session.traceFilter = try? TraceFilter(config.traceFilter) }
+        session.traceFilter = traceFilter
         sessions[session.id] = session
         consumer.sessionID = session.id
         if let output {
@@ -66,7 +75,6 @@ extension TracingServiceCore {
         if let error = sessionLimitError(uid: consumer.uid) { return error }
         if config.buffers.isEmpty { return "the trace config has no buffers" }
         if let error = triggerConfigError(config) { return error }
-        if config.hasTraceFilter, let error = TraceFilter.configError(config.traceFilter) { return error }
         if config.buffers.count > options.maxBuffersPerSession {
             return "too many buffers configured (\(config.buffers.count), the limit is \(options.maxBuffersPerSession))"
         }
@@ -647,13 +655,13 @@ extension TracingServiceCore {
         packets = packets.map { packet in
             whole.removeAll(keepingCapacity: true)
             packet.append(to: &whole)
-            session.filterInputPackets += 1
-            session.filterInputBytes += UInt64(whole.count)
+            session.filterStats.inputPackets += 1
+            session.filterStats.inputBytes += UInt64(whole.count)
             guard let kept = whole.withUnsafeBytes(filter.filter) else {
-                session.filterErrors += 1
+                session.filterStats.errors += 1
                 return TracePacketParts(TracePacketData(bytes: []))
             }
-            session.filterOutputBytes += UInt64(kept.count)
+            session.filterStats.outputBytes += UInt64(kept.count)
             return TracePacketParts(TracePacketData(bytes: kept))
         }
     }

@@ -449,12 +449,7 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
             guard let buffer = buffers[id] else { continue }
             stats.bufferStats.append(Self.bufferStats(buffer.stats))
         }
-        if let session, session.traceFilter != nil {
-            stats.filterStats.inputPackets = session.filterInputPackets
-            stats.filterStats.inputBytes = session.filterInputBytes
-            stats.filterStats.outputBytes = session.filterOutputBytes
-            stats.filterStats.errors = session.filterErrors
-        }
+        if let session, session.traceFilter != nil { stats.filterStats = session.filterStats }
         return stats
     }
 

@@ -90,12 +90,9 @@ final class TracingSession {
     private var nextSequenceID: UInt32 = TracingSession.firstProducerSequenceID
     /// The config's trace filter, compiled; packets are read out through it.
     var traceFilter: TraceFilter?
-    /// What went through the filter (TraceStats.filter_stats): packets and bytes in, bytes
+    /// What went through the filter, as the trace stats report it: packets and bytes in, bytes
     /// out, packets that did not parse (each read out empty).
-    var filterInputPackets: UInt64 = 0
-    var filterInputBytes: UInt64 = 0
-    var filterOutputBytes: UInt64 = 0
-    var filterErrors: UInt64 = 0
+    var filterStats = TraceStats.FilterStats()
     var configEmitted = false
     /// Machines whose relay's system info / clock sync is in this session's trace already.
     var machinesWithSystemInfo: Set<UInt32> = []
