@@ -57,13 +57,25 @@ let package = Package(
             providers: [.apt(["libuv1-dev"]), .brew(["libuv"])]
         ),
         .target(name: "IPCLibuv", dependencies: ["IPCProtocol", "IPCSocketCore", "CLibuv", "CPerfettoIPCLinux"]),
+        // zlib and zstd from the system (Debian: zlib1g-dev, libzstd-dev), for traces
+        // compressed as Perfetto's traced compresses them.
+        .systemLibrary(
+            name: "CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"]), .brew(["zlib"])]
+        ),
+        .systemLibrary(
+            name: "CZstd",
+            pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"]), .brew(["zstd"])]
+        ),
         // In-memory transport and deterministic loop for tests.
         .target(name: "IPCInProcess", dependencies: ["IPCProtocol", "CPerfettoIPCLinux"]),
         // Perfetto's tracing service, producers and consumers, on the shared-memory ABI.
         .target(
             name: "TracingAPI",
             dependencies: [
-                "IPCProtocol", "CPerfettoIPCLinux",
+                "IPCProtocol", "CPerfettoIPCLinux", "CZlib", "CZstd",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
             ]

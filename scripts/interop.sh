@@ -17,6 +17,33 @@ failed=0
 count() { # $1 = trace, $2 = field pattern; prints the number of top-level packets with it
   protoc --decode_raw < "$1" | grep -c "^  $2 {" || true
 }
+count_inflated() { # $1 = trace, $2 = field number; like count, inside compressed_packets (deflate)
+  python3 - "$1" "$2" <<'PY'
+import sys, zlib
+def varint(b, i):
+    v = s = 0
+    while True:
+        v |= (b[i] & 0x7F) << s; i += 1; s += 7
+        if b[i - 1] < 0x80: return v, i
+def fields(b):
+    i = 0
+    while i < len(b):
+        key, i = varint(b, i)
+        kind = key & 7
+        if kind == 0: _, i = varint(b, i); yield key >> 3, None
+        elif kind == 1: i += 8; yield key >> 3, None
+        elif kind == 5: i += 4; yield key >> 3, None
+        else:
+            n, i = varint(b, i); yield key >> 3, b[i:i + n]; i += n
+want, total, compressed = int(sys.argv[2]), 0, 0
+for _, packet in fields(open(sys.argv[1], 'rb').read()):
+    for number, value in fields(packet):
+        if number == 50:
+            compressed += 1
+            total += sum(1 for _, inner in fields(zlib.decompress(value)) if any(n == want for n, _ in fields(inner)))
+print(total if compressed else 0)
+PY
+}
 expect() { # $1 = label, $2 = got, $3 = wanted
   if [ "$2" -ge "$3" ]; then echo "ok    $1: $2"; else echo "FAIL  $1: $2, wanted $3"; failed=1; fi
 }
@@ -25,6 +52,8 @@ printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "track_
 printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "tracebox.test" } }' \
   'data_sources { config { name: "track_event" track_event_config { enabled_categories: "tracebox" } } }' \
   'duration_ms: 1500' 'write_into_file: true' 'file_write_period_ms: 500' > "$work/ours.txt"
+printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "tracebox.test" } }' \
+  'duration_ms: 1500' 'compression_type: COMPRESSION_TYPE_DEFLATE' > "$work/deflate.txt"
 
 service "$ours" traced
 "$real/perfetto" --query >"$work/query.txt" 2>&1 && expect "real perfetto --query -> our traced" 1 1
@@ -35,6 +64,10 @@ expect "real SDK producer -> our traced -> real perfetto (track events)" "$(coun
 sleep 0.3
 "$real/perfetto" -c "$work/ours.txt" --txt -o "$work/b.pftrace" >/dev/null 2>&1
 expect "our producer -> our traced -> real perfetto, write_into_file (test packets)" "$(count "$work/b.pftrace" 900)" 50
+"$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
+sleep 0.3
+"$real/perfetto" -c "$work/deflate.txt" --txt -o "$work/e.pftrace" >/dev/null 2>&1
+expect "our producer -> our traced -> real perfetto, deflate (test packets in compressed_packets)" "$(count_inflated "$work/e.pftrace" 900)" 50
 stop_service
 
 service "$real/traced"
@@ -42,6 +75,10 @@ service "$real/traced"
 sleep 0.3
 "$real/perfetto" -c "$work/ours.txt" --txt -o "$work/c.pftrace" >/dev/null 2>&1
 expect "our producer -> real traced -> real perfetto (test packets)" "$(count "$work/c.pftrace" 900)" 50
+"$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
+sleep 0.3
+"$ours" perfetto -c "$work/deflate.txt" --txt -o "$work/f.pftrace" 2>/dev/null
+expect "our producer -> real traced -> our perfetto, deflate (test packets in compressed_packets)" "$(count_inflated "$work/f.pftrace" 900)" 50
 "$real/example_system_wide" >/dev/null 2>&1 & pids+=($!)
 sleep 0.3
 "$ours" perfetto -c "$work/sdk.txt" --txt -o "$work/d.pftrace" 2>/dev/null

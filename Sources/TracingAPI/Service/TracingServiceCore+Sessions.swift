@@ -549,6 +549,7 @@ extension TracingServiceCore {
             if complete {
                 packets.append(TracePacketParts(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)))
             }
+            if let compression = session.compression { packets = compression.compress(packets) }
         }
         let readNext: () -> Void = { [weak self, weak consumer] in
             guard let self, let consumer, consumer.connected else { return }
@@ -573,12 +574,13 @@ extension TracingServiceCore {
     }
 
     /// Everything readable now: service packets, then producers' packets stamped with trusted
-    /// fields, then the stats.
+    /// fields, then the stats; filtered and compressed as the session's config asks.
     func collectPackets(_ session: TracingSession) -> [TracePacketParts] {
         var packets = leadingPackets(session).map(TracePacketParts.init)
         _ = appendBufferPackets(session, into: &packets, maxChunkBytes: .max)
         applyTraceFilter(of: session, to: &packets)
         packets.append(TracePacketParts(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)))
+        if let compression = session.compression { return compression.compress(packets) }
         return packets
     }
 

@@ -93,6 +93,8 @@ final class TracingSession {
     /// What went through the filter, as the trace stats report it: packets and bytes in, bytes
     /// out, packets that did not parse (each read out empty).
     var filterStats = TraceStats.FilterStats()
+    /// How packets are compressed as they are read out (the config's `compression`), if at all.
+    let compression: TraceCompression?
     var configEmitted = false
     /// Machines whose relay's system info / clock sync is in this session's trace already.
     var machinesWithSystemInfo: Set<UInt32> = []
@@ -196,6 +198,7 @@ final class TracingSession {
         self.consumerUID = consumerUID
         self.config = config
         self.bufferIDs = bufferIDs
+        compression = TraceCompression(config)
     }
 
     /// The trusted packet sequence id of a writer: assigned on first sight, stable afterwards.

@@ -95,4 +95,50 @@ public enum TraceFile {
         }
         return packets
     }
+
+    /// `packets` with every compressed packet (`compressed_packets`, deflate, or
+    /// `zstd_compressed_packets`, as Perfetto's traced writes them when a session's config asks
+    /// for compression) replaced by the packets it holds; other packets as they are.
+    ///
+    /// Throws when a compressed packet does not expand to a trace, or would expand past
+    /// `maxBytes` in all (a bound against a stream made to expand without end).
+    public static func decompressPackets(
+        _ packets: [TracePacketData], maxBytes: Int = 1 << 30
+    ) throws(TracingError) -> [TracePacketData] {
+        var expanded: [TracePacketData] = []
+        var budget = maxBytes
+        for packet in packets {
+            guard let (codec, payload) = compressedPayload(of: packet) else {
+                expanded.append(packet)
+                continue
+            }
+            let stream = try packet.bytes.withUnsafeBytes { bytes in
+                let compressed = UnsafeRawBufferPointer(rebasing: bytes[payload])
+                return switch codec {
+                case .deflate: TraceDecompression.inflate(compressed, maxBytes: budget)
+                case .zstd: TraceDecompression.zstdDecompress(compressed, maxBytes: budget)
+                }
+            }.get()
+            budget -= stream.count
+            expanded.append(contentsOf: try decodePackets(stream))
+        }
+        return expanded
+    }
+
+    /// The codec and the compressed bytes of a packet whose only field is a compressed stream.
+    private static func compressedPayload(of packet: TracePacketData) -> (TraceCompression, Range<Int>)? {
+        packet.bytes.withUnsafeBytes { bytes in
+            var found: (TraceCompression, Range<Int>)?
+            var fields = 0
+            let wellFormed = ProtoEncoding.walkFields(in: bytes) { field in
+                fields += 1
+                guard field.wireType == 2 else { return true }
+                if field.number == 50 { found = (.deflate, field.bytes) }
+                if field.number == 133 { found = (.zstd(level: 0), field.bytes) }
+                return true
+            }
+            return wellFormed && fields == 1 ? found : nil
+        }
+    }
 }
+
