@@ -192,6 +192,25 @@ final class TraceWriterTests {
         #expect(stats.chunksOverwritten == 0)
     }
 
+    /// (size hint, page size hint) -> (size, page size), as traced sizes them.
+    static let sharedMemoryHints: [(Int, Int, Int, Int)] = [
+        (8192, 4096, 8192, 4096),
+        (1 << 30, 4096, 32 << 20, 4096),  // a size past 32 MiB is lowered to it
+        (1 << 20, 1 << 16, 1 << 20, 32 << 10),  // a page past 32 KiB, to that
+        (4_294_967_295, 4_294_967_295, 32 << 20, 32 << 10),
+        (10_000, 4096, 256 << 10, 4096),  // no multiple of the page: the defaults
+        (1 << 20, 12 << 10, 256 << 10, 4096),  // three 4 KiB pages: the defaults
+    ]
+
+    @Test(arguments: sharedMemoryHints)
+    func sharedMemoryHintsAreLoweredToTheLargestSizesOrReplacedWhenInvalid(_ hints: (Int, Int, Int, Int)) throws {
+        let (sizeHint, pageSizeHint, size, pageSize) = hints
+        let options = ProducerConnectionOptions(name: "app", sharedMemorySizeHint: sizeHint, sharedMemoryPageSizeHint: pageSizeHint)
+        let (producer, _, _) = startSession(options: options)
+        #expect(producer.endpoint.sharedMemory?.size == size)
+        #expect(producer.endpoint.sharedMemory?.pageSize == pageSize)
+    }
+
     @Test func fullSharedMemoryDropsPacketsAndMarksTheSequence() throws {
         // Two 4 KiB pages of shared memory: the third chunk finds no room until the service
         // has moved the first two.

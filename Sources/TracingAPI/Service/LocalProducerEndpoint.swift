@@ -109,8 +109,11 @@ final class LocalProducerEndpoint: ProducerEndpoint, @unchecked Sendable {
     /// Returns false if it could not be created.
     func ensureSharedMemory(defaultSize: Int, defaultPageSize: Int) -> Bool {
         if serviceMapping != nil || emulatedPageSize != nil { return true }
-        var pageSize = pageSizeHint == 0 ? defaultPageSize : pageSizeHint
-        var size = sizeHint == 0 ? defaultSize : sizeHint
+        // As traced: hints past the largest sizes are lowered to them; a layout still invalid
+        // (a page size that is no power-of-two number of 4 KiB pages, a size that is no
+        // multiple of it) gets the defaults.
+        var pageSize = min(pageSizeHint == 0 ? defaultPageSize : pageSizeHint, SharedMemoryABI.maxServicePageSize)
+        var size = min(sizeHint == 0 ? defaultSize : sizeHint, SharedMemoryABI.maxBufferSize)
         if !SharedMemoryBuffer.isValid(size: size, pageSize: pageSize) {
             pageSize = defaultPageSize
             size = defaultSize
