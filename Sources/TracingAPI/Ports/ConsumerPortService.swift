@@ -169,23 +169,13 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
         reply: Deferred<Perfetto_Protos_QueryServiceStateResponse>
     ) {
         let consumer = consumer(context)
-        consumer.endpoint.queryEncodedServiceState(sessionsOnly: request.sessionsOnly) { [weak consumer] success, encoded in
-            guard success else { return reply.reject() }
-            // The usual case, a state that fits one reply: its bytes become the reply's
-            // service_state field as they are.
-            let replySize = 1 + ProtoEncoding.varintSize(UInt64(encoded.count)) + encoded.count
-            if replySize < ServiceStateChunks.chunkBudget {
-                return reply.resolve(serializedSize: replySize, hasMore: false) { frame in
-                    frame.storeBytes(of: 0x0A, as: UInt8.self)  // field 1, length-delimited
-                    let header = 1 + ProtoEncoding.storeVarint(UInt64(encoded.count), to: frame.baseAddress! + 1)
-                    encoded.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: frame[header...]).copyMemory(from: $0) }
-                }
-            }
-            guard let consumer, let whole = try? TracingServiceState(serializedBytes: encoded) else { return reply.reject() }
+        consumer.endpoint.queryEncodedServiceState(sessionsOnly: request.sessionsOnly) { [weak consumer] success, parts in
+            guard success, let consumer, let chunks = ServiceStateChunks.plan(parts) else { return reply.reject() }
             // Paced like a read: producers may register tens of megabytes of descriptors, and
             // a state queued whole passed the send-queue bound, which cost the asking consumer
-            // its connection (every full query failed, root's too).
-            consumer.sendPaced(ServiceStateChunks.split(whole), from: 0, to: reply)
+            // its connection (every full query failed, root's too). The chunks are copied
+            // from the encoded state as each is sent.
+            consumer.sendPaced(chunks, of: parts, from: 0, to: reply)
         }
     }
 
@@ -291,26 +281,28 @@ final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
         }
     }
 
-    /// Sends `chunks[index...]` of a service state, each while the connection has less than
-    /// `readBytesInFlight` queued; goes on when it has taken what was queued (or shortly, on a
-    /// transport that cannot say).
+    /// Sends `chunks[index...]` of the service state encoded in `parts`, each while the connection has
+    /// less than `readBytesInFlight` queued; goes on when it has taken what was queued (or
+    /// shortly, on a transport that cannot say).
     func sendPaced(
-        _ chunks: [TracingServiceState], from index: Int, to reply: Deferred<Perfetto_Protos_QueryServiceStateResponse>
+        _ chunks: [ServiceStateChunks.Chunk], of parts: [[UInt8]], from index: Int,
+        to reply: Deferred<Perfetto_Protos_QueryServiceStateResponse>
     ) {
         var index = index
         while index < chunks.count {
             guard reply.queuedSendBytes < Self.readBytesInFlight else {
                 let next = index
-                let goOn: () -> Void = { [weak self] in self?.sendPaced(chunks, from: next, to: reply) }
+                let goOn: () -> Void = { [weak self] in self?.sendPaced(chunks, of: parts, from: next, to: reply) }
                 if !reply.whenSendQueueDrains(goOn) {
                     _ = eventLoop.scheduleTask(after: Self.readRetryInterval, goOn)
                 }
                 return
             }
-            var response = Perfetto_Protos_QueryServiceStateResponse()
-            response.serviceState = chunks[index]
-            reply.resolve(response, hasMore: index < chunks.count - 1)
+            let chunk = chunks[index]
             index += 1
+            reply.resolve(serializedSize: ServiceStateChunks.encodedSize(of: chunk), hasMore: index < chunks.count) { frame in
+                ServiceStateChunks.encode(chunk, of: parts, into: frame)
+            }
         }
     }
 

@@ -214,48 +214,112 @@ enum ServiceStateChunks {
         }
     }
 
-    /// `state` cut into chunks that each fit a reply and concatenate to the whole.
-    ///
-    /// The scalar fields go in the first chunk, then producers, data sources and sessions one
-    /// by one, a new chunk whenever the next would not fit (repeated fields concatenate, so the
-    /// chunks parse as the whole). Unlike Perfetto's, nothing is assumed to fit: many producers
-    /// or sessions take several chunks too, and one entry too large for a chunk of its own (a
-    /// producer's name of 100 KiB) is trimmed rather than failing every query.
-    static func split(_ state: TracingServiceState) -> [TracingServiceState] {
-        var head = state
-        let entries = state.producers.map(Entry.producer) + state.dataSources.map(Entry.dataSource)
-            + state.tracingSessions.map(Entry.session)
-        head.producers = []
-        head.dataSources = []
-        head.tracingSessions = []
-        var chunks: [TracingServiceState] = []
-        var current = head
-        var currentSize = serializedSize(head)
-        for original in entries {
-            var entry = original
-            var single = TracingServiceState()
-            entry.add(to: &single)
-            var size = serializedSize(single)
-            if size >= chunkBudget {
-                entry = original.trimmed
-                single = TracingServiceState()
-                entry.add(to: &single)
-                size = serializedSize(single)
+    /// Part of a chunk: bytes of a part of the encoded state as they are, or an entry encoded
+    /// again, trimmed.
+    enum Piece {
+        case original(part: Int, Range<Int>)
+        case trimmed([UInt8])
+
+        var count: Int {
+            switch self {
+            case .original(_, let range): range.count
+            case .trimmed(let bytes): bytes.count
             }
-            if currentSize + size < chunkBudget {
-                entry.add(to: &current)
-                currentSize += size
+        }
+    }
+
+    /// One reply's TracingServiceState: its pieces, in order, and their size.
+    struct Chunk {
+        var pieces: [Piece] = []
+        var size = 0
+
+        mutating func append(_ piece: Piece) {
+            size += piece.count
+            // Fields that follow each other in the encoded state stay one range.
+            if case .original(let part, let next) = piece, case .original(part, let last)? = pieces.last,
+               last.upperBound == next.lowerBound {
+                pieces[pieces.count - 1] = .original(part: part, last.lowerBound..<next.upperBound)
             } else {
-                chunks.append(current)
-                current = single
-                currentSize = size
+                pieces.append(piece)
             }
+        }
+    }
+
+    /// A TracingServiceState, encoded in `parts` whose bytes concatenate to it, cut into
+    /// chunks that each fit a reply and concatenate to the whole; nil if a part is not a
+    /// well-formed message.
+    ///
+    /// The state is cut between its top-level fields (a producer, a data source, a session, a
+    /// scalar), in order, a new chunk whenever the next field would not fit: repeated fields
+    /// concatenate, so the chunks parse as the whole. Nothing is decoded or copied but an entry
+    /// too large for a chunk of its own (a producer's name of 100 KiB), which is trimmed rather
+    /// than failing every query. Unlike Perfetto's, nothing is assumed to fit: many producers
+    /// or sessions take several chunks too.
+    static func plan(_ parts: [[UInt8]]) -> [Chunk]? {
+        var chunks: [Chunk] = []
+        var current = Chunk()
+        for (partIndex, part) in parts.enumerated() {
+            var fieldStart = 0
+            var failed = false
+            let wellFormed = part.withUnsafeBytes { bytes in
+                ProtoEncoding.walkFields(in: bytes) { field in
+                    defer { fieldStart = field.end }
+                    var piece = Piece.original(part: partIndex, fieldStart..<field.end)
+                    if piece.count >= chunkBudget {
+                        guard let trimmed = trimmedEntry(field.number, UnsafeRawBufferPointer(rebasing: bytes[field.bytes])) else {
+                            failed = true
+                            return false
+                        }
+                        piece = .trimmed(trimmed)
+                    }
+                    if !current.pieces.isEmpty && current.size + piece.count >= chunkBudget {
+                        chunks.append(current)
+                        current = Chunk()
+                    }
+                    current.append(piece)
+                    return true
+                }
+            }
+            guard wellFormed, !failed else { return nil }
         }
         chunks.append(current)
         return chunks
     }
 
-    private static func serializedSize(_ state: TracingServiceState) -> Int {
-        (try? state.serializedBytes() as [UInt8])?.count ?? 0
+    /// The entry a top-level field of `number` holds, trimmed and encoded as a state of its own.
+    private static func trimmedEntry(_ number: Int, _ bytes: UnsafeRawBufferPointer) -> [UInt8]? {
+        let entry: Entry?
+        switch number {
+        case 1: entry = (try? TracingServiceState.Producer(serializedBytes: Array(bytes))).map(Entry.producer)
+        case 2: entry = (try? TracingServiceState.DataSource(serializedBytes: Array(bytes))).map(Entry.dataSource)
+        case 6: entry = (try? TracingServiceState.TracingSession(serializedBytes: Array(bytes))).map(Entry.session)
+        default: entry = nil
+        }
+        guard let entry else { return nil }
+        var single = TracingServiceState()
+        entry.trimmed.add(to: &single)
+        return try? single.serializedBytes()
+    }
+
+    /// Writes `chunk` of the state encoded in `parts` as a QueryServiceStateResponse (its
+    /// `service_state`, field 1) into `frame`, which is ``encodedSize(of:)`` bytes.
+    static func encode(_ chunk: Chunk, of parts: [[UInt8]], into frame: UnsafeMutableRawBufferPointer) {
+        guard let base = frame.baseAddress else { return }
+        base.storeBytes(of: 0x0A, as: UInt8.self)
+        var at = base + 1 + ProtoEncoding.storeVarint(UInt64(chunk.size), to: base + 1)
+        for piece in chunk.pieces {
+            switch piece {
+            case .original(let part, let range):
+                parts[part].withUnsafeBytes { at.copyMemory(from: $0.baseAddress! + range.lowerBound, byteCount: range.count) }
+            case .trimmed(let bytes):
+                bytes.withUnsafeBytes { at.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            }
+            at += piece.count
+        }
+    }
+
+    /// The size of the QueryServiceStateResponse `chunk` makes.
+    static func encodedSize(of chunk: Chunk) -> Int {
+        1 + ProtoEncoding.varintSize(UInt64(chunk.size)) + chunk.size
     }
 }

@@ -4,8 +4,9 @@
 // script waiting for a data source to show up) asks again and again while they rarely
 // change. Their part of the message is encoded once and kept until a producer connects or
 // goes or a data source is registered, updated or unregistered; each query encodes only the
-// sessions and counts, and appends the kept bytes. Protobuf reads the fields of a message in
-// any order and appends repeated fields, so the two parts parse as the whole state.
+// sessions and counts, and the reply goes on with the kept bytes (shared, never copied per
+// query). Protobuf reads the fields of a message in any order and appends repeated fields, so
+// the two parts parse as the whole state.
 
 import SwiftProtobuf
 
@@ -23,15 +24,15 @@ extension TracingServiceCore {
         encodedProducers = nil
     }
 
-    /// ``serviceState(sessionsOnly:for:)`` encoded as a `TracingServiceState`; nil if it
-    /// cannot be encoded.
-    func encodedServiceState(sessionsOnly: Bool, for uid: UInt32) -> [UInt8]? {
-        guard var bytes: [UInt8] = try? serviceState(sessionsOnly: true, for: uid).serializedBytes() else { return nil }
-        if !sessionsOnly {
-            guard let producersPart = currentEncodedProducers() else { return nil }
-            bytes += producersPart
-        }
-        return bytes
+    /// ``serviceState(sessionsOnly:for:)`` encoded as a `TracingServiceState`, in parts whose
+    /// bytes concatenate to it: the sessions and counts, then the kept producers part (shared,
+    /// not copied: a query waiting on a slow consumer holds no copy of it). Nil if it cannot be
+    /// encoded.
+    func encodedServiceState(sessionsOnly: Bool, for uid: UInt32) -> [[UInt8]]? {
+        guard let bytes: [UInt8] = try? serviceState(sessionsOnly: true, for: uid).serializedBytes() else { return nil }
+        if sessionsOnly { return [bytes] }
+        guard let producersPart = currentEncodedProducers() else { return nil }
+        return [bytes, producersPart]
     }
 
     private func currentEncodedProducers() -> [UInt8]? {

@@ -80,11 +80,12 @@ final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
         service.post { callback(true, state) }
     }
 
-    /// The same state, encoded as a `TracingServiceState` message: what ConsumerPort sends.
-    func queryEncodedServiceState(sessionsOnly: Bool, _ callback: @escaping (Bool, [UInt8]) -> Void) {
+    /// The same state, encoded as a `TracingServiceState` message in parts whose bytes
+    /// concatenate to it: what ConsumerPort sends.
+    func queryEncodedServiceState(sessionsOnly: Bool, _ callback: @escaping (Bool, [[UInt8]]) -> Void) {
         guard let service = liveService else { return }
-        let bytes = service.encodedServiceState(sessionsOnly: sessionsOnly, for: uid)
-        service.post { callback(bytes != nil, bytes ?? []) }
+        let parts = service.encodedServiceState(sessionsOnly: sessionsOnly, for: uid)
+        service.post { callback(parts != nil, parts ?? []) }
     }
 
     func queryCapabilities(_ callback: @escaping (TracingServiceCapabilities) -> Void) {

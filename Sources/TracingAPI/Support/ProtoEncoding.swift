@@ -91,6 +91,8 @@ enum ProtoEncoding {
         let varint: UInt64
         /// The bytes of a length-delimited field (empty for the other types).
         let bytes: Range<Int>
+        /// Where the field ends (the next one starts).
+        let end: Int
     }
 
     /// Walks the top-level fields of `bytes` until `visit` returns false. Returns false if
@@ -122,7 +124,7 @@ enum ProtoEncoding {
             default:
                 return false
             }
-            guard visit(Field(number: Int(number), wireType: key & 7, varint: varint, bytes: range)) else { return false }
+            guard visit(Field(number: Int(number), wireType: key & 7, varint: varint, bytes: range, end: position)) else { return false }
         }
         return true
     }
