@@ -4,7 +4,8 @@
 //
 //   swift build -c release --product TracingIPCBench && .build/release/TracingIPCBench [PACKETS [SECTIONS]]
 //
-// SECTIONS: a comma-separated subset of produce,read,rtt,idle (all by default).
+// SECTIONS: a comma-separated subset of produce,read,compressed,rtt,idle (all but compressed
+// by default).
 //
 //   produce    packets of 40 B and 1 KiB from 1 and 4 writer threads, committed through
 //              CommitData into the session's buffer; floors: the in-process service (same code,
@@ -12,6 +13,10 @@
 //              Writers stall rather than drop: a packet lost fails the run.
 //   read       ReadBuffers of a full 64 MiB buffer, five rounds; floor: the same bytes through
 //              a plain unix socket between two threads, right after each round; the median ratio.
+//   compressed ReadBuffers of a full 64 MiB buffer of text-like packets (about 4x compressible),
+//              uncompressed, deflate and zstd (level 3) taking turns, three rounds; MB/s of the
+//              trace before compression, the size read, and the service's CPU; with
+//              PERFETTO_TRACED, deflate through Perfetto's traced too.
 //   rtt        QueryCapabilities and QueryServiceState (20 producers connected), p50, against an
 //              Echo round trip to the same process, the three calls taking turns.
 //   idle       the service's resident memory per idle producer and per idle consumer connection.
@@ -163,8 +168,26 @@ func descriptor() -> DataSourceDescriptor {
     return descriptor
 }
 
-func config(bufferMiB: UInt32) -> TraceConfig {
+/// How a session's trace is compressed (none, deflate, zstd at a level).
+enum Compression: CustomStringConvertible {
+    case none, deflate, zstd(Int32)
+
+    var description: String {
+        switch self {
+        case .none: "uncompressed"
+        case .deflate: "deflate"
+        case .zstd(let level): "zstd \(level)"
+        }
+    }
+}
+
+func config(bufferMiB: UInt32, compression: Compression = .none) -> TraceConfig {
     var config = TraceConfig()
+    switch compression {
+    case .none: break
+    case .deflate: config.compressionType = .deflate
+    case .zstd(let level): config.compression.zstd.level = level
+    }
     var buffer = TraceConfig.BufferConfig()
     buffer.sizeKb = bufferMiB * 1024
     buffer.fillPolicy = .discard
@@ -183,9 +206,9 @@ func waitFor(_ loop: Loop, _ condition: @escaping () -> Bool) {
 
 /// A producer of `bench.source` (4 MiB of shared memory) and a consumer, connected to
 /// `service`, with a session of one `bufferMiB` buffer started and the data source running.
-func startSession(service: any TracingService, loop: Loop, producerName: String, bufferMiB: UInt32)
-    -> (BenchProducer, BenchConsumer)
-{
+func startSession(
+    service: any TracingService, loop: Loop, producerName: String, bufferMiB: UInt32, compression: Compression = .none
+) -> (BenchProducer, BenchConsumer) {
     let producer = BenchProducer()
     let consumer = BenchConsumer()
     loop.sync {
@@ -194,7 +217,7 @@ func startSession(service: any TracingService, loop: Loop, producerName: String,
         consumer.endpoint = service.connectConsumer(consumer, uid: getuid())
     }
     waitFor(loop) { producer.connected && consumer.connected }
-    loop.sync { consumer.endpoint.enableTracing(config(bufferMiB: bufferMiB), outputFile: nil) }
+    loop.sync { consumer.endpoint.enableTracing(config(bufferMiB: bufferMiB, compression: compression), outputFile: nil) }
     waitFor(loop) { producer.started != nil }
     return (producer, consumer)
 }
@@ -321,6 +344,56 @@ func readRound(system: SystemTracingService, loop: Loop, service: pid_t)
     }
     return (seconds, socketCopySeconds(consumer.bytes, wholeTrace: false), socketCopySeconds(consumer.bytes, wholeTrace: true),
             consumer.bytes, consumer.received, growth, busy)
+}
+
+/// 4,096 payloads of 1,000 bytes of words drawn from 256 (about 4x compressible by deflate, as
+/// traces of names and numbers are), distinct enough that a compressor's window never holds a
+/// repeat of the packet it compresses.
+let textPayloads: [[UInt8]] = {
+    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+    func next() -> UInt64 {
+        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return state >> 33
+    }
+    let words: [[UInt8]] = (0..<256).map { _ in
+        (0..<(3 + Int(next() % 8))).map { _ in UInt8(ascii: "a") + UInt8(next() % 26) } + [UInt8(ascii: " ")]
+    }
+    return (0..<4096).map { _ in
+        var payload: [UInt8] = []
+        while payload.count < 1000 { payload += words[Int(next() % 256)] }
+        return Array(payload.prefix(1000))
+    }
+}()
+
+/// One compressed-read round: fills a 64 MiB buffer of `textPayloads` in a session compressed
+/// as `compression`, times one ReadBuffers of it. Returns the seconds, the bytes and packets
+/// received, and the service's CPU seconds.
+func compressedReadRound(system: SystemTracingService, loop: Loop, service: pid_t, compression: Compression)
+    -> (seconds: Double, bytes: Int, packets: Int, serviceCPU: Double)
+{
+    let (producer, consumer) = startSession(
+        service: system, loop: loop, producerName: "compressed-bench", bufferMiB: 64, compression: compression)
+    let writer = loop.sync { producer.endpoint.createTraceWriter(targetBuffer: producer.started!.buffer, policy: .stall(timeout: .seconds(10)))! }
+    for index in 0..<(64 * 1024 - 2048) {
+        textPayloads[index % textPayloads.count].withUnsafeBytes { bytes in
+            writer.newTracePacket { $0.appendVarint(8, UInt64(index)); $0.appendBytes(900, bytes) }
+        }
+    }
+    writer.flush()
+    loop.wait { done in consumer.endpoint.flush(timeoutMs: 60_000, flags: FlushFlags()) { _ in done() } }
+    let serviceCPU = cpuSeconds(service)
+    let start = now()
+    loop.sync { consumer.endpoint.readBuffers() }
+    waitFor(loop) { consumer.readDone }
+    let seconds = now() - start
+    let cpu = cpuSeconds(service) - serviceCPU
+    loop.sync {
+        writer.close()
+        consumer.endpoint.freeBuffers()
+        producer.endpoint.disconnect()
+        consumer.endpoint.disconnect()
+    }
+    return (seconds, consumer.bytes, consumer.received, cpu)
 }
 
 /// Writes `command` to the fifo named by PERF_CTL_FIFO, if any (`perf record --control`).
@@ -497,6 +570,32 @@ nonisolated func runBenchmarks() throws {
             + "\(format(median(ratios)))x (\(format(ratios.min()!))–\(format(ratios.max()!))x), to one from the whole trace in memory "
             + "\(format(median(wholeTraceRatios)))x (\(format(wholeTraceRatios.min()!))–\(format(wholeTraceRatios.max()!))x); "
             + "consumer memory grew \(format(growth))x the trace")
+    }
+
+    // Compressed reads: the same text-like trace read uncompressed, deflated and zstd'ed, in turns.
+    if sections.contains("compressed") {
+        var kinds: [(Compression, SystemTracingService, pid_t, String)] = [
+            (.none, system, child, "ours"), (.deflate, system, child, "ours"), (.zstd(3), system, child, "ours"),
+        ]
+        if let realSystem { kinds.append((.deflate, realSystem, realTraced, "Perfetto's traced")) }
+        var results = [[(seconds: Double, bytes: Int, packets: Int, serviceCPU: Double)]](repeating: [], count: kinds.count)
+        for _ in 0..<3 {
+            for (index, kind) in kinds.enumerated() {
+                results[index].append(compressedReadRound(system: kind.1, loop: loop, service: kind.2, compression: kind.0))
+            }
+        }
+        // The trace's size before compression: what the uncompressed read received.
+        let traceBytes = Double(results[0].map(\.bytes).max()!)
+        print("compressed: ReadBuffers of a 64 MiB buffer of text-like packets (\(format(traceBytes / 1048576, 1)) MiB), "
+            + "median of 3; MB/s of the trace before compression")
+        for (index, kind) in kinds.enumerated() {
+            let rounds = results[index]
+            let rate = median(rounds.map { traceBytes / $0.seconds / 1e6 })
+            let size = median(rounds.map { Double($0.bytes) })
+            print("  \(kind.3), \(kind.0): \(format(rate, 0)) MB/s, \(format(size / 1048576, 1)) MiB read "
+                + "(\(format(traceBytes / size))x smaller), \(format(median(rounds.map { Double($0.packets) }), 0)) packets, "
+                + "service CPU \(format(median(rounds.map(\.serviceCPU)) * 1000, 0)) ms")
+        }
     }
 
     // Round trips: ConsumerPort calls with 20 producers connected, against Echo to the same process.

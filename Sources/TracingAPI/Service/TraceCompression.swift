@@ -3,9 +3,10 @@
 // the result goes out as one packet holding only `compressed_packets` (deflate, zlib format) or
 // `zstd_compressed_packets` (one zstd frame). Trace processor and the Perfetto UI expand both.
 //
-// Reads compress after the trace filter and with the stats packet inside, as traced does. Both
-// ways of reading (ReadBuffers, the output file) compress about 1 MiB of packets into each
-// packet (traced: 32 KiB per ReadBuffers task, 1 MiB per file write).
+// Reads compress after the trace filter and with the stats packet inside, as traced does.
+// ReadBuffers compresses each part it reads (256 KiB of chunks, so that the loop stays
+// responsive), the output file about 1 MiB of packets into each packet (traced: 32 KiB per
+// ReadBuffers task, 1 MiB per file write).
 
 import CZlib
 import CZstd

@@ -542,7 +542,8 @@ extension TracingServiceCore {
         // A session written into a file is read by the file writer only, as in Perfetto.
         if !session.isWritingIntoFile {
             if first { packets = leadingPackets(session).map(TracePacketParts.init) }
-            let part = appendBufferPackets(session, into: &packets, maxChunkBytes: max(1, min(readPartChunkBytes, remaining)))
+            let partBytes = session.compression == nil ? readPartChunkBytes : min(readPartChunkBytes, compressedReadPartChunkBytes)
+            let part = appendBufferPackets(session, into: &packets, maxChunkBytes: max(1, min(partBytes, remaining)))
             left -= part.chunkBytes
             complete = part.complete || left <= 0
             applyTraceFilter(of: session, to: &packets)

@@ -109,6 +109,10 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     /// buffer used to be read whole first, the consumer idle meanwhile). Loop-only; tests set
     /// it small to read in many parts.
     var readPartChunkBytes = 2 << 20
+    /// The same for a session read compressed: compressing is slow (deflate ~30 MB/s here), and
+    /// every producer's commits and consumer's calls wait for the loop meanwhile, so a part
+    /// takes at most ~10 ms of deflate (Perfetto's traced compresses 32 KiB per task).
+    var compressedReadPartChunkBytes = 256 << 10
 
     /// Runs `body` on a later loop turn: callbacks never run inside the call that caused them.
     func post(_ body: @escaping () -> Void) {
