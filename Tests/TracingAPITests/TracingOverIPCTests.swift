@@ -532,6 +532,63 @@ struct TracingOverIPCTests {
     }
 
     @Test(arguments: TracingBinding.all)
+    func aSessionWrittenIntoAFileIsClonedIntoTheClonersFile(_ binding: TracingBinding) throws {
+        // Cloning such a session gave an empty trace while saying the data was in the file
+        // (outside tester, round seven: Perfetto's `perfetto --clone-by-name` wrote 0 bytes).
+        // As traced does, the file so far is copied into the cloner's, then the buffers.
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let producer = connectedProducer(world, dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        producer.onStart = { _, writer in
+            writer.writeTestPacket(timestamp: 1, "written into the file")
+            writer.flush()
+        }
+        let owner = connectedConsumer(world)
+        let file = FileDescriptors.memfd(named: "trace", content: [])
+        var config = TracingConfigs.config()
+        config.writeIntoFile = true
+        config.fileWritePeriodMs = 100
+        config.uniqueSessionName = "long"
+        owner.endpoint.enableTracing(config, outputFile: file.duplicate())
+        world.run(until: { producer.started.count == 1 })
+        let texts = { (fd: Int32) in
+            ((try? Perfetto_Protos_Trace(serializedBytes: FileDescriptors.content(of: fd)))?.packet ?? [])
+                .filter { $0.trustedPacketSequenceID >= 2 }.map(\.forTesting.str)
+        }
+        world.run(until: { texts(file.rawValue) == ["written into the file"] }, "the first period was never written")
+        // Committed, and in the file or the buffer when the clone comes (the clone's flush
+        // takes it if neither): in the copy either way, once.
+        producer.writers.values.first?.writeTestPacket(timestamp: 2, "still in the buffer")
+        producer.writers.values.first?.flush()
+
+        let cloner = connectedConsumer(world)
+        var request = CloneSessionRequest()
+        request.uniqueSessionName = "long"
+        var refused: CloneSessionResponse?
+        cloner.endpoint.cloneSession(request) { refused = $0 }
+        world.run(until: { refused != nil })
+        #expect(refused?.success == false)
+        #expect(refused?.error == "Failed to clone 'write_into_file' session: a file descriptor is required to copy existing file")
+
+        let copy = FileDescriptors.memfd(named: "copy", content: [])
+        var cloned: CloneSessionResponse?
+        cloner.endpoint.cloneSession(request, outputFile: copy.duplicate()) { cloned = $0 }
+        world.run(until: { cloned != nil })
+        #expect(cloned?.success == true, Comment(rawValue: cloned?.error ?? ""))
+        #expect(cloned?.wasWriteIntoFile == true)
+        // Complete when the reply comes (Perfetto's CLI ends then): each packet once.
+        #expect(texts(copy.rawValue) == ["written into the file", "still in the buffer"])
+        read(cloner, world)
+        #expect(cloner.producerPackets().isEmpty, "the copy's data is in its file")
+
+        producer.writers.values.first?.writeTestPacket(timestamp: 3, "after the clone")
+        owner.endpoint.disableTracing()
+        world.run(until: { owner.disabledErrors == [""] })
+        #expect(texts(file.rawValue) == ["written into the file", "still in the buffer", "after the clone"],
+                "the original file is whole")
+    }
+
+    @Test(arguments: TracingBinding.all)
     func startupTracingMemoryIsAdoptedWhenSealedAndValid(_ binding: TracingBinding) throws {
         let world = try binding.make()
         defer { world.tearDown() }

@@ -558,6 +558,44 @@ final class TracingSessionTests {
     }
 
     @Test(arguments: TracingBinding.deterministic)
+    func aCloneIsReadThroughTheFilterUnlessItsRequestSkipsIt(_ binding: TracingBinding) throws {
+        // skip_trace_filter, which Perfetto's CLI sets for bug reports, was ignored: the copy
+        // stayed filtered (outside tester, round seven). Only the session's uid or root clones.
+        try use(binding)
+        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        registered(producer)
+        let owner = RecordingConsumer(service: clients)
+        var config = TracingConfigs.config()
+        config.traceFilter.bytecode = Data(FilterBytecode.timestampAndTestStrings)
+        owner.endpoint.enableTracing(config, outputFile: nil)
+        drive(loop, until: { producer.writers.count == 1 })
+        producer.writers.values.first!.newTracePacket { packet in
+            packet.appendNested(900) { event in
+                event.appendString(1, "kept")
+                event.appendVarint(2, 7)
+            }
+        }
+        producer.writers.values.first!.flush()
+        func cloneAndRead(skippingTheFilter: Bool) -> TracePacket? {
+            let reader = RecordingConsumer(service: clients)
+            var request = CloneSessionRequest()
+            request.sessionID = service.sessions.keys.min()!
+            request.skipTraceFilter = skippingTheFilter
+            var cloned: CloneSessionResponse?
+            reader.endpoint.cloneSession(request) { cloned = $0 }
+            drive(loop, until: { cloned != nil })
+            #expect(cloned?.success == true, Comment(rawValue: cloned?.error ?? ""))
+            reader.read(on: loop)
+            return reader.decodedPackets().first { if case .forTesting? = $0.data { true } else { false } }
+        }
+        let filtered = cloneAndRead(skippingTheFilter: false)
+        #expect(filtered?.forTesting.str == "kept" && filtered?.forTesting.seqValue == 0)
+        let whole = cloneAndRead(skippingTheFilter: true)
+        #expect(whole?.forTesting.str == "kept" && whole?.forTesting.seqValue == 7)
+        #expect(whole?.trustedPacketSequenceID != 0, "with its trusted fields")
+    }
+
+    @Test(arguments: TracingBinding.deterministic)
     func aStartTriggerThatNeverComesEndsTheSessionAtItsTimeoutWithNothingToRead(_ binding: TracingBinding) throws {
         try use(binding)
         let (app, consumer) = triggerSession(triggerConfig(.startTracing))

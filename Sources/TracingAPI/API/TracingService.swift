@@ -167,7 +167,13 @@ public protocol ConsumerEndpoint: AnyObject {
     /// unique name), after flushing it; the original goes on recording. Read the copy with
     /// ``readBuffers()``. Refused (success false, with an error) for a session of another uid,
     /// or when this consumer has a session already.
-    func cloneSession(_ request: CloneSessionRequest, _ callback: @escaping (CloneSessionResponse) -> Void)
+    ///
+    /// A session that writes into a file (`write_into_file`) is cloned into `outputFile`, as
+    /// Perfetto's traced does: what its file holds so far is copied in, then what its buffers
+    /// hold, all before the callback, whose response says `was_write_into_file`. Cloning such a
+    /// session without a file is refused. For other sessions `outputFile` is not used.
+    func cloneSession(
+        _ request: CloneSessionRequest, outputFile: ScopedFD?, _ callback: @escaping (CloneSessionResponse) -> Void)
     /// Applies the producer filters of `config`'s data sources to the running session (the only
     /// change a running session takes, as in Perfetto).
     func changeTraceConfig(_ config: TraceConfig)
@@ -231,5 +237,13 @@ extension ProducerEndpoint {
     /// memory is full, or nil before tracing is set up.
     public func createTraceWriter(targetBuffer: BufferID) -> TraceWriter? {
         createTraceWriter(targetBuffer: targetBuffer, policy: .stall())
+    }
+}
+
+extension ConsumerEndpoint {
+    /// ``cloneSession(_:outputFile:_:)`` without a file: for sessions read back with
+    /// ``readBuffers()``.
+    public func cloneSession(_ request: CloneSessionRequest, _ callback: @escaping (CloneSessionResponse) -> Void) {
+        cloneSession(request, outputFile: nil, callback)
     }
 }

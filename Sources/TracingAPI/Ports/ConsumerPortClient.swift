@@ -290,7 +290,9 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
         }
     }
 
-    public func cloneSession(_ request: CloneSessionRequest, _ callback: @escaping (CloneSessionResponse) -> Void) {
+    public func cloneSession(
+        _ request: CloneSessionRequest, outputFile: ScopedFD?, _ callback: @escaping (CloneSessionResponse) -> Void
+    ) {
         let failed: (String) -> Void = { error in
             var response = CloneSessionResponse()
             response.success = false
@@ -300,7 +302,9 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
         guard !ended else { return failLater { failed("the tracing service is not connected") } }
         let settle = expectReply { failed("the tracing service went away") }
         whenBound { port in
-            port.cloneSession(request) { result in
+            // The file goes along with the request, as Perfetto's CLI sends it: the service
+            // uses it only for a session that writes into a file.
+            port.cloneSession(request, fd: outputFile?.rawValue) { result in
                 guard settle(result.error) else { return }
                 if let response = result.message { callback(response) } else { failed("CloneSession was rejected") }
             }

@@ -204,10 +204,10 @@ public final class ConsumerPortService: Perfetto_Protos_ConsumerPortHandler {
         _ request: Perfetto_Protos_CloneSessionRequest, context: IPCCallContext,
         reply: Deferred<Perfetto_Protos_CloneSessionResponse>
     ) {
-        // A clone of a write_into_file session is read back, not written into a new file: the
-        // fd Perfetto's CLI may send is not used.
-        _ = context.takeReceivedFileDescriptor()
-        consumer(context).endpoint.cloneSession(request) { response in reply.resolve(response) }
+        // Perfetto's CLI sends its output file with every clone; the service writes into it
+        // only when the session it clones writes into a file.
+        let outputFile = context.takeReceivedFileDescriptor()
+        consumer(context).endpoint.cloneSession(request, outputFile: outputFile) { response in reply.resolve(response) }
     }
 
     public func clientDidDisconnect(_ client: IPCClientInfo) {

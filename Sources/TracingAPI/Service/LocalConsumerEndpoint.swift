@@ -110,7 +110,9 @@ final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
         }
     }
 
-    func cloneSession(_ request: CloneSessionRequest, _ callback: @escaping (CloneSessionResponse) -> Void) {
+    func cloneSession(
+        _ request: CloneSessionRequest, outputFile: ScopedFD?, _ callback: @escaping (CloneSessionResponse) -> Void
+    ) {
         guard let service = liveService else {
             var response = CloneSessionResponse()
             response.success = false
@@ -118,7 +120,7 @@ final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
             eventLoop.execute { [callback = UncheckedSendableBox(callback), response] in callback.value(response) }
             return
         }
-        service.cloneSession(consumer: self, request, callback)
+        service.cloneSession(consumer: self, request, outputFile: outputFile, callback)
     }
 
     func changeTraceConfig(_ config: TraceConfig) {

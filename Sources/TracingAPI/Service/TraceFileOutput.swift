@@ -128,6 +128,31 @@ final class TraceFileOutput {
         drainedCallbacks.append(body)
     }
 
+    /// The most a copy may leave waiting for an output that is not a regular file.
+    static let maxPendingCopyBytes = 16 << 20
+
+    /// Writes what this file holds, from its start (as traced's CloneSession copies it), into
+    /// `output`. Only a regular file can be read back. Returns why it failed, or nil.
+    func copyContents(into output: TraceFileOutput) -> String? {
+        guard kind == .file, !closed else { return "the session's output is not a file that can be read back" }
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        var offset: off_t = 0
+        while true {
+            let count = buffer.withUnsafeMutableBytes { pread(fd.rawValue, $0.baseAddress, $0.count, offset) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                return "Read failed: \(Self.describe(errno))"
+            }
+            if count == 0 { return nil }
+            offset += off_t(count)
+            guard output.write(Array(buffer[..<count])) else { return "Write failed: \(output.error ?? "")" }
+            // A pipe nobody drains would take the whole file into memory here.
+            if output.pending.count - output.pendingOffset > Self.maxPendingCopyBytes {
+                return "Write failed: the output does not take the copy"
+            }
+        }
+    }
+
     /// Stops writing and closes the descriptor; what still waits is dropped. Idempotent.
     func close() {
         guard !closed else { return }

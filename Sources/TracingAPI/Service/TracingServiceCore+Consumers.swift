@@ -62,7 +62,8 @@ extension TracingServiceCore {
     /// CloneSession: flushes the source session, then gives `consumer` a read-only session
     /// holding a copy of its buffers. The source goes on recording.
     func cloneSession(
-        consumer: LocalConsumerEndpoint, _ request: CloneSessionRequest, _ callback: @escaping (CloneSessionResponse) -> Void
+        consumer: LocalConsumerEndpoint, _ request: CloneSessionRequest, outputFile: ScopedFD?,
+        _ callback: @escaping (CloneSessionResponse) -> Void
     ) {
         func fail(_ error: String) {
             var response = CloneSessionResponse()
@@ -94,13 +95,34 @@ extension TracingServiceCore {
         }
         // A clone is a session of the cloning uid, and its buffers count: the same limits.
         if let error = cloneLimitError(source, for: consumer) { return fail(error) }
+        // A session written into a file is cloned into a file (what the file holds is no longer
+        // in its buffers), as traced does; another session's clone is read back.
+        var output: TraceFileOutput?
+        if source.outputFile != nil {
+            guard let outputFile else {
+                return fail("Failed to clone 'write_into_file' session: a file descriptor is required to copy existing file")
+            }
+            switch TraceFileOutput.open(outputFile, loop: eventLoop, stallTimeout: options.outputFileStallTimeout) {
+            case .success(let opened): output = opened
+            case .failure(let failure): return fail("Failed to clone 'write_into_file' session: \(failure.message)")
+            }
+        }
         let sourceID = source.id
         let finish: (Bool) -> Void = { [weak self, weak consumer] _ in
             guard let self, let consumer else { return }
             guard let source = self.sessions[sourceID] else { return fail("the session ended while it was cloned") }
             guard consumer.sessionID == nil else { return fail("the consumer already has a tracing session") }
             if let error = self.cloneLimitError(source, for: consumer) { return fail(error) }
-            callback(self.snapshot(source, for: consumer, forBugreport: request.sessionID == Self.bugreportSessionID))
+            // The file first, then the buffers, in the same turn: nothing is in both or neither.
+            if let output {
+                guard let sourceFile = source.outputFile else { return fail("the session's output file is gone") }
+                if let error = sourceFile.copyContents(into: output) {
+                    output.close()
+                    return fail("Failed to clone 'write_into_file' session: failed to copy existing file: \(error)")
+                }
+            }
+            let skipFilter = request.sessionID == Self.bugreportSessionID || request.skipTraceFilter
+            callback(self.snapshot(source, for: consumer, skipTraceFilter: skipFilter, outputFile: output))
         }
         if source.state == .started {
             flush(source, timeoutMs: source.flushTimeoutMs, flags: FlushFlags(), finish)
@@ -114,7 +136,9 @@ extension TracingServiceCore {
         return bufferMemoryError(adding: source.bufferIDs.reduce(0) { $0 + (buffers[$1]?.capacity ?? 0) }, uid: consumer.uid)
     }
 
-    private func snapshot(_ source: TracingSession, for consumer: LocalConsumerEndpoint, forBugreport: Bool) -> CloneSessionResponse {
+    private func snapshot(
+        _ source: TracingSession, for consumer: LocalConsumerEndpoint, skipTraceFilter: Bool, outputFile: TraceFileOutput?
+    ) -> CloneSessionResponse {
         var response = CloneSessionResponse()
         var bufferIDs: [BufferID] = []
         for id in source.bufferIDs {
@@ -123,16 +147,17 @@ extension TracingServiceCore {
             bufferIDs.append(cloneID)
         }
         var config = source.config
-        // The copy is read through ReadBuffers, whatever the original did with its data.
-        config.writeIntoFile = false
+        // The copy is written into its file at once, or read through ReadBuffers.
+        config.writeIntoFile = outputFile != nil
         let clone = TracingSession(
             id: nextSessionID, consumerID: consumer.connectionID, consumerUID: consumer.uid, config: config,
             bufferIDs: bufferIDs)
         nextSessionID += 1
         clone.state = .clonedReadOnly
-        // A copy is read through its source's filter, except a bug report's (traced's
-        // skip_trace_filter).
-        clone.traceFilter = forBugreport ? nil : source.traceFilter
+        // A copy is read through its source's filter, unless the request skips it (traced's
+        // skip_trace_filter: Perfetto's CLI sets it for bug reports; the cloning uid is the
+        // session's own, or root, so nothing is shown that uid could not see).
+        clone.traceFilter = skipTraceFilter ? nil : source.traceFilter
         // The triggers move to the copy, as in traced: a session snapshotted again and again
         // (CLONE_SNAPSHOT, for hours) would otherwise write every old trigger into each copy
         // and keep them all. The source then reads as if it had taken none.
@@ -144,7 +169,18 @@ extension TracingServiceCore {
         response.success = true
         response.uuidMsb = Int64.random(in: .min ... .max)
         response.uuidLsb = Int64.random(in: .min ... .max)
-        response.wasWriteIntoFile = source.config.writeIntoFile
+        if let outputFile {
+            clone.outputFile = outputFile
+            clone.bytesWrittenIntoFile = outputFile.bytesWritten
+            drainIntoFile(clone)
+            // Written whole before the reply (Perfetto's CLI ends when it comes); a file that
+            // took it all is closed, one that still waits (a pipe) when the copy is freed.
+            if !outputFile.hasPendingBytes {
+                outputFile.close()
+                clone.outputFile = nil
+            }
+            response.wasWriteIntoFile = true
+        }
         return response
     }
 }
