@@ -1,56 +1,49 @@
 // The producer-name patterns of trace configs (`producer_name_regex_filter` of a data source,
-// `producer_name_regex` of a trigger), matched against the whole producer name as Perfetto
-// does: `std::regex_match` with `std::regex(pattern, std::regex::extended)`, that is POSIX
-// extended regular expressions (ERE) as libstdc++ reads them, not ECMAScript.
+// `producer_name_regex` of a trigger), matched against the whole producer name as Perfetto's
+// traced does: `base::Regex::FullMatch`, whose backends (PCRE2 or RE2 where Perfetto is built
+// with them, `std::regex` in ECMAScript mode otherwise, as on this machine) all read the common
+// Perl/ECMAScript syntax. Older traced versions read POSIX extended patterns; current ones do
+// not, and a pattern such as `\w+` silently matched nothing here when this read ERE (outside
+// tester, round seven).
 //
-// The patterns come from consumers and are hostile input. Swift's Regex backtracks: `(a*)*b`
-// against a name of 26 `a`s kept the service's only event loop busy for 30 s, and every
-// further `a` doubles that. So a pattern is parsed here, compiled to a Thompson NFA and run
+// The patterns come from consumers and are hostile input. A backtracking matcher (std::regex,
+// PCRE2, Swift's Regex) takes exponential time on `(a*)*b`: Perfetto's traced spins at 100% on
+// it against a 16-character name. So a pattern is parsed here, compiled to a Thompson NFA and run
 // over the name's Unicode scalars with a set of states, never backtracking: a match costs
-// O(NFA size × name length), whatever the pattern.
+// O(NFA size × name length), whatever the pattern (RE2's guarantee). And where traced aborts on a
+// pattern it cannot compile (`CreateOrCheck`), here it matches nothing.
 //
-// Supported (ERE, as libstdc++'s `_Scanner` and `_Compiler` in bits/regex_scanner.tcc and
-// bits/regex_compiler.tcc read it in extended mode):
-// - literals; `.` matches any scalar but NUL (libstdc++'s POSIX `_AnyMatcher` compares only
-//   against '\0': unlike ECMAScript, `.` matches '\n' and '\r'); `]` and `}` alone are literals.
-// - `\` before one of `.[\()*+?{|^$` is that character (`_M_eat_escape_posix`). Before any
-//   other character that is not an ASCII letter or digit (`\]`, `\}`, `\/`, `\-`, `\é`, ...) it
-//   stands for that character, as libstdc++ reads it in its default GNU mode (under
-//   __STRICT_ANSI__ it throws error_escape). Before an ASCII letter or digit it does not
-//   compile: libstdc++ reads `\d` as a plain `d` (GNU mode) or throws (strict mode), never as
-//   a digit class as ECMAScript does, and `\n`, `\1`, `\x41`, `\b` are no escapes in ERE either;
-//   refusing these is safer than silently matching the letter.
-// - bracket expressions `[abc]`, `[a-z]`, `[^...]`: a `]` first (after `[` or `[^`) is a
-//   literal, so `[]` and `[^]` are unterminated; a backslash is a literal backslash; `-` is a
-//   literal first or last (`[-a]`, `[a-]`) and may end a range (`[!--]`), but a range after a
-//   range (`[a-c-e]`), from a class (`[[:alpha:]-z]`) or reversed (`[z-a]`) does not compile;
-//   a `[` not followed by `:`, `.` or `=` is a literal; the classes `[:alpha:]`, `[:digit:]`, `[:alnum:]`,
-//   `[:space:]`, `[:upper:]`, `[:lower:]`, `[:punct:]`, `[:xdigit:]`, `[:blank:]`,
-//   `[:cntrl:]`, `[:graph:]`, `[:print:]` and libstdc++'s `[:d:]`, `[:s:]`, `[:w:]` (names in
-//   any case), with ASCII semantics. Collating symbols `[.x.]` and equivalence classes `[=x=]`
-//   do not compile.
-// - groups `( )`, alternation `|` (empty alternatives included), the quantifiers `* + ?` `{n}`
-//   `{n,}` `{n,m}` (n, m at most 100) after a character, a bracket expression or a group, and
-//   the anchors `^` and `$` anywhere (the start and the end of the name). A `{` always starts
-//   an interval, as in libstdc++: `a{`, `a{,2}`, `a{x}`, `{1}` do not compile. A group that
-//   can only match the empty string, such as `(^)` or `()`, may be repeated: `(^)*` is `(^)?`,
-//   `(^){3}` is `^`.
-// Anything else does not compile: `^*` (libstdc++ repeats no bare anchor), `(?:`, `(?=` and the
-// other ECMAScript groups, stacked quantifiers `a**`, `a{2}{3}` and so the ECMAScript lazy forms
-// `a*?`, `a+?`, `a??`, `a{1,2}?` (POSIX leaves stacked quantifiers undefined; libstdc++ would
-// read `a*?` as `(a*)?`), NUL outside a bracket expression, a pattern longer than 1,024
-// scalars, nested deeper than 100 groups, or whose NFA would take more than 10,000 states (the
-// size is computed before anything is emitted, and the compiler also stops after a fixed amount
-// of work). A pattern that does not compile matches nothing. A match whose cost (NFA states ×
-// name length) would pass 4 million steps, some 20 ms, is refused too (no match): producer names
-// are the producers' words and may be long, so a large pattern against a long name must not hold
-// the loop either.
+// Supported (the syntax RE2, PCRE2 and ECMAScript share):
+// - literals; `.` matches any scalar but `\n` and `\r` (std::regex's ECMAScript `.`);
+// - escapes: `\d \D \w \W \s \S` (ASCII classes: digits, `[A-Za-z0-9_]`, ` \t\n\v\f\r`),
+//   `\b \B` (word boundaries), `\t \n \r \f \v \0`, `\xHH`, `\uHHHH`, `\cX`, and a backslash
+//   before any character that is not an ASCII letter or digit, which is that character;
+// - bracket expressions `[abc]`, `[a-z]`, `[^...]` with those escapes inside (`\b` there is a
+//   backspace, `\]`, `\\`, `\-` literals), a `-` first or last a literal, `[]` matching nothing
+//   and `[^]` anything, the POSIX classes `[:alpha:]`, `[:digit:]`, `[:alnum:]`, `[:space:]`,
+//   `[:upper:]`, `[:lower:]`, `[:punct:]`, `[:xdigit:]`, `[:blank:]`, `[:cntrl:]`, `[:graph:]`,
+//   `[:print:]` (and libstdc++'s `[:d:]`, `[:s:]`, `[:w:]`, names in any case) in ASCII;
+// - groups `( )` and `(?: )`, alternation `|` (empty alternatives too), the quantifiers `* + ?`
+//   `{n}` `{n,}` `{n,m}` (n, m at most 100) and their lazy forms `*?` ... (which match the same
+//   names: only a whole match counts), after a character, a class or a group; the anchors `^`
+//   and `$` (the start and the end of the name).
+// Anything else does not compile: back-references (`\1`, `\k<x>`; no linear-time matcher has
+// them, RE2 neither), lookaround `(?=`, `(?!`, `(?<=`, named groups and flags `(?i)`, `\p{..}`,
+// other escaped letters (`\q`), a `{` that does not start a quantifier, quantified anchors
+// (`^*`) or stacked quantifiers (`a**`), a pattern longer than 1,024 scalars, nested deeper than
+// 100 groups, or whose NFA would take more than 10,000 states (the size is computed before
+// anything is emitted, and the compiler also stops after a fixed amount of work). A pattern that
+// does not compile matches nothing. A match whose cost (NFA states × name length) would pass 4
+// million steps, some 20 ms, is refused too (no match): producer names are the producers' words
+// and may be long, so a large pattern against a long name must not hold the loop either.
 //
-// One difference stays on purpose: libstdc++ matches the bytes of the UTF-8 name, this matcher
-// its Unicode scalars, so `.` and a bracket expression read a whole non-ASCII scalar here (`a.c`
-// matches "aéc"). Patterns and names in ASCII, as producer names are, match the same.
+// One difference stays on purpose: std::regex and PCRE2 (without its UTF mode) read the bytes of
+// the UTF-8 name, this matcher its Unicode scalars, as RE2 does, so `.` and a bracket expression
+// read a whole non-ASCII scalar here (`a.c` matches "aéc"). Patterns and names in ASCII, as
+// producer names are, match the same.
 
-/// A producer-name pattern of a trace config (POSIX ERE), compiled to match in linear time.
+/// A producer-name pattern of a trace config (Perl/ECMAScript syntax, as RE2 reads it),
+/// compiled to match in linear time.
 ///
 /// ```swift
 /// let pattern = ProducerNamePattern("com.example.*")
@@ -72,8 +65,8 @@ struct ProducerNamePattern: Sendable {
     private let program: [Instruction]
 
     /// Compiles `pattern`; nil when it has a syntax error, uses a feature outside the supported
-    /// subset (escaped letters, collating symbols, stacked quantifiers, ...) or is too large
-    /// (see the limits above).
+    /// subset (back-references, lookaround, unknown escapes, stacked quantifiers, ...) or is too
+    /// large (see the limits above).
     init?(_ pattern: String) {
         let scalars = Array(pattern.unicodeScalars)
         guard scalars.count <= Self.maxPatternLength else { return nil }
@@ -113,12 +106,13 @@ struct ProducerNamePattern: Sendable {
         var current = StateSet(count: program.count)
         var next = StateSet(count: program.count)
         var stack: [Int] = []
-        addState(0, position: 0, length: input.count, to: &current, stack: &stack)
+        addState(0, between: nil, and: input.first?.value, to: &current, stack: &stack)
         for (index, scalar) in input.enumerated() {
             next.removeAll()
+            let following = index + 1 < input.count ? input[index + 1].value : nil
             for state in current.members {
                 guard case .scalar(let set) = program[state], set.contains(scalar.value) else { continue }
-                addState(state + 1, position: index + 1, length: input.count, to: &next, stack: &stack)
+                addState(state + 1, between: scalar.value, and: following, to: &next, stack: &stack)
             }
             if next.members.isEmpty { return false }
             swap(&current, &next)
@@ -126,9 +120,9 @@ struct ProducerNamePattern: Sendable {
         return current.members.contains { if case .accept = program[$0] { true } else { false } }
     }
 
-    /// Adds `state` and every state reachable from it without reading a scalar, at `position`
-    /// of an input of `length` scalars.
-    private func addState(_ state: Int, position: Int, length: Int, to set: inout StateSet, stack: inout [Int]) {
+    /// Adds `state` and every state reachable from it without reading a scalar, at the position
+    /// between the scalars `before` and `after` (nil at the start and at the end of the name).
+    private func addState(_ state: Int, between before: UInt32?, and after: UInt32?, to set: inout StateSet, stack: inout [Int]) {
         stack.append(state)
         while let state = stack.popLast() {
             guard set.insert(state) else { continue }
@@ -139,9 +133,12 @@ struct ProducerNamePattern: Sendable {
                 stack.append(second)
                 stack.append(first)
             case .start:
-                if position == 0 { stack.append(state + 1) }
+                if before == nil { stack.append(state + 1) }
             case .end:
-                if position == length { stack.append(state + 1) }
+                if after == nil { stack.append(state + 1) }
+            case .wordBoundary(let wanted):
+                let isBoundary = ScalarSet.isWord(before) != ScalarSet.isWord(after)
+                if isBoundary == wanted { stack.append(state + 1) }
             case .scalar, .accept:
                 break
             }
@@ -155,8 +152,18 @@ struct ProducerNamePattern: Sendable {
 private struct ScalarSet: Sendable {
     static let maxScalar: UInt32 = 0x10FFFF
 
-    /// What `.` matches: anything but NUL, as libstdc++'s POSIX `_AnyMatcher`.
-    static let dot = ScalarSet([1...maxScalar])
+    /// What `.` matches: anything but `\n` and `\r`, as std::regex's ECMAScript `.`.
+    static let dot = ScalarSet([0...0x09, 0x0B...0x0C, 0x0E...maxScalar])
+    /// `\d`, `\w`, `\s`, in ASCII.
+    static let digit = ScalarSet([0x30...0x39])
+    static let word = ScalarSet([0x30...0x39, 0x41...0x5A, 0x5F...0x5F, 0x61...0x7A])
+    static let space = ScalarSet([0x09...0x0D, 0x20...0x20])
+
+    /// Whether `value` is a word character (`\w`); nil, the edge of the name, is not.
+    static func isWord(_ value: UInt32?) -> Bool {
+        guard let value else { return false }
+        return value < 0x80 && word.contains(value)
+    }
 
     private(set) var ranges: [ClosedRange<UInt32>]
 
@@ -241,6 +248,8 @@ private indirect enum Node {
     case start
     /// `$`: the end of the name.
     case end
+    /// `\b` (true) or `\B` (false): a word boundary, or none.
+    case wordBoundary(Bool)
     /// Each in turn (empty: matches the empty string).
     case sequence([Node])
     /// Any one of them.
@@ -255,7 +264,7 @@ private indirect enum Node {
     var stateCount: Int {
         let cap = ProducerNamePattern.maxStates + 1
         switch self {
-        case .scalar, .start, .end:
+        case .scalar, .start, .end, .wordBoundary:
             return 1
         case .sequence(let items):
             return items.reduce(0) { Swift.min(cap, $0 + $1.stateCount) }
@@ -273,15 +282,15 @@ private indirect enum Node {
     var isZeroWidth: Bool {
         switch self {
         case .scalar: false
-        case .start, .end: true
+        case .start, .end, .wordBoundary: true
         case .sequence(let nodes), .choice(let nodes): nodes.allSatisfy(\.isZeroWidth)
         case .repeated(let item, _, let max): max == 0 || item.isZeroWidth
         }
     }
 }
 
-/// A recursive-descent parser of POSIX extended regular expressions as libstdc++ reads them
-/// (see the file's header); every method returns nil on a pattern that does not compile.
+/// A recursive-descent parser of the supported syntax (see the file's header); every method
+/// returns nil on a pattern that does not compile.
 private struct Parser {
     let scalars: [Unicode.Scalar]
     var position = 0
@@ -321,9 +330,14 @@ private struct Parser {
         while let scalar = current, scalar != "|", scalar != ")" {
             let item: Node
             if scalar == "^" || scalar == "$" {
-                // An anchor is an assertion, no atom: libstdc++ repeats none (`^*` is an error).
+                // An anchor is an assertion, no atom: none is repeated (`^*` is an error).
                 position += 1
                 item = scalar == "^" ? .start : .end
+            } else if scalar == "\\", let next = peek(1), next == "b" || next == "B" {
+                position += 2
+                item = .wordBoundary(next == "b")
+                // Assertions take no quantifier either.
+                if let following = current, "*+?{".unicodeScalars.contains(following) { return nil }
             } else {
                 guard let atom = parseAtom(), let quantified = parseQuantifier(of: atom) else { return nil }
                 item = quantified
@@ -357,8 +371,9 @@ private struct Parser {
         default:
             return atom
         }
-        // Stacked quantifiers (`a**`, and so the ECMAScript lazy forms `a*?`) are undefined in
-        // POSIX; they do not compile.
+        // A lazy form (`a*?`) matches the same whole names; a quantifier after that, or a
+        // second one (`a**`), has nothing to repeat.
+        if current == "?" { position += 1 }
         if let next = current, next == "*" || next == "+" || next == "?" || next == "{" { return nil }
         return Self.repeated(atom, min: min, max: max)
     }
@@ -425,19 +440,20 @@ private struct Parser {
         case ".":
             return .scalar(.dot)
         case "\\":
-            return parseEscape().map { .scalar($0) }
+            return parseEscape(inBrackets: false).map { .scalar($0) }
         case "*", "+", "?", "{":
             return nil  // nothing to repeat, or a brace that is no quantifier
-        case "\0":
-            return nil  // libstdc++'s extended grammar refuses NUL
         default:
             return .scalar(ScalarSet(scalar: scalar.value))
         }
     }
 
-    /// After `(`: the group up to its `)`. ERE has no `(?...)` groups: `(?` has nothing to
-    /// repeat and does not compile.
+    /// After `(`: the group up to its `)`. Of the `(?...)` groups only `(?:` compiles.
     private mutating func parseGroup() -> Node? {
+        if current == "?" {
+            guard peek(1) == ":" else { return nil }
+            position += 2
+        }
         depth += 1
         guard depth <= ProducerNamePattern.maxGroupDepth, let node = parseChoice(), current == ")" else { return nil }
         position += 1
@@ -445,28 +461,65 @@ private struct Parser {
         return node
     }
 
-    /// After `\`, outside a bracket expression.
-    private mutating func parseEscape() -> ScalarSet? {
+    /// After `\`: the scalars the escape stands for. In a bracket expression `\b` is a
+    /// backspace (outside one, the parser takes `\b` and `\B` as assertions before this).
+    private mutating func parseEscape(inBrackets: Bool) -> ScalarSet? {
         guard let scalar = current else { return nil }
         position += 1
-        // `\d`, `\n`, `\1`, `\x41`, `\b`...: no escape of ERE; libstdc++ reads a plain letter or
-        // digit or throws, so they do not compile (see the header).
-        if scalar.isASCII, scalar.properties.isAlphabetic || digitValue(scalar) != nil { return nil }
-        // A special character (`.[\()*+?{|^$`) or any other: that character.
-        return ScalarSet(scalar: scalar.value)
+        switch scalar {
+        case "d": return .digit
+        case "D": return ScalarSet.digit.inverted()
+        case "w": return .word
+        case "W": return ScalarSet.word.inverted()
+        case "s": return .space
+        case "S": return ScalarSet.space.inverted()
+        case "t": return ScalarSet(scalar: 0x09)
+        case "n": return ScalarSet(scalar: 0x0A)
+        case "v": return ScalarSet(scalar: 0x0B)
+        case "f": return ScalarSet(scalar: 0x0C)
+        case "r": return ScalarSet(scalar: 0x0D)
+        case "b" where inBrackets: return ScalarSet(scalar: 0x08)
+        case "0":
+            // NUL, unless digits follow (an octal escape or a back-reference: neither compiles).
+            if let next = current, digitValue(next) != nil { return nil }
+            return ScalarSet(scalar: 0)
+        case "x": return parseHex(digits: 2)
+        case "u": return parseHex(digits: 4)
+        case "c":
+            guard let letter = current, letter.isASCII, letter.properties.isAlphabetic else { return nil }
+            position += 1
+            return ScalarSet(scalar: letter.value % 32)
+        default:
+            // Other letters and digits (`\1`, `\k`, `\p`, `\q`...) are back-references, classes
+            // RE2 and ECMAScript read differently, or errors: they do not compile.
+            if scalar.isASCII, scalar.properties.isAlphabetic || digitValue(scalar) != nil { return nil }
+            return ScalarSet(scalar: scalar.value)
+        }
+    }
+
+    /// `digits` hexadecimal digits: the scalar they name.
+    private mutating func parseHex(digits: Int) -> ScalarSet? {
+        var value: UInt32 = 0
+        for _ in 0..<digits {
+            guard let scalar = current, scalar.isASCII, let digit = UInt32(String(scalar), radix: 16) else { return nil }
+            value = value * 16 + digit
+            position += 1
+        }
+        // `\uD800`...: a surrogate is no scalar.
+        return Unicode.Scalar(value) == nil ? nil : ScalarSet(scalar: value)
     }
 
     /// One item of a bracket expression.
     private enum BracketItem {
         case scalar(UInt32)
+        /// A class: `[:alpha:]`, or an escape such as `\d` (no range may start or end there).
         case named([ClosedRange<UInt32>])
         case dash
         case close
     }
 
-    /// After `[`: the bracket expression up to its `]`, following libstdc++'s
-    /// `_M_insert_bracket_matcher` and `_M_expression_term` in POSIX mode. The ranges are
-    /// collected and normalized once, at the end.
+    /// After `[`: the bracket expression up to its `]`. The ranges are collected and
+    /// normalized once, at the end.
     private mutating func parseBracket() -> ScalarSet? {
         var negated = false
         if current == "^" {
@@ -476,11 +529,11 @@ private struct Parser {
         var ranges: [ClosedRange<UInt32>] = []
         // The last single scalar, not yet added: it may start a range.
         var pending: UInt32?
-        // Whether the last item was a named class (no range may start there).
+        // Whether the last item was a class (no range may start there).
         var afterClass = false
-        // A `]` first is a literal, and so is a `-`.
-        if current == "]" || current == "-" {
-            pending = current!.value
+        // A `-` first is a literal.
+        if current == "-" {
+            pending = 0x2D
             position += 1
         }
         while true {
@@ -508,7 +561,8 @@ private struct Parser {
                     let set = ScalarSet(ranges)
                     return negated ? set.inverted() : set
                 }
-                // A range needs a single scalar before; `[[:alpha:]-z]` and `[a-c-e]` are errors.
+                // A range needs a single scalar on each side: `[[:alpha:]-z]`, `[\d-z]` and
+                // `[a-c-e]` are errors.
                 guard !afterClass, let low = pending else { return nil }
                 let high: UInt32
                 switch next {
@@ -523,7 +577,7 @@ private struct Parser {
         }
     }
 
-    /// The next item inside a bracket expression (a backslash is a literal backslash).
+    /// The next item inside a bracket expression.
     private mutating func parseBracketItem() -> BracketItem? {
         guard let scalar = current else { return nil }  // no `]`
         position += 1
@@ -532,6 +586,12 @@ private struct Parser {
             return .close
         case "-":
             return .dash
+        case "\\":
+            guard let set = parseEscape(inBrackets: true) else { return nil }
+            if set.ranges.count == 1, set.ranges[0].lowerBound == set.ranges[0].upperBound {
+                return .scalar(set.ranges[0].lowerBound)
+            }
+            return .named(set.ranges)
         case "[":
             switch current {
             case nil:
@@ -571,6 +631,8 @@ private enum Instruction: Sendable {
     case start
     /// Goes on only at the end of the name.
     case end
+    /// Goes on only at a word boundary (true) or only elsewhere (false).
+    case wordBoundary(Bool)
     /// The whole pattern matched.
     case accept
 }
@@ -603,6 +665,8 @@ private struct Compiler {
             return append(.start)
         case .end:
             return append(.end)
+        case .wordBoundary(let wanted):
+            return append(.wordBoundary(wanted))
         case .sequence(let items):
             for item in items {
                 guard emit(item) else { return false }
