@@ -74,7 +74,9 @@ extension TracingServiceCore {
         if consumer.sessionID != nil { return "the consumer is already tracing" }
         if let error = sessionLimitError(uid: consumer.uid) { return error }
         if config.buffers.isEmpty { return "the trace config has no buffers" }
-        if let error = triggerConfigError(config) { return error }
+        if let error = durationError(config) ?? triggerConfigError(config) ?? guardrailError(config) ?? lockdownError(config, uid: consumer.uid) {
+            return error
+        }
         if config.buffers.count > options.maxBuffersPerSession {
             return "too many buffers configured (\(config.buffers.count), the limit is \(options.maxBuffersPerSession))"
         }
@@ -139,6 +141,8 @@ extension TracingServiceCore {
     /// entry names machines, "host" naming this one), then its name. A name pattern that does
     /// not compile matches nothing.
     func matches(_ entry: TraceConfig.DataSource, producer: LocalProducerEndpoint, in session: TracingSession) -> Bool {
+        // In lockdown, producers connected before it of other uids are not started either.
+        if lockdown && producer.uid != options.serviceUID { return false }
         let isHost = producer.machineID == 0
         if !entry.machineNameFilter.isEmpty {
             guard entry.machineNameFilter.contains(producer.machineName)

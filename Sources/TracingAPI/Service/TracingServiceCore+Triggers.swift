@@ -57,7 +57,7 @@ extension TracingServiceCore {
         let triggers = config.triggerConfig
         // (An unknown mode, from a newer config, reads as unspecified: proto2 keeps it aside.)
         guard triggers.triggerMode != .unspecified else { return nil }
-        if triggers.triggerTimeoutMs == 0 || triggers.triggerTimeoutMs > Self.maxTriggerTimeoutMs {
+        if triggers.triggerTimeoutMs == 0 || triggers.triggerTimeoutMs > Self.maxDurationMs(config) {
             return "Traces with triggers must provide a positive trigger_timeout_ms < 7 days "
                 + "(received \(triggers.triggerTimeoutMs) ms)"
         }

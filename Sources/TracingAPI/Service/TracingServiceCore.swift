@@ -79,6 +79,11 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     var nextProducerID: ProducerID = 1
     /// Triggers taken, by name, for `max_per_24_h`.
     var triggerHistory = TriggerHistory()
+    /// `lockdown_mode`: only producers of the service's own uid connect and are started.
+    var lockdown = false
+    /// When sessions with `enable_extra_guardrails` began, by unique session name (boot-time
+    /// nanoseconds), for traced's five minutes between two of the same name.
+    var guardrailedSessionStarts: [String: UInt64] = [:]
     private var nextConsumerID: UInt64 = 1
     var nextSessionID: TracingSessionID = 1
     var nextInstanceID: DataSourceInstanceID = 1
@@ -133,8 +138,11 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
 
     private func connectLocalProducer(_ producer: any Producer, options: ProducerConnectionOptions) -> LocalProducerEndpoint {
         eventLoop.preconditionInEventLoop()
-        guard let id = allocateProducerID() else {
-            // All 65,535 producer ids are in use: the producer is told it is disconnected.
+        // In lockdown only the service's own uid connects, as in traced.
+        let lockedOut = lockdown && options.identity.uid != self.options.serviceUID
+        guard !lockedOut, let id = allocateProducerID() else {
+            // All 65,535 producer ids are in use, or a lockdown: the producer is told it is
+            // disconnected.
             let endpoint = LocalProducerEndpoint(id: 0, serial: 0, options: options, producer: producer, service: self)
             endpoint.markDisconnected()
             post { [weak producer] in producer?.onDisconnect() }
