@@ -64,6 +64,32 @@ final class WriteIntoFileTests {
         #expect(consumer.producerPackets() == [])
     }
 
+    @Test func theStatsAndAClockSnapshotAreWrittenOncePerSnapshotIntervalNotPerWrite() throws {
+        // Every 100 ms write carried both (outside tester, round seven): 10 of each a second.
+        // As in traced: at the first write, every 10 s, and at the end.
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        let consumer = RecordingConsumer(service: service)
+        let file = FileDescriptors.memfd(named: "trace", content: [])
+        consumer.endpoint.enableTracing(fileConfig(periodMs: 100), outputFile: file.duplicate())
+        drive(loop, until: { producer.writers.count == 1 })
+        for second in 0..<12 {
+            for tick in 0..<10 {
+                producer.writers.values.first!.writeTestPacket(timestamp: UInt64(second * 10 + tick), "tick")
+                producer.writers.values.first!.flush()
+                loop.advanceTime(by: .milliseconds(100))
+            }
+        }
+        consumer.endpoint.disableTracing()
+        drive(loop, until: { consumer.disabledErrors == [""] })
+        let trace = try Perfetto_Protos_Trace(serializedBytes: FileDescriptors.content(of: file.rawValue))
+        #expect(trace.packet.filter { $0.forTesting.str == "tick" }.count == 120)
+        // 12 s of writes: the first write, the one after 10 s, and the last.
+        #expect(trace.packet.filter(\.hasTraceStats).count == 3)
+        #expect(trace.packet.filter(\.hasClockSnapshot).count == 3)
+        #expect(trace.packet.last?.hasTraceStats == true, "the stats close the trace")
+    }
+
     /// Flush requests a producer receives in `seconds` of a file-backed session with
     /// flush_period_ms 1 and `mode`, its file written every `periodMs`.
     private func flushesReceived(

@@ -206,6 +206,10 @@ extension TracingServiceCore {
                 service.flushAndDisable(session)
             }
         }
+        let snapshotInterval = session.config.builtinDataSources.snapshotIntervalMs
+        scheduleRepeating(session, .snapshot, every: .milliseconds(Int64(snapshotInterval > 0 ? snapshotInterval : 10_000))) { _, session in
+            session.periodicPacketsDue = true
+        }
         let flushing = FlushStrategy(session.config)
         if session.isWritingIntoFile {
             let period = FlushStrategy.fileWritePeriodMs(session.config)
@@ -551,9 +555,7 @@ extension TracingServiceCore {
             left -= part.chunkBytes
             complete = part.complete || left <= 0
             applyTraceFilter(of: session, to: &packets)
-            if complete {
-                packets.append(TracePacketParts(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)))
-            }
+            if complete { appendStatsIfDue(session, to: &packets) }
             if let compression = session.compression { packets = compression.compress(packets) }
         }
         let readNext: () -> Void = { [weak self, weak consumer] in
@@ -579,18 +581,30 @@ extension TracingServiceCore {
     }
 
     /// Everything readable now: service packets, then producers' packets stamped with trusted
-    /// fields, then the stats; filtered and compressed as the session's config asks.
+    /// fields, then the stats (when due); filtered and compressed as the session's config asks.
     func collectPackets(_ session: TracingSession) -> [TracePacketParts] {
         var packets = leadingPackets(session).map(TracePacketParts.init)
         _ = appendBufferPackets(session, into: &packets, maxChunkBytes: .max)
         applyTraceFilter(of: session, to: &packets)
-        packets.append(TracePacketParts(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)))
+        appendStatsIfDue(session, to: &packets)
         if let compression = session.compression { return compression.compress(packets) }
         return packets
     }
 
+    /// Whether a read of `session` now carries a clock snapshot and the stats.
+    private func periodicPacketsDue(_ session: TracingSession) -> Bool {
+        session.periodicPacketsDue || session.state != .started
+    }
+
+    /// The stats, last, when they are due (they close the read that carries them).
+    private func appendStatsIfDue(_ session: TracingSession, to packets: inout [TracePacketParts]) {
+        guard periodicPacketsDue(session) else { return }
+        session.periodicPacketsDue = false
+        packets.append(TracePacketParts(ServicePackets.traceStats(traceStats(for: session), uid: options.serviceUID)))
+    }
+
     /// The service's packets that open a read: the config (once per session), a clock
-    /// snapshot, what relays sent, and the service's events.
+    /// snapshot (when due), what relays sent, and the service's events.
     private func leadingPackets(_ session: TracingSession) -> [TracePacketData] {
         var packets: [TracePacketData] = []
         let serviceUID = options.serviceUID
@@ -598,7 +612,7 @@ extension TracingServiceCore {
             session.configEmitted = true
             packets.append(ServicePackets.traceConfig(session.config, uid: serviceUID))
         }
-        packets.append(ServicePackets.clockSnapshot(uid: serviceUID))
+        if periodicPacketsDue(session) { packets.append(ServicePackets.clockSnapshot(uid: serviceUID)) }
         packets.append(contentsOf: relayPackets(for: session, uid: serviceUID))
         packets.append(contentsOf: session.takeServiceEvents(uid: serviceUID))
         packets.append(contentsOf: triggerPackets(session))

@@ -103,7 +103,12 @@ final class TracingSession {
     var bytesWrittenIntoFile: UInt64 = 0
     /// One-shot timers (duration, stop triggers).
     var timers: [any ScheduledTask] = []
-    enum RepeatingTimer { case fileWrite, periodicFlush, incrementalStateClear }
+    enum RepeatingTimer { case fileWrite, periodicFlush, incrementalStateClear, snapshot }
+    /// Whether the next read carries a clock snapshot and the trace stats: the first read, the
+    /// first after each snapshot interval (10 s unless `builtin_data_sources` says), and every
+    /// read once the session is no longer running, as in traced. A file written every 100 ms
+    /// took two such packets per write.
+    var periodicPacketsDue = true
     var repeatingTimers: [RepeatingTimer: any ScheduledTask] = [:]
     var stopTimeout: (any ScheduledTask)?
     var allDataSourcesStartedNotified = false
