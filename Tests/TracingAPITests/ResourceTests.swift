@@ -73,7 +73,8 @@ struct ResourceTests {
         #expect(flushResults == [], "waiting for the producer")
         producer!.writers = [:]
         producer = nil  // released, not disconnected
-        drive(loop, until: { flushResults == [true] }, "a producer that is gone owes no acknowledgement")
+        // Answered at once, and failed: the producer is gone with what it had not committed.
+        drive(loop, until: { flushResults == [false] }, "the flush waited for a producer that is gone")
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.disabledErrors == [""] })
         #expect(loop.virtualTime == .zero, "nothing waited for a timeout")

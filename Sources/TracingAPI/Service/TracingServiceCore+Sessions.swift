@@ -492,11 +492,16 @@ extension TracingServiceCore {
         if pending.waitingFor.isEmpty {
             session.pendingFlushes[id] = nil
             scrapeSharedMemory(for: session)
-            session.recordServiceEvent { $0.allDataSourcesFlushed = true }
             pending.timeout?.cancel()
-            flushesSucceeded += 1
+            let succeeded = !pending.producerLeft
+            if succeeded {
+                session.recordServiceEvent { $0.allDataSourcesFlushed = true }
+                flushesSucceeded += 1
+            } else {
+                flushesFailed += 1
+            }
             let callback = pending.callback
-            post { callback(true) }
+            post { callback(succeeded) }
         } else {
             session.pendingFlushes[id] = pending
         }

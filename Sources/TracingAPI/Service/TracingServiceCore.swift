@@ -342,11 +342,14 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
         endpoint?.markDisconnected()
         for session in sessions.values {
             session.forgetNameMatches(of: id)
-            // Only a session it had instances in waits for it. Flushes it was asked for are
-            // answered for it, also when its instances went first (its data sources unregistered
-            // while a flush waited).
+            // Only a session it had instances in waits for it. Flushes it was asked for stop
+            // waiting for it, and fail (also when its instances went first: its data sources
+            // unregistered while a flush waited).
             guard session.producersWithInstances.remove(id) != nil else { continue }
-            for flushID in Array(session.pendingFlushes.keys) { flushAcknowledged(flushID, producer: id, in: session) }
+            for flushID in Array(session.pendingFlushes.keys) where session.pendingFlushes[flushID]?.waitingFor.contains(id) == true {
+                session.pendingFlushes[flushID]?.producerLeft = true
+                flushAcknowledged(flushID, producer: id, in: session)
+            }
             var changed = false
             for index in session.instances.indices where session.instances[index].producerID == id {
                 session.instances[index].state = .stopped

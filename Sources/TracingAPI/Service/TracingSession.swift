@@ -36,6 +36,10 @@ final class TracingSession {
         var waitingFor: Set<ProducerID>
         var callback: (Bool) -> Void
         var timeout: (any ScheduledTask)?
+        /// A producer it waited for disconnected instead of answering: what it had not
+        /// committed may be missing, so the flush fails (at once, not at its timeout as in
+        /// traced) once the others have answered.
+        var producerLeft = false
     }
 
     let id: TracingSessionID
