@@ -63,6 +63,16 @@ struct TraceFilterTests {
         #expect(kept == [0xA2, 0x38, 0x84, 0x00, 0x0A, 0x02, 0x61, 0x62])
     }
 
+    @Test func aPaddedNestedLengthComesOutInTheWidthItsValueTakes() throws {
+        // protozero writes nested lengths padded to 4 bytes; traced's filter writes the new
+        // length in the bytes the old value takes at least (one here), and so does ours (the
+        // padding stayed: outside tester, round seven).
+        let input: [UInt8] = [0xA2, 0x38, 0x88, 0x80, 0x80, 0x00, 0x0A, 0x02, 0x61, 0x62, 0x10, 0x07, 0x18, 0x09]
+        let filter = try TraceFilter(bytecode: FilterBytecode.timestampAndTestStrings)
+        let kept = input.withUnsafeBytes { filter.filter($0) }
+        #expect(kept == [0xA2, 0x38, 0x06, 0x0A, 0x02, 0x61, 0x62, 0x18, 0x09])
+    }
+
     @Test func aFieldAllowedAsSimplePassesWhole() throws {
         let filter = try TraceFilter(bytecode: FilterBytecode.encode(
             FilterBytecode.nested(1, message: 1) + FilterBytecode.endOfMessage + FilterBytecode.simple(900) + FilterBytecode.endOfMessage))

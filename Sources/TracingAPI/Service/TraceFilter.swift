@@ -178,15 +178,16 @@ struct TraceFilter {
                 }
                 at += size
             case 2:
-                let lengthStart = at
                 guard let length = ProtoEncoding.readVarint(input, at: &at), length <= UInt64(input.count - at) else { return false }
                 let body = UnsafeRawBufferPointer(rebasing: input[at..<(at + Int(length))])
                 at += Int(length)
                 guard allowed else { continue }
                 ProtoEncoding.appendVarint(UInt64(field) << 3 | 2, to: &output)
                 if Self.isNested(kind) && length > 0 {
-                    // The nested message's new length goes where the old one was, in as many bytes.
-                    let width = at - Int(length) - lengthStart
+                    // The nested message's new length is written in as many bytes as its old
+                    // length takes at least, as traced writes it: a length the producer padded
+                    // (protozero writes nested lengths in 4 bytes) comes out unpadded.
+                    let width = ProtoEncoding.varintSize(length)
                     let lengthAt = output.count
                     output.append(contentsOf: repeatElement(0, count: width))
                     guard filterMessage(body, message: Int(kind), depth: depth + 1, into: &output) else { return false }
