@@ -109,16 +109,19 @@ extension TracingServiceCore {
         }
         let sourceID = source.id
         let finish: (Bool) -> Void = { [weak self, weak consumer] _ in
-            guard let self, let consumer else { return }
-            guard let source = self.sessions[sourceID] else { return fail("the session ended while it was cloned") }
-            guard consumer.sessionID == nil else { return fail("the consumer already has a tracing session") }
-            if let error = self.cloneLimitError(source, for: consumer) { return fail(error) }
+            func failClosing(_ error: String) {
+                output?.close()
+                fail(error)
+            }
+            guard let self, let consumer else { return failClosing("the consumer is gone") }
+            guard let source = self.sessions[sourceID] else { return failClosing("the session ended while it was cloned") }
+            guard consumer.sessionID == nil else { return failClosing("the consumer already has a tracing session") }
+            if let error = self.cloneLimitError(source, for: consumer) { return failClosing(error) }
             // The file first, then the buffers, in the same turn: nothing is in both or neither.
             if let output {
-                guard let sourceFile = source.outputFile else { return fail("the session's output file is gone") }
+                guard let sourceFile = source.outputFile else { return failClosing("the session's output file is gone") }
                 if let error = sourceFile.copyContents(into: output) {
-                    output.close()
-                    return fail("Failed to clone 'write_into_file' session: failed to copy existing file: \(error)")
+                    return failClosing("Failed to clone 'write_into_file' session: failed to copy existing file: \(error)")
                 }
             }
             let skipFilter = request.sessionID == Self.bugreportSessionID || request.skipTraceFilter

@@ -74,9 +74,7 @@ extension TracingServiceCore {
         if consumer.sessionID != nil { return "the consumer is already tracing" }
         if let error = sessionLimitError(uid: consumer.uid) { return error }
         if config.buffers.isEmpty { return "the trace config has no buffers" }
-        if let error = durationError(config) ?? triggerConfigError(config) ?? guardrailError(config) ?? lockdownError(config, uid: consumer.uid) {
-            return error
-        }
+        if let error = durationError(config) ?? triggerConfigError(config) { return error }
         if config.buffers.count > options.maxBuffersPerSession {
             return "too many buffers configured (\(config.buffers.count), the limit is \(options.maxBuffersPerSession))"
         }
@@ -99,7 +97,8 @@ extension TracingServiceCore {
         if config.writeIntoFile && (outputFile == nil || outputFile!.rawValue < 0) {
             return "write_into_file is set but no output file was passed"
         }
-        return nil
+        // Last: these record the session's start, or change the lockdown, when they pass.
+        return guardrailError(config) ?? lockdownError(config, uid: consumer.uid)
     }
 
     /// Why `uid` may not have one more session (Perfetto's limits, per uid then in total).
