@@ -281,9 +281,9 @@ final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
         }
     }
 
-    /// Sends `chunks[index...]` of the service state encoded in `parts`, each while the connection has
-    /// less than `readBytesInFlight` queued; goes on when it has taken what was queued (or
-    /// shortly, on a transport that cannot say).
+    /// Sends `chunks[index...]` of the service state encoded in `parts`, each while the
+    /// connection has less than `readBytesInFlight` queued; goes on when it has taken what was
+    /// queued (or shortly, on a transport that cannot say).
     func sendPaced(
         _ chunks: [ServiceStateChunks.Chunk], of parts: [[UInt8]], from index: Int,
         to reply: Deferred<Perfetto_Protos_QueryServiceStateResponse>
