@@ -54,6 +54,9 @@ printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "traceb
   'duration_ms: 1500' 'write_into_file: true' 'file_write_period_ms: 500' > "$work/ours.txt"
 printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "tracebox.test" } }' \
   'duration_ms: 1500' 'compression_type: COMPRESSION_TYPE_DEFLATE' > "$work/deflate.txt"
+printf '%s\n' 'buffers { size_kb: 1024 }' 'data_sources { config { name: "tracebox.test" } }' \
+  'duration_ms: 2500' 'write_into_file: true' 'file_write_period_ms: 200' \
+  'unique_session_name: "interop_clone"' > "$work/clone.txt"
 
 service "$ours" traced
 "$real/perfetto" --query >"$work/query.txt" 2>&1 && expect "real perfetto --query -> our traced" 1 1
@@ -68,6 +71,13 @@ expect "our producer -> our traced -> real perfetto, write_into_file (test packe
 sleep 0.3
 "$real/perfetto" -c "$work/deflate.txt" --txt -o "$work/e.pftrace" >/dev/null 2>&1
 expect "our producer -> our traced -> real perfetto, deflate (test packets in compressed_packets)" "$(count_inflated "$work/e.pftrace" 900)" 50
+"$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
+sleep 0.3
+"$real/perfetto" -c "$work/clone.txt" --txt -o "$work/g.pftrace" >/dev/null 2>&1 & clone_source=$!
+sleep 1
+"$real/perfetto" --clone-by-name interop_clone -o "$work/h.pftrace" >/dev/null 2>&1
+wait "$clone_source"
+expect "our producer -> our traced -> real perfetto --clone-by-name of a write_into_file session (test packets)" "$(count "$work/h.pftrace" 900)" 50
 stop_service
 
 service "$real/traced"
