@@ -235,6 +235,52 @@ final class HostileConsumerTests: SocketTracingFixture {
         }
     }
 
+    @Test func aCloneIntoAPipeReadAfterTheReplyGetsTheFileAndTheBuffersThenItsEnd() throws {
+        // More than a pipe holds: the copy of the file waits for the reader, and what the
+        // buffers hold goes behind it, not left in them (nothing would write it later).
+        try withoutLeaks {
+            let source = FileDescriptors.memfd(named: "source", content: [])
+            let bulk = bulkProducer()
+            let owner = consumer()
+            owner.endpoint.enableTracing(config(["bulk.source"]) {
+                $0.buffers[0].sizeKb = 4096
+                $0.writeIntoFile = true
+                $0.fileWritePeriodMs = 100
+                $0.uniqueSessionName = "piped"
+            }, outputFile: source.duplicate())
+            run(until: { bulk.started.count == 1 })
+            write(bulk, rounds: 2)
+            run(until: { FileDescriptors.content(of: source.rawValue).count > 100_000 }, "the file was never written")
+            write(bulk, rounds: 1)
+
+            let (reader, writer) = Self.pipe()
+            let cloner = consumer()
+            var request = CloneSessionRequest()
+            request.uniqueSessionName = "piped"
+            var cloned: CloneSessionResponse?
+            cloner.endpoint.cloneSession(request, outputFile: writer.duplicate()) { cloned = $0 }
+            writer.close()
+            run(until: { cloned != nil })
+            #expect(cloned?.success == true && cloned?.wasWriteIntoFile == true, Comment(rawValue: cloned?.error ?? ""))
+            var received: [UInt8] = []
+            var atEnd = false
+            run(seconds: 20, until: {
+                var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+                let count = chunk.withUnsafeMutableBytes { read(reader.rawValue, $0.baseAddress, $0.count) }
+                if count > 0 { received += chunk.prefix(count) }
+                atEnd = count == 0
+                return atEnd
+            }, "the clone's pipe was never closed")
+            let texts = try TraceFile.decodePackets(received).map { try $0.decode() }.map(\.forTesting.str).filter { $0.hasPrefix("bulk") }
+            // Two rounds from the file, then one more (named as the first) from the buffers.
+            let padding = String(repeating: "b", count: 1000)
+            #expect(texts == ((0..<128).map { $0 } + (0..<64).map { $0 }).map { "bulk \($0) \(padding)" })
+            owner.endpoint.disconnect()
+            cloner.endpoint.disconnect()
+            bulk.endpoint.disconnect()
+        }
+    }
+
     @Test func aPipeWhoseReaderIsGoneEndsItsSessionAndNothingElse() throws {
         withoutLeaks {
             let (reader, writer) = Self.pipe()

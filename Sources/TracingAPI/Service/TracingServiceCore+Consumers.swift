@@ -175,12 +175,14 @@ extension TracingServiceCore {
         if let outputFile {
             clone.outputFile = outputFile
             clone.bytesWrittenIntoFile = outputFile.bytesWritten
-            drainIntoFile(clone)
-            // Written whole before the reply (Perfetto's CLI ends when it comes); a file that
-            // took it all is closed, one that still waits (a pipe) when the copy is freed.
-            if !outputFile.hasPendingBytes {
-                outputFile.close()
-                clone.outputFile = nil
+            // Behind the copy, whether or not the file took it all yet (a pipe).
+            drainIntoFile(clone, evenIfPending: true)
+            // Written whole before the reply (Perfetto's CLI ends when it comes), and closed once
+            // the file took it all: at once for a file, when its reader has read it for a pipe.
+            let cloneID = clone.id
+            outputFile.whenDrained { [weak self, weak outputFile] in
+                outputFile?.close()
+                if let self, let clone = self.sessions[cloneID], clone.outputFile === outputFile { clone.outputFile = nil }
             }
             response.wasWriteIntoFile = true
         }

@@ -731,11 +731,13 @@ extension TracingServiceCore {
     // MARK: Write into file
 
     /// Appends what is readable to the session's file, never going past `max_file_size_bytes`;
-    /// reaching it ends the session, as in Perfetto.
-    func drainIntoFile(_ session: TracingSession) {
+    /// reaching it ends the session, as in Perfetto. `evenIfPending`: also behind bytes the file
+    /// has not taken yet (a clone's only write, which must not stay in its buffers).
+    func drainIntoFile(_ session: TracingSession, evenIfPending: Bool = false) {
         // While the file has not taken the last write, the data stays in the buffers; a
         // START_TRACING session never triggered writes nothing.
-        guard let file = session.outputFile, file.error == nil, !file.hasPendingBytes, !session.isWaitingForTrigger else { return }
+        guard let file = session.outputFile, file.error == nil, evenIfPending || !file.hasPendingBytes,
+              !session.isWaitingForTrigger else { return }
         let limit = session.config.maxFileSizeBytes
         var reachedLimit = false
         var output: [UInt8] = []
