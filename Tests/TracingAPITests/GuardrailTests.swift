@@ -71,6 +71,22 @@ final class GuardrailTests {
         }.1 == nil)
     }
 
+    @Test func aProducerNamePatternThatCannotBeUsedIsRefusedNotLeftToMatchNothing() {
+        // A data source filtered by it never started, a STOP trigger filtered by it never
+        // fired and the whole trace was lost (outside tester, round eight).
+        for pattern in ["(f)(o)\\2", "(?=f)oo", "a{1001}", "(unclosed"] {
+            let error = enable { $0.dataSources[0].producerNameRegexFilter = ["ok.*", pattern] }.1
+            #expect(error?.hasPrefix("producer name pattern \"\(pattern)\" cannot be used") == true, Comment(rawValue: error ?? "accepted"))
+        }
+        let trigger = enable {
+            $0.triggerConfig.triggerMode = .stopTracing
+            $0.triggerConfig.triggerTimeoutMs = 1000
+            $0.triggerConfig.triggers = [.with { $0.name = "go"; $0.producerNameRegex = "(?!x)" }]
+        }.1
+        #expect(trigger?.hasPrefix("producer name pattern \"(?!x)\" cannot be used") == true)
+        #expect(enable { $0.dataSources[0].producerNameRegexFilter = ["\\w+", ".{0,1000}"] }.1 == nil)
+    }
+
     @Test func lockdownKeepsOtherUidsProducersOutAndOnlyRootOrTheServiceChangesIt() {
         let stranger = RecordingProducer(service: service, name: "stranger", uid: 1000, dataSources: [TracingConfigs.descriptor("test.source")])
         loop.runUntilIdle()

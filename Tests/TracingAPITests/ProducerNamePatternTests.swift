@@ -56,6 +56,12 @@ struct ProducerNamePatternTests {
         #expect(matches("(ab){0,2}c", "c"))
         #expect(!matches("(ab){0,2}c", "abababc"))
         #expect(matches("x{100}", String(repeating: "x", count: 100)))
+        // Counts up to 1,000, as RE2 takes them (100 was the limit, and `.{0,1000}` matched
+        // nothing: outside tester, round eight).
+        #expect(matches(".{0,1000}", String(repeating: "y", count: 1000)))
+        #expect(!matches(".{0,1000}", String(repeating: "y", count: 1001)))
+        #expect(matches("[a-z]{0,300}", "producer"))
+        #expect(matches("(a{100}){10}", String(repeating: "a", count: 1000)))
     }
 
     @Test("lazy quantifiers match the same whole names")
@@ -264,7 +270,7 @@ struct ProducerNamePatternTests {
 
     @Test("patterns that do not compile", arguments: [
         "(", "a)", "[a", "(?=a)", "(?!a)", "(?<=a)", "(?<!a)", "(?<name>a)", "(?i)a", "(?",
-        "*a", "+", "?", "a{", "a{2", "a{,2}", "a{3,2}", "a{101}", "a{1,101}", "a{x}", "{1}", "a|{1}",
+        "*a", "+", "?", "a{", "a{2", "a{,2}", "a{3,2}", "a{1001}", "a{1,1001}", "a{x}", "{1}", "a|{1}",
         "^*", "$+", "a^?", "(*a)", "\\", "a\\", "a|(b",
         "[z-a]", "[a-c-e]", "[[:alpha:]-z]", "[a-[:alpha:]]", "[a--]", "[\\d-z]", "[a-\\d]",
         "[[:foo:]]", "[[:alpha]]", "[[:alpha:", "[[.a.]]", "[[=a=]]", "[[",

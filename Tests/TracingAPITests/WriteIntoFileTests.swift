@@ -90,6 +90,38 @@ final class WriteIntoFileTests {
         #expect(trace.packet.last?.hasTraceStats == true, "the stats close the trace")
     }
 
+    @Test func aCloneAppendingToItsSourcesOwnFileCopiesWhatTheFileHadAndEnds() throws {
+        // The copy read on while it appended to what it read: the service's loop was held and
+        // the disk filled at 1 GB/s (outside tester, round eight).
+        let producer = RecordingProducer(
+            service: service, name: "app", dataSources: [TracingConfigs.descriptor("test.source", willNotifyOnStop: true)])
+        let owner = RecordingConsumer(service: service)
+        let file = FileDescriptors.memfd(named: "trace", content: [])
+        var config = fileConfig(periodMs: 100)
+        config.uniqueSessionName = "same"
+        owner.endpoint.enableTracing(config, outputFile: file.duplicate())
+        drive(loop, until: { producer.writers.count == 1 })
+        producer.writers.values.first!.writeTestPacket(timestamp: 1, "in the file")
+        producer.writers.values.first!.flush()
+        loop.advanceTime(by: .milliseconds(100))
+        let before = FileDescriptors.content(of: file.rawValue).count
+        #expect(before > 0)
+
+        let appending = open("/proc/self/fd/\(file.rawValue)", O_WRONLY | O_APPEND | O_CLOEXEC)
+        #expect(appending >= 0)
+        let cloner = RecordingConsumer(service: service)
+        var request = CloneSessionRequest()
+        request.uniqueSessionName = "same"
+        var cloned: CloneSessionResponse?
+        cloner.endpoint.cloneSession(request, outputFile: ScopedFD(appending)) { cloned = $0 }
+        drive(loop, until: { cloned != nil })
+        #expect(cloned?.success == true)
+        let after = FileDescriptors.content(of: file.rawValue).count
+        #expect(after >= 2 * before && after < 2 * before + 4096, "the file once more, and the clone's few packets")
+        owner.endpoint.disableTracing()
+        drive(loop, until: { owner.disabledErrors == [""] })
+    }
+
     /// Flush requests a producer receives in `seconds` of a file-backed session with
     /// flush_period_ms 1 and `mode`, its file written every `periodMs`.
     private func flushesReceived(

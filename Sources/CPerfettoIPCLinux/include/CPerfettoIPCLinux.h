@@ -10,6 +10,7 @@
 #include <sys/types.h>
 #include <sys/un.h>
 #include <linux/vm_sockets.h>
+#include <malloc.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,4 +66,7 @@ static inline void CPerfettoIPC_prefetch(const void *address, size_t count) {
     const char *bytes = (const char *)address;
     for (size_t offset = 0; offset < count; offset += 64) __builtin_prefetch(bytes + offset, 0, 3);
 }
+// Gives memory malloc holds free back to the system (glibc's malloc_trim, which Glibc's Swift
+// module does not import).
+static inline void CPerfettoIPC_releaseFreeMemory(void) { malloc_trim(0); }
 #endif

@@ -133,17 +133,25 @@ final class TraceFileOutput {
 
     /// Writes what this file holds, from its start (as traced's CloneSession copies it), into
     /// `output`. Only a regular file can be read back. Returns why it failed, or nil.
+    ///
+    /// Only the bytes the file has when the copy starts: an `output` that appends to this very
+    /// file would otherwise keep the copy going until the disk is full, with the service's loop
+    /// held all along (outside tester, round eight; Perfetto's traced does the same).
     func copyContents(into output: TraceFileOutput) -> String? {
         guard kind == .file, !closed else { return "the session's output is not a file that can be read back" }
+        var status = stat()
+        guard fstat(fd.rawValue, &status) == 0 else { return "Read failed: \(Self.describe(errno))" }
+        let size = off_t(status.st_size)
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         var offset: off_t = 0
-        while true {
-            let count = buffer.withUnsafeMutableBytes { pread(fd.rawValue, $0.baseAddress, $0.count, offset) }
+        while offset < size {
+            let wanted = min(buffer.count, Int(size - offset))
+            let count = buffer.withUnsafeMutableBytes { pread(fd.rawValue, $0.baseAddress, wanted, offset) }
             if count < 0 {
                 if errno == EINTR { continue }
                 return "Read failed: \(Self.describe(errno))"
             }
-            if count == 0 { return nil }
+            if count == 0 { return nil }  // truncated meanwhile
             offset += off_t(count)
             guard output.write(Array(buffer[..<count])) else { return "Write failed: \(output.error ?? "")" }
             // A pipe nobody drains would take the whole file into memory here.
@@ -151,6 +159,7 @@ final class TraceFileOutput {
                 return "Write failed: the output does not take the copy"
             }
         }
+        return nil
     }
 
     /// Stops writing and closes the descriptor; what still waits is dropped. Idempotent.

@@ -118,6 +118,8 @@ public final class TracingServiceCore: TracingService, @unchecked Sendable {
     /// every producer's commits and consumer's calls wait for the loop meanwhile, so a part
     /// takes at most ~10 ms of deflate (Perfetto's traced compresses 32 KiB per task).
     var compressedReadPartChunkBytes = 256 << 10
+    /// Freeing buffers that held this much gives the freed memory back to the system.
+    static let trimAfterFreeingBytes = 4 << 20
 
     /// Runs `body` on a later loop turn: callbacks never run inside the call that caused them.
     func post(_ body: @escaping () -> Void) {

@@ -24,7 +24,7 @@
 //   `[:upper:]`, `[:lower:]`, `[:punct:]`, `[:xdigit:]`, `[:blank:]`, `[:cntrl:]`, `[:graph:]`,
 //   `[:print:]` (and libstdc++'s `[:d:]`, `[:s:]`, `[:w:]`, names in any case) in ASCII;
 // - groups `( )` and `(?: )`, alternation `|` (empty alternatives too), the quantifiers `* + ?`
-//   `{n}` `{n,}` `{n,m}` (n, m at most 100) and their lazy forms `*?` ... (which match the same
+//   `{n}` `{n,}` `{n,m}` (n, m at most 1,000, as in RE2) and their lazy forms `*?` ... (which match the same
 //   names: only a whole match counts), after a character, a class or a group; the anchors `^`
 //   and `$` (the start and the end of the name).
 // Anything else does not compile: back-references (`\1`, `\k<x>`; no linear-time matcher has
@@ -53,7 +53,7 @@ struct ProducerNamePattern: Sendable {
     /// The longest pattern that compiles, in Unicode scalars.
     static let maxPatternLength = 1024
     /// The largest count a `{n,m}` quantifier may give.
-    static let maxRepetition = 100
+    static let maxRepetition = 1000
     /// The deepest nesting of groups that compiles.
     static let maxGroupDepth = 100
     /// The most NFA states a pattern may compile to.
