@@ -11,7 +11,7 @@
 // it against a 16-character name. So a pattern is parsed here, compiled to a Thompson NFA and run
 // over the name's Unicode scalars with a set of states, never backtracking: a match costs
 // O(NFA size × name length), whatever the pattern (RE2's guarantee). And where traced aborts on a
-// pattern it cannot compile (`CreateOrCheck`), here it matches nothing.
+// pattern it cannot compile (`CreateOrCheck`), here the config is refused, saying which.
 //
 // Supported (the syntax RE2, PCRE2 and ECMAScript share):
 // - literals; `.` matches any scalar but `\n` and `\r` (std::regex's ECMAScript `.`);
@@ -32,8 +32,9 @@
 // other escaped letters (`\q`), a `{` that does not start a quantifier, quantified anchors
 // (`^*`) or stacked quantifiers (`a**`), a pattern longer than 1,024 scalars, nested deeper than
 // 100 groups, or whose NFA would take more than 10,000 states (the size is computed before
-// anything is emitted, and the compiler also stops after a fixed amount of work). A pattern that
-// does not compile matches nothing. A match whose cost (NFA states × name length) would pass 4
+// anything is emitted, and the compiler also stops after a fixed amount of work). A config with a
+// pattern that does not compile is refused (EnableTracing); one that arrives otherwise
+// (ChangeTraceConfig) matches nothing. A match whose cost (NFA states × name length) would pass 4
 // million steps, some 20 ms, is refused too (no match): producer names are the producers' words
 // and may be long, so a large pattern against a long name must not hold the loop either.
 //
