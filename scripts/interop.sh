@@ -44,6 +44,10 @@ for _, packet in fields(open(sys.argv[1], 'rb').read()):
 print(total if compressed else 0)
 PY
 }
+our_producer() { # a producer of ours that writes 50 test packets into the next session it is in
+  "$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
+  sleep 0.3
+}
 expect() { # $1 = label, $2 = got, $3 = wanted
   if [ "$2" -ge "$3" ]; then echo "ok    $1: $2"; else echo "FAIL  $1: $2, wanted $3"; failed=1; fi
 }
@@ -63,16 +67,13 @@ service "$ours" traced
 "$real/example_system_wide" >/dev/null 2>&1 & pids+=($!)
 "$real/perfetto" -c "$work/sdk.txt" --txt -o "$work/a.pftrace" >/dev/null 2>&1
 expect "real SDK producer -> our traced -> real perfetto (track events)" "$(count "$work/a.pftrace" 11)" 6
-"$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
-sleep 0.3
+our_producer
 "$real/perfetto" -c "$work/ours.txt" --txt -o "$work/b.pftrace" >/dev/null 2>&1
 expect "our producer -> our traced -> real perfetto, write_into_file (test packets)" "$(count "$work/b.pftrace" 900)" 50
-"$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
-sleep 0.3
+our_producer
 "$real/perfetto" -c "$work/deflate.txt" --txt -o "$work/e.pftrace" >/dev/null 2>&1
 expect "our producer -> our traced -> real perfetto, deflate (test packets in compressed_packets)" "$(count_inflated "$work/e.pftrace" 900)" 50
-"$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
-sleep 0.3
+our_producer
 "$real/perfetto" -c "$work/clone.txt" --txt -o "$work/g.pftrace" >/dev/null 2>&1 & clone_source=$!
 sleep 1
 "$real/perfetto" --clone-by-name interop_clone -o "$work/h.pftrace" >/dev/null 2>&1
@@ -81,12 +82,10 @@ expect "our producer -> our traced -> real perfetto --clone-by-name of a write_i
 stop_service
 
 service "$real/traced"
-"$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
-sleep 0.3
+our_producer
 "$real/perfetto" -c "$work/ours.txt" --txt -o "$work/c.pftrace" >/dev/null 2>&1
 expect "our producer -> real traced -> real perfetto (test packets)" "$(count "$work/c.pftrace" 900)" 50
-"$ours" producer -n 50 >/dev/null 2>&1 & pids+=($!)
-sleep 0.3
+our_producer
 "$ours" perfetto -c "$work/deflate.txt" --txt -o "$work/f.pftrace" 2>/dev/null
 expect "our producer -> real traced -> our perfetto, deflate (test packets in compressed_packets)" "$(count_inflated "$work/f.pftrace" 900)" 50
 "$real/example_system_wide" >/dev/null 2>&1 & pids+=($!)
