@@ -51,7 +51,9 @@ enum TraceCompression: Equatable {
     func compress(_ packets: [TracePacketParts]) -> [TracePacketParts] {
         var compressed: [TracePacketParts] = []
         var group: [UInt8] = []
-        group.reserveCapacity(Self.groupBytes + (packets.first?.count ?? 0))
+        // Room for the group, or for all of a smaller read (a ReadBuffers part is 256 KiB).
+        let readBytes = packets.reduce(0) { $0 + TraceFile.framedPacketSize($1.count) }
+        group.reserveCapacity(min(readBytes, Self.groupBytes + (packets.first?.count ?? 0)))
         for packet in packets {
             TraceFile.appendFramedPacket(packet, to: &group)
             if group.count >= Self.groupBytes {
