@@ -155,10 +155,10 @@ private struct ScalarSet: Sendable {
 
     /// What `.` matches: anything but `\n` and `\r`, as std::regex's ECMAScript `.`.
     static let dot = ScalarSet([0...0x09, 0x0B...0x0C, 0x0E...maxScalar])
-    /// `\d`, `\w`, `\s`, in ASCII.
-    static let digit = ScalarSet([0x30...0x39])
-    static let word = ScalarSet([0x30...0x39, 0x41...0x5A, 0x5F...0x5F, 0x61...0x7A])
-    static let space = ScalarSet([0x09...0x0D, 0x20...0x20])
+    /// `\d`, `\w`, `\s`, in ASCII: the bracket classes `[:d:]`, `[:w:]`, `[:s:]`.
+    static let digit = ScalarSet(namedClassRanges("d")!)
+    static let word = ScalarSet(namedClassRanges("w")!)
+    static let space = ScalarSet(namedClassRanges("s")!)
 
     /// Whether `value` is a word character (`\w`); nil, the edge of the name, is not.
     static func isWord(_ value: UInt32?) -> Bool {
