@@ -43,8 +43,6 @@ struct ReceivedTrigger {
 }
 
 extension TracingServiceCore {
-    /// The longest trigger_timeout_ms (Perfetto's longest trace: 7 days).
-    static let maxTriggerTimeoutMs: UInt32 = 7 * 24 * 3600 * 1000
     /// Triggers kept per session to be written into its trace; a producer repeating a trigger
     /// for ever adds nothing past them (they still act).
     static let maxReceivedTriggersPerSession = 1000
