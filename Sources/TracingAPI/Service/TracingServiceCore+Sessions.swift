@@ -9,7 +9,8 @@ extension TracingServiceCore {
     // MARK: Enable
 
     func enableTracing(_ config: TraceConfig, outputFile: ScopedFD?, consumer: LocalConsumerEndpoint) {
-        if let error = validate(config, outputFile: outputFile, consumer: consumer) {
+        var namePatterns: [String: ProducerNamePattern] = [:]
+        if let error = validate(config, outputFile: outputFile, consumer: consumer, namePatterns: &namePatterns) {
             post { [weak client = consumer.consumer] in client?.onTracingDisabled(error: error) }
             return
         }
@@ -43,6 +44,7 @@ extension TracingServiceCore {
             bufferIDs: bufferIDs)
         nextSessionID += 1
         session.traceFilter = traceFilter
+        session.adoptNamePatterns(namePatterns)
         sessions[session.id] = session
         consumer.sessionID = session.id
         if let output {
@@ -71,11 +73,18 @@ extension TracingServiceCore {
         if !config.deferredStart && session.triggerMode != .startTracing { startSession(session) }
     }
 
-    private func validate(_ config: TraceConfig, outputFile: ScopedFD?, consumer: LocalConsumerEndpoint) -> String? {
+    /// Why `config` cannot be a session of `consumer`, or nil; `namePatterns` gets its producer
+    /// name patterns, compiled (the session keeps them rather than compiling them again).
+    private func validate(
+        _ config: TraceConfig, outputFile: ScopedFD?, consumer: LocalConsumerEndpoint,
+        namePatterns: inout [String: ProducerNamePattern]
+    ) -> String? {
         if consumer.sessionID != nil { return "the consumer is already tracing" }
         if let error = sessionLimitError(uid: consumer.uid) { return error }
         if config.buffers.isEmpty { return "the trace config has no buffers" }
-        if let error = durationError(config) ?? triggerConfigError(config) ?? namePatternError(config) { return error }
+        if let error = durationError(config) ?? triggerConfigError(config) ?? namePatternError(config, compiled: &namePatterns) {
+            return error
+        }
         if config.buffers.count > options.maxBuffersPerSession {
             return "too many buffers configured (\(config.buffers.count), the limit is \(options.maxBuffersPerSession))"
         }
@@ -105,12 +114,14 @@ extension TracingServiceCore {
     /// Why a producer-name pattern of `config` cannot be used: one that does not compile would
     /// match nothing, so its data sources (or trigger) would silently never start (or fire).
     /// traced aborts on a pattern it cannot compile; here the config is refused, saying which.
-    private func namePatternError(_ config: TraceConfig) -> String? {
-        var checked = Set<String>()
+    private func namePatternError(_ config: TraceConfig, compiled: inout [String: ProducerNamePattern]) -> String? {
         let patterns = config.dataSources.flatMap(\.producerNameRegexFilter)
             + config.triggerConfig.triggers.map(\.producerNameRegex).filter { !$0.isEmpty }
-        for pattern in patterns where checked.insert(pattern).inserted {
-            guard ProducerNamePattern(pattern) == nil else { continue }
+        for pattern in patterns where compiled[pattern] == nil {
+            if let compiledPattern = ProducerNamePattern(pattern) {
+                compiled[pattern] = compiledPattern
+                continue
+            }
             let shown = pattern.count > 64 ? String(pattern.prefix(64)) + "..." : pattern
             return "producer name pattern \"\(shown)\" cannot be used: a syntax error, or what a linear-time "
                 + "matcher (RE2's syntax) does not have: back-references, lookaround, counts above "
@@ -576,9 +587,7 @@ extension TracingServiceCore {
             let part = appendBufferPackets(session, into: &packets, maxChunkBytes: max(1, min(partBytes, remaining)))
             left -= part.chunkBytes
             complete = part.complete || left <= 0
-            applyTraceFilter(of: session, to: &packets)
-            if complete { appendStatsIfDue(session, to: &packets) }
-            if let compression = session.compression { packets = compression.compress(packets) }
+            packets = finishedForReading(packets, of: session, closingTheRead: complete)
         }
         let readNext: () -> Void = { [weak self, weak consumer] in
             guard let self, let consumer, consumer.connected else { return }
@@ -607,8 +616,18 @@ extension TracingServiceCore {
     func collectPackets(_ session: TracingSession) -> [TracePacketParts] {
         var packets = leadingPackets(session).map(TracePacketParts.init)
         _ = appendBufferPackets(session, into: &packets, maxChunkBytes: .max)
+        return finishedForReading(packets, of: session, closingTheRead: true)
+    }
+
+    /// What every read (ReadBuffers part or file write) does to the packets it took, in
+    /// traced's order: the trace filter, then the stats if this closes the read and they are
+    /// due, then compression.
+    private func finishedForReading(
+        _ packets: [TracePacketParts], of session: TracingSession, closingTheRead: Bool
+    ) -> [TracePacketParts] {
+        var packets = packets
         applyTraceFilter(of: session, to: &packets)
-        appendStatsIfDue(session, to: &packets)
+        if closingTheRead { appendStatsIfDue(session, to: &packets) }
         if let compression = session.compression { return compression.compress(packets) }
         return packets
     }

@@ -62,6 +62,7 @@ final class TracingSession {
     /// config's cost by the producers. Emptied past 1,024 patterns (configs changed again and
     /// again cannot grow it without bound).
     private var namePatterns: [String: ProducerNamePattern?] = [:]
+    static let maxCachedNamePatterns = 1024
     /// Matching steps spent per producer, and the answers already known. A config may hold
     /// thousands of patterns, each up to ``ProducerNamePattern/maxMatchSteps`` against a long
     /// name (~11 ms each here): matched one by one, a consumer and a producer together could
@@ -134,10 +135,15 @@ final class TracingSession {
     /// boot-time timestamps, written into the trace at the next read, as Perfetto does.
     private var serviceEvents: [(timestamp: UInt64, event: Perfetto_Protos_TracingServiceEvent)] = []
 
+    /// Takes the config's patterns compiled when it was checked, as far as the cache holds.
+    func adoptNamePatterns(_ compiled: [String: ProducerNamePattern]) {
+        for (text, pattern) in compiled.prefix(Self.maxCachedNamePatterns) { namePatterns[text] = pattern }
+    }
+
     /// `text` compiled as a producer name pattern, from the session's cache.
     func namePattern(_ text: String) -> ProducerNamePattern? {
         if let compiled = namePatterns[text] { return compiled }
-        if namePatterns.count >= 1024 { namePatterns.removeAll() }
+        if namePatterns.count >= Self.maxCachedNamePatterns { namePatterns.removeAll() }
         let compiled = ProducerNamePattern(text)
         namePatterns[text] = compiled
         return compiled
