@@ -230,15 +230,6 @@ protocol PacedTraceDataConsumer: AnyObject {
 
 /// One consumer served over ConsumerPort: the service's callbacks become replies.
 final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
-    /// How many reply bytes may wait in the connection before the next replies of a read are
-    /// held back. With one more reply (at most a frame, 128 KiB) it stays under any sensible
-    /// send-queue bound (16 MiB by default), and it is several socket buffers' worth, so the
-    /// consumer never waits for the service.
-    static let readBytesInFlight = 512 * 1024
-    /// How often held-back replies look again whether the consumer has taken the ones before,
-    /// on a transport that cannot say when its queue drained.
-    static let readRetryInterval: Duration = .milliseconds(1)
-
     let eventLoop: any IPCEventLoop
     var endpoint: LocalConsumerEndpoint!
     /// EnableTracing's reply, answered when tracing stops.
@@ -251,9 +242,8 @@ final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
     private var heldReadReplies: [ReadBuffersSlicer.Reply] = []
     private var heldPackets: [TracePacketParts] = []
     private var heldReadIndex = 0
-    private var readRetry: (any ScheduledTask)?
-    /// Held-back replies wait for the connection to drain its queue.
-    private var waitingForDrain = false
+    /// Held-back replies wait for the connection to take what it queued (ReplyPacing).
+    private var readPacing: ReplyPacing.Wait?
     /// The service's next part of the read, asked for once every held reply is handed over.
     private var readNextPart: (() -> Void)?
 
@@ -263,9 +253,8 @@ final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
 
     /// Forgets a read in progress (a new ReadBuffers, or the consumer gone).
     func stopReading() {
-        readRetry?.cancel()
-        readRetry = nil
-        waitingForDrain = false
+        readPacing?.cancel()
+        readPacing = nil
         heldReadReplies.removeAll()
         heldPackets.removeAll()
         heldReadIndex = 0
@@ -281,20 +270,18 @@ final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
         }
     }
 
-    /// Sends `chunks[index...]` of the service state encoded in `parts`, each while the
-    /// connection has less than `readBytesInFlight` queued; goes on when it has taken what was
-    /// queued (or shortly, on a transport that cannot say).
+    /// Sends `chunks[index...]` of the service state encoded in `parts`, paced
+    /// (``ReplyPacing``).
     func sendPaced(
         _ chunks: [ServiceStateChunks.Chunk], of parts: [[UInt8]], from index: Int,
         to reply: Deferred<Perfetto_Protos_QueryServiceStateResponse>
     ) {
         var index = index
         while index < chunks.count {
-            guard reply.queuedSendBytes < Self.readBytesInFlight else {
+            guard ReplyPacing.hasRoom(reply) else {
                 let next = index
-                let goOn: () -> Void = { [weak self] in self?.sendPaced(chunks, of: parts, from: next, to: reply) }
-                if !reply.whenSendQueueDrains(goOn) {
-                    _ = eventLoop.scheduleTask(after: Self.readRetryInterval, goOn)
+                ReplyPacing.wait(for: reply, on: eventLoop) { [weak self] in
+                    self?.sendPaced(chunks, of: parts, from: next, to: reply)
                 }
                 return
             }
@@ -328,28 +315,16 @@ final class ConsumerPortConnection: Consumer, PacedTraceDataConsumer {
         guard readReply != nil else { return }
         heldReadReplies.append(contentsOf: ReadBuffersSlicer.plan(packets, firstIndex: heldPackets.count, hasMore: hasMore))
         heldPackets.append(contentsOf: packets)
-        if readRetry == nil && !waitingForDrain { sendReadReplies() }
+        if readPacing == nil { sendReadReplies() }
     }
 
-    /// Hands held replies to the connection while it has little queued; goes on when the
-    /// connection has sent what it queued (or looks again shortly, on a transport that cannot
-    /// say). A consumer that never reads is dropped by the connection's send timeout meanwhile.
+    /// Hands held replies to the connection, paced (``ReplyPacing``).
     private func sendReadReplies() {
-        readRetry = nil
-        waitingForDrain = false
+        readPacing = nil
         guard let reply = readReply else { return stopReading() }
         while heldReadIndex < heldReadReplies.count {
-            guard reply.queuedSendBytes < Self.readBytesInFlight else {
-                if reply.whenSendQueueDrains({ [weak self] in
-                    guard let self, self.waitingForDrain else { return }
-                    self.sendReadReplies()
-                }) {
-                    waitingForDrain = true
-                } else {
-                    readRetry = eventLoop.scheduleTask(after: Self.readRetryInterval) { [weak self] in
-                        self?.sendReadReplies()
-                    }
-                }
+            guard ReplyPacing.hasRoom(reply) else {
+                readPacing = ReplyPacing.wait(for: reply, on: eventLoop) { [weak self] in self?.sendReadReplies() }
                 return
             }
             let next = heldReadReplies[heldReadIndex]
