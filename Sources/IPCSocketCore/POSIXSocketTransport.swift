@@ -33,12 +33,11 @@ public final class POSIXSocketTransport: IPCTransport, @unchecked Sendable {
         let kernelAddress = try parsed.kernelAddress()
         let fd = try makeSocket(family: kernelAddress.family, address: address)
         do {
-            var socketFile: String?
+            var socketFile: SocketFile?
             var actualAddress = address
             switch parsed {
             case .unixPath(let path):
-                try bindSocketFile(fd, path: path, mode: options.socketFileMode, address: address)
-                socketFile = path
+                socketFile = try bindSocketFile(fd, path: path, mode: options.socketFileMode, address: address)
             default:
                 if case .tcp = parsed {
                     try Syscall.setSocketOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, name: "SO_REUSEADDR")
@@ -140,30 +139,37 @@ public final class POSIXSocketTransport: IPCTransport, @unchecked Sendable {
     }
 
     /// Binds `fd` at `path` without stealing a live socket, replacing a stale one, with the
-    /// file mode applied before the path becomes visible.
-    private func bindSocketFile(_ fd: Int32, path: String, mode: UInt32?, address: String) throws(IPCError) {
+    /// file mode applied before the path becomes visible. Returns the file it made.
+    private func bindSocketFile(_ fd: Int32, path: String, mode: UInt32?, address: String) throws(IPCError) -> SocketFile {
         if try isLiveSocket(at: path) {
             throw IPCError(.addressInUse, "another process is listening at \(path)", address: address)
         }
-        // Bind a private name in the same directory, then rename it into place: atomic.
+        // Bind a private name in the same directory, then link it into place: atomic, and a
+        // socket another service put there since the check above is not replaced.
         let temporary = path + ".tmp\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         guard temporary.utf8.count < SocketAddress.maxUnixPathLength else {
             // No room for a temporary name: bind in place (mode applied right after).
             try bindAndListen(fd, path: path, address: address)
             if let mode { chmod(path, mode_t(mode)) }
-            return
+            return try SocketFile(boundAt: path, address: address)
         }
         try bindAndListen(fd, path: temporary, address: address)
+        defer { unlink(temporary) }
         if let mode, chmod(temporary, mode_t(mode)) != 0 {
-            let error = errno
-            unlink(temporary)
-            throw IPCError.systemCall("chmod", errno: error, address: address)
+            throw IPCError.systemCall("chmod", errno: errno, address: address)
         }
-        guard rename(temporary, path) == 0 else {
+        let file = try SocketFile(boundAt: temporary, address: address)
+        if link(temporary, path) != 0 {
             let error = errno
-            unlink(temporary)
-            throw IPCError.systemCall("rename", errno: error, address: address)
+            if error == EEXIST {
+                throw IPCError(.addressInUse, "another process bound \(path) while this one did", address: address)
+            }
+            // A file system without hard links: replace whatever is there, as rename does.
+            guard rename(temporary, path) == 0 else {
+                throw IPCError.systemCall("link", errno: error, address: address)
+            }
         }
+        return SocketFile(path: path, device: file.device, inode: file.inode)
     }
 
     private func bindAndListen(_ fd: Int32, path: String, address: String) throws(IPCError) {

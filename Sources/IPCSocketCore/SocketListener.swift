@@ -1,12 +1,14 @@
 // A listening stream socket on an event loop that watches fds.
 //
-// Binding a unix socket file follows Perfetto's rules plus two of ours:
-// * a live socket at the path (something accepts a connect) is never stolen: addressInUse;
+// Binding a unix socket file follows Perfetto's rules plus ours:
+// * a live socket at the path (something accepts a connect) is never stolen: addressInUse,
+//   also when another listener binds the path between our check and ours (link() fails);
 // * a stale one (connect refused) is replaced;
 // * a requested file mode is applied before the path becomes visible: we bind a temporary
-//   name in the same directory, chmod it, listen, then rename() it over the final path, so no
+//   name in the same directory, chmod it, listen, then link() it to the final path, so no
 //   peer can ever connect through a file with the wrong mode;
-// * the file is removed again when the listener closes.
+// * the file is removed again when the listener closes, if it is still the one it bound (a
+//   service started at the same path since, after the file was removed, keeps its own).
 
 import CPerfettoIPCLinux
 import Glibc
@@ -26,12 +28,12 @@ final class SocketListener: IPCListener {
     private let delegateStorage = WeakListenerDelegate()
     private var fd: Int32
     private var watch: (any FileDescriptorWatch)?
-    private let socketFile: String?
+    private let socketFile: SocketFile?
     /// A failed accept was reported and none has succeeded since.
     private var acceptFailureReported = false
 
     init(
-        fd: Int32, address: String, socketFile: String?, isUnixDomain: Bool, options: ConnectionOptions,
+        fd: Int32, address: String, socketFile: SocketFile?, isUnixDomain: Bool, options: ConnectionOptions,
         loop: any IPCEventLoop, delegate: any IPCListenerDelegate
     ) throws(IPCError) {
         self.fd = fd
@@ -52,7 +54,7 @@ final class SocketListener: IPCListener {
         watch = nil
         Syscall.close(fd)
         fd = -1
-        if let socketFile { unlink(socketFile) }
+        socketFile?.removeIfUnchanged()
     }
 
     private func acceptPending() {

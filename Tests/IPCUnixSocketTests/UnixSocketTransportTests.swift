@@ -411,6 +411,25 @@ struct UnixSocketTransportTests {
         first.close()
     }
 
+    @Test func aListenerClosingLeavesTheSocketFileOfAServiceStartedAtItsPathSince() throws {
+        let harness = try SocketHarness()
+        let path = harness.path("restarted.sock")
+        let old = try harness.transport.listen(at: path, options: .default, delegate: RecordingListenerDelegate())
+        // The old service's file is removed (by hand, a cleanup script) and a new one starts.
+        #expect(unlink(path) == 0)
+        let newServer = RecordingListenerDelegate()
+        let new = try harness.transport.listen(at: path, options: .default, delegate: newServer)
+        old.close()
+        #expect(FileManager.default.fileExists(atPath: path), "the old listener removed the new one's file")
+
+        let events = RecordingConnectionDelegate()
+        let client = harness.transport.connect(to: path, options: .default, delegate: events)
+        harness.run(until: { events.isConnected && newServer.connections.count == 1 })
+        client.close()
+        new.close()
+        #expect(!FileManager.default.fileExists(atPath: path), "a listener removes its own file")
+    }
+
     @Test func socketFileModeIsApplied() throws {
         let harness = try SocketHarness()
         var options = ConnectionOptions()
