@@ -182,8 +182,12 @@ struct PerfettoCommand: ParsableCommand {
             bytes = output.bytes
             stats = output.traceStats
         }
-        session.endpoint.freeBuffers()
-        runner.run(until: { false }, timeout: .milliseconds(50))  // lets FreeBuffers leave
+        // Waits for the reply (a round trip): the connection closes at exit, and would drop
+        // the request if it had not left yet. The service frees them then anyway, so a slow
+        // answer is not waited for long.
+        var freed = false
+        session.endpoint.freeBuffers { _ in freed = true }
+        runner.run(until: { freed || session.disconnected }, timeout: .seconds(1))
         let target = out == "-" ? "stdout" : out!
         printError("tracebox perfetto: \(packets) packets, \(bytes) bytes written to \(target)" + Losses(stats).summary)
         guard session.disabledError?.isEmpty ?? false else { throw ExitCode.failure }

@@ -262,6 +262,29 @@ struct TracingOverIPCTests {
         read(consumer, world)
     }
 
+    @Test(arguments: TracingBinding.all)
+    func freeBuffersAnswersOnceWhenTheServiceHasFreedThem(_ binding: TracingBinding) throws {
+        let world = try binding.make()
+        defer { world.tearDown() }
+        let (consumer, producer) = sessionOfSixtyPackets(world, payload: "p")
+        defer { withExtendedLifetime(producer) {} }
+        #expect(world.core.sessions.count == 1)
+        var answers: [Bool] = []
+        consumer.endpoint.freeBuffers { answers.append($0) }
+        #expect(answers.isEmpty, "never called back inside the call")
+        world.run(until: { !answers.isEmpty })
+        #expect(world.core.sessions.isEmpty, "answered before the session was freed")
+        world.settle()
+        #expect(answers == [true])
+
+        // Without a connection (or a service) the answer is false, once.
+        consumer.endpoint.disconnect()
+        consumer.endpoint.freeBuffers { answers.append($0) }
+        world.run(until: { answers.count == 2 })
+        world.settle()
+        #expect(answers == [true, false])
+    }
+
     /// A read takes what the buffers held when it started: packets written while it goes on
     /// wait for the next read, so a read of a busy session still ends.
     @Test(arguments: TracingBinding.deterministic)

@@ -147,8 +147,9 @@ public protocol ConsumerEndpoint: AnyObject {
     func flush(timeoutMs: UInt32, flags: FlushFlags, _ callback: @escaping (Bool) -> Void)
     /// Delivers the buffered trace through ``Consumer/onTraceData(_:hasMore:)``.
     func readBuffers()
-    /// Frees the session's buffers and ends it.
-    func freeBuffers()
+    /// Frees the session's buffers and ends it. `done` runs once: `true` when the service has
+    /// freed them, `false` when it could not be told (no service, or the connection went).
+    func freeBuffers(_ done: @escaping (Bool) -> Void)
     /// Delivers stats through ``Consumer/onTraceStats(success:_:)``.
     func getTraceStats()
     /// Subscribes to `ObservableEvents.Type` events (an empty list unsubscribes).
@@ -245,5 +246,10 @@ extension ConsumerEndpoint {
     /// ``readBuffers()``.
     public func cloneSession(_ request: CloneSessionRequest, _ callback: @escaping (CloneSessionResponse) -> Void) {
         cloneSession(request, outputFile: nil, callback)
+    }
+
+    /// ``freeBuffers(_:)`` without waiting for the service.
+    public func freeBuffers() {
+        freeBuffers { _ in }
     }
 }

@@ -166,8 +166,14 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
         }
     }
 
-    public func freeBuffers() {
-        whenBound { port in port.freeBuffers(.init(), reply: { _ in }) }
+    public func freeBuffers(_ done: @escaping (Bool) -> Void) {
+        guard !ended else { return failLater { done(false) } }
+        let settle = expectReply { done(false) }
+        whenBound { port in
+            port.freeBuffers(.init()) { result in
+                if settle(result.error) { done(result.isSuccess) }
+            }
+        }
     }
 
     public func getTraceStats() {

@@ -61,8 +61,11 @@ final class LocalConsumerEndpoint: ConsumerEndpoint, @unchecked Sendable {
         liveService?.readBuffers(consumer: self)
     }
 
-    func freeBuffers() {
-        liveService?.freeBuffers(consumer: self)
+    func freeBuffers(_ done: @escaping (Bool) -> Void) {
+        let service = liveService
+        service?.freeBuffers(consumer: self)
+        let freed = service != nil
+        eventLoop.execute { [done = UncheckedSendableBox(done)] in done.value(freed) }
     }
 
     func getTraceStats() {
