@@ -55,9 +55,10 @@ struct PerfettoCommand: ParsableCommand {
             consumerBackend: .transport(runner.transport, address: address))
         let session = ConsumerSession()
         session.endpoint = service.connectConsumer(session, uid: getuid())
-        runner.run(until: { session.connected || session.disconnected })
+        // A service that accepts but never answers is given up on, as one that stops answering later.
+        runner.run(until: { session.connected || session.disconnected }, timeout: Self.serviceAnswerTimeout)
         guard session.connected else {
-            printError("tracebox perfetto: no tracing service is listening at \(address); start one with `tracebox traced`")
+            printError("tracebox perfetto: " + Self.describeUnreachable(address, error: (session.endpoint as? RemoteConsumerEndpoint)?.connectionError))
             throw ExitCode.failure
         }
         if query || queryRaw {
@@ -191,6 +192,17 @@ struct PerfettoCommand: ParsableCommand {
         let target = out == "-" ? "stdout" : out!
         printError("tracebox perfetto: \(packets) packets, \(bytes) bytes written to \(target)" + Losses(stats).summary)
         guard session.disabledError?.isEmpty ?? false else { throw ExitCode.failure }
+    }
+
+    /// Why no session could start at `address`, for people.
+    static func describeUnreachable(_ address: String, error: IPCError?) -> String {
+        guard let error else {
+            return "the tracing service at \(address) accepted the connection but did not answer within \(serviceAnswerTimeout)"
+        }
+        if error.code == .connectionFailed && [ENOENT, ECONNREFUSED].contains(error.errno ?? 0) {
+            return "no tracing service is listening at \(address); start one with `tracebox traced`"
+        }
+        return "cannot use the tracing service at \(address): \(error.message)"
     }
 
     /// How long the service may take to answer a query, to end a session after its duration,

@@ -160,6 +160,19 @@ final class TraceboxTests: TraceboxFixture {
         #expect(noService.standardError.contains("no tracing service is listening"))
         #expect(noService.standardError.contains("tracebox traced"))
 
+        // Something listens there but hangs up on every client: not "nothing is listening".
+        let refusing = FileDescriptors.boundUnixSocket(path: consumerSocket)
+        #expect(listen(refusing.rawValue, 4) == 0)
+        let refusingFD = refusing.rawValue
+        let hangUp = Thread { Glibc.close(accept(refusingFD, nil, nil)) }
+        hangUp.start()
+        let refused = try start(["perfetto", "--query"], name: "refused")
+        #expect(refused.wait() == 1)
+        #expect(refused.standardError.contains("cannot use the tracing service at \(consumerSocket)"), Comment(rawValue: refused.standardError))
+        #expect(refused.standardError.split(separator: "\n").count == 1)
+        refusing.close()
+        unlink(consumerSocket)
+
         let service = try startService()
         defer { service.signal(SIGTERM); service.wait() }
         let second = try start(["traced"], name: "second")

@@ -41,6 +41,10 @@ public final class RemoteConsumerEndpoint: ConsumerEndpoint {
     /// Whether the port is bound and the connection up.
     public var isConnected: Bool { port.isBound && !ended }
 
+    /// Why the connection failed or ended, once it has: nothing listening, the service refused
+    /// ConsumerPort, a frame that broke the protocol, the peer gone.
+    public var connectionError: IPCError? { port.lastError }
+
     private func bound() {
         consumer?.onConnect()
         let calls = waiting
