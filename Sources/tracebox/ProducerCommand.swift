@@ -234,7 +234,8 @@ final class TestProducer: Producer {
     func onDisconnect() {
         writers = [:]
         guard let continuous else { return }
-        say("tracebox producer: lost the service")
+        let reason = (endpoint as? RemoteProducerEndpoint)?.connectionError.map { ": \($0.message)" } ?? ""
+        say("tracebox producer: lost the service\(reason)")
         continuous.stopAll(writeLastPackets: false) {
             let totals = continuous.totals
             say("tracebox producer: writers closed after losing the service (\(totals.abandoned) packets in lost instances; longest write \(totals.longestWrite / 1_000_000) ms)")

@@ -154,6 +154,11 @@ final class PortClientReplayTests {
         run({ peer.poll() >= 0 && peer.sawEndOfStream }, "the producer kept the connection")
         #expect(!producer.events.contains("setup-tracing"))
         #expect(producer.endpoint.sharedMemory == nil)
+        // The application can tell its users why.
+        run({ producer.disconnects == 1 }, "the producer was not told")
+        let reason = try #require((producer.endpoint as? RemoteProducerEndpoint)?.connectionError)
+        #expect(reason.message.hasPrefix("the service's shared memory cannot be used: "), Comment(rawValue: reason.message))
+        #expect(reason.message.contains("not sealed"), Comment(rawValue: reason.message))
     }
 
     @Test func aCommandStreamThatEndsIsALostService() throws {
@@ -164,6 +169,7 @@ final class PortClientReplayTests {
         peer.send(TestFrames.reply(requestID: commandStream, hasMore: false))
         run({ peer.poll() >= 0 && peer.sawEndOfStream }, "the producer stayed on a service that sends it nothing")
         run({ producer.disconnects == 1 }, "the producer was not told")
+        #expect((producer.endpoint as? RemoteProducerEndpoint)?.connectionError?.message == "the service ended its command stream")
     }
 
     @Test func ourConsumerSendsWhatTheSDKConsumerSentAndReassemblesTheSameTrace() throws {

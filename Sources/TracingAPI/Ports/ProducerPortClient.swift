@@ -111,6 +111,18 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     /// Whether the service accepted the connection and it is still up.
     public var isConnected: Bool { initialized }
 
+    /// Why the last connection failed or ended: nothing listening, the service gone, or what
+    /// made this endpoint hang up (a refused InitializeConnection, shared memory it cannot use).
+    public private(set) var connectionError: IPCError?
+    /// Why this endpoint is closing its connection, reported as the connection's end.
+    private var hangUpReason: IPCError?
+
+    /// Closes the connection for `reason`; it ends (and is reconnected) as any lost one.
+    private func hangUp(_ reason: String) {
+        hangUpReason = IPCError(.protocolViolation, reason)
+        client?.close()
+    }
+
     // MARK: Connection
 
     private func connect() {
@@ -149,7 +161,7 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
         port.initializeConnection(request, fd: fd) { [weak self, weak port] result in
             guard let self, let port, port === self.port else { return }
             guard let response = result.message else {
-                self.client?.close()
+                self.hangUp("the service refused InitializeConnection: \(result.error?.message ?? "no reply")")
                 return
             }
             self.connectionInitialized(response)
@@ -160,7 +172,9 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
             // The stream lasts as long as the service serves this producer. One that ends (a
             // last reply, or a rejection) left a producer connected that nothing would start
             // again: it is a lost service, and the producer connects anew.
-            if !result.hasMore, result.error?.code != .disconnected, port === self.port { self.client?.close() }
+            if !result.hasMore, result.error?.code != .disconnected, port === self.port {
+                self.hangUp("the service ended its command stream")
+            }
         }
     }
 
@@ -182,6 +196,8 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
     }
 
     private func connectionEnded(_ error: IPCError) {
+        connectionError = hangUpReason ?? error
+        hangUpReason = nil
         let wasInitialized = initialized
         // The delay starts over only after a connection that lasted: a service that accepts
         // and then drops producers at once made them reconnect a few times a second for ever.
@@ -253,30 +269,29 @@ public final class RemoteProducerEndpoint: ProducerEndpoint {
                 if !SharedMemoryBuffer.isValid(size: Self.emulatedSharedMemorySize, pageSize: pageSize) {
                     pageSize = SharedMemoryABI.defaultPageSize
                 }
-                guard let buffer = try? SharedMemoryBuffer.create(size: Self.emulatedSharedMemorySize, pageSize: pageSize)
-                else {
-                    client?.close()
-                    return
+                do {
+                    installSharedMemory(try SharedMemoryBuffer.create(size: Self.emulatedSharedMemorySize, pageSize: pageSize))
+                } catch {
+                    return hangUp("cannot make the buffer to emulate shared memory with: \(error.message)")
                 }
-                installSharedMemory(buffer)
             }
         } else if let fileDescriptor {
             let pageSize = Int(setup.sharedBufferPageSizeKb) * 1024
             // Sealed against resizing, as traced (and our service) seal theirs: a buffer the
             // service could shrink after sending it would turn the writers' stores into SIGBUS,
             // in the application's own threads.
-            guard let mapping = try? SharedMemoryBuffer.map(
-                fileDescriptor, pageSize: pageSize == 0 ? SharedMemoryABI.defaultPageSize : pageSize, requireSeals: true)
-            else {
+            let mapping: SharedMemoryBuffer
+            do {
+                mapping = try SharedMemoryBuffer.map(
+                    fileDescriptor, pageSize: pageSize == 0 ? SharedMemoryABI.defaultPageSize : pageSize, requireSeals: true)
+            } catch {
                 // A buffer we cannot map is a service we cannot trace into.
-                client?.close()
-                return
+                return hangUp("the service's shared memory cannot be used: \(error.message)")
             }
             isSharedMemoryProvidedByProducer = false
             installSharedMemory(mapping)
         } else if sharedMemory == nil {
-            client?.close()
-            return
+            return hangUp("the service set up tracing without shared memory")
         }
         producer?.onTracingSetup()
     }
