@@ -80,9 +80,9 @@ private final class SignalHandlerBox: @unchecked Sendable {
     init(_ handler: @escaping () -> Void) { self.handler = handler }
 }
 
-/// Prints one line to standard error.
+/// Prints one line to standard error, its control characters escaped (``printable(_:)``).
 func printError(_ line: String) {
-    writeError(line + "\n")
+    writeError(printable(line) + "\n")
 }
 
 /// Writes `text` to standard error as it is (no newline added).
@@ -90,7 +90,34 @@ func writeError(_ text: String) {
     try? writeAll(Array(text.utf8), to: STDERR_FILENO)
 }
 
-/// Prints one line to standard output, at once.
-func say(_ line: String) {
-    try? writeAll(Array((line + "\n").utf8), to: STDOUT_FILENO)
+/// Prints `text` and a newline to standard output, at once; within each of its lines, control
+/// characters are escaped (``printable(_:)``).
+func say(_ text: String) {
+    let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { printable(String($0)) }
+    try? writeAll(Array((lines.joined(separator: "\n") + "\n").utf8), to: STDOUT_FILENO)
+}
+
+/// `text` with every character a terminal would act on written as an escape (`\u{1B}`): control
+/// characters (an escape sequence could retitle the window, clear it or fake a prompt line) and
+/// the bidirectional formatting marks (they reorder what is shown). Names and messages come from
+/// other processes, a producer of any user among them: they are shown, never obeyed.
+func printable(_ text: String) -> String {
+    guard text.unicodeScalars.contains(where: isActedOnByTerminals) else { return text }
+    var escaped = ""
+    for scalar in text.unicodeScalars {
+        if isActedOnByTerminals(scalar) {
+            escaped += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+        } else {
+            escaped.unicodeScalars.append(scalar)
+        }
+    }
+    return escaped
+}
+
+private func isActedOnByTerminals(_ scalar: Unicode.Scalar) -> Bool {
+    switch scalar.value {
+    case 0x00...0x1F, 0x7F...0x9F: return true  // C0, DEL, C1
+    case 0x061C, 0x200E, 0x200F, 0x202A...0x202E, 0x2066...0x2069: return true  // bidi marks
+    default: return false
+    }
 }

@@ -359,29 +359,30 @@ final class Progress {
     }
 }
 
-/// What `perfetto --query` prints: producers, data sources by producer, sessions.
+/// What `perfetto --query` prints: producers, data sources by producer, sessions. Every name is
+/// escaped on its own (``printable(_:)``), so that a newline in one cannot fake a line.
 struct ServiceStateReport {
     let text: String
 
     init(_ state: TracingServiceState) {
         var lines: [String] = []
-        lines.append("Service: \(state.tracingServiceVersion.isEmpty ? "unknown version" : state.tracingServiceVersion)")
+        lines.append("Service: \(state.tracingServiceVersion.isEmpty ? "unknown version" : printable(state.tracingServiceVersion))")
         lines.append("Producers (\(state.producers.count)):")
         for producer in state.producers {
-            var line = "  \(producer.id): \(producer.name)  uid=\(producer.uid) pid=\(producer.pid)"
-            if !producer.sdkVersion.isEmpty { line += "  sdk=\(producer.sdkVersion)" }
+            var line = "  \(producer.id): \(printable(producer.name))  uid=\(producer.uid) pid=\(producer.pid)"
+            if !producer.sdkVersion.isEmpty { line += "  sdk=\(printable(producer.sdkVersion))" }
             lines.append(line)
             for source in state.dataSources where source.producerID == producer.id {
-                lines.append("      data source \(source.dsDescriptor.name)")
+                lines.append("      data source \(printable(source.dsDescriptor.name))")
             }
         }
         lines.append("Tracing sessions (\(state.tracingSessions.count)):")
         for session in state.tracingSessions {
-            var line = "  \(session.id): \(session.state)  uid=\(session.consumerUid)"
+            var line = "  \(session.id): \(printable(session.state))  uid=\(session.consumerUid)"
             line += "  buffers=\(session.bufferSizeKb.map { "\($0)kb" }.joined(separator: ","))"
             line += "  data sources=\(session.numDataSources)"
             if session.durationMs > 0 { line += "  duration=\(session.durationMs)ms" }
-            if !session.uniqueSessionName.isEmpty { line += "  name=\(session.uniqueSessionName)" }
+            if !session.uniqueSessionName.isEmpty { line += "  name=\(printable(session.uniqueSessionName))" }
             lines.append(line)
         }
         text = lines.joined(separator: "\n")

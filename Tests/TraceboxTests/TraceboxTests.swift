@@ -154,6 +154,27 @@ final class TraceboxTests: TraceboxFixture {
         #expect(texts == (0..<10).map { "packet \($0) " }, "written into the file before the service went")
     }
 
+    /// Producer and data source names come from any user's processes: `--query` shows them with
+    /// the characters a terminal would act on escaped (retitling, clearing, a faked prompt line).
+    @Test func queryShowsNamesFromOtherProcessesWithoutTheirEscapeSequences() throws {
+        let service = try startService()
+        defer { service.signal(SIGTERM); service.wait() }
+        let evilName = "evil\u{1B}]0;OWNED\u{7}\u{1B}[2J\r\nroot# fake\u{202E}"
+        let evilSource = "ds\u{1B}[8mhidden\u{1B}[0m\u{8}"
+        let producer = try start(["producer", "--name", evilName, "-d", evilSource, "-n", "1"], name: "evil-producer")
+        defer { producer.signal(SIGKILL); producer.wait() }
+        var output = ""
+        #expect(poll(seconds: 20) {
+            guard let query = try? self.start(["perfetto", "--query"], name: "query"), query.wait() == 0 else { return false }
+            output = query.standardOutput
+            return output.contains("data source ds")
+        }, "the producer never registered")
+        #expect(!output.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 || $0.value == 0x0D || $0 == "\u{202E}" })
+        #expect(output.contains(#"evil\u{1B}]0;OWNED\u{7}\u{1B}[2J\u{D}\u{A}root# fake\u{202E}"#), Comment(rawValue: output))
+        #expect(output.contains(#"data source ds\u{1B}[8mhidden\u{1B}[0m\u{8}"#), Comment(rawValue: output))
+        #expect(!output.split(separator: "\n").contains { $0.hasPrefix("root# fake") }, "a name faked a line")
+    }
+
     @Test func errorsAreOneClearLine() throws {
         let noService = try start(["perfetto", "--query"], name: "no-service")
         #expect(noService.wait() == 1)
