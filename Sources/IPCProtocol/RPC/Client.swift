@@ -458,7 +458,8 @@ public final class IPCClient: IPCConnectionDelegate {
             case .invoke(_, let callback, _)?:
                 callback(RawReply(rejectedWith: IPCError(.protocolViolation, "host error: \(error.error)")))
             case nil:
-                logger.info("host reported \"\(error.error)\" for request \(frame.requestID)")
+                // Quoted and escaped: the host's words must not drive the terminal the log goes to.
+                logger.info("host reported \(String(reflecting: error.error)) for request \(frame.requestID)")
             }
         default:
             logger.info("ignoring unexpected frame from host (request \(frame.requestID))")
