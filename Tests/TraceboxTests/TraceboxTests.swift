@@ -48,6 +48,29 @@ final class TraceboxTests: TraceboxFixture {
         #expect(recorder.standardError.contains("nothing lost"), Comment(rawValue: recorder.standardError))
     }
 
+    /// Into a pipe the trace goes through a writer thread with a bounded queue (the loop waits
+    /// when the reader is slow): every packet arrives, after a reader that starts late too.
+    @Test func aRecordingIntoAPipeWithASlowReaderArrivesWhole() throws {
+        let service = try startService()
+        defer { service.signal(SIGTERM); service.wait() }
+        let producer = try start(["producer", "-n", "20", "-p", "100", "--threads", "2"], name: "producer")
+        #expect(poll(seconds: 20) {
+            (try? self.start(["perfetto", "--query"], name: "query")).map { query in
+                query.wait() == 0 && query.standardOutput.contains("data source track_event")
+            } ?? false
+        }, "the producer never registered")
+        let out = directory.path + "/piped.pftrace"
+        // sh -c SCRIPT sh TRACEBOX ARGS...: the recorder's stdout is a pipe read a second late.
+        let piped = try start(
+            ["perfetto", "-c", try config(Self.recordingConfig), "--txt", "-o", "-"], name: "piped",
+            wrapper: ["/bin/sh", "-c", "\"$@\" | { sleep 1; cat > '\(out)'; }", "sh"])
+        #expect(piped.wait() == 0, Comment(rawValue: piped.standardError))
+        #expect(producer.wait() == 0)
+        let tests = try trace(out).filter { if case .forTesting? = $0.data { true } else { false } }
+        #expect(tests.map(\.forTesting.seqValue) == (0..<20).map(UInt32.init))
+        #expect(piped.standardError.contains("written to stdout"), Comment(rawValue: piped.standardError))
+    }
+
     /// The loss `tracebox perfetto` reports is its own session's: chunks the service discarded
     /// from another producer's lying commits are counted service-wide, in every session's stats.
     @Test func anotherProducersDiscardedCommitsAreNotThisRecordingsLoss() throws {
