@@ -138,12 +138,11 @@ public final class POSIXSocketTransport: IPCTransport, @unchecked Sendable {
         return rc == 0 && Int32(storage.ss_family) == AF_UNIX
     }
 
-    /// Binds `fd` at `path` without stealing a live socket, replacing a stale one, with the
-    /// file mode applied before the path becomes visible. Returns the file it made.
+    /// Binds `fd` at `path` without stealing a live socket of ours, replacing a stale one or
+    /// another user's, with the file mode applied before the path becomes visible. Returns the
+    /// file it made.
     private func bindSocketFile(_ fd: Int32, path: String, mode: UInt32?, address: String) throws(IPCError) -> SocketFile {
-        if try isLiveSocket(at: path) {
-            throw IPCError(.addressInUse, "another process is listening at \(path)", address: address)
-        }
+        try clearPath(path, address: address)
         // Bind a private name in the same directory, then link it into place: atomic, and a
         // socket another service put there since the check above is not replaced.
         let temporary = path + ".tmp\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -159,17 +158,46 @@ public final class POSIXSocketTransport: IPCTransport, @unchecked Sendable {
             throw IPCError.systemCall("chmod", errno: errno, address: address)
         }
         let file = try SocketFile(boundAt: temporary, address: address)
-        if link(temporary, path) != 0 {
+        // Someone may put a file at the path between the check and the link: it gets the same
+        // check again (a squatter racing us is replaced a few times, then reported).
+        for attempt in 0..<3 {
+            if link(temporary, path) == 0 { return SocketFile(path: path, device: file.device, inode: file.inode) }
             let error = errno
-            if error == EEXIST {
-                throw IPCError(.addressInUse, "another process bound \(path) while this one did", address: address)
+            if error != EEXIST {
+                // A file system without hard links: replace whatever is there, as rename does.
+                guard rename(temporary, path) == 0 else { throw IPCError.systemCall("link", errno: error, address: address) }
+                return SocketFile(path: path, device: file.device, inode: file.inode)
             }
-            // A file system without hard links: replace whatever is there, as rename does.
-            guard rename(temporary, path) == 0 else {
-                throw IPCError.systemCall("link", errno: error, address: address)
-            }
+            if attempt < 2 { try clearPath(path, address: address) }
         }
-        return SocketFile(path: path, device: file.device, inode: file.inode)
+        throw IPCError(.addressInUse, "another process keeps binding \(path) while this one does", errno: EADDRINUSE, address: address)
+    }
+
+    /// Makes room at `path` for a socket file. Nothing there: done. Another user's file
+    /// (whatever it is): removed, as traced removes what is at its paths; in a directory
+    /// everyone may write (/tmp), anyone could otherwise keep the service from starting, or
+    /// listen there in its place and take its clients. Our own: a stale socket (nothing
+    /// accepts) is removed; a live one is another listener of ours (`addressInUse`); anything
+    /// else is left alone and reported (a path given by mistake).
+    private func clearPath(_ path: String, address: String) throws(IPCError) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        if info.st_uid != geteuid() {
+            guard unlink(path) == 0 else {
+                let error = errno
+                throw IPCError(
+                    .addressInUse,
+                    "\(path) belongs to uid \(info.st_uid), and this process may not remove it (\(String(cString: strerror(error))))",
+                    errno: error, address: address)
+            }
+            return
+        }
+        guard info.st_mode & S_IFMT == S_IFSOCK else {
+            throw IPCError(.addressInUse, "\(path) exists and is not a socket", address: address)
+        }
+        if try isLiveSocket(at: path) {
+            throw IPCError(.addressInUse, "another process is listening at \(path)", errno: EADDRINUSE, address: address)
+        }
     }
 
     private func bindAndListen(_ fd: Int32, path: String, address: String) throws(IPCError) {
@@ -180,14 +208,9 @@ public final class POSIXSocketTransport: IPCTransport, @unchecked Sendable {
         _ = try Syscall.retrying("listen", address: address) { Glibc.listen(fd, SOMAXCONN) }
     }
 
-    /// Whether something accepts connections at `path`. A socket file nobody listens on is
-    /// stale and removed; anything that is not a socket is left alone and reported.
+    /// Whether something accepts connections at the socket file `path`; a socket file nobody
+    /// listens on is stale and removed.
     private func isLiveSocket(at path: String) throws(IPCError) -> Bool {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { return false }
-        guard info.st_mode & S_IFMT == S_IFSOCK else {
-            throw IPCError(.addressInUse, "\(path) exists and is not a socket", address: path)
-        }
         let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         guard probe >= 0 else { throw IPCError.systemCall("socket", errno: errno, address: path) }
         defer { Syscall.close(probe) }

@@ -1,9 +1,12 @@
 // A listening stream socket on an event loop that watches fds.
 //
 // Binding a unix socket file follows Perfetto's rules plus ours:
-// * a live socket at the path (something accepts a connect) is never stolen: addressInUse,
-//   also when another listener binds the path between our check and ours (link() fails);
+// * a live socket of our uid at the path (something accepts a connect) is never stolen:
+//   addressInUse, also when another listener binds the path between our check and ours;
 // * a stale one (connect refused) is replaced;
+// * another user's file there, whatever it is, is replaced, as traced does: in a directory
+//   anyone may write (/tmp) it would otherwise keep us from starting, or take our clients;
+//   if we may not remove it, addressInUse names its owner;
 // * a requested file mode is applied before the path becomes visible: we bind a temporary
 //   name in the same directory, chmod it, listen, then link() it to the final path, so no
 //   peer can ever connect through a file with the wrong mode;

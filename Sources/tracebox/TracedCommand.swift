@@ -122,7 +122,9 @@ struct TracedCommand: ParsableCommand {
     static func describe(_ error: IPCError) -> String {
         let address = error.address.map { " \($0)" } ?? ""
         switch error.code {
-        case .addressInUse: return "cannot listen at\(address): a service is already running there"
+        case .addressInUse where error.errno == EADDRINUSE:
+            return "cannot listen at\(address): a service is already running there"
+        case .addressInUse: return "cannot listen at\(address): \(error.message)"
         case .invalidAddress: return "invalid address\(address): \(error.message)"
         default:
             if error.errno == EACCES { return "cannot listen at\(address): permission denied" }

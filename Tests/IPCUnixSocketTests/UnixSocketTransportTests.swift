@@ -411,6 +411,47 @@ struct UnixSocketTransportTests {
         first.close()
     }
 
+    /// Another user's file at the path would keep the service from starting (in /tmp anyone may
+    /// put one there), and a listener there would take its clients: it is replaced. Our own
+    /// file that is not a socket is left alone.
+    @Test(.enabled(if: getuid() == 0, "needs root to make files of another uid"))
+    func anotherUsersFileAtThePathIsReplacedOursIsNot() throws {
+        let harness = try SocketHarness()
+        let path = harness.path("squatted.sock")
+        // A squatter's live socket, owned by nobody.
+        let squatter = FileDescriptors.boundUnixSocket(path: path)
+        #expect(listen(squatter.rawValue, 4) == 0)
+        #expect(chown(path, 65534, 65534) == 0)
+        let server = RecordingListenerDelegate()
+        let listener = try harness.transport.listen(at: path, options: .default, delegate: server)
+        var info = stat()
+        #expect(lstat(path, &info) == 0 && info.st_uid == getuid())
+        let events = RecordingConnectionDelegate()
+        let client = harness.transport.connect(to: path, options: .default, delegate: events)
+        harness.run(until: { events.isConnected && server.connections.count == 1 })
+        client.close()
+        listener.close()
+        squatter.close()
+
+        // A squatter's regular file and symlink are replaced too.
+        for makeFile in [{ FileManager.default.createFile(atPath: path, contents: Data("x".utf8)) }, { symlink("/etc/passwd", path) == 0 }] {
+            #expect(makeFile())
+            #expect(lchown(path, 65534, 65534) == 0)
+            let replacing = try harness.transport.listen(at: path, options: .default, delegate: RecordingListenerDelegate())
+            #expect(lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFSOCK)
+            replacing.close()
+        }
+        #expect(FileManager.default.fileExists(atPath: "/etc/passwd"))
+
+        // Our own file that is not a socket: a path given by mistake, never removed.
+        #expect(FileManager.default.createFile(atPath: path, contents: Data("mine".utf8)))
+        let error = #expect(throws: IPCError.self) {
+            _ = try harness.transport.listen(at: path, options: .default, delegate: RecordingListenerDelegate())
+        }
+        #expect(error?.code == .addressInUse)
+        #expect(FileManager.default.contents(atPath: path) == Data("mine".utf8))
+    }
+
     @Test func aListenerClosingLeavesTheSocketFileOfAServiceStartedAtItsPathSince() throws {
         let harness = try SocketHarness()
         let path = harness.path("restarted.sock")
