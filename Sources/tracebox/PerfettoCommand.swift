@@ -368,12 +368,16 @@ struct ServiceStateReport {
         var lines: [String] = []
         lines.append("Service: \(state.tracingServiceVersion.isEmpty ? "unknown version" : printable(state.tracingServiceVersion))")
         lines.append("Producers (\(state.producers.count)):")
+        // Grouped once (a service that repeats producer ids must not multiply the output), in
+        // the order the service sent them.
+        var sourcesByProducer: [Int32: [String]] = [:]
+        for source in state.dataSources { sourcesByProducer[source.producerID, default: []].append(source.dsDescriptor.name) }
         for producer in state.producers {
             var line = "  \(producer.id): \(printable(producer.name))  uid=\(producer.uid) pid=\(producer.pid)"
             if !producer.sdkVersion.isEmpty { line += "  sdk=\(printable(producer.sdkVersion))" }
             lines.append(line)
-            for source in state.dataSources where source.producerID == producer.id {
-                lines.append("      data source \(printable(source.dsDescriptor.name))")
+            for name in sourcesByProducer.removeValue(forKey: producer.id) ?? [] {
+                lines.append("      data source \(printable(name))")
             }
         }
         lines.append("Tracing sessions (\(state.tracingSessions.count)):")
