@@ -69,6 +69,15 @@ final class CommandLoop {
         }
     }
 
+    /// From now on SIGINT and SIGTERM end the process at once, as they would have by default:
+    /// for a command that is shutting down and may wait (for threads a stuck service holds
+    /// back), so that asking again is heard.
+    func endOnNextTerminationSignal() {
+        for source in signalSources { source.cancel() }
+        signalSources = []
+        for number in [SIGINT, SIGTERM] { signal(number, SIG_DFL) }
+    }
+
     deinit {
         for source in signalSources { source.cancel() }
     }

@@ -105,6 +105,9 @@ final class ContinuousWriters: Sendable {
         }
     }
 
+    /// Instances the service started and has not stopped.
+    var liveInstances: Int { state.withLock { $0.live.count } }
+
     /// Asks the threads to write their last packets into `id`, flush and close their writers;
     /// `then` runs on the loop once they all have (at once if `id` has no writers).
     func stop(_ id: DataSourceInstanceID, then: @escaping () -> Void) {

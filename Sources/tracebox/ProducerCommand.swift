@@ -90,6 +90,9 @@ struct ProducerCommand: ParsableCommand {
             producer.stallTimeout = .milliseconds(max(stallMs, 0))
             writers.startThreads()
             runner.run(until: { quit })
+            // The threads write each instance's last packet; a service that frees no chunk makes
+            // that wait for the stall timeout per instance. A second signal ends it at once.
+            runner.endOnNextTerminationSignal()
             writers.shutDown()
             // What the threads committed last goes out before the connection closes.
             var synced = false
@@ -126,6 +129,10 @@ struct ProducerCommand: ParsableCommand {
 
 /// The producer behind `tracebox producer` (and the demo's producer process).
 final class TestProducer: Producer {
+    /// Instances of the test data source written at once (Perfetto's SDK allows 8 per data
+    /// source); a service that starts more gets none written, and its stop is answered at once.
+    static let maxInstances = 8
+
     struct Settings {
         var dataSource: String
         var count: Int
@@ -176,6 +183,10 @@ final class TestProducer: Producer {
     func startDataSource(_ id: DataSourceInstanceID, config: DataSourceConfig) {
         let buffer = BufferID(truncatingIfNeeded: config.targetBuffer)
         if config.name == settings.dataSource, let continuous {
+            guard continuous.liveInstances < Self.maxInstances else {
+                say("tracebox producer: not writing into instance \(id): \(Self.maxInstances) instances are running (the most, as in Perfetto's SDK)")
+                return
+            }
             var threadWriters: [TraceWriter] = []
             for _ in 0..<settings.threads {
                 guard let writer = endpoint.createTraceWriter(targetBuffer: buffer, policy: .stall(timeout: stallTimeout)) else { return }
