@@ -113,7 +113,7 @@ struct ProducerCommand: ParsableCommand {
         guard runner.run(until: { producer.startedTestSource || quit }, timeout: deadline), !quit else {
             if !quit {
                 printError("tracebox producer: no session started \(dataSource) within \(timeout)s"
-                    + (producer.everConnected ? "" : " (no tracing service at \(TracingSocketNames.producer))"))
+                    + (producer.everConnected ? "" : " (\(Self.whyNotConnected(producer.endpoint)))"))
             }
             throw ExitCode.failure
         }
@@ -124,6 +124,21 @@ struct ProducerCommand: ParsableCommand {
             runner.run(until: { producer.startedTestSource || quit })
         } while !quit
         producer.endpoint.disconnect()
+    }
+}
+
+extension ProducerCommand {
+    /// Why a producer never got connected, for people: nothing listening, or what the service
+    /// did (refused ProducerPort or InitializeConnection, sent what breaks the protocol).
+    static func whyNotConnected(_ endpoint: any ProducerEndpoint) -> String {
+        let address = TracingSocketNames.producer
+        guard let error = (endpoint as? RemoteProducerEndpoint)?.connectionError else {
+            return "the tracing service at \(address) did not accept this producer"
+        }
+        if error.code == .connectionFailed && [ENOENT, ECONNREFUSED].contains(error.errno ?? 0) {
+            return "no tracing service at \(address)"
+        }
+        return "the tracing service at \(address): \(error.message)"
     }
 }
 
