@@ -22,16 +22,23 @@ final class TraceboxTests: TraceboxFixture {
         duration_ms: 1000
         """
 
-    @Test(arguments: [false, true])
-    func everyPacketTheProducerWroteIsInTheRecording(writeIntoFile: Bool) throws {
-        let service = try startService()
-        defer { service.signal(SIGTERM); service.wait() }
+    /// `tracebox producer` writing 20 packets of 100 bytes from two threads, once the service
+    /// lists its data sources.
+    private func startRegisteredProducer(sourceLocation: SourceLocation = #_sourceLocation) throws -> Subprocess {
         let producer = try start(["producer", "-n", "20", "-p", "100", "--threads", "2"], name: "producer")
         #expect(poll(seconds: 20) {
             (try? self.start(["perfetto", "--query"], name: "query")).map { query in
                 query.wait() == 0 && query.standardOutput.contains("data source track_event")
             } ?? false
-        }, "the producer never registered")
+        }, "the producer never registered", sourceLocation: sourceLocation)
+        return producer
+    }
+
+    @Test(arguments: [false, true])
+    func everyPacketTheProducerWroteIsInTheRecording(writeIntoFile: Bool) throws {
+        let service = try startService()
+        defer { service.signal(SIGTERM); service.wait() }
+        let producer = try startRegisteredProducer()
         let out = directory.path + "/out.pftrace"
         let text = Self.recordingConfig + (writeIntoFile ? "\nwrite_into_file: true\nfile_write_period_ms: 100" : "")
         let recorder = try start(["perfetto", "-c", try config(text), "--txt", "-o", out], name: "perfetto")
@@ -53,12 +60,7 @@ final class TraceboxTests: TraceboxFixture {
     @Test func aRecordingIntoAPipeWithASlowReaderArrivesWhole() throws {
         let service = try startService()
         defer { service.signal(SIGTERM); service.wait() }
-        let producer = try start(["producer", "-n", "20", "-p", "100", "--threads", "2"], name: "producer")
-        #expect(poll(seconds: 20) {
-            (try? self.start(["perfetto", "--query"], name: "query")).map { query in
-                query.wait() == 0 && query.standardOutput.contains("data source track_event")
-            } ?? false
-        }, "the producer never registered")
+        let producer = try startRegisteredProducer()
         let out = directory.path + "/piped.pftrace"
         // sh -c SCRIPT sh TRACEBOX ARGS...: the recorder's stdout is a pipe read a second late.
         let piped = try start(
