@@ -133,12 +133,12 @@ public enum TraceFile {
             let wellFormed = ProtoEncoding.walkFields(in: bytes) { field in
                 fields += 1
                 guard field.wireType == 2 else { return true }
-                if field.number == 50 { found = (.deflate, field.bytes) }
-                if field.number == 133 { found = (.zstd(level: 0), field.bytes) }
+                for codec in [TraceCompression.deflate, .zstd(level: 0)] where field.number == codec.packetField {
+                    found = (codec, field.bytes)
+                }
                 return true
             }
             return wellFormed && fields == 1 ? found : nil
         }
     }
 }
-
