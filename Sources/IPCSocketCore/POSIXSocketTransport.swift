@@ -157,16 +157,18 @@ public final class POSIXSocketTransport: IPCTransport, @unchecked Sendable {
         if let mode, chmod(temporary, mode_t(mode)) != 0 {
             throw IPCError.systemCall("chmod", errno: errno, address: address)
         }
-        let file = try SocketFile(boundAt: temporary, address: address)
+        let temporaryFile = try SocketFile(boundAt: temporary, address: address)
+        // The same file under its final name, once linked (or renamed) there.
+        let file = SocketFile(path: path, device: temporaryFile.device, inode: temporaryFile.inode)
         // Someone may put a file at the path between the check and the link: it gets the same
         // check again (a squatter racing us is replaced a few times, then reported).
         for attempt in 0..<3 {
-            if link(temporary, path) == 0 { return SocketFile(path: path, device: file.device, inode: file.inode) }
+            if link(temporary, path) == 0 { return file }
             let error = errno
             if error != EEXIST {
                 // A file system without hard links: replace whatever is there, as rename does.
                 guard rename(temporary, path) == 0 else { throw IPCError.systemCall("link", errno: error, address: address) }
-                return SocketFile(path: path, device: file.device, inode: file.inode)
+                return file
             }
             if attempt < 2 { try clearPath(path, address: address) }
         }

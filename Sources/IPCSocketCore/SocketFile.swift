@@ -10,23 +10,19 @@ struct SocketFile {
     let device: UInt64
     let inode: UInt64
 
-    init(path: String, device: UInt64, inode: UInt64) {
-        self.path = path
-        self.device = device
-        self.inode = inode
-    }
-
-    /// The file at `path`, just bound.
-    init(boundAt path: String, address: String) throws(IPCError) {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { throw IPCError.systemCall("lstat", errno: errno, address: address) }
-        self.init(path: path, device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
-    }
-
     /// Removes the path if it still names this file.
     func removeIfUnchanged() {
         var info = stat()
         guard lstat(path, &info) == 0, UInt64(info.st_dev) == device, UInt64(info.st_ino) == inode else { return }
         unlink(path)
+    }
+}
+
+extension SocketFile {
+    /// The file at `path`, just bound.
+    init(boundAt path: String, address: String) throws(IPCError) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { throw IPCError.systemCall("lstat", errno: errno, address: address) }
+        self.init(path: path, device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
     }
 }
