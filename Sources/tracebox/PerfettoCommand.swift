@@ -199,7 +199,7 @@ struct PerfettoCommand: ParsableCommand {
         guard let error else {
             return "the tracing service at \(address) accepted the connection but did not answer within \(serviceAnswerTimeout)"
         }
-        if error.code == .connectionFailed && [ENOENT, ECONNREFUSED].contains(error.errno ?? 0) {
+        if error.meansNothingListens {
             return "no tracing service is listening at \(address); start one with `tracebox traced`"
         }
         return "cannot use the tracing service at \(address): \(error.message)"

@@ -135,7 +135,7 @@ extension ProducerCommand {
         guard let error = (endpoint as? RemoteProducerEndpoint)?.connectionError else {
             return "the tracing service at \(address) did not accept this producer"
         }
-        if error.code == .connectionFailed && [ENOENT, ECONNREFUSED].contains(error.errno ?? 0) {
+        if error.meansNothingListens {
             return "no tracing service at \(address)"
         }
         return "the tracing service at \(address): \(error.message)"

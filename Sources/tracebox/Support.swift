@@ -1,5 +1,7 @@
 // Small helpers of the tracebox commands: quantities as people type them, whole-file reads and
-// writes, the monotonic clock.
+// writes, the monotonic clock, what a connection error means.
+
+import IPCProtocol
 
 #if canImport(Glibc)
 import Glibc
@@ -89,4 +91,12 @@ func bootTimeNanoseconds() -> UInt64 {
     var now = timespec()
     clock_gettime(CLOCK_BOOTTIME, &now)
     return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+}
+
+extension IPCError {
+    /// Whether connecting failed because nothing listens at the address (no socket file, or
+    /// one nobody accepts on), as opposed to a service that answered and refused or broke off.
+    var meansNothingListens: Bool {
+        code == .connectionFailed && [ENOENT, ECONNREFUSED].contains(errno ?? 0)
+    }
 }
