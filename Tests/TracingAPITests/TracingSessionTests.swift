@@ -507,28 +507,38 @@ final class TracingSessionTests {
         #expect(error { _ in } == nil)
     }
 
+    /// A session of `config` whose producer ("app") wrote one test packet: str "kept",
+    /// seq_value 7, and the timestamp and counter if given. Keep the producer while the test runs.
+    private func sessionWithOneTestPacket(
+        _ config: TraceConfig, timestamp: UInt64? = nil, counter: UInt64? = nil
+    ) -> (consumer: RecordingConsumer, producer: RecordingProducer) {
+        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
+        registered(producer)
+        let consumer = RecordingConsumer(service: clients)
+        consumer.endpoint.enableTracing(config, outputFile: nil)
+        drive(loop, until: { producer.writers.count == 1 })
+        producer.writers.values.first!.newTracePacket { packet in
+            if let timestamp { packet.appendVarint(8, timestamp) }
+            packet.appendNested(900) { event in
+                event.appendString(1, "kept")
+                event.appendVarint(2, 7)
+                if let counter { event.appendVarint(3, counter) }
+            }
+        }
+        producer.writers.values.first!.flush()
+        return (consumer, producer)
+    }
+
     @Test(arguments: TracingBinding.deterministic)
     func aTraceFilterKeepsOnlyWhatItAllows(_ binding: TracingBinding) throws {
         // Every packet read goes through the filter, trusted fields and the service's own
         // packets included; the stats packet comes after it. Ignoring the filter handed out
         // what it was to withhold (outside tester, round six).
         try use(binding)
-        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        registered(producer)
-        let consumer = RecordingConsumer(service: clients)
         var config = TracingConfigs.config()
         config.traceFilter.bytecode = Data(FilterBytecode.timestampAndTestStrings)
-        consumer.endpoint.enableTracing(config, outputFile: nil)
-        drive(loop, until: { producer.writers.count == 1 })
-        producer.writers.values.first!.newTracePacket { packet in
-            packet.appendVarint(8, 5)
-            packet.appendNested(900) { event in
-                event.appendString(1, "kept")
-                event.appendVarint(2, 7)
-                event.appendVarint(3, 9)
-            }
-        }
-        producer.writers.values.first!.flush()
+        let (consumer, producer) = sessionWithOneTestPacket(config, timestamp: 5, counter: 9)
+        defer { withExtendedLifetime(producer) {} }
         consumer.endpoint.disableTracing()
         drive(loop, until: { consumer.disabledErrors == [""] })
         consumer.read(on: loop)
@@ -562,20 +572,10 @@ final class TracingSessionTests {
         // skip_trace_filter, which Perfetto's CLI sets for bug reports, was ignored: the copy
         // stayed filtered (outside tester, round seven). Only the session's uid or root clones.
         try use(binding)
-        let producer = RecordingProducer(service: clients, name: "app", dataSources: [TracingConfigs.descriptor("test.source")])
-        registered(producer)
-        let owner = RecordingConsumer(service: clients)
         var config = TracingConfigs.config()
         config.traceFilter.bytecode = Data(FilterBytecode.timestampAndTestStrings)
-        owner.endpoint.enableTracing(config, outputFile: nil)
-        drive(loop, until: { producer.writers.count == 1 })
-        producer.writers.values.first!.newTracePacket { packet in
-            packet.appendNested(900) { event in
-                event.appendString(1, "kept")
-                event.appendVarint(2, 7)
-            }
-        }
-        producer.writers.values.first!.flush()
+        let (owner, producer) = sessionWithOneTestPacket(config)
+        defer { withExtendedLifetime((owner, producer)) {} }
         func cloneAndRead(skippingTheFilter: Bool) -> TracePacket? {
             let reader = RecordingConsumer(service: clients)
             var request = CloneSessionRequest()
